@@ -1,0 +1,159 @@
+//! The native baseline: hadr's predictor without WebAssembly.
+//!
+//! Same request and response code as the guest (`predict-core`), same tract
+//! model, same hyper HTTP/1 server settings, but each request runs the model
+//! directly on its own task. Benchmarks put hadr next to this in the same run
+//! to measure what the sandbox costs.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::DimLike;
+use tract_onnx::tract_hir::infer::Factoid;
+
+/// Serve one ONNX model over HTTP natively (no sandbox), for comparison with hadr.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The ONNX model ([batch, features] f32 input, probabilities output).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/digits.onnx"))]
+    model: PathBuf,
+    /// Address to listen on (port 0: any free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+struct Model {
+    plan: Arc<TypedRunnableModel>,
+    features: usize,
+    probabilities: usize,
+    name: String,
+}
+
+fn load(path: &PathBuf) -> anyhow::Result<Model> {
+    let mut model = tract_onnx::onnx()
+        .with_ignore_value_info(true)
+        .model_for_path(path)
+        .with_context(|| format!("loading {}", path.display()))?;
+    let features = model
+        .input_fact(0)?
+        .shape
+        .dims()
+        .last()
+        .and_then(|d| d.concretize())
+        .and_then(|d| d.to_usize().ok())
+        .context("the model's input needs a fixed feature count")?;
+    let batch = model.symbols.sym("batch");
+    model.set_input_fact(0, f32::fact(&[batch.to_dim(), features.to_dim()]).into())?;
+    let typed = model.into_optimized()?;
+    let outputs = typed.output_outlets()?.to_vec();
+    let probabilities = outputs
+        .iter()
+        .position(|o| typed.outlet_label(*o) == Some("probabilities"))
+        .unwrap_or(outputs.len() - 1);
+    Ok(Model {
+        plan: typed.into_runnable()?,
+        features,
+        probabilities,
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    })
+}
+
+fn predict(model: &Model, body: &[u8]) -> Result<Vec<u8>, (StatusCode, String)> {
+    let batch = predict_core::parse_request(body, model.features).map_err(|e| match e {
+        predict_core::RequestError::Malformed(m) => (StatusCode::BAD_REQUEST, m),
+        predict_core::RequestError::Invalid(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+    })?;
+    let fail = |e: TractError| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
+    let input = Tensor::from_shape(&[batch.rows, batch.features], &batch.data).map_err(fail)?;
+    let outputs = model.plan.run(tvec!(input.into())).map_err(fail)?;
+    let probabilities = outputs[model.probabilities]
+        .try_as_plain_ram()
+        .and_then(|v| v.as_slice::<f32>())
+        .map_err(fail)?;
+    let origin = predict_core::Origin {
+        model: &model.name,
+        instance: "native",
+        version: "native",
+    };
+    Ok(predict_core::write_response(
+        origin,
+        probabilities,
+        probabilities.len() / batch.rows,
+    ))
+}
+
+async fn handle(
+    model: Arc<Model>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body) = if req.method() == Method::POST && req.uri().path() == "/predict" {
+        match Limited::new(req.into_body(), 1 << 20).collect().await {
+            Ok(body) => match predict(&model, &body.to_bytes()) {
+                Ok(out) => (StatusCode::OK, out),
+                Err((status, message)) => (status, error_body(&message)),
+            },
+            Err(e) => (StatusCode::PAYLOAD_TOO_LARGE, error_body(&e.to_string())),
+        }
+    } else {
+        (StatusCode::NOT_FOUND, error_body("POST /predict only"))
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+fn error_body(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"error": "error", "message": message}))
+        .unwrap_or_default()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let model = Arc::new(load(&args.model)?);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()?.block_on(async move {
+        let listener = TcpListener::bind(args.listen).await?;
+        println!("native baseline ready: http://{}", listener.local_addr()?);
+        let mut http = http1::Builder::new();
+        http.keep_alive(true);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let model = model.clone();
+            let conn = http.serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req| handle(model.clone(), req)),
+            );
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    })
+}

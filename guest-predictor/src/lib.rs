@@ -1,0 +1,138 @@
+//! hadr's predictor guest.
+//!
+//! One instance serves one topology entry. The host calls `init` once with the
+//! instance's name, its model's wasi-nn graph name and feature count; the guest
+//! loads the graph by name and keeps one execution context for its lifetime.
+//! Each `predict` then parses the JSON body (with `predict-core`, the same
+//! code the native baseline runs), hands one `[rows, features]` f32 tensor to
+//! wasi-nn, and writes the probabilities and argmax labels back as JSON.
+//!
+//! The guest can reach nothing but wasi:nn: the host gives it no directories,
+//! no environment, no sockets.
+
+wit_bindgen::generate!({
+    world: "predictor-guest",
+    path: "../wit",
+    generate_all,
+});
+
+use std::cell::RefCell;
+
+use hadr::predictor::types::ErrorKind;
+use wasi::nn::errors::Error as NnError;
+use wasi::nn::graph::{self, Graph};
+use wasi::nn::inference::GraphExecutionContext;
+use wasi::nn::tensor::{Tensor, TensorType};
+
+/// What `init` sets up once and every `predict` uses.
+struct Loaded {
+    config: InstanceConfig,
+    context: GraphExecutionContext,
+    // Keeps the graph alive for as long as its execution context.
+    _graph: Graph,
+}
+
+thread_local! {
+    static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+}
+
+struct Predictor;
+
+impl Guest for Predictor {
+    fn init(config: InstanceConfig) -> Result<(), PredictError> {
+        let graph = graph::load_by_name(&config.model)
+            .map_err(|e| nn_error(ErrorKind::Internal, "loading the model", e))?;
+        let context = graph
+            .init_execution_context()
+            .map_err(|e| nn_error(ErrorKind::Internal, "creating an execution context", e))?;
+        LOADED.with(|l| {
+            *l.borrow_mut() = Some(Loaded {
+                config,
+                context,
+                _graph: graph,
+            })
+        });
+        Ok(())
+    }
+
+    fn predict(body: Vec<u8>) -> Result<Vec<u8>, PredictError> {
+        LOADED.with(|l| match l.borrow().as_ref() {
+            Some(loaded) => loaded.predict(&body),
+            None => Err(error(ErrorKind::Internal, "predict called before init".into())),
+        })
+    }
+}
+
+impl Loaded {
+    fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
+        let features = self.config.features as usize;
+        let batch = predict_core::parse_request(body, features).map_err(|e| match e {
+            predict_core::RequestError::Malformed(m) => error(ErrorKind::MalformedRequest, m),
+            predict_core::RequestError::Invalid(m) => error(ErrorKind::InvalidInput, m),
+        })?;
+        let bytes: Vec<u8> = batch.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let input = Tensor::new(
+            &[batch.rows as u32, features as u32],
+            TensorType::Fp32,
+            &bytes,
+        );
+        let outputs = self
+            .context
+            .compute(vec![(String::new(), input)])
+            .map_err(|e| nn_error(ErrorKind::ModelFailure, "running the model", e))?;
+        let (probabilities, classes) = probabilities(outputs, batch.rows)?;
+        let origin = predict_core::Origin {
+            model: &self.config.model,
+            instance: &self.config.instance,
+            version: &self.config.version,
+        };
+        Ok(predict_core::write_response(origin, &probabilities, classes))
+    }
+}
+
+/// Picks the class probabilities among the model's outputs: the one named
+/// `probabilities` (scikit-learn exports), else the first f32 output. Labels
+/// are recomputed as the argmax, since some exported classifiers' own `label`
+/// output cannot be trusted.
+fn probabilities(
+    outputs: Vec<(String, Tensor)>,
+    rows: usize,
+) -> Result<(Vec<f32>, usize), PredictError> {
+    let tensor = outputs
+        .iter()
+        .find(|(name, t)| name == "probabilities" && t.ty() == TensorType::Fp32)
+        .or_else(|| outputs.iter().find(|(_, t)| t.ty() == TensorType::Fp32))
+        .map(|(_, t)| t)
+        .ok_or_else(|| {
+            error(
+                ErrorKind::ModelFailure,
+                "the model gave no f32 output to read probabilities from".into(),
+            )
+        })?;
+    let data = tensor.data();
+    let values: Vec<f32> = data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if rows == 0 || values.len() % rows != 0 {
+        return Err(error(
+            ErrorKind::ModelFailure,
+            format!(
+                "the model gave {} values for {rows} rows",
+                values.len()
+            ),
+        ));
+    }
+    let classes = values.len() / rows;
+    Ok((values, classes))
+}
+
+fn error(kind: ErrorKind, message: String) -> PredictError {
+    PredictError { kind, message }
+}
+
+fn nn_error(kind: ErrorKind, doing: &str, e: NnError) -> PredictError {
+    error(kind, format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()))
+}
+
+export!(Predictor);

@@ -1,0 +1,177 @@
+//! `POST /predict` throughput and latency: hadr-host (2-active, digits)
+//! against the native baseline (same model through tract behind hyper),
+//! driven by the same load generator on loopback, in the same run.
+//!
+//! The two servers are measured in alternating rounds (hadr, native, hadr,
+//! native, …) so that a noisy neighbour hurts both alike; the report gives the
+//! median of each and their ratio.
+//!
+//! Run: `scripts/build-guest && cargo build --release -p hadr-native-baseline &&
+//!       cargo bench -p hadr-host --bench http`
+//! Knobs (env): HADR_BENCH_ROUNDS (3), HADR_BENCH_SECONDS (5),
+//! HADR_BENCH_CONNECTIONS (16), HADR_BENCH_ROWS (1).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hadr_host::loadtest::{run, LoadReport, LoadSpec};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(mut command: Command, ready_prefix: &str) -> Server {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting a server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix(ready_prefix)
+        .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+        .to_string();
+    Server {
+        child,
+        url: format!("{base}/predict"),
+    }
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn body(rows: usize) -> Vec<u8> {
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("models/digits.cases.json")).unwrap())
+            .unwrap();
+    let inputs: Vec<_> = (0..rows)
+        .map(|i| cases["cases"][i]["input"].clone())
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "inputs": inputs })).unwrap()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let rounds = env("HADR_BENCH_ROUNDS", 3) as usize;
+    let seconds = env("HADR_BENCH_SECONDS", 5);
+    let connections = env("HADR_BENCH_CONNECTIONS", 16) as usize;
+    let rows = env("HADR_BENCH_ROWS", 1) as usize;
+
+    let hadr_exe = PathBuf::from(env!("CARGO_BIN_EXE_hadr-host"));
+    let native_exe = hadr_exe.with_file_name("hadr-native-baseline");
+    assert!(
+        native_exe.is_file(),
+        "build the baseline first: cargo build --release -p hadr-native-baseline"
+    );
+
+    // 2-active with free ports and a threshold that 16 connections cannot
+    // saturate: this measures the serving path, not load shedding.
+    let dir = std::env::temp_dir().join(format!("hadr-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let topology = dir.join("2-active.json");
+    std::fs::write(
+        &topology,
+        serde_json::json!({
+            "predict1": {"status": true, "load": 0, "max_load": 64},
+            "predict2": {"status": true, "load": 0, "max_load": 64},
+            "predict3": {"status": false, "load": 0, "max_load": 64},
+        })
+        .to_string(),
+    )
+    .unwrap();
+
+    let mut hadr_cmd = Command::new(&hadr_exe);
+    hadr_cmd
+        .args([
+            "serve",
+            topology.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("HADR_LOG", "warn");
+    let hadr = start(hadr_cmd, "hadr-host ready: router ");
+    let mut native_cmd = Command::new(&native_exe);
+    native_cmd.args(["--listen", "127.0.0.1:0"]);
+    let native = start(native_cmd, "native baseline ready: ");
+
+    let body = body(rows);
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let spec = |url: &str| LoadSpec {
+        url: url.parse().unwrap(),
+        body: body.clone().into(),
+        connections,
+        duration: Duration::from_secs(seconds),
+        warmup: Duration::from_secs(1),
+    };
+    let mut results: Vec<(&str, LoadReport)> = Vec::new();
+    for round in 0..rounds {
+        for (name, server) in [("hadr", &hadr), ("native", &native)] {
+            let report = client.block_on(run(&spec(&server.url))).unwrap();
+            eprintln!(
+                "round {round} {name:>6}: {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  statuses {:?}",
+                report.rps, report.p50_us, report.p99_us, report.by_status
+            );
+            assert_eq!(report.ok, report.requests, "{name} answered non-200s");
+            results.push((name, report));
+        }
+    }
+    let pick = |name: &str, f: fn(&LoadReport) -> f64| {
+        let mut v: Vec<f64> = results
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, r)| f(r))
+            .collect();
+        median(&mut v)
+    };
+    let (h_rps, n_rps) = (pick("hadr", |r| r.rps), pick("native", |r| r.rps));
+    let (h_p50, n_p50) = (
+        pick("hadr", |r| r.p50_us as f64),
+        pick("native", |r| r.p50_us as f64),
+    );
+    let (h_p99, n_p99) = (
+        pick("hadr", |r| r.p99_us as f64),
+        pick("native", |r| r.p99_us as f64),
+    );
+    println!("\nPOST /predict, {rows} row(s), {connections} connections, {rounds} x {seconds} s rounds (medians)\n");
+    println!("| server | req/s | p50 µs | p99 µs |");
+    println!("|---|---|---|---|");
+    println!("| hadr-host 2-active (wasm) | {h_rps:.0} | {h_p50:.0} | {h_p99:.0} |");
+    println!("| native baseline (tract + hyper) | {n_rps:.0} | {n_p50:.0} | {n_p99:.0} |");
+    println!(
+        "| **ratio hadr / native** | **{:.2}** | {:.2} | {:.2} |",
+        h_rps / n_rps,
+        h_p50 / n_p50,
+        h_p99 / n_p99
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,72 @@
+//! One prediction through the guest (JSON → wasm → wasi-nn → tract → JSON)
+//! against the same work done natively (predict-core + tract), side by side.
+//!
+//! Run: `cargo bench -p hadr-host --bench predict` (after scripts/build-guest).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hadr_host::deployment::{CompiledModule, Deployment};
+use hadr_host::nn::LoadedModel;
+use hadr_host::runtime::{HostRuntime, Limits};
+use hadr_host::serve::repo_defaults;
+
+fn body(rows: usize) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/digits.cases.json");
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let inputs: Vec<_> = (0..rows)
+        .map(|i| cases["cases"][i]["input"].clone())
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "inputs": inputs })).unwrap()
+}
+
+fn native(model: &LoadedModel, body: &[u8]) -> Vec<u8> {
+    let batch = predict_core::parse_request(body, model.graph.features()).unwrap();
+    let outputs = model.graph.run(batch.rows, &batch.data).unwrap();
+    let (_, probabilities) = outputs.iter().find(|(n, _)| n == "probabilities").unwrap();
+    let values: Vec<f32> = probabilities
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let origin = predict_core::Origin {
+        model: "digits",
+        instance: "native",
+        version: "native",
+    };
+    predict_core::write_response(origin, &values, values.len() / batch.rows)
+}
+
+fn predictions(c: &mut Criterion) {
+    let defaults = repo_defaults();
+    let runtime = HostRuntime::new(Limits::default(), 1).unwrap();
+    let model = Arc::new(LoadedModel::from_file(&defaults.model).unwrap());
+    let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module).unwrap());
+    let deployment = Deployment::new(module, model.clone());
+    let mut live = deployment.instantiate(&runtime, "bench").unwrap();
+
+    let mut group = c.benchmark_group("predict");
+    for rows in [1usize, 32] {
+        let body = body(rows);
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_with_input(BenchmarkId::new("guest", rows), &body, |b, body| {
+            b.iter(|| live.predict(body).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("native", rows), &body, |b, body| {
+            b.iter(|| native(&model, body))
+        });
+        let batch = predict_core::parse_request(&body, 64).unwrap();
+        group.bench_with_input(BenchmarkId::new("tract-only", rows), &batch, |b, batch| {
+            b.iter(|| model.graph.run(batch.rows, &batch.data).unwrap())
+        });
+    }
+    group.finish();
+
+    c.bench_function("instantiate/cold", |b| {
+        b.iter(|| deployment.instantiate(&runtime, "bench").unwrap())
+    });
+}
+
+criterion_group!(benches, predictions);
+criterion_main!(benches);

@@ -1,0 +1,170 @@
+//! The deployment lifetime: one guest module and one model, compiled, checked
+//! and immutable.
+//!
+//! A [`Deployment`] is everything an instance needs that does not change
+//! while it serves: the compiled component, pre-linked against the host's
+//! imports ([`PredictorPre`]), the model's shared tract graph, and a version
+//! id derived from both digests. Because it never changes, swapping versions
+//! later is swapping one `Arc` for another.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_nn::wit::WasiNnCtx;
+use wasmtime_wasi_nn::{Backend, Registry};
+
+use crate::bindings::hadr::predictor::types::InstanceConfig;
+use crate::bindings::PredictorPre;
+use crate::guest_log::GuestLog;
+use crate::instance::{CallError, Live};
+use crate::nn::registry::hex;
+use crate::nn::{GraphRegistry, LoadedModel, TractBackend};
+use crate::runtime::{HostRuntime, InstanceState};
+
+/// Why a guest module was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// The file could not be read.
+    #[error("cannot read guest module {path}: {source}")]
+    Read {
+        /// The module file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not a WebAssembly component wasmtime can compile.
+    #[error("{path} is not a WebAssembly component: {message}")]
+    NotComponent {
+        /// The module file.
+        path: PathBuf,
+        /// wasmtime's explanation.
+        message: String,
+    },
+    /// A component, but not of the predictor world (wrong exports, or imports
+    /// the host does not give).
+    #[error(
+        "{path} is not a predictor component (world hadr:predictor/predictor-guest): {message}"
+    )]
+    WrongWorld {
+        /// The module file.
+        path: PathBuf,
+        /// What does not match.
+        message: String,
+    },
+}
+
+/// A compiled guest module, ready to instantiate quickly.
+pub struct CompiledModule {
+    /// Where it came from.
+    pub path: PathBuf,
+    /// Hex SHA-256 of the file.
+    pub digest: String,
+    pre: PredictorPre<InstanceState>,
+}
+
+impl CompiledModule {
+    /// Reads, compiles and pre-links a guest component.
+    pub fn from_file(runtime: &HostRuntime, path: &Path) -> Result<Self, ModuleError> {
+        let bytes = std::fs::read(path).map_err(|source| ModuleError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let component = Component::from_binary(runtime.engine(), &bytes).map_err(|e| {
+            ModuleError::NotComponent {
+                path: path.to_owned(),
+                message: format!("{e:#}"),
+            }
+        })?;
+        let wrong_world = |e: wasmtime::Error| ModuleError::WrongWorld {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        };
+        let instance_pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
+        let pre = PredictorPre::new(instance_pre).map_err(wrong_world)?;
+        Ok(Self {
+            path: path.to_owned(),
+            digest: hex(&Sha256::digest(&bytes)),
+            pre,
+        })
+    }
+}
+
+/// One module serving one model: immutable once built.
+pub struct Deployment {
+    /// The guest.
+    pub module: Arc<CompiledModule>,
+    /// The model it serves.
+    pub model: Arc<LoadedModel>,
+    /// `<module digest>-<model digest>`, shortened: shown in every answer.
+    pub version: String,
+    registry: GraphRegistry,
+}
+
+impl Deployment {
+    /// Pairs a compiled module with a loaded model.
+    pub fn new(module: Arc<CompiledModule>, model: Arc<LoadedModel>) -> Self {
+        let version = format!("{}-{}", &module.digest[..8], &model.digest[..8]);
+        let registry = GraphRegistry::new([model.as_ref()]);
+        Self {
+            module,
+            model,
+            version,
+            registry,
+        }
+    }
+
+    /// A fresh, initialised instance in its own `Store`: own linear memory,
+    /// own WASI context (no directories, environment or sockets; stdout and
+    /// stderr into the host log), memory cap and deadline from `runtime`.
+    pub fn instantiate(&self, runtime: &HostRuntime, instance: &str) -> Result<Live, CallError> {
+        let limits = runtime.limits();
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestLog::new(instance, "stdout"))
+            .stderr(GuestLog::new(instance, "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let nn = WasiNnCtx::new(
+            [Backend::from(TractBackend)],
+            Registry::from(self.registry.clone()),
+        );
+        let state = InstanceState {
+            wasi,
+            table: Default::default(),
+            nn,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.max_memory)
+                .trap_on_grow_failure(false)
+                .build(),
+        };
+        let mut store = Store::new(runtime.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(limits.deadline_ticks());
+        let predictor = self
+            .module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::from_wasmtime("instantiating", e))?;
+        let config = InstanceConfig {
+            instance: instance.to_string(),
+            model: self.model.name.clone(),
+            features: self.model.graph.features() as u32,
+            version: self.version.clone(),
+        };
+        store.set_epoch_deadline(limits.deadline_ticks());
+        predictor
+            .call_init(&mut store, &config)
+            .map_err(|e| CallError::from_wasmtime("initialising", e))?
+            .map_err(CallError::Init)?;
+        Ok(Live::new(store, predictor, limits.deadline_ticks()))
+    }
+}

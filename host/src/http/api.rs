@@ -1,0 +1,165 @@
+//! Routes and request handling.
+//!
+//! The router's listener serves `POST /predict` (routed by load),
+//! `GET /topology` and `GET /healthz`. An instance's own port serves
+//! `POST /predict` straight to that instance (like the article's predictor
+//! servers) and `GET /healthz`.
+//!
+//! The body limit is checked against `Content-Length` before a byte of the
+//! body is read, and enforced again while reading (for chunked bodies), so an
+//! oversized upload costs the host neither time nor memory.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+
+use super::error::ApiError;
+use crate::instance::{Instance, InstanceReport, Lease};
+use crate::router::Router;
+
+/// What every handler shares: the router and the request limits.
+pub struct App {
+    /// The topology's router.
+    pub router: Router,
+    /// Largest accepted request body, in bytes.
+    pub max_body: usize,
+}
+
+/// Which listener a request arrived on.
+#[derive(Clone)]
+pub enum Target {
+    /// The router's listener: requests are routed by load.
+    Router,
+    /// An instance's own port: requests go to that instance.
+    Instance(Arc<Instance>),
+}
+
+/// Answers one request; never fails (errors become JSON answers).
+pub async fn handle(
+    app: Arc<App>,
+    target: Target,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let response = match (path, &target) {
+        ("/predict", _) if req.method() == Method::POST => predict(&app, &target, req).await,
+        ("/predict", _) => Err(not_allowed("POST")),
+        ("/topology", Target::Router) if req.method() == Method::GET => {
+            Ok(json(StatusCode::OK, &topology(&app.router)))
+        }
+        ("/healthz", _) if req.method() == Method::GET => {
+            Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+        }
+        ("/topology", Target::Router) | ("/healthz", _) => Err(not_allowed("GET")),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no route {path}; this listener serves {}",
+                match target {
+                    Target::Router => "POST /predict, GET /topology, GET /healthz",
+                    Target::Instance(_) => "POST /predict, GET /healthz",
+                }
+            ),
+        )),
+    };
+    Ok(response.unwrap_or_else(ApiError::into_response))
+}
+
+async fn predict(
+    app: &App,
+    target: &Target,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let body = read_body(req, app.max_body).await?;
+    let lease = lease(app, target)?;
+    let out = lease.instance().predict(body).await?;
+    drop(lease);
+    let mut response = Response::new(Full::new(Bytes::from(out)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+fn lease(app: &App, target: &Target) -> Result<Lease, ApiError> {
+    match target {
+        Target::Router => app.router.acquire().map_err(|_| ApiError::saturated()),
+        Target::Instance(instance) => instance.try_lease().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_capacity",
+                format!(
+                    "instance `{}` is at its load threshold of {}; retry later or use the router",
+                    instance.name(),
+                    instance.spec().max_load
+                ),
+            )
+        }),
+    }
+}
+
+/// Reads the whole body, refusing (413) anything over `max` before reading it
+/// when `Content-Length` says so, and as soon as it passes `max` otherwise.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is larger than the limit of {max} bytes (--max-body)"),
+    )
+}
+
+fn not_allowed(allow: &'static str) -> ApiError {
+    ApiError::method_not_allowed(allow)
+}
+
+/// The live topology in the article's shape, with hadr's extra fields.
+fn topology(router: &Router) -> serde_json::Map<String, serde_json::Value> {
+    router
+        .instances()
+        .iter()
+        .map(|i| {
+            let report: InstanceReport = i.report();
+            (
+                i.name().to_string(),
+                serde_json::to_value(report).expect("a report serialises"),
+            )
+        })
+        .collect()
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("serialising a response cannot fail");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

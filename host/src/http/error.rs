@@ -1,0 +1,107 @@
+//! Failures as HTTP answers: a status and `{"error", "message"}`.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::bindings::hadr::predictor::types::ErrorKind;
+use crate::instance::CallError;
+
+/// An error answer: status, machine-readable code and a message for people.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable snake_case code.
+    pub code: &'static str,
+    /// What was wrong and what was expected.
+    pub message: String,
+    /// For 405: the method the route takes.
+    pub allow: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    /// 405 with `Allow`.
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this route takes {allow} only"),
+            )
+        }
+    }
+
+    /// 503 with `Retry-After`: nothing can take the request now.
+    pub fn saturated() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            "every instance is at its load threshold and no standby is left; retry later",
+        )
+    }
+
+    /// The JSON response.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::to_vec(&Body {
+            error: self.code,
+            message: &self.message,
+        })
+        .expect("serialising an error cannot fail");
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(allow) = self.allow {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The unread body leaves the connection unusable: say so.
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        use StatusCode as S;
+        let message = e.to_string();
+        let (status, code) = match &e {
+            CallError::Rejected(p) => match p.kind {
+                ErrorKind::MalformedRequest => (S::BAD_REQUEST, "malformed_request"),
+                ErrorKind::InvalidInput => (S::UNPROCESSABLE_ENTITY, "invalid_input"),
+                ErrorKind::ModelFailure => (S::INTERNAL_SERVER_ERROR, "model_failure"),
+                ErrorKind::Internal => (S::INTERNAL_SERVER_ERROR, "guest_error"),
+            },
+            CallError::Trap(_) => (S::INTERNAL_SERVER_ERROR, "instance_fault"),
+            CallError::Deadline(_) => (S::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            CallError::Instantiate(_) | CallError::Init(_) => {
+                (S::INTERNAL_SERVER_ERROR, "instance_unavailable")
+            }
+        };
+        Self::new(status, code, message)
+    }
+}

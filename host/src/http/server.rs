@@ -1,0 +1,67 @@
+//! Accept loops: one per listener, HTTP/1.1 with keep-alive.
+//!
+//! Each connection runs on its own task. On shutdown the loop stops accepting
+//! and every open connection is asked to close after its in-flight request,
+//! bounded by a grace period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use super::api::{handle, App, Target};
+use crate::shutdown::Shutdown;
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `listener` until `shutdown` fires, then lets open connections
+/// finish their in-flight requests for at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    target: Target,
+    shutdown: Shutdown,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let target = target.clone();
+        let service = service_fn(move |req| handle(app.clone(), target.clone(), req));
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {grace:?}; closing them");
+    }
+}

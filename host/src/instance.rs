@@ -1,0 +1,345 @@
+//! The instance lifetime: one topology entry, one sandbox.
+//!
+//! An [`Instance`] is what the router sees: a name, a role (active, standby,
+//! promoted), a live load counter and a threshold. Inside it sits at most one
+//! [`Live`] sandbox: a wasmtime `Store` with the bound predictor. A store runs
+//! one call at a time, so requests for an instance wait their turn on its
+//! slot; the load counter counts them from the moment the router picks the
+//! instance, exactly like the article's per-server `load`.
+//!
+//! After a trap the whole store is poisoned, so it is dropped and the next
+//! call builds a fresh one from the deployment.
+//!
+//! Short calls run on the request's own task: on two cores a hop to another
+//! thread costs as much as a small prediction. Calls that have been taking
+//! longer than [`LONG_CALL`] move to the blocking pool so they cannot stall
+//! the accept loop or other instances.
+
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use wasmtime::Store;
+
+use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
+use crate::bindings::Predictor;
+use crate::deployment::Deployment;
+use crate::policy::Role;
+use crate::runtime::{HostRuntime, InstanceState};
+use crate::topology::InstanceSpec;
+
+/// Calls whose recent average exceeds this run off the request's task.
+pub const LONG_CALL: Duration = Duration::from_millis(1);
+
+/// Why a call produced no prediction.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The guest refused the request (bad input) or its model failed; the
+    /// instance is healthy.
+    #[error("{}", .0.message)]
+    Rejected(PredictError),
+    /// The guest trapped (panic, out of memory, bug): the store was dropped.
+    #[error("the instance trapped: {0}")]
+    Trap(String),
+    /// The call ran past its deadline and was interrupted: the store was dropped.
+    #[error("the call ran past its deadline of {0:?} and was stopped")]
+    Deadline(Duration),
+    /// A fresh instance could not be built.
+    #[error("the instance could not start: {0}")]
+    Instantiate(String),
+    /// A fresh instance's `init` refused its configuration.
+    #[error("the instance refused its configuration: {}", .0.message)]
+    Init(PredictError),
+}
+
+impl CallError {
+    pub(crate) fn from_wasmtime(doing: &str, e: wasmtime::Error) -> Self {
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => CallError::Deadline(Duration::ZERO),
+            Some(_) => CallError::Trap(format!("{e:#}")),
+            None => CallError::Instantiate(format!("{doing}: {e:#}")),
+        }
+    }
+
+    /// Whether the guest said the request itself was bad (not the instance).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, CallError::Rejected(e)
+            if matches!(e.kind, ErrorKind::MalformedRequest | ErrorKind::InvalidInput))
+    }
+}
+
+/// A running sandbox: its store and the predictor bound in it.
+pub struct Live {
+    store: Store<InstanceState>,
+    predictor: Predictor,
+    deadline_ticks: u64,
+}
+
+impl Live {
+    pub(crate) fn new(
+        store: Store<InstanceState>,
+        predictor: Predictor,
+        deadline_ticks: u64,
+    ) -> Self {
+        Self {
+            store,
+            predictor,
+            deadline_ticks,
+        }
+    }
+
+    /// One prediction, interrupted at the deadline. An `Err` other than
+    /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
+    pub fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        match self.predictor.call_predict(&mut self.store, body) {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(refused)) => Err(CallError::Rejected(refused)),
+            Err(e) => Err(CallError::from_wasmtime("calling predict", e)),
+        }
+    }
+}
+
+/// A topology entry at run time.
+pub struct Instance {
+    spec: InstanceSpec,
+    runtime: Arc<HostRuntime>,
+    deployment: Arc<Deployment>,
+    role: AtomicU8,
+    load: AtomicUsize,
+    served: AtomicU64,
+    failed: AtomicU64,
+    traps: AtomicU64,
+    /// Recent average call time in microseconds (exponentially weighted).
+    cost_us: AtomicU64,
+    bound_port: AtomicU16,
+    slot: Arc<Mutex<Option<Live>>>,
+}
+
+/// A counted claim on an instance: load is decremented when it drops.
+pub struct Lease {
+    instance: Arc<Instance>,
+}
+
+impl Lease {
+    /// The leased instance.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.instance.load.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What `/topology` shows of one instance.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceReport {
+    /// The article's `status`: whether it takes routed traffic.
+    pub status: bool,
+    /// Requests in flight or waiting for it.
+    pub load: usize,
+    /// Its direct port, as the article writes it (a string), if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// active, standby or promoted.
+    pub role: Role,
+    /// Saturation threshold.
+    pub max_load: usize,
+    /// Model name.
+    pub model: String,
+    /// Deployment version.
+    pub version: String,
+    /// Predictions answered with 200.
+    pub served: u64,
+    /// Calls that failed in the instance (traps, deadlines, model failures).
+    pub failed: u64,
+    /// Traps (including deadlines) since start.
+    pub traps: u64,
+}
+
+impl Instance {
+    /// An instance for `spec`, serving `deployment`. Its sandbox is built on
+    /// first use or by [`Instance::warm_up`].
+    pub fn new(spec: InstanceSpec, runtime: Arc<HostRuntime>, deployment: Arc<Deployment>) -> Self {
+        let role = if spec.active {
+            Role::Active
+        } else {
+            Role::Standby
+        };
+        Self {
+            spec,
+            runtime,
+            deployment,
+            role: AtomicU8::new(role as u8),
+            load: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+            cost_us: AtomicU64::new(0),
+            bound_port: AtomicU16::new(0),
+            slot: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Its topology name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Its topology entry.
+    pub fn spec(&self) -> &InstanceSpec {
+        &self.spec
+    }
+
+    /// The deployment it serves.
+    pub fn deployment(&self) -> &Arc<Deployment> {
+        &self.deployment
+    }
+
+    /// Its current role.
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Acquire))
+    }
+
+    /// Requests in flight or waiting for it.
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Acquire)
+    }
+
+    /// Turns a standby into a promoted active; `true` if this call did it.
+    pub fn promote(&self) -> bool {
+        self.role
+            .compare_exchange(
+                Role::Standby as u8,
+                Role::Promoted as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Records the port its direct listener actually bound.
+    pub fn set_bound_port(&self, port: u16) {
+        self.bound_port.store(port, Ordering::Release);
+    }
+
+    /// Claims one unit of load if it is under its threshold.
+    pub fn try_lease(self: &Arc<Self>) -> Option<Lease> {
+        let max = self.spec.max_load;
+        self.load
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                (l < max).then_some(l + 1)
+            })
+            .ok()
+            .map(|_| Lease {
+                instance: self.clone(),
+            })
+    }
+
+    /// Builds the sandbox now rather than on the first request.
+    pub async fn warm_up(&self) -> Result<(), CallError> {
+        let mut slot = self.slot.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.deployment.instantiate(&self.runtime, self.name())?);
+        }
+        Ok(())
+    }
+
+    /// Runs one prediction in this instance, waiting for its turn.
+    pub async fn predict(&self, body: bytes::Bytes) -> Result<Vec<u8>, CallError> {
+        let mut slot = self.slot.clone().lock_owned().await;
+        let started = Instant::now();
+        let outcome = if self.cost_us.load(Ordering::Relaxed) > LONG_CALL.as_micros() as u64 {
+            let deployment = self.deployment.clone();
+            let runtime = self.runtime.clone();
+            let name = self.spec.name.clone();
+            tokio::task::spawn_blocking(move || {
+                call(&mut slot, &deployment, &runtime, &name, &body)
+            })
+            .await
+            .unwrap_or_else(|e| Err(CallError::Trap(format!("the call's thread failed: {e}"))))
+        } else {
+            call(
+                &mut slot,
+                &self.deployment,
+                &self.runtime,
+                self.name(),
+                &body,
+            )
+        };
+        self.record(&outcome, started.elapsed());
+        outcome
+    }
+
+    fn record(&self, outcome: &Result<Vec<u8>, CallError>, took: Duration) {
+        let us = took.as_micros() as u64;
+        let old = self.cost_us.load(Ordering::Relaxed);
+        self.cost_us
+            .store(old - old / 8 + us / 8, Ordering::Relaxed);
+        match outcome {
+            Ok(_) => {
+                self.served.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.is_bad_input() => {}
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if matches!(e, CallError::Trap(_) | CallError::Deadline(_)) {
+                    self.traps.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// A snapshot for `/topology`.
+    pub fn report(&self) -> InstanceReport {
+        let role = self.role();
+        let port = match (self.spec.port, self.bound_port.load(Ordering::Acquire)) {
+            (None, _) => None,
+            (Some(p), 0) => Some(p.to_string()),
+            (Some(_), bound) => Some(bound.to_string()),
+        };
+        InstanceReport {
+            status: role.serves(),
+            load: self.load(),
+            port,
+            role,
+            max_load: self.spec.max_load,
+            model: self.deployment.model.name.clone(),
+            version: self.deployment.version.clone(),
+            served: self.served.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            traps: self.traps.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runs one call in the slot, building the sandbox first if there is none
+/// and dropping it if the call poisoned it.
+fn call(
+    slot: &mut Option<Live>,
+    deployment: &Deployment,
+    runtime: &HostRuntime,
+    name: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, CallError> {
+    let live = match slot {
+        Some(live) => live,
+        None => slot.insert(deployment.instantiate(runtime, name)?),
+    };
+    let outcome = live.predict(body).map_err(|e| match e {
+        CallError::Deadline(_) => CallError::Deadline(runtime.limits().deadline),
+        e => e,
+    });
+    if let Err(e) = &outcome {
+        if !matches!(e, CallError::Rejected(_)) {
+            *slot = None;
+            tracing::warn!(instance = name, error = %e,
+                "instance faulted; its sandbox was dropped and will be rebuilt");
+        }
+    }
+    outcome
+}

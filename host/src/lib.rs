@@ -1,0 +1,46 @@
+//! # hadr-host
+//!
+//! hadr runs every predictor of a high-availability topology as an isolated
+//! WebAssembly component instance, behind a router that counts each
+//! instance's in-flight load, skips saturated ones and promotes a standby
+//! when the actives are full.
+//!
+//! ## How a request flows
+//! listener ([`http::server`], body limit in [`http::api`]) → router
+//! ([`router`], deciding with the pure rules in [`policy`]) → instance
+//! ([`instance`]: one wasmtime `Store` per topology entry) → guest `predict`
+//! (JSON → tensor → wasi:nn → tract, in [`nn`]) → JSON answer.
+//!
+//! ## Three lifetimes
+//! - **Host** ([`runtime`]): the engine, the linker (capability-free WASI 0.2
+//!   plus wasi:nn) and the epoch ticker; once per process.
+//! - **Deployment** ([`deployment`]): one compiled guest module paired with
+//!   one loaded model; immutable, shared by every instance that serves it.
+//! - **Instance** ([`instance`]): one sandbox per topology entry, replaced
+//!   when it traps.
+//!
+//! [`serve`] wires them together from a [`topology`] file; [`shutdown`] is
+//! the one signal every task listens to; [`loadtest`] is the load generator
+//! the benchmarks use.
+
+/// Host bindings for the `hadr:predictor/predictor` world (exports only; the
+/// imports are wired from wasmtime-wasi and wasmtime-wasi-nn).
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "hadr:predictor/predictor",
+    });
+}
+
+pub mod deployment;
+pub mod guest_log;
+pub mod http;
+pub mod instance;
+pub mod loadtest;
+pub mod nn;
+pub mod policy;
+pub mod router;
+pub mod runtime;
+pub mod serve;
+pub mod shutdown;
+pub mod topology;

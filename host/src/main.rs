@@ -1,0 +1,235 @@
+//! The `hadr-host` command line: parse, set up logging, hand over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hadr_host::loadtest::{self, LoadSpec};
+use hadr_host::runtime::Limits;
+use hadr_host::serve::{repo_defaults, Host, ServeOptions, DEFAULT_GUEST};
+use hadr_host::shutdown::Shutdown;
+use hadr_host::topology::Defaults;
+
+/// hadr: serve ML predictors as sandboxed WebAssembly instances in
+/// high-availability topologies.
+#[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a topology: one sandboxed predictor instance per entry, behind a
+    /// load-aware router.
+    ///
+    /// The router answers POST /predict ({"inputs": [[...], ...]}),
+    /// GET /topology and GET /healthz. An entry with a "port" also answers
+    /// POST /predict on that port directly. Entries with "status": false are
+    /// standbys, promoted when every active is saturated.
+    ///
+    /// Example: hadr-host serve topologies/2-active.json --listen 127.0.0.1:8000
+    Serve(ServeArgs),
+    /// Load-test a running predictor: closed loop, N keep-alive connections,
+    /// fixed duration; prints throughput, status counts and latency percentiles.
+    ///
+    /// Example: hadr-host loadtest http://127.0.0.1:8000/predict --connections 16 --duration 10s
+    Loadtest(LoadtestArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The topology file (the article's format; see topologies/).
+    topology: PathBuf,
+    /// Address of the router's listener. Instance ports bind on the same IP.
+    #[arg(long, default_value = "127.0.0.1:8000", env = "HADR_LISTEN")]
+    listen: SocketAddr,
+    /// Largest request body accepted (e.g. 1MiB, 512KiB); larger bodies get 413
+    /// before they are read.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    max_body: usize,
+    /// Longest one prediction may run in its sandbox before it is stopped (504).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
+    /// Most linear memory one instance may use (e.g. 64MiB).
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    max_memory: usize,
+    /// Model for entries that name none. [default: models/digits.onnx in this repository]
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Guest component for entries that name none.
+    /// [default: the guest built from guest-predictor/ in this repository]
+    #[arg(long)]
+    module: Option<PathBuf>,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+}
+
+#[derive(clap::Args)]
+struct LoadtestArgs {
+    /// URL to POST to, e.g. http://127.0.0.1:8000/predict.
+    url: hyper::Uri,
+    /// Request body: a JSON file. [default: one row of the digits model's cases]
+    #[arg(long)]
+    body: Option<PathBuf>,
+    /// Concurrent keep-alive connections, each with one request in flight.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// How long to measure.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// How long to send before measuring.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s.parse().map_err(|e| format!("{e}"))?;
+    usize::try_from(size.as_u64()).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hadr-host: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Loadtest(args) => loadtest(args).await.map_err(Failure::Other),
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("hadr-host: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("hadr-host: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    /// The operator's input is wrong: exit code 2.
+    Config(anyhow::Error),
+    /// Anything else: exit code 1.
+    Other(anyhow::Error),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HADR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let repo = repo_defaults();
+    let defaults = Defaults {
+        model: args.model.unwrap_or(repo.model),
+        module: args.module.unwrap_or(repo.module),
+    };
+    let options = ServeOptions {
+        topology: args.topology,
+        listen: args.listen,
+        max_body: args.max_body,
+        limits: Limits {
+            deadline: args.deadline,
+            max_memory: args.max_memory,
+        },
+        defaults: defaults.clone(),
+        grace: args.grace,
+    };
+    let host = match Host::start(&options).await {
+        Ok(host) => host,
+        Err(e) => {
+            let mut err = anyhow::Error::new(e);
+            if !defaults.module.is_file() {
+                err = err.context(format!(
+                    "the default guest {} is missing; build it with: \
+                     cargo build --release --target wasm32-wasip2 --manifest-path guest-predictor/Cargo.toml \
+                     (expected at {DEFAULT_GUEST})",
+                    defaults.module.display()
+                ));
+            }
+            let config = err
+                .downcast_ref::<hadr_host::serve::StartError>()
+                .is_none_or(|e| e.is_config());
+            return Err(if config {
+                Failure::Config(err)
+            } else {
+                Failure::Other(err)
+            });
+        }
+    };
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .context("installing signal handlers")
+        .map_err(Failure::Other)?;
+    let router = host.router_addr();
+    tracing::info!(%router, "router listening");
+    for (name, addr) in host.instance_addrs() {
+        tracing::info!(instance = %name, %addr, "instance listening");
+    }
+    // One line on stdout for scripts and tests: where to send requests.
+    println!("hadr-host ready: router http://{router}");
+    host.run(shutdown).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
+    let body = match &args.body {
+        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        None => default_body()?,
+    };
+    let spec = LoadSpec {
+        url: args.url,
+        body: body.into(),
+        connections: args.connections,
+        duration: args.duration,
+        warmup: args.warmup,
+    };
+    let report = loadtest::run(&spec).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{} requests in {:.1}s: {:.0} req/s, {:.0} ok/s; p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs; status {:?}; transport errors {}",
+            report.requests, report.seconds, report.rps, report.goodput, report.p50_us, report.p90_us,
+            report.p99_us, report.p999_us, report.by_status, report.transport_errors
+        );
+    }
+    Ok(())
+}
+
+/// `{"inputs": [first digits case]}`.
+fn default_body() -> anyhow::Result<Vec<u8>> {
+    let path = repo_defaults().model.with_extension("cases.json");
+    let cases: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    Ok(serde_json::to_vec(&cases["example"])?)
+}

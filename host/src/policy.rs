@@ -1,0 +1,201 @@
+//! Routing decisions, as pure functions over a snapshot.
+//!
+//! No I/O, no clocks, no atomics: [`decide`] sees each instance's role, load
+//! and threshold and says what to do. The router applies the decision to the
+//! live instances (and retries if it lost a race), so the rules the article
+//! describes are all here, testable in isolation:
+//! - send a request to the least loaded instance that takes traffic and is
+//!   under its threshold, breaking ties fairly (round robin from `start`);
+//! - when none can take it, promote a standby;
+//! - when there is no standby left, shed (503).
+
+use serde::Serialize;
+
+/// What an instance does in the topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum Role {
+    /// Takes routed traffic (the article's `"status": true`).
+    Active = 0,
+    /// Waits to be promoted (`"status": false`).
+    Standby = 1,
+    /// A standby that was promoted: now takes routed traffic.
+    Promoted = 2,
+}
+
+impl Role {
+    /// Decodes the value stored in an atomic; unknown values read as standby.
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Role::Active,
+            2 => Role::Promoted,
+            _ => Role::Standby,
+        }
+    }
+
+    /// Whether the router sends it traffic.
+    pub fn serves(self) -> bool {
+        matches!(self, Role::Active | Role::Promoted)
+    }
+}
+
+/// One instance as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// Its role.
+    pub role: Role,
+    /// Requests in flight or queued.
+    pub load: usize,
+    /// Threshold: at `load >= max_load` it is saturated.
+    pub max_load: usize,
+}
+
+impl View {
+    fn takes_traffic(&self) -> bool {
+        self.role.serves() && self.load < self.max_load
+    }
+}
+
+/// What the router should do with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it to this instance.
+    Route(usize),
+    /// Every serving instance is saturated: promote this standby, then decide again.
+    Promote(usize),
+    /// Nothing can take it: answer 503.
+    Shed,
+}
+
+/// Decides where one request goes. `start` rotates between calls so that
+/// equally loaded instances take turns.
+pub fn decide(views: &[View], start: usize) -> Decision {
+    let eligible = || views.iter().enumerate().filter(|(_, v)| v.takes_traffic());
+    if let Some(min) = eligible().map(|(_, v)| v.load).min() {
+        let tied = || eligible().filter(move |(_, v)| v.load == min);
+        let pick = start % tied().count();
+        let (i, _) = tied().nth(pick).expect("pick < count");
+        return Decision::Route(i);
+    }
+    match views.iter().position(|v| v.role == Role::Standby) {
+        Some(i) => Decision::Promote(i),
+        None => Decision::Shed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(role: Role, load: usize) -> View {
+        View {
+            role,
+            load,
+            max_load: 10,
+        }
+    }
+
+    #[test]
+    fn picks_the_least_loaded_active() {
+        let views = [v(Role::Active, 3), v(Role::Active, 1), v(Role::Standby, 0)];
+        assert_eq!(decide(&views, 0), Decision::Route(1));
+    }
+
+    #[test]
+    fn ties_take_turns() {
+        let views = [v(Role::Active, 2), v(Role::Active, 2), v(Role::Active, 2)];
+        let picks: Vec<_> = (0..6).map(|s| decide(&views, s)).collect();
+        let routed: Vec<usize> = picks
+            .iter()
+            .map(|d| match d {
+                Decision::Route(i) => *i,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(routed, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn ties_take_turns_among_eligible_instances_only() {
+        let views = [v(Role::Active, 0), v(Role::Active, 0), v(Role::Standby, 0)];
+        let mut counts = [0; 3];
+        for s in 0..30 {
+            match decide(&views, s) {
+                Decision::Route(i) => counts[i] += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(counts, [15, 15, 0]);
+    }
+
+    #[test]
+    fn standby_is_never_routed_while_an_active_has_room() {
+        let views = [v(Role::Active, 9), v(Role::Standby, 0)];
+        assert_eq!(decide(&views, 1), Decision::Route(0));
+    }
+
+    #[test]
+    fn saturated_actives_promote_the_first_standby() {
+        let views = [
+            v(Role::Active, 10),
+            v(Role::Active, 12),
+            v(Role::Standby, 0),
+            v(Role::Standby, 0),
+        ];
+        assert_eq!(decide(&views, 0), Decision::Promote(2));
+    }
+
+    #[test]
+    fn promoted_instances_serve_like_actives() {
+        let views = [v(Role::Active, 10), v(Role::Promoted, 4)];
+        assert_eq!(decide(&views, 0), Decision::Route(1));
+    }
+
+    #[test]
+    fn sheds_when_everything_is_full() {
+        let views = [v(Role::Active, 10), v(Role::Promoted, 10)];
+        assert_eq!(decide(&views, 0), Decision::Shed);
+        assert_eq!(decide(&[], 0), Decision::Shed);
+    }
+
+    #[test]
+    fn never_routes_to_a_saturated_or_standby_instance() {
+        // Exhaustive over small snapshots: a Route always names a serving
+        // instance under its threshold, with the minimum load among those.
+        let roles = [Role::Active, Role::Standby, Role::Promoted];
+        for a in 0..27 {
+            for loads in 0..64 {
+                let views: Vec<View> = (0..3)
+                    .map(|k| View {
+                        role: roles[(a / 3usize.pow(k)) % 3],
+                        load: (loads >> (2 * k)) & 3,
+                        max_load: 3,
+                    })
+                    .collect();
+                for start in 0..3 {
+                    match decide(&views, start) {
+                        Decision::Route(i) => {
+                            assert!(views[i].takes_traffic());
+                            let min = views
+                                .iter()
+                                .filter(|x| x.takes_traffic())
+                                .map(|x| x.load)
+                                .min();
+                            assert_eq!(Some(views[i].load), min);
+                        }
+                        Decision::Promote(i) => {
+                            assert_eq!(views[i].role, Role::Standby);
+                            assert!(!views.iter().any(View::takes_traffic));
+                        }
+                        Decision::Shed => {
+                            assert!(!views
+                                .iter()
+                                .any(|x| x.takes_traffic() || x.role == Role::Standby));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

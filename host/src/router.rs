@@ -1,0 +1,83 @@
+//! The router: the article's `router.py`, applied to live instances.
+//!
+//! Each request asks [`crate::policy::decide`] over a fresh snapshot of roles
+//! and loads, then claims the chosen instance with an atomic compare-and-add
+//! that refuses to pass its threshold. Losing that race (another request took
+//! the last slot) just means deciding again; the loop is bounded, so a
+//! request is never stuck in the router.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::instance::{Instance, Lease};
+use crate::policy::{decide, Decision, View};
+
+/// Routes requests over a topology's instances.
+pub struct Router {
+    instances: Vec<Arc<Instance>>,
+    next: AtomicUsize,
+}
+
+/// No instance can take the request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("every instance is saturated or unavailable")]
+pub struct Saturated;
+
+impl Router {
+    /// A router over `instances`, in topology order.
+    pub fn new(instances: Vec<Arc<Instance>>) -> Self {
+        Self {
+            instances,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The instances, in topology order.
+    pub fn instances(&self) -> &[Arc<Instance>] {
+        &self.instances
+    }
+
+    /// Looks an instance up by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Instance>> {
+        self.instances.iter().find(|i| i.name() == name)
+    }
+
+    /// Claims a slot on the instance the policy picks, promoting standbys as
+    /// the policy asks. Fails with [`Saturated`] when nothing can take it.
+    pub fn acquire(&self) -> Result<Lease, Saturated> {
+        // Each round routes, promotes one standby, or loses one race; a few
+        // more rounds than instances is plenty.
+        for _ in 0..self.instances.len() * 2 + 2 {
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            match decide(&self.snapshot(), start) {
+                Decision::Route(i) => {
+                    if let Some(lease) = self.instances[i].try_lease() {
+                        return Ok(lease);
+                    }
+                }
+                Decision::Promote(i) => {
+                    let instance = &self.instances[i];
+                    if instance.promote() {
+                        tracing::warn!(
+                            instance = instance.name(),
+                            "every active instance is saturated or unusable: standby promoted to active"
+                        );
+                    }
+                }
+                Decision::Shed => return Err(Saturated),
+            }
+        }
+        Err(Saturated)
+    }
+
+    fn snapshot(&self) -> Vec<View> {
+        self.instances
+            .iter()
+            .map(|i| View {
+                role: i.role(),
+                load: i.load(),
+                max_load: i.spec().max_load,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,169 @@
+//! The host lifetime: what exists once per process.
+//!
+//! One wasmtime [`Engine`] (pooling allocator, epoch interruption), one
+//! [`Linker`] that offers guests a capability-free WASI 0.2 plus wasi:nn, and
+//! one epoch ticker thread that makes per-call deadlines work. Deployments
+//! (modules + models) and instances are built on top of a [`HostRuntime`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
+
+/// How often the epoch advances: the resolution of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Per-instance limits every store is created with.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest a single guest call may run before it is interrupted.
+    pub deadline: Duration,
+    /// Most linear memory one instance may hold, in bytes.
+    pub max_memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(1),
+            max_memory: 64 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// The deadline in epoch ticks (at least one).
+    pub fn deadline_ticks(&self) -> u64 {
+        let ticks = self.deadline.as_micros() / EPOCH_TICK.as_micros();
+        (ticks as u64).max(1)
+    }
+}
+
+/// What every instance's `Store` holds: its WASI context (no capabilities),
+/// its resource table, its wasi-nn context and its memory limiter.
+pub struct InstanceState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) nn: WasiNnCtx,
+    pub(crate) limits: StoreLimits,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The engine, the linker and the epoch ticker; shared by every deployment.
+pub struct HostRuntime {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    limits: Limits,
+    ticker: EpochTicker,
+}
+
+impl HostRuntime {
+    /// Builds the engine for about `instances` live instances at once (the
+    /// pooling allocator reserves slots for them up front).
+    pub fn new(limits: Limits, instances: usize) -> wasmtime::Result<Self> {
+        let engine = Engine::new(&engine_config(limits, instances))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut InstanceState| {
+            WasiNnView::new(&mut s.table, &mut s.nn)
+        })?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            ticker,
+        })
+    }
+
+    /// The shared engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The shared linker (WASI 0.2 without capabilities, wasi:nn).
+    pub fn linker(&self) -> &Linker<InstanceState> {
+        &self.linker
+    }
+
+    /// The limits each instance gets.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Whether the epoch ticker is still running (it stops with the runtime).
+    pub fn ticking(&self) -> bool {
+        self.ticker.running()
+    }
+}
+
+fn engine_config(limits: Limits, instances: usize) -> Config {
+    // Room for every instance, its replacement being built, and spares.
+    let components = u32::try_from(instances.max(1) * 4 + 16).unwrap_or(u32::MAX);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(components)
+        .total_core_instances(components.saturating_mul(8))
+        .max_core_instances_per_component(32)
+        .total_memories(components.saturating_mul(2))
+        .max_memories_per_component(4)
+        .total_tables(components.saturating_mul(4))
+        .max_tables_per_component(8)
+        .max_memory_size(limits.max_memory);
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread, so a
+/// guest stuck in a loop is interrupted at its deadline.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("hadr-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! `hadr-host serve`: from a topology file to listening sockets.
+//!
+//! Start-up does all the slow and fallible work before the first socket is
+//! bound: parse the topology, load every model once, compile every guest
+//! module once, pair them into deployments, and build every instance's
+//! sandbox. A broken file, model or guest therefore stops start-up with a
+//! message naming it, instead of failing the first request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::deployment::{CompiledModule, Deployment, ModuleError};
+use crate::http::{server, App, Target};
+use crate::instance::{CallError, Instance};
+use crate::nn::{LoadedModel, ModelError};
+use crate::router::Router;
+use crate::runtime::{HostRuntime, Limits};
+use crate::shutdown::Shutdown;
+use crate::topology::{Defaults, Topology, TopologyError};
+
+/// Everything `serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The topology file.
+    pub topology: PathBuf,
+    /// Where the router listens.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Per-instance limits.
+    pub limits: Limits,
+    /// Model and module for entries that name none.
+    pub defaults: Defaults,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub grace: Duration,
+}
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The topology file is wrong.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// A model did not load.
+    #[error("{file}: instance `{instance}`: field `model`: {source}")]
+    Model {
+        /// The topology file.
+        file: PathBuf,
+        /// The first instance naming it.
+        instance: String,
+        /// Why it did not load.
+        source: ModelError,
+    },
+    /// Two different model files share a name.
+    #[error("{0}: models {1} and {2} would both be served as `{3}`: rename one of the files")]
+    ModelName(PathBuf, PathBuf, PathBuf, String),
+    /// A guest module was refused.
+    #[error("{file}: instance `{instance}`: field `module`: {source}")]
+    Module {
+        /// The topology file.
+        file: PathBuf,
+        /// The first instance naming it.
+        instance: String,
+        /// Why it was refused.
+        source: ModuleError,
+    },
+    /// An instance's sandbox could not be built.
+    #[error("{0}: instance `{1}` could not start: {2}")]
+    Instance(PathBuf, String, CallError),
+    /// The engine could not be created.
+    #[error("cannot create the WebAssembly engine: {0:#}")]
+    Engine(wasmtime::Error),
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Whether the operator's input (file, model, guest, address) is at fault.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, StartError::Engine(_))
+    }
+}
+
+/// A host with every listener bound, not yet serving.
+pub struct Host {
+    app: Arc<App>,
+    router_listener: TcpListener,
+    instance_listeners: Vec<(Arc<Instance>, TcpListener)>,
+    grace: Duration,
+    _runtime: Arc<HostRuntime>,
+}
+
+impl Host {
+    /// Builds every deployment and instance and binds every listener.
+    pub async fn start(options: &ServeOptions) -> Result<Self, StartError> {
+        let topology = Topology::load(&options.topology, &options.defaults)?;
+        let runtime = Arc::new(
+            HostRuntime::new(options.limits, topology.instances.len())
+                .map_err(StartError::Engine)?,
+        );
+        let deployments = build_deployments(&runtime, &topology)?;
+        let mut instances = Vec::new();
+        for spec in &topology.instances {
+            let deployment = deployments[&(spec.module.clone(), spec.model.clone())].clone();
+            let instance = Arc::new(Instance::new(spec.clone(), runtime.clone(), deployment));
+            instance
+                .warm_up()
+                .await
+                .map_err(|e| StartError::Instance(topology.path.clone(), spec.name.clone(), e))?;
+            instances.push(instance);
+        }
+        let router_listener = bind(options.listen, "router".into()).await?;
+        let mut instance_listeners = Vec::new();
+        for instance in &instances {
+            if let Some(port) = instance.spec().port {
+                let addr = SocketAddr::new(options.listen.ip(), port);
+                let listener = bind(addr, format!("instance `{}`", instance.name())).await?;
+                let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+                instance.set_bound_port(bound);
+                instance_listeners.push((instance.clone(), listener));
+            }
+        }
+        let app = Arc::new(App {
+            router: Router::new(instances),
+            max_body: options.max_body,
+        });
+        Ok(Self {
+            app,
+            router_listener,
+            instance_listeners,
+            grace: options.grace,
+            _runtime: runtime,
+        })
+    }
+
+    /// The router's bound address.
+    pub fn router_addr(&self) -> SocketAddr {
+        self.router_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Each instance listener's name and bound address.
+    pub fn instance_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.instance_listeners
+            .iter()
+            .filter_map(|(i, l)| Some((i.name().to_string(), l.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// The shared application state.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves until `shutdown` fires and in-flight requests have finished.
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (instance, listener) in self.instance_listeners {
+            tasks.spawn(server::serve(
+                listener,
+                self.app.clone(),
+                Target::Instance(instance),
+                shutdown.clone(),
+                self.grace,
+            ));
+        }
+        tasks.spawn(server::serve(
+            self.router_listener,
+            self.app.clone(),
+            Target::Router,
+            shutdown,
+            self.grace,
+        ));
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn bind(addr: SocketAddr, what: String) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
+}
+
+type DeploymentKey = (PathBuf, PathBuf);
+
+/// Loads each distinct model and compiles each distinct module once, then
+/// pairs them as the topology asks.
+fn build_deployments(
+    runtime: &HostRuntime,
+    topology: &Topology,
+) -> Result<HashMap<DeploymentKey, Arc<Deployment>>, StartError> {
+    let mut models: HashMap<PathBuf, Arc<LoadedModel>> = HashMap::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    let mut modules: HashMap<PathBuf, Arc<CompiledModule>> = HashMap::new();
+    let mut deployments = HashMap::new();
+    for spec in &topology.instances {
+        if !models.contains_key(&spec.model) {
+            let started = std::time::Instant::now();
+            let model =
+                LoadedModel::from_file(&spec.model).map_err(|source| StartError::Model {
+                    file: topology.path.clone(),
+                    instance: spec.name.clone(),
+                    source,
+                })?;
+            if let Some(other) = names.insert(model.name.clone(), spec.model.clone()) {
+                return Err(StartError::ModelName(
+                    topology.path.clone(),
+                    other,
+                    spec.model.clone(),
+                    model.name,
+                ));
+            }
+            tracing::info!(model = %model.name, path = %spec.model.display(), features = model.graph.features(),
+                outputs = ?model.graph.output_names(), took = ?started.elapsed(), "model loaded");
+            models.insert(spec.model.clone(), Arc::new(model));
+        }
+        if !modules.contains_key(&spec.module) {
+            let started = std::time::Instant::now();
+            let module = CompiledModule::from_file(runtime, &spec.module).map_err(|source| {
+                StartError::Module {
+                    file: topology.path.clone(),
+                    instance: spec.name.clone(),
+                    source,
+                }
+            })?;
+            tracing::info!(path = %spec.module.display(), digest = &module.digest[..12], took = ?started.elapsed(), "guest module compiled");
+            modules.insert(spec.module.clone(), Arc::new(module));
+        }
+        let key = (spec.module.clone(), spec.model.clone());
+        deployments.entry(key).or_insert_with(|| {
+            Arc::new(Deployment::new(
+                modules[&spec.module].clone(),
+                models[&spec.model].clone(),
+            ))
+        });
+    }
+    Ok(deployments)
+}
+
+/// Where the default guest and model live in this repository.
+pub fn repo_defaults() -> Defaults {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Defaults {
+        model: root.join("models/digits.onnx"),
+        module: root.join(DEFAULT_GUEST),
+    }
+}
+
+/// The default guest, relative to the repository root, as the README's build
+/// step leaves it.
+pub const DEFAULT_GUEST: &str =
+    "guest-predictor/target/wasm32-wasip2/release/hadr_guest_predictor.wasm";

@@ -1,0 +1,65 @@
+//! Shutdown: one signal every task listens to.
+//!
+//! [`Shutdown::trigger`] (or SIGINT/SIGTERM, via [`Shutdown::on_signals`])
+//! flips one watch channel; accept loops stop accepting, and open
+//! connections finish their in-flight request before closing.
+
+use tokio::sync::watch;
+
+/// A cloneable handle on the process's shutdown signal.
+#[derive(Clone)]
+pub struct Shutdown {
+    tx: std::sync::Arc<watch::Sender<bool>>,
+    rx: watch::Receiver<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// A signal that has not fired.
+    pub fn new() -> Self {
+        let (tx, rx) = watch::channel(false);
+        Self {
+            tx: std::sync::Arc::new(tx),
+            rx,
+        }
+    }
+
+    /// Fires the signal; every waiter wakes.
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether it has fired.
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once the signal has fired.
+    pub async fn wait(&self) {
+        let mut rx = self.rx.clone();
+        // An error means every sender is gone: treat as fired.
+        let _ = rx.wait_for(|fired| *fired).await;
+    }
+
+    /// Fires the signal on SIGINT or SIGTERM.
+    pub fn on_signals(&self) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!("{name} received: stopping");
+            this.trigger();
+        });
+        Ok(())
+    }
+}

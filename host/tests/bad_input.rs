@@ -1,0 +1,114 @@
+//! Acceptance: each kind of bad input gets its status and a JSON message,
+//! and the host keeps serving.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{cases, free_ports, get, inputs, post, request, Host};
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn message(body: &serde_json::Value) -> &str {
+    body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_input_gets_its_status_and_the_host_keeps_serving() {
+    let host = Host::start(&free_ports("2-active.json"), &["--max-body", "64KiB"]);
+    let addr = host.router;
+    let row = cases("digits")["cases"][0]["input"].clone();
+
+    let (s, _, b) = post(addr, "/predict", "{\"inputs\": [[1, 2,").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["error"], "malformed_request");
+    assert!(message(&b).contains("not valid JSON"), "{b}");
+
+    let (s, _, b) = post(addr, "/predict", r#"{"inputs": [[1, 2, 3]]}"#).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"], "invalid_input");
+    assert!(message(&b).contains("the model takes 64 features"), "{b}");
+
+    let uneven = serde_json::json!({"inputs": [row.clone(), [1.0, 2.0]]}).to_string();
+    let (s, _, b) = post(addr, "/predict", uneven).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(message(&b).contains("row 1 has 2 values"), "{b}");
+
+    let (s, _, b) = post(addr, "/predict", r#"{"inputs": [["x"]]}"#).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+
+    let (s, _, b) = post(addr, "/predict", r#"{"inputs": [[1e39]]}"#).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(message(&b).contains("not a finite"), "{b}");
+
+    let (s, _, b) = post(addr, "/predict", r#"{"rows": []}"#).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(message(&b).contains("unknown field `rows`"), "{b}");
+
+    let big = inputs(&vec![row.clone(); 400]);
+    assert!(big.len() > 64 * 1024);
+    let (s, h, b) = post(addr, "/predict", big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+    assert_eq!(b["error"], "payload_too_large");
+    assert_eq!(h["connection"], "close");
+
+    let (s, _, b) = get(addr, "/nowhere").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    assert!(message(&b).contains("POST /predict"), "{b}");
+
+    let (s, h, b) = get(addr, "/predict").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{b}");
+    assert_eq!(h["allow"], "POST");
+    let (s, h, _) = request(addr, Method::DELETE, "/topology", Default::default()).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(h["allow"], "GET");
+
+    // Still serving, and bad input did not count as instance failures.
+    let (s, _, b) = post(addr, "/predict", inputs(&[row])).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let t = host.topology().await;
+    assert_eq!(t["predict1"]["failed"], 0, "{t}");
+    assert_eq!(t["predict2"]["failed"], 0, "{t}");
+}
+
+/// A declared 1 GiB body is refused from its headers alone: the answer comes
+/// back without the client sending the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upload_is_refused_before_it_is_read() {
+    let host = Host::start(&free_ports("single.json"), &[]);
+    let mut stream = tokio::net::TcpStream::connect(host.router).await.unwrap();
+    let head = "POST /predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n{\"inputs\": [[";
+    let started = Instant::now();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("no answer without the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// A chunked body (no Content-Length) is cut off once it passes the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_the_limit_is_refused() {
+    let host = Host::start(&free_ports("single.json"), &["--max-body", "1KiB"]);
+    let mut stream = tokio::net::TcpStream::connect(host.router).await.unwrap();
+    let mut req =
+        String::from("POST /predict HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n");
+    for _ in 0..4 {
+        req.push_str(&format!("400\r\n{}\r\n", "1".repeat(0x400)));
+    }
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}

@@ -1,0 +1,173 @@
+//! Test helpers: start the real `hadr-host` binary on loopback, talk HTTP to it.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A private temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hadr-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A topology from the repository with every port replaced by 0 (any free port).
+pub fn free_ports(topology: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("topologies").join(topology)).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for entry in value.as_object_mut().unwrap().values_mut() {
+        if entry.get("port").is_some() {
+            entry["port"] = "0".into();
+        }
+    }
+    value.to_string()
+}
+
+/// A running `hadr-host serve`, killed on drop.
+pub struct Host {
+    pub child: Child,
+    pub router: SocketAddr,
+    pub dir: TempDir,
+}
+
+impl Host {
+    /// Starts `hadr-host serve` on a topology given as text, router on a free port.
+    pub fn start(topology: &str, extra: &[&str]) -> Host {
+        let dir = TempDir::new("host");
+        let path = dir.write("topology.json", topology);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+            .arg("serve")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting hadr-host");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("hadr-host ready: router http://")
+            .unwrap_or_else(|| panic!("hadr-host did not start; it printed {line:?}"));
+        Host {
+            child,
+            router: addr.parse().unwrap(),
+            dir,
+        }
+    }
+
+    /// `GET /topology`.
+    pub async fn topology(&self) -> serde_json::Value {
+        let (status, _, body) = get(self.router, "/topology").await;
+        assert_eq!(status, StatusCode::OK);
+        body
+    }
+
+    /// The bound port of an instance's direct listener.
+    pub async fn instance_addr(&self, name: &str) -> SocketAddr {
+        let t = self.topology().await;
+        let port: u16 = t[name]["port"].as_str().unwrap().parse().unwrap();
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP answer: status, headers and the body as JSON.
+pub type Answer = (StatusCode, HeaderMap, serde_json::Value);
+
+/// One request on a fresh connection.
+pub async fn request(addr: SocketAddr, method: Method, path: &str, body: Bytes) -> Answer {
+    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, addr.to_string())
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "answer to {path} is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, headers, json)
+}
+
+pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Answer {
+    request(addr, Method::POST, path, body.into()).await
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+    request(addr, Method::GET, path, Bytes::new()).await
+}
+
+/// A model's cases file.
+pub fn cases(model: &str) -> serde_json::Value {
+    let path = repo().join("models").join(format!("{model}.cases.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `{"inputs": rows}`.
+pub fn inputs(rows: &[serde_json::Value]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "inputs": rows })).unwrap()
+}

@@ -1,0 +1,74 @@
+//! Acceptance: through the running binary, every case of each model's cases
+//! file matches scikit-learn's probabilities to 1e-5, and the digits model is
+//! at least 95% accurate on its held-out split.
+
+mod common;
+
+use common::{cases, inputs, post, repo, Host};
+use hyper::StatusCode;
+
+/// Serves `model` from a one-instance topology and checks every case,
+/// in batches and one row at a time. Returns the served accuracy.
+async fn check_model(model: &str) -> f64 {
+    let path = repo().join("models").join(format!("{model}.onnx"));
+    let topology = serde_json::json!({
+        "predict1": {"status": true, "load": 0, "model": path}
+    })
+    .to_string();
+    let host = Host::start(&topology, &[]);
+    let cases = cases(model);
+    let all = cases["cases"].as_array().unwrap();
+    assert!(all.len() > 50, "{model}: too few cases to mean anything");
+    let mut correct = 0;
+    let mut worst = 0.0f64;
+    for (chunk_index, chunk) in all.chunks(37).enumerate() {
+        let rows: Vec<_> = chunk.iter().map(|c| c["input"].clone()).collect();
+        let (status, _, answer) = post(host.router, "/predict", inputs(&rows)).await;
+        assert_eq!(status, StatusCode::OK, "{model}: {answer}");
+        assert_eq!(answer["model"], model);
+        assert_eq!(answer["instance"], "predict1");
+        let outputs = answer["outputs"].as_array().unwrap();
+        let labels = answer["labels"].as_array().unwrap();
+        assert_eq!(outputs.len(), chunk.len());
+        for (k, case) in chunk.iter().enumerate() {
+            let want = case["probabilities"].as_array().unwrap();
+            let got = outputs[k].as_array().unwrap();
+            assert_eq!(got.len(), want.len(), "{model}: class count");
+            for (g, w) in got.iter().zip(want) {
+                let diff = (g.as_f64().unwrap() - w.as_f64().unwrap()).abs();
+                worst = worst.max(diff);
+                assert!(
+                    diff <= 1e-5,
+                    "{model}: case {} differs by {diff}: got {got:?}, scikit-learn {want:?}",
+                    chunk_index * 37 + k
+                );
+            }
+            if labels[k] == case["target"] {
+                correct += 1;
+            }
+        }
+    }
+    // One row per request too: the batch path is not the only path.
+    for case in all.iter().take(20) {
+        let (status, _, answer) =
+            post(host.router, "/predict", inputs(&[case["input"].clone()])).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer["labels"][0], case["label"], "{model}: argmax label");
+    }
+    eprintln!("{model}: {} cases, worst difference {worst:e}", all.len());
+    correct as f64 / all.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_cases_match_scikit_learn_and_accuracy_holds() {
+    let accuracy = check_model("digits").await;
+    eprintln!("digits held-out accuracy through hadr: {accuracy:.4}");
+    assert!(accuracy >= 0.95, "digits accuracy {accuracy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breast_cancer_tree_ensemble_cases_match_scikit_learn() {
+    let accuracy = check_model("breast_cancer").await;
+    eprintln!("breast_cancer held-out accuracy through hadr: {accuracy:.4}");
+    assert!(accuracy >= 0.9, "breast_cancer accuracy {accuracy}");
+}

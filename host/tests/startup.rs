@@ -1,0 +1,95 @@
+//! Acceptance: an invalid topology stops start-up with exit code 2 and a
+//! message naming the file, the instance and the field.
+
+mod common;
+
+use std::process::Command;
+
+use common::{repo, TempDir};
+
+/// Runs `hadr-host serve` on `topology` and returns (exit code, stderr).
+fn refused(topology: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("startup");
+    let path = dir.write("bad.json", topology);
+    let out = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+        .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("bad.json"),
+        "the message must name the file: {stderr}"
+    );
+    (out.status.code(), stderr)
+}
+
+#[test]
+fn invalid_topologies_exit_2_naming_file_instance_and_field() {
+    let cases = [
+        ("{\"predict1\": ", "not a topology"),
+        (
+            r#"{"predict1": {"status": true, "colour": "red"}}"#,
+            "instance `predict1`: unknown field `colour`",
+        ),
+        (
+            r#"{"a": {"status": true, "port": "9696"}, "b": {"status": true, "port": 9696}}"#,
+            "instance `b`: field `port`: 9696 is already the port of `a`",
+        ),
+        (
+            r#"{"predict1": {"status": true, "model": "missing.onnx"}}"#,
+            "instance `predict1`: field `model`: no such file",
+        ),
+        (
+            r#"{"predict1": {"status": true, "port": "http"}}"#,
+            "instance `predict1`: field `port`",
+        ),
+        (r#"{"predict1": {"status": false}}"#, "no active instance"),
+    ];
+    for (topology, expected) in cases {
+        let (code, stderr) = refused(topology);
+        assert_eq!(code, Some(2), "{topology}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{topology}: expected {expected:?} in {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_model_or_not_a_guest_is_refused_by_name() {
+    let dir = TempDir::new("startup-files");
+    let junk = dir.write("junk.onnx", "not a model");
+    let (code, stderr) = refused(&format!(
+        r#"{{"predict1": {{"status": true, "model": {junk:?}}}}}"#
+    ));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("junk.onnx") && stderr.contains("cannot load model"),
+        "{stderr}"
+    );
+
+    let junk = dir.write("junk.wasm", "not wasm");
+    let (code, stderr) = refused(&format!(
+        r#"{{"predict1": {{"status": true, "module": {junk:?}}}}}"#
+    ));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("junk.wasm") && stderr.contains("not a WebAssembly component"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_topology_file_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+        .args(["serve", "/nonexistent/topology.json"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/nonexistent/topology.json") && stderr.contains("cannot read topology"),
+        "{stderr}"
+    );
+}
