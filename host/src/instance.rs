@@ -12,8 +12,9 @@
 //!
 //! Short calls run on the request's own task: on two cores a hop to another
 //! thread costs as much as a small prediction. Calls that have been taking
-//! longer than [`LONG_CALL`] move to the blocking pool so they cannot stall
-//! the accept loop or other instances.
+//! longer than `offload_above` (see [`crate::runtime::Limits`], default 1 ms)
+//! move to the blocking pool so they cannot stall the accept loop or other
+//! instances.
 
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -28,9 +29,6 @@ use crate::deployment::Deployment;
 use crate::policy::Role;
 use crate::runtime::{HostRuntime, InstanceState};
 use crate::topology::InstanceSpec;
-
-/// Calls whose recent average exceeds this run off the request's task.
-pub const LONG_CALL: Duration = Duration::from_millis(1);
 
 /// Why a call produced no prediction.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +251,8 @@ impl Instance {
     pub async fn predict(&self, body: bytes::Bytes) -> Result<Vec<u8>, CallError> {
         let mut slot = self.slot.clone().lock_owned().await;
         let started = Instant::now();
-        let outcome = if self.cost_us.load(Ordering::Relaxed) > LONG_CALL.as_micros() as u64 {
+        let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
+        let outcome = if self.cost_us.load(Ordering::Relaxed) >= offload_above {
             let deployment = self.deployment.clone();
             let runtime = self.runtime.clone();
             let name = self.spec.name.clone();

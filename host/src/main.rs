@@ -58,6 +58,12 @@ struct ServeArgs {
     /// Most linear memory one instance may use (e.g. 64MiB).
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     max_memory: usize,
+    /// Predictions that have recently taken longer than this run on a blocking
+    /// thread instead of the request's task, so they cannot stall other
+    /// requests; shorter ones stay on the task (a thread hop costs about as
+    /// much as a small prediction). 0s: always offload.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    offload_above: Duration,
     /// Model for entries that name none. [default: models/digits.onnx in this repository]
     #[arg(long)]
     model: Option<PathBuf>,
@@ -157,6 +163,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         limits: Limits {
             deadline: args.deadline,
             max_memory: args.max_memory,
+            offload_above: args.offload_above,
         },
         defaults: defaults.clone(),
         grace: args.grace,

@@ -17,13 +17,16 @@ use wasmtime_wasi_nn::wit::{WasiNnCtx, WasiNnView};
 /// How often the epoch advances: the resolution of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Per-instance limits every store is created with.
+/// Per-instance limits and scheduling every instance is created with.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Longest a single guest call may run before it is interrupted.
     pub deadline: Duration,
     /// Most linear memory one instance may hold, in bytes.
     pub max_memory: usize,
+    /// Calls whose recent average takes longer than this run on the blocking
+    /// pool instead of the request's task (zero: always).
+    pub offload_above: Duration,
 }
 
 impl Default for Limits {
@@ -31,6 +34,7 @@ impl Default for Limits {
         Self {
             deadline: Duration::from_secs(1),
             max_memory: 64 << 20,
+            offload_above: Duration::from_millis(1),
         }
     }
 }
@@ -125,6 +129,10 @@ fn engine_config(limits: Limits, instances: usize) -> Config {
     config
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // `HADR_PERFMAP=1` names JIT-compiled guest functions for `perf`.
+    if std::env::var_os("HADR_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
 

@@ -315,7 +315,7 @@ mod tests {
         for body in [
             "",
             "{",
-            "{\"inputs\": [[1,2]]",
+            "{\"inputs\": [[1]]",
             "nope",
             "{\"inputs\": [[NaN]]}",
         ] {
