@@ -58,7 +58,10 @@ impl Guest for Predictor {
     fn predict(body: Vec<u8>) -> Result<Vec<u8>, PredictError> {
         LOADED.with(|l| match l.borrow().as_ref() {
             Some(loaded) => loaded.predict(&body),
-            None => Err(error(ErrorKind::Internal, "predict called before init".into())),
+            None => Err(error(
+                ErrorKind::Internal,
+                "predict called before init".into(),
+            )),
         })
     }
 }
@@ -70,11 +73,11 @@ impl Loaded {
             predict_core::RequestError::Malformed(m) => error(ErrorKind::MalformedRequest, m),
             predict_core::RequestError::Invalid(m) => error(ErrorKind::InvalidInput, m),
         })?;
-        let bytes: Vec<u8> = batch.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // wasm is little-endian, as wasi-nn's tensor bytes are: no conversion.
         let input = Tensor::new(
             &[batch.rows as u32, features as u32],
             TensorType::Fp32,
-            &bytes,
+            bytemuck::cast_slice(&batch.data),
         );
         let outputs = self
             .context
@@ -86,7 +89,11 @@ impl Loaded {
             instance: &self.config.instance,
             version: &self.config.version,
         };
-        Ok(predict_core::write_response(origin, &probabilities, classes))
+        Ok(predict_core::write_response(
+            origin,
+            &probabilities,
+            classes,
+        ))
     }
 }
 
@@ -110,17 +117,14 @@ fn probabilities(
             )
         })?;
     let data = tensor.data();
-    let values: Vec<f32> = data
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    if rows == 0 || values.len() % rows != 0 {
+    let values: Vec<f32> = match bytemuck::try_cast_slice(&data) {
+        Ok(aligned) => aligned.to_vec(),
+        Err(_) => bytemuck::pod_collect_to_vec(&data),
+    };
+    if rows == 0 || !values.len().is_multiple_of(rows) {
         return Err(error(
             ErrorKind::ModelFailure,
-            format!(
-                "the model gave {} values for {rows} rows",
-                values.len()
-            ),
+            format!("the model gave {} values for {rows} rows", values.len()),
         ));
     }
     let classes = values.len() / rows;
@@ -132,7 +136,10 @@ fn error(kind: ErrorKind, message: String) -> PredictError {
 }
 
 fn nn_error(kind: ErrorKind, doing: &str, e: NnError) -> PredictError {
-    error(kind, format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()))
+    error(
+        kind,
+        format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()),
+    )
 }
 
 export!(Predictor);

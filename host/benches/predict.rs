@@ -61,6 +61,10 @@ fn predictions(c: &mut Criterion) {
             b.iter(|| model.graph.run(batch.rows, &batch.data).unwrap())
         });
     }
+    // The fixed cost of a call into the sandbox: the guest refuses at once.
+    group.bench_function("guest-refused", |b| {
+        b.iter(|| live.predict(b"{}").unwrap_err())
+    });
     group.finish();
 
     c.bench_function("instantiate/cold", |b| {

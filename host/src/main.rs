@@ -98,7 +98,7 @@ struct LoadtestArgs {
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = s.parse().map_err(|e| format!("{e}"))?;
+    let size: bytesize::ByteSize = s.parse().map_err(|e: String| e)?;
     usize::try_from(size.as_u64()).map_err(|e| e.to_string())
 }
 
