@@ -16,8 +16,9 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
+use exports::hadr::predictor::chaos::Fault;
 use hadr::predictor::types::ErrorKind;
 use wasi::nn::errors::Error as NnError;
 use wasi::nn::graph::{self, Graph};
@@ -34,6 +35,7 @@ struct Loaded {
 
 thread_local! {
     static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+    static ARMED: Cell<Option<Fault>> = const { Cell::new(None) };
 }
 
 struct Predictor;
@@ -56,6 +58,9 @@ impl Guest for Predictor {
     }
 
     fn predict(body: Vec<u8>) -> Result<Vec<u8>, PredictError> {
+        if let Some(fault) = ARMED.with(Cell::take) {
+            fail(fault);
+        }
         LOADED.with(|l| match l.borrow().as_ref() {
             Some(loaded) => loaded.predict(&body),
             None => Err(error(
@@ -140,6 +145,29 @@ fn nn_error(kind: ErrorKind, doing: &str, e: NnError) -> PredictError {
         kind,
         format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()),
     )
+}
+
+impl exports::hadr::predictor::chaos::Guest for Predictor {
+    fn arm(fault: Fault) {
+        ARMED.with(|a| a.set(Some(fault)));
+    }
+}
+
+/// Fails the way a broken guest would: it never returns.
+fn fail(fault: Fault) -> ! {
+    match fault {
+        Fault::Trap => core::arch::wasm32::unreachable(),
+        Fault::Hang => loop {
+            std::hint::black_box(());
+        },
+        Fault::Oom => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+    }
 }
 
 export!(Predictor);

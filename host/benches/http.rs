@@ -43,6 +43,7 @@ fn start(mut command: Command, ready_prefix: &str) -> Server {
     let base = line
         .trim()
         .strip_prefix(ready_prefix)
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("server did not start: {line:?}"))
         .to_string();
     Server {
@@ -116,6 +117,8 @@ fn main() {
             "127.0.0.1:0",
         ])
         .args(["--offload-above", offload_above])
+        .args(["--admin-listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.join(format!("state-{offload_above}")))
         .env("HADR_LOG", "warn");
         start(cmd, "hadr-host ready: router ")
     };

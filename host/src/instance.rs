@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use wasmtime::Store;
 
+use crate::bindings::exports::hadr::predictor::chaos::Fault;
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
 use crate::bindings::Predictor;
 use crate::deployment::Deployment;
@@ -85,6 +86,15 @@ impl Live {
             predictor,
             deadline_ticks,
         }
+    }
+
+    /// Arms a chaos fault for the next `predict`.
+    pub fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.predictor
+            .hadr_predictor_chaos()
+            .call_arm(&mut self.store, fault)
+            .map_err(|e| CallError::from_wasmtime("arming a fault", e))
     }
 
     /// One prediction, interrupted at the deadline. An `Err` other than
@@ -245,6 +255,21 @@ impl Instance {
             *slot = Some(self.deployment.instantiate(&self.runtime, self.name())?);
         }
         Ok(())
+    }
+
+    /// Arms a fault in the guest: its next call fails inside the sandbox
+    /// (chaos drills). Builds the sandbox first if there is none.
+    pub async fn arm(&self, fault: Fault) -> Result<(), CallError> {
+        let mut slot = self.slot.lock().await;
+        let live = match &mut *slot {
+            Some(live) => live,
+            None => slot.insert(self.deployment.instantiate(&self.runtime, self.name())?),
+        };
+        let outcome = live.arm(fault);
+        if outcome.is_err() {
+            *slot = None;
+        }
+        outcome
     }
 
     /// Runs one prediction in this instance, waiting for its turn.

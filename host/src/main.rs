@@ -71,6 +71,14 @@ struct ServeArgs {
     /// [default: the guest built from guest-predictor/ in this repository]
     #[arg(long)]
     module: Option<PathBuf>,
+    /// Address of the admin listener (POST /admin/chaos), which needs
+    /// `Authorization: Bearer <token>`.
+    #[arg(long, default_value = "127.0.0.1:8001", env = "HADR_ADMIN_LISTEN")]
+    admin_listen: SocketAddr,
+    /// State directory. The admin token is read from HADR_ADMIN_TOKEN, or from
+    /// <state-dir>/admin-token, generated there (mode 0600) at first start.
+    #[arg(long, default_value = "state-data", env = "HADR_STATE_DIR")]
+    state_dir: PathBuf,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
@@ -167,6 +175,8 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
         defaults: defaults.clone(),
         grace: args.grace,
+        admin_listen: args.admin_listen,
+        state_dir: args.state_dir,
     };
     let host = match Host::start(&options).await {
         Ok(host) => host,
@@ -196,12 +206,13 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .context("installing signal handlers")
         .map_err(Failure::Other)?;
     let router = host.router_addr();
-    tracing::info!(%router, "router listening");
+    let admin = host.admin_addr();
+    tracing::info!(%router, %admin, "router and admin listening");
     for (name, addr) in host.instance_addrs() {
         tracing::info!(instance = %name, %addr, "instance listening");
     }
     // One line on stdout for scripts and tests: where to send requests.
-    println!("hadr-host ready: router http://{router}");
+    println!("hadr-host ready: router http://{router} admin http://{admin}");
     host.run(shutdown).await;
     tracing::info!("stopped");
     Ok(())

@@ -38,6 +38,10 @@ pub struct ServeOptions {
     pub defaults: Defaults,
     /// How long in-flight requests may take to finish on shutdown.
     pub grace: Duration,
+    /// Where the admin listener listens.
+    pub admin_listen: SocketAddr,
+    /// The state directory (the generated admin token lives there).
+    pub state_dir: PathBuf,
 }
 
 /// Why the host could not start.
@@ -72,6 +76,11 @@ pub enum StartError {
     /// An instance's sandbox could not be built.
     #[error("{0}: instance `{1}` could not start: {2}")]
     Instance(PathBuf, String, CallError),
+    /// The admin token could not be read or written.
+    #[error(
+        "admin token in {0}: {1} (set HADR_ADMIN_TOKEN, or fix the state directory's permissions)"
+    )]
+    AdminToken(PathBuf, std::io::Error),
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0:#}")]
     Engine(wasmtime::Error),
@@ -98,6 +107,7 @@ impl StartError {
 pub struct Host {
     app: Arc<App>,
     router_listener: TcpListener,
+    admin_listener: TcpListener,
     instance_listeners: Vec<(Arc<Instance>, TcpListener)>,
     grace: Duration,
     _runtime: Arc<HostRuntime>,
@@ -133,13 +143,16 @@ impl Host {
                 instance_listeners.push((instance.clone(), listener));
             }
         }
+        let admin_listener = bind(options.admin_listen, "admin".into()).await?;
         let app = Arc::new(App {
             router: Router::new(instances),
             max_body: options.max_body,
+            admin_token: admin_token(&options.state_dir)?,
         });
         Ok(Self {
             app,
             router_listener,
+            admin_listener,
             instance_listeners,
             grace: options.grace,
             _runtime: runtime,
@@ -149,6 +162,13 @@ impl Host {
     /// The router's bound address.
     pub fn router_addr(&self) -> SocketAddr {
         self.router_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
             .local_addr()
             .expect("a bound listener has an address")
     }
@@ -179,6 +199,13 @@ impl Host {
             ));
         }
         tasks.spawn(server::serve(
+            self.admin_listener,
+            self.app.clone(),
+            Target::Admin,
+            shutdown.clone(),
+            self.grace,
+        ));
+        tasks.spawn(server::serve(
             self.router_listener,
             self.app.clone(),
             Target::Router,
@@ -187,6 +214,40 @@ impl Host {
         ));
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// The admin token: `HADR_ADMIN_TOKEN` if set, else the one saved in the
+/// state directory, else a new random one saved there with mode 0600.
+fn admin_token(state_dir: &Path) -> Result<String, StartError> {
+    if let Some(token) = std::env::var("HADR_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(token);
+    }
+    let path = state_dir.join("admin-token");
+    let fail = |e| StartError::AdminToken(path.clone(), e);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+    let token = crate::nn::registry::hex(&bytes);
+    std::fs::create_dir_all(state_dir).map_err(fail)?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(fail)?;
+    file.write_all(token.as_bytes()).map_err(fail)?;
+    tracing::info!(path = %path.display(), "generated the admin token");
+    Ok(token)
 }
 
 async fn bind(addr: SocketAddr, what: String) -> Result<TcpListener, StartError> {

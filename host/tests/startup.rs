@@ -13,6 +13,8 @@ fn refused(topology: &str) -> (Option<i32>, String) {
     let path = dir.write("bad.json", topology);
     let out = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
         .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0", "--state-dir"])
+        .arg(dir.0.join("state"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -29,6 +29,8 @@ pub struct App {
     pub router: Router,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
+    /// The bearer token admin requests must carry.
+    pub admin_token: String,
 }
 
 /// Which listener a request arrived on.
@@ -38,6 +40,8 @@ pub enum Target {
     Router,
     /// An instance's own port: requests go to that instance.
     Instance(Arc<Instance>),
+    /// The admin listener: operator routes behind a token.
+    Admin,
 }
 
 /// Answers one request; never fails (errors become JSON answers).
@@ -46,6 +50,10 @@ pub async fn handle(
     target: Target,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if matches!(target, Target::Admin) {
+        let response = super::admin::handle(&app, req).await;
+        return Ok(response.unwrap_or_else(ApiError::into_response));
+    }
     let path = req.uri().path();
     let response = match (path, &target) {
         ("/predict", _) if req.method() == Method::POST => predict(&app, &target, req).await,
@@ -64,7 +72,7 @@ pub async fn handle(
                 "no route {path}; this listener serves {}",
                 match target {
                     Target::Router => "POST /predict, GET /topology, GET /healthz",
-                    Target::Instance(_) => "POST /predict, GET /healthz",
+                    Target::Instance(_) | Target::Admin => "POST /predict, GET /healthz",
                 }
             ),
         )),
@@ -90,7 +98,7 @@ async fn predict(
 
 fn lease(app: &App, target: &Target) -> Result<Lease, ApiError> {
     match target {
-        Target::Router => app.router.acquire().map_err(|_| ApiError::saturated()),
+        Target::Router | Target::Admin => app.router.acquire().map_err(|_| ApiError::saturated()),
         Target::Instance(instance) => instance.try_lease().ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -154,7 +162,7 @@ fn topology(router: &Router) -> serde_json::Map<String, serde_json::Value> {
         .collect()
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).expect("serialising a response cannot fail");
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

@@ -7,6 +7,7 @@
 //! - [`error`]: every failure as a status code and a JSON body
 //!   `{"error": "<code>", "message": "<what was wrong>"}`.
 
+pub mod admin;
 pub mod api;
 pub mod error;
 pub mod server;

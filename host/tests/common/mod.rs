@@ -62,10 +62,14 @@ pub fn free_ports(topology: &str) -> String {
     value.to_string()
 }
 
+/// The admin token tests start hosts with.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// A running `hadr-host serve`, killed on drop.
 pub struct Host {
     pub child: Child,
     pub router: SocketAddr,
+    pub admin: SocketAddr,
     pub dir: TempDir,
 }
 
@@ -77,7 +81,10 @@ impl Host {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
             .arg("serve")
             .arg(&path)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(dir.0.join("state"))
+            .env("HADR_ADMIN_TOKEN", ADMIN_TOKEN)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -86,13 +93,15 @@ impl Host {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("hadr-host ready: router http://")
-            .unwrap_or_else(|| panic!("hadr-host did not start; it printed {line:?}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [_, "ready:", "router", router, "admin", admin] = words[..] else {
+            panic!("hadr-host did not start; it printed {line:?}");
+        };
+        let addr = |url: &str| url.trim_start_matches("http://").parse().unwrap();
         Host {
+            router: addr(router),
+            admin: addr(admin),
             child,
-            router: addr.parse().unwrap(),
             dir,
         }
     }
@@ -124,19 +133,46 @@ pub type Answer = (StatusCode, HeaderMap, serde_json::Value);
 
 /// One request on a fresh connection.
 pub async fn request(addr: SocketAddr, method: Method, path: &str, body: Bytes) -> Answer {
+    request_with(addr, method, path, body, None).await
+}
+
+/// `POST /admin/chaos` with the test token.
+pub async fn chaos(host: &Host, instance: &str, fault: &str) -> Answer {
+    let body = serde_json::json!({"instance": instance, "fault": fault}).to_string();
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    request_with(
+        host.admin,
+        Method::POST,
+        "/admin/chaos",
+        body.into(),
+        Some(&auth),
+    )
+    .await
+}
+
+/// One request on a fresh connection, with an optional `Authorization` header.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    authorization: Option<&str>,
+) -> Answer {
     let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
         .expect("connect timed out")
         .expect("connect");
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header(HOST, addr.to_string())
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-        .unwrap();
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(auth) = authorization {
+        req = req.header(hyper::header::AUTHORIZATION, auth);
+    }
+    let req = req.body(Full::new(body)).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
         .await
         .expect("request timed out")
