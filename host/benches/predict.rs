@@ -43,7 +43,7 @@ fn predictions(c: &mut Criterion) {
     let runtime = HostRuntime::new(Limits::default(), 1).unwrap();
     let model = Arc::new(LoadedModel::from_file(&defaults.model).unwrap());
     let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module).unwrap());
-    let deployment = Deployment::new(module, model.clone());
+    let deployment = Deployment::new(module, model.clone(), 0);
     let mut live = deployment.instantiate(&runtime, "bench").unwrap();
 
     let mut group = c.benchmark_group("predict");

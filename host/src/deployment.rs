@@ -8,7 +8,8 @@
 //! later is swapping one `Arc` for another.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
@@ -18,8 +19,8 @@ use wasmtime_wasi_nn::wit::WasiNnCtx;
 use wasmtime_wasi_nn::{Backend, Registry};
 
 use crate::bindings::hadr::predictor::types::InstanceConfig;
-use crate::bindings::PredictorPre;
-use crate::guest_log::GuestLog;
+use crate::bindings::{Predictor, PredictorPre};
+use crate::guest_log::{GuestLog, LogName};
 use crate::instance::{CallError, Live};
 use crate::nn::registry::hex;
 use crate::nn::{GraphRegistry, LoadedModel, TractBackend};
@@ -96,7 +97,7 @@ impl CompiledModule {
     }
 }
 
-/// One module serving one model: immutable once built.
+/// One module serving one model: immutable once built, plus its warm pool.
 pub struct Deployment {
     /// The guest.
     pub module: Arc<CompiledModule>,
@@ -105,11 +106,28 @@ pub struct Deployment {
     /// `<module digest>-<model digest>`, shortened: shown in every answer.
     pub version: String,
     registry: GraphRegistry,
+    pool: WarmPool,
+}
+
+/// Instantiated sandboxes of a deployment, waiting to replace a faulted
+/// instance: taking one costs an `init` call, not a compile or instantiation.
+struct WarmPool {
+    spares: Mutex<Vec<Spare>>,
+    target: usize,
+    refilling: AtomicBool,
+}
+
+/// An instantiated sandbox not yet given an instance's name.
+pub struct Spare {
+    store: Store<InstanceState>,
+    predictor: Predictor,
+    log: LogName,
 }
 
 impl Deployment {
-    /// Pairs a compiled module with a loaded model.
-    pub fn new(module: Arc<CompiledModule>, model: Arc<LoadedModel>) -> Self {
+    /// Pairs a compiled module with a loaded model, with room for `spares`
+    /// warm instances (filled by [`Deployment::fill_pool`]).
+    pub fn new(module: Arc<CompiledModule>, model: Arc<LoadedModel>, spares: usize) -> Self {
         let version = format!("{}-{}", &module.digest[..8], &model.digest[..8]);
         let registry = GraphRegistry::new([model.as_ref()]);
         Self {
@@ -117,17 +135,84 @@ impl Deployment {
             model,
             version,
             registry,
+            pool: WarmPool {
+                spares: Mutex::new(Vec::with_capacity(spares)),
+                target: spares,
+                refilling: AtomicBool::new(false),
+            },
         }
     }
 
-    /// A fresh, initialised instance in its own `Store`: own linear memory,
-    /// own WASI context (no directories, environment or sockets; stdout and
-    /// stderr into the host log), memory cap and deadline from `runtime`.
+    /// A fresh, initialised instance in its own `Store`.
     pub fn instantiate(&self, runtime: &HostRuntime, instance: &str) -> Result<Live, CallError> {
+        self.spawn(runtime)?.init(self, runtime, instance)
+    }
+
+    /// A warm spare initialised as `instance`, if the pool has one.
+    pub fn take_spare(
+        &self,
+        runtime: &HostRuntime,
+        instance: &str,
+    ) -> Option<Result<Live, CallError>> {
+        let spare = self
+            .pool
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()?;
+        Some(spare.init(self, runtime, instance))
+    }
+
+    /// Spares waiting in the pool.
+    pub fn spares(&self) -> usize {
+        self.pool
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Fills the pool up to its target, on this thread.
+    pub fn fill_pool(&self, runtime: &HostRuntime) -> Result<(), CallError> {
+        while self.spares() < self.pool.target {
+            let spare = self.spawn(runtime)?;
+            self.pool
+                .spares
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(spare);
+        }
+        Ok(())
+    }
+
+    /// Refills the pool on the blocking pool, off the request path; at most
+    /// one refill runs at a time.
+    pub fn refill_in_background(self: &Arc<Self>, runtime: &Arc<HostRuntime>) {
+        if self.pool.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (deployment, runtime) = (self.clone(), runtime.clone());
+        let refill = move || {
+            if let Err(e) = deployment.fill_pool(&runtime) {
+                tracing::error!(error = %e, version = %deployment.version, "refilling the warm pool failed");
+            }
+            deployment.pool.refilling.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => drop(handle.spawn_blocking(refill)),
+            Err(_) => refill(),
+        }
+    }
+
+    /// Instantiates a sandbox: own linear memory, own WASI context (no
+    /// directories, environment or sockets; stdout and stderr into the host
+    /// log), memory cap and deadline from `runtime`.
+    fn spawn(&self, runtime: &HostRuntime) -> Result<Spare, CallError> {
         let limits = runtime.limits();
+        let log = LogName::new("spare");
         let wasi = WasiCtxBuilder::new()
-            .stdout(GuestLog::new(instance, "stdout"))
-            .stderr(GuestLog::new(instance, "stderr"))
+            .stdout(GuestLog::new(log.clone(), "stdout"))
+            .stderr(GuestLog::new(log.clone(), "stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -154,17 +239,35 @@ impl Deployment {
             .pre
             .instantiate(&mut store)
             .map_err(|e| CallError::from_wasmtime("instantiating", e))?;
+        Ok(Spare {
+            store,
+            predictor,
+            log,
+        })
+    }
+}
+
+impl Spare {
+    /// Gives the sandbox its instance's name and configuration.
+    fn init(
+        mut self,
+        deployment: &Deployment,
+        runtime: &HostRuntime,
+        instance: &str,
+    ) -> Result<Live, CallError> {
+        self.log.set(instance);
         let config = InstanceConfig {
             instance: instance.to_string(),
-            model: self.model.name.clone(),
-            features: self.model.graph.features() as u32,
-            version: self.version.clone(),
+            model: deployment.model.name.clone(),
+            features: deployment.model.graph.features() as u32,
+            version: deployment.version.clone(),
         };
-        store.set_epoch_deadline(limits.deadline_ticks());
-        predictor
-            .call_init(&mut store, &config)
+        let ticks = runtime.limits().deadline_ticks();
+        self.store.set_epoch_deadline(ticks);
+        self.predictor
+            .call_init(&mut self.store, &config)
             .map_err(|e| CallError::from_wasmtime("initialising", e))?
             .map_err(CallError::Init)?;
-        Ok(Live::new(store, predictor, limits.deadline_ticks()))
+        Ok(Live::new(self.store, self.predictor, ticks))
     }
 }

@@ -8,7 +8,7 @@
 //! chatty guest cannot flood the host's log.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -20,20 +20,38 @@ const MAX_LINE: usize = 4096;
 /// Bytes one stream of one instance may log in its lifetime.
 const MAX_LOGGED: usize = 64 * 1024;
 
+/// The instance name a sandbox logs under; a warm spare gets its name when
+/// it takes an instance's place.
+#[derive(Clone, Default)]
+pub struct LogName(Arc<Mutex<Arc<str>>>);
+
+impl LogName {
+    /// A name to log under.
+    pub fn new(name: &str) -> Self {
+        Self(Arc::new(Mutex::new(name.into())))
+    }
+
+    /// Renames the sandbox in the log from now on.
+    pub fn set(&self, name: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = name.into();
+    }
+
+    fn get(&self) -> Arc<str> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Where a guest stream goes: the host log, tagged with the instance.
 #[derive(Clone)]
 pub struct GuestLog {
-    instance: Arc<str>,
+    instance: LogName,
     stream: &'static str,
 }
 
 impl GuestLog {
-    /// A log sink for `instance`'s `stream` (`"stdout"` or `"stderr"`).
-    pub fn new(instance: &str, stream: &'static str) -> Self {
-        Self {
-            instance: instance.into(),
-            stream,
-        }
+    /// A log sink for the sandbox named by `instance`, stream `"stdout"` or `"stderr"`.
+    pub fn new(instance: LogName, stream: &'static str) -> Self {
+        Self { instance, stream }
     }
 
     fn writer(&self) -> LineWriter {
@@ -89,9 +107,10 @@ impl LineWriter {
         if self.logged < MAX_LOGGED {
             self.logged += self.line.len();
             let text = String::from_utf8_lossy(&self.line);
-            tracing::warn!(instance = %self.log.instance, stream = self.log.stream, "guest: {text}");
+            let instance = self.log.instance.get();
+            tracing::warn!(instance = %instance, stream = self.log.stream, "guest: {text}");
             if self.logged >= MAX_LOGGED {
-                tracing::warn!(instance = %self.log.instance, stream = self.log.stream,
+                tracing::warn!(instance = %instance, stream = self.log.stream,
                     "guest wrote more than {MAX_LOGGED} bytes; the rest of this stream is dropped");
             }
         }

@@ -61,6 +61,18 @@ impl CallError {
         }
     }
 
+    /// Whether the instance itself failed (its sandbox was replaced), so the
+    /// request may succeed elsewhere.
+    pub fn is_instance_fault(&self) -> bool {
+        matches!(
+            self,
+            CallError::Trap(_)
+                | CallError::Deadline(_)
+                | CallError::Instantiate(_)
+                | CallError::Init(_)
+        )
+    }
+
     /// Whether the guest said the request itself was bad (not the instance).
     pub fn is_bad_input(&self) -> bool {
         matches!(self, CallError::Rejected(e)
@@ -119,6 +131,7 @@ pub struct Instance {
     served: AtomicU64,
     failed: AtomicU64,
     traps: AtomicU64,
+    respawns: AtomicU64,
     /// Recent average call time in microseconds (exponentially weighted).
     cost_us: AtomicU64,
     bound_port: AtomicU16,
@@ -167,6 +180,8 @@ pub struct InstanceReport {
     pub failed: u64,
     /// Traps (including deadlines) since start.
     pub traps: u64,
+    /// Faulted sandboxes replaced from the warm pool.
+    pub respawns: u64,
 }
 
 impl Instance {
@@ -187,6 +202,7 @@ impl Instance {
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             traps: AtomicU64::new(0),
+            respawns: AtomicU64::new(0),
             cost_us: AtomicU64::new(0),
             bound_port: AtomicU16::new(0),
             slot: Arc::new(Mutex::new(None)),
@@ -285,7 +301,10 @@ impl Instance {
                 call(&mut slot, &deployment, &runtime, &name, &body)
             })
             .await
-            .unwrap_or_else(|e| Err(CallError::Trap(format!("the call's thread failed: {e}"))))
+            .unwrap_or_else(|e| {
+                let e = CallError::Trap(format!("the call's thread failed: {e}"));
+                (Err(e), false)
+            })
         } else {
             call(
                 &mut slot,
@@ -295,6 +314,10 @@ impl Instance {
                 &body,
             )
         };
+        let (outcome, replaced) = outcome;
+        if replaced {
+            self.respawns.fetch_add(1, Ordering::Relaxed);
+        }
         self.record(&outcome, started.elapsed());
         outcome
     }
@@ -337,33 +360,44 @@ impl Instance {
             served: self.served.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             traps: self.traps.load(Ordering::Relaxed),
+            respawns: self.respawns.load(Ordering::Relaxed),
         }
     }
 }
 
-/// Runs one call in the slot, building the sandbox first if there is none
-/// and dropping it if the call poisoned it.
+/// Runs one call in the slot, building the sandbox first if there is none.
+/// A call that poisons its sandbox drops it and puts a warm spare in its
+/// place at once (the pool is refilled in the background); with the pool
+/// empty the slot stays empty and the next call builds a sandbox cold.
+/// Returns whether a spare took the slot.
 fn call(
     slot: &mut Option<Live>,
-    deployment: &Deployment,
-    runtime: &HostRuntime,
+    deployment: &Arc<Deployment>,
+    runtime: &Arc<HostRuntime>,
     name: &str,
     body: &[u8],
-) -> Result<Vec<u8>, CallError> {
+) -> (Result<Vec<u8>, CallError>, bool) {
     let live = match slot {
         Some(live) => live,
-        None => slot.insert(deployment.instantiate(runtime, name)?),
+        None => match deployment.instantiate(runtime, name) {
+            Ok(live) => slot.insert(live),
+            Err(e) => return (Err(e), false),
+        },
     };
     let outcome = live.predict(body).map_err(|e| match e {
         CallError::Deadline(_) => CallError::Deadline(runtime.limits().deadline),
         e => e,
     });
-    if let Err(e) = &outcome {
-        if !matches!(e, CallError::Rejected(_)) {
-            *slot = None;
-            tracing::warn!(instance = name, error = %e,
-                "instance faulted; its sandbox was dropped and will be rebuilt");
-        }
+    let Err(e) = &outcome else {
+        return (outcome, false);
+    };
+    if matches!(e, CallError::Rejected(_)) {
+        return (outcome, false);
     }
-    outcome
+    *slot = deployment.take_spare(runtime, name).and_then(Result::ok);
+    deployment.refill_in_background(runtime);
+    let replaced = slot.is_some();
+    tracing::warn!(instance = name, error = %e, replaced_from_warm_pool = replaced,
+        "instance faulted; its sandbox was dropped");
+    (outcome, replaced)
 }

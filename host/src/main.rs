@@ -71,6 +71,10 @@ struct ServeArgs {
     /// [default: the guest built from guest-predictor/ in this repository]
     #[arg(long)]
     module: Option<PathBuf>,
+    /// Warm spare instances kept ready per deployment: a faulted instance is
+    /// replaced by one at once, and the pool is refilled in the background.
+    #[arg(long, default_value_t = 2)]
+    warm_pool: usize,
     /// Address of the admin listener (POST /admin/chaos), which needs
     /// `Authorization: Bearer <token>`.
     #[arg(long, default_value = "127.0.0.1:8001", env = "HADR_ADMIN_LISTEN")]
@@ -176,6 +180,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         defaults: defaults.clone(),
         grace: args.grace,
         admin_listen: args.admin_listen,
+        warm_pool: args.warm_pool,
         state_dir: args.state_dir,
     };
     let host = match Host::start(&options).await {

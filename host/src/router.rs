@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::instance::{Instance, Lease};
-use crate::policy::{decide, Decision, View};
+use crate::policy::{decide, Decision, Role, View};
 
 /// Routes requests over a topology's instances.
 pub struct Router {
@@ -45,11 +45,17 @@ impl Router {
     /// Claims a slot on the instance the policy picks, promoting standbys as
     /// the policy asks. Fails with [`Saturated`] when nothing can take it.
     pub fn acquire(&self) -> Result<Lease, Saturated> {
+        self.acquire_excluding(None)
+    }
+
+    /// Like [`Router::acquire`], but never picks `excluded` (the instance a
+    /// request just failed on).
+    pub fn acquire_excluding(&self, excluded: Option<&str>) -> Result<Lease, Saturated> {
         // Each round routes, promotes one standby, or loses one race; a few
         // more rounds than instances is plenty.
         for _ in 0..self.instances.len() * 2 + 2 {
             let start = self.next.fetch_add(1, Ordering::Relaxed);
-            match decide(&self.snapshot(), start) {
+            match decide(&self.snapshot(excluded), start) {
                 Decision::Route(i) => {
                     if let Some(lease) = self.instances[i].try_lease() {
                         return Ok(lease);
@@ -70,13 +76,26 @@ impl Router {
         Err(Saturated)
     }
 
-    fn snapshot(&self) -> Vec<View> {
+    /// Roles and loads now; an excluded instance reads as a saturated active
+    /// so the policy neither routes to it nor promotes it.
+    fn snapshot(&self, excluded: Option<&str>) -> Vec<View> {
         self.instances
             .iter()
-            .map(|i| View {
-                role: i.role(),
-                load: i.load(),
-                max_load: i.spec().max_load,
+            .map(|i| {
+                let max_load = i.spec().max_load;
+                if excluded == Some(i.name()) {
+                    View {
+                        role: Role::Active,
+                        load: max_load,
+                        max_load,
+                    }
+                } else {
+                    View {
+                        role: i.role(),
+                        load: i.load(),
+                        max_load,
+                    }
+                }
             })
             .collect()
     }

@@ -115,7 +115,7 @@ impl HostRuntime {
 
 fn engine_config(limits: Limits, instances: usize) -> Config {
     // Room for every instance, its replacement being built, and spares.
-    let components = u32::try_from(instances.max(1) * 4 + 16).unwrap_or(u32::MAX);
+    let components = u32::try_from(instances.max(1) * 4 + 64).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(components)
         .total_core_instances(components.saturating_mul(8))

@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub defaults: Defaults,
     /// How long in-flight requests may take to finish on shutdown.
     pub grace: Duration,
+    /// Warm spares kept ready per deployment.
+    pub warm_pool: usize,
     /// Where the admin listener listens.
     pub admin_listen: SocketAddr,
     /// The state directory (the generated admin token lives there).
@@ -121,7 +123,12 @@ impl Host {
             HostRuntime::new(options.limits, topology.instances.len())
                 .map_err(StartError::Engine)?,
         );
-        let deployments = build_deployments(&runtime, &topology)?;
+        let deployments = build_deployments(&runtime, &topology, options.warm_pool)?;
+        for deployment in deployments.values() {
+            deployment.fill_pool(&runtime).map_err(|e| {
+                StartError::Instance(topology.path.clone(), "(warm pool)".into(), e)
+            })?;
+        }
         let mut instances = Vec::new();
         for spec in &topology.instances {
             let deployment = deployments[&(spec.module.clone(), spec.model.clone())].clone();
@@ -263,6 +270,7 @@ type DeploymentKey = (PathBuf, PathBuf);
 fn build_deployments(
     runtime: &HostRuntime,
     topology: &Topology,
+    spares: usize,
 ) -> Result<HashMap<DeploymentKey, Arc<Deployment>>, StartError> {
     let mut models: HashMap<PathBuf, Arc<LoadedModel>> = HashMap::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
@@ -306,6 +314,7 @@ fn build_deployments(
             Arc::new(Deployment::new(
                 modules[&spec.module].clone(),
                 models[&spec.model].clone(),
+                spares,
             ))
         });
     }

@@ -20,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::error::ApiError;
-use crate::instance::{Instance, InstanceReport, Lease};
+use crate::instance::{CallError, Instance, InstanceReport, Lease};
 use crate::router::Router;
 
 /// What every handler shares: the router and the request limits.
@@ -87,13 +87,58 @@ async fn predict(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let body = read_body(req, app.max_body).await?;
     let lease = lease(app, target)?;
-    let out = lease.instance().predict(body).await?;
-    drop(lease);
+    let out = match lease.instance().predict(body.clone()).await {
+        Ok(out) => out,
+        Err(e) if e.is_instance_fault() => retry(app, target, lease, body, e).await?,
+        Err(e) => return Err(e.into()),
+    };
     let mut response = Response::new(Full::new(Bytes::from(out)));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
+}
+
+/// A request whose instance faulted is tried once more: elsewhere when the
+/// router can, else on the same instance (whose sandbox was just replaced).
+/// A second fault is the request's own answer, so a query of death costs
+/// two sandboxes, never the topology.
+async fn retry(
+    app: &App,
+    target: &Target,
+    failed: Lease,
+    body: Bytes,
+    first: CallError,
+) -> Result<Vec<u8>, ApiError> {
+    let first_instance = failed.instance().clone();
+    drop(failed);
+    let second = match target {
+        Target::Router | Target::Admin => app
+            .router
+            .acquire_excluding(Some(first_instance.name()))
+            .ok()
+            .or_else(|| first_instance.try_lease()),
+        Target::Instance(instance) => instance.try_lease(),
+    };
+    let Some(second) = second else {
+        return Err(first.into());
+    };
+    tracing::info!(failed = first_instance.name(), retry = second.instance().name(), error = %first,
+        "retrying a request whose instance faulted");
+    match second.instance().predict(body).await {
+        Ok(out) => Ok(out),
+        Err(again) if again.is_instance_fault() => {
+            let mut error = ApiError::from(again);
+            error.message = format!(
+                "the request failed on two instances ({} and {}), so it is not retried again: {}",
+                first_instance.name(),
+                second.instance().name(),
+                error.message
+            );
+            Err(error)
+        }
+        Err(again) => Err(again.into()),
+    }
 }
 
 fn lease(app: &App, target: &Target) -> Result<Lease, ApiError> {
