@@ -44,14 +44,22 @@ fn predictions(c: &mut Criterion) {
     let model = Arc::new(LoadedModel::from_file(&defaults.model).unwrap());
     let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module).unwrap());
     let deployment = Deployment::new(module, model.clone(), 0);
-    let mut live = deployment.instantiate(&runtime, "bench").unwrap();
+    // Guest calls are async (WASI's blocking calls must not block_on inside a
+    // task); a current-thread runtime drives them, as a request task would.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut live = rt
+        .block_on(deployment.instantiate(&runtime, "bench"))
+        .unwrap();
 
     let mut group = c.benchmark_group("predict");
     for rows in [1usize, 32] {
         let body = body(rows);
         group.throughput(Throughput::Elements(rows as u64));
         group.bench_with_input(BenchmarkId::new("guest", rows), &body, |b, body| {
-            b.iter(|| live.predict(body).unwrap())
+            b.iter(|| rt.block_on(live.predict(body)).unwrap())
         });
         group.bench_with_input(BenchmarkId::new("native", rows), &body, |b, body| {
             b.iter(|| native(&model, body))
@@ -63,12 +71,15 @@ fn predictions(c: &mut Criterion) {
     }
     // The fixed cost of a call into the sandbox: the guest refuses at once.
     group.bench_function("guest-refused", |b| {
-        b.iter(|| live.predict(b"{}").unwrap_err())
+        b.iter(|| rt.block_on(live.predict(b"{}")).unwrap_err())
     });
     group.finish();
 
     c.bench_function("instantiate/cold", |b| {
-        b.iter(|| deployment.instantiate(&runtime, "bench").unwrap())
+        b.iter(|| {
+            rt.block_on(deployment.instantiate(&runtime, "bench"))
+                .unwrap()
+        })
     });
 }
 

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::runtime::Handle;
+
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder};
@@ -144,12 +146,19 @@ impl Deployment {
     }
 
     /// A fresh, initialised instance in its own `Store`.
-    pub fn instantiate(&self, runtime: &HostRuntime, instance: &str) -> Result<Live, CallError> {
-        self.spawn(runtime)?.init(self, runtime, instance)
+    pub async fn instantiate(
+        &self,
+        runtime: &HostRuntime,
+        instance: &str,
+    ) -> Result<Live, CallError> {
+        self.spawn(runtime)
+            .await?
+            .init(self, runtime, instance)
+            .await
     }
 
     /// A warm spare initialised as `instance`, if the pool has one.
-    pub fn take_spare(
+    pub async fn take_spare(
         &self,
         runtime: &HostRuntime,
         instance: &str,
@@ -160,7 +169,7 @@ impl Deployment {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()?;
-        Some(spare.init(self, runtime, instance))
+        Some(spare.init(self, runtime, instance).await)
     }
 
     /// Spares waiting in the pool.
@@ -173,9 +182,9 @@ impl Deployment {
     }
 
     /// Fills the pool up to its target, on this thread.
-    pub fn fill_pool(&self, runtime: &HostRuntime) -> Result<(), CallError> {
+    pub async fn fill_pool(&self, runtime: &HostRuntime) -> Result<(), CallError> {
         while self.spares() < self.pool.target {
-            let spare = self.spawn(runtime)?;
+            let spare = self.spawn(runtime).await?;
             self.pool
                 .spares
                 .lock()
@@ -185,29 +194,25 @@ impl Deployment {
         Ok(())
     }
 
-    /// Refills the pool on the blocking pool, off the request path; at most
+    /// Refills the pool in a task of its own, off the request path; at most
     /// one refill runs at a time.
-    pub fn refill_in_background(self: &Arc<Self>, runtime: &Arc<HostRuntime>) {
+    pub fn refill_in_background(self: &Arc<Self>, runtime: &Arc<HostRuntime>, handle: &Handle) {
         if self.pool.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
         let (deployment, runtime) = (self.clone(), runtime.clone());
-        let refill = move || {
-            if let Err(e) = deployment.fill_pool(&runtime) {
+        handle.spawn(async move {
+            if let Err(e) = deployment.fill_pool(&runtime).await {
                 tracing::error!(error = %e, version = %deployment.version, "refilling the warm pool failed");
             }
             deployment.pool.refilling.store(false, Ordering::Release);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => drop(handle.spawn_blocking(refill)),
-            Err(_) => refill(),
-        }
+        });
     }
 
     /// Instantiates a sandbox: own linear memory, own WASI context (no
     /// directories, environment or sockets; stdout and stderr into the host
     /// log), memory cap and deadline from `runtime`.
-    fn spawn(&self, runtime: &HostRuntime) -> Result<Spare, CallError> {
+    async fn spawn(&self, runtime: &HostRuntime) -> Result<Spare, CallError> {
         let limits = runtime.limits();
         let log = LogName::new("spare");
         let wasi = WasiCtxBuilder::new()
@@ -237,7 +242,8 @@ impl Deployment {
         let predictor = self
             .module
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|e| CallError::from_wasmtime("instantiating", e))?;
         Ok(Spare {
             store,
@@ -249,7 +255,7 @@ impl Deployment {
 
 impl Spare {
     /// Gives the sandbox its instance's name and configuration.
-    fn init(
+    async fn init(
         mut self,
         deployment: &Deployment,
         runtime: &HostRuntime,
@@ -266,6 +272,7 @@ impl Spare {
         self.store.set_epoch_deadline(ticks);
         self.predictor
             .call_init(&mut self.store, &config)
+            .await
             .map_err(|e| CallError::from_wasmtime("initialising", e))?
             .map_err(CallError::Init)?;
         Ok(Live::new(self.store, self.predictor, ticks))

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 use wasmtime::Store;
 
@@ -101,19 +102,20 @@ impl Live {
     }
 
     /// Arms a chaos fault for the next `predict`.
-    pub fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
+    pub async fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         self.predictor
             .hadr_predictor_chaos()
             .call_arm(&mut self.store, fault)
+            .await
             .map_err(|e| CallError::from_wasmtime("arming a fault", e))
     }
 
     /// One prediction, interrupted at the deadline. An `Err` other than
     /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
-    pub fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
+    pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        match self.predictor.call_predict(&mut self.store, body) {
+        match self.predictor.call_predict(&mut self.store, body).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
             Err(e) => Err(CallError::from_wasmtime("calling predict", e)),
@@ -180,7 +182,7 @@ pub struct InstanceReport {
     pub failed: u64,
     /// Traps (including deadlines) since start.
     pub traps: u64,
-    /// Faulted sandboxes replaced from the warm pool.
+    /// Faulted sandboxes replaced (from the warm pool, or cold when it was empty).
     pub respawns: u64,
 }
 
@@ -268,7 +270,11 @@ impl Instance {
     pub async fn warm_up(&self) -> Result<(), CallError> {
         let mut slot = self.slot.lock().await;
         if slot.is_none() {
-            *slot = Some(self.deployment.instantiate(&self.runtime, self.name())?);
+            *slot = Some(
+                self.deployment
+                    .instantiate(&self.runtime, self.name())
+                    .await?,
+            );
         }
         Ok(())
     }
@@ -279,9 +285,13 @@ impl Instance {
         let mut slot = self.slot.lock().await;
         let live = match &mut *slot {
             Some(live) => live,
-            None => slot.insert(self.deployment.instantiate(&self.runtime, self.name())?),
+            None => slot.insert(
+                self.deployment
+                    .instantiate(&self.runtime, self.name())
+                    .await?,
+            ),
         };
-        let outcome = live.arm(fault);
+        let outcome = live.arm(fault).await;
         if outcome.is_err() {
             *slot = None;
         }
@@ -297,8 +307,10 @@ impl Instance {
             let deployment = self.deployment.clone();
             let runtime = self.runtime.clone();
             let name = self.spec.name.clone();
+            let handle = Handle::current();
             tokio::task::spawn_blocking(move || {
-                call(&mut slot, &deployment, &runtime, &name, &body)
+                let inner = handle.clone();
+                handle.block_on(call(&mut slot, &deployment, &runtime, &name, &body, &inner))
             })
             .await
             .unwrap_or_else(|e| {
@@ -306,13 +318,16 @@ impl Instance {
                 (Err(e), false)
             })
         } else {
+            let handle = Handle::current();
             call(
                 &mut slot,
                 &self.deployment,
                 &self.runtime,
                 self.name(),
                 &body,
+                &handle,
             )
+            .await
         };
         let (outcome, replaced) = outcome;
         if replaced {
@@ -366,25 +381,25 @@ impl Instance {
 }
 
 /// Runs one call in the slot, building the sandbox first if there is none.
-/// A call that poisons its sandbox drops it and puts a warm spare in its
-/// place at once (the pool is refilled in the background); with the pool
-/// empty the slot stays empty and the next call builds a sandbox cold.
-/// Returns whether a spare took the slot.
-fn call(
+/// A call that poisons its sandbox drops it and puts a replacement in its
+/// place at once: a warm spare (the pool is refilled in the background), or,
+/// with the pool empty, a sandbox built cold. Returns whether it was replaced.
+async fn call(
     slot: &mut Option<Live>,
     deployment: &Arc<Deployment>,
     runtime: &Arc<HostRuntime>,
     name: &str,
     body: &[u8],
+    handle: &Handle,
 ) -> (Result<Vec<u8>, CallError>, bool) {
     let live = match slot {
         Some(live) => live,
-        None => match deployment.instantiate(runtime, name) {
+        None => match deployment.instantiate(runtime, name).await {
             Ok(live) => slot.insert(live),
             Err(e) => return (Err(e), false),
         },
     };
-    let outcome = live.predict(body).map_err(|e| match e {
+    let outcome = live.predict(body).await.map_err(|e| match e {
         CallError::Deadline(_) => CallError::Deadline(runtime.limits().deadline),
         e => e,
     });
@@ -394,10 +409,14 @@ fn call(
     if matches!(e, CallError::Rejected(_)) {
         return (outcome, false);
     }
-    *slot = deployment.take_spare(runtime, name).and_then(Result::ok);
-    deployment.refill_in_background(runtime);
+    let (replacement, warm) = match deployment.take_spare(runtime, name).await {
+        Some(Ok(live)) => (Some(live), true),
+        _ => (deployment.instantiate(runtime, name).await.ok(), false),
+    };
+    *slot = replacement;
+    deployment.refill_in_background(runtime, handle);
     let replaced = slot.is_some();
-    tracing::warn!(instance = name, error = %e, replaced_from_warm_pool = replaced,
-        "instance faulted; its sandbox was dropped");
+    tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
+        "instance faulted; its sandbox was dropped and replaced");
     (outcome, replaced)
 }

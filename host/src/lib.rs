@@ -29,6 +29,7 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "hadr:predictor/predictor",
+        exports: { default: async },
     });
 }
 

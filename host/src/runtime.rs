@@ -79,7 +79,9 @@ impl HostRuntime {
     pub fn new(limits: Limits, instances: usize) -> wasmtime::Result<Self> {
         let engine = Engine::new(&engine_config(limits, instances))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // Async WASI: a guest's blocking write (a panic message on stderr) must
+        // not block_on inside the request's task, which the sync bindings do.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut InstanceState| {
             WasiNnView::new(&mut s.table, &mut s.nn)
         })?;
@@ -124,6 +126,7 @@ fn engine_config(limits: Limits, instances: usize) -> Config {
         .max_memories_per_component(4)
         .total_tables(components.saturating_mul(4))
         .max_tables_per_component(8)
+        .total_stacks(components)
         .max_memory_size(limits.max_memory);
     let mut config = Config::new();
     config

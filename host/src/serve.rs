@@ -125,7 +125,7 @@ impl Host {
         );
         let deployments = build_deployments(&runtime, &topology, options.warm_pool)?;
         for deployment in deployments.values() {
-            deployment.fill_pool(&runtime).map_err(|e| {
+            deployment.fill_pool(&runtime).await.map_err(|e| {
                 StartError::Instance(topology.path.clone(), "(warm pool)".into(), e)
             })?;
         }

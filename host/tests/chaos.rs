@@ -119,3 +119,70 @@ async fn admin_calls_without_the_token_are_refused_and_change_nothing() {
     let (s, _, b) = chaos(&host, "predict1", "meteor").await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
 }
+
+/// Issue 3, acceptance 1: steady load from 8 clients while 200 faults of all
+/// three kinds are injected across the instances, one after another: no
+/// client request fails, and every fault is counted and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_faults_under_load_fail_no_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let host = Host::start(&free_ports("3-active.json"), &["--deadline", "50ms"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (addr, stop) = (host.router, stop.clone());
+        clients.spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            // Bounded: stops when the drill ends, or after 20 000 requests.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (s, _, b) = post(addr, "/predict", row()).await;
+                if s == StatusCode::OK {
+                    ok += 1;
+                } else {
+                    failed.push((s, b));
+                }
+            }
+            (ok, failed)
+        });
+    }
+    let names = ["predict1", "predict2", "predict3"];
+    let faults = ["trap", "hang", "oom"];
+    let traps = |t: &serde_json::Value| -> u64 {
+        names.iter().map(|n| t[n]["traps"].as_u64().unwrap()).sum()
+    };
+    for k in 0..200u64 {
+        let (s, _, b) = chaos(&host, names[k as usize % 3], faults[(k / 3) as usize % 3]).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        // Wait until the load has run into this fault before arming the next.
+        while traps(&host.topology().await) < k + 1 {
+            assert!(!clients.is_empty());
+            tokio::task::yield_now().await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(result) = clients.join_next().await {
+        let (o, f) = result.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(3)]
+    );
+    let t = host.topology().await;
+    assert_eq!(traps(&t), 200, "{t}");
+    for n in names {
+        assert_eq!(t[n]["respawns"], t[n]["traps"], "every fault replaced: {t}");
+        assert!(t[n]["traps"].as_u64().unwrap() >= 66, "{t}");
+    }
+    eprintln!("200 faults under load: {ok} requests, all answered 200");
+}
