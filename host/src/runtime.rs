@@ -70,7 +70,7 @@ pub struct HostRuntime {
     engine: Engine,
     linker: Linker<InstanceState>,
     limits: Limits,
-    ticker: EpochTicker,
+    _ticker: EpochTicker,
 }
 
 impl HostRuntime {
@@ -90,7 +90,7 @@ impl HostRuntime {
             engine,
             linker,
             limits,
-            ticker,
+            _ticker: ticker,
         })
     }
 
@@ -107,11 +107,6 @@ impl HostRuntime {
     /// The limits each instance gets.
     pub fn limits(&self) -> Limits {
         self.limits
-    }
-
-    /// Whether the epoch ticker is still running (it stops with the runtime).
-    pub fn ticking(&self) -> bool {
-        self.ticker.running()
     }
 }
 
@@ -163,10 +158,6 @@ impl EpochTicker {
             stop,
             thread: Some(thread),
         }
-    }
-
-    fn running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 }
 

@@ -188,11 +188,6 @@ impl Host {
             .collect()
     }
 
-    /// The shared application state.
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
-    }
-
     /// Serves until `shutdown` fires and in-flight requests have finished.
     pub async fn run(self, shutdown: Shutdown) {
         let mut tasks = tokio::task::JoinSet::new();

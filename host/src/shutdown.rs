@@ -34,11 +34,6 @@ impl Shutdown {
         self.tx.send_replace(true);
     }
 
-    /// Whether it has fired.
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
-
     /// Resolves once the signal has fired.
     pub async fn wait(&self) {
         let mut rx = self.rx.clone();
