@@ -109,3 +109,53 @@ async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
         .unwrap();
     String::from_utf8_lossy(&answer[..n]).into_owned()
 }
+
+/// Resident memory of a process, in KiB (Linux).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A client that keeps pushing a 1 GiB body gets 413 and the host's memory
+/// does not grow with what it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_gib_upload_does_not_grow_the_host() {
+    let host = Host::start(&free_ports("single.json"), &[]);
+    // Warm the host up so the baseline includes its normal working set.
+    let row = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
+    for _ in 0..50 {
+        post(host.router, "/predict", row.clone()).await;
+    }
+    let before = rss_kib(host.child.id());
+    let mut stream = tokio::net::TcpStream::connect(host.router).await.unwrap();
+    let head = "POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 1073741824\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // Push up to 256 MiB of the body (bounded), until the host stops reading.
+    let chunk = vec![b'1'; 1 << 20];
+    let mut sent = 0usize;
+    while sent < 256 << 20 {
+        match tokio::time::timeout(Duration::from_secs(2), stream.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            _ => break,
+        }
+    }
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .map(|r| r.unwrap_or(0))
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 413"), "{text}");
+    let after = rss_kib(host.child.id());
+    eprintln!(
+        "RSS before {before} KiB, after pushing {} MiB: {after} KiB",
+        sent >> 20
+    );
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    let (s, _, _) = post(host.router, "/predict", row).await;
+    assert_eq!(s, StatusCode::OK);
+}

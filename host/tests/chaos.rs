@@ -186,3 +186,79 @@ async fn two_hundred_faults_under_load_fail_no_request() {
     }
     eprintln!("200 faults under load: {ok} requests, all answered 200");
 }
+
+/// Without HADR_ADMIN_TOKEN, a token is generated into the state directory
+/// with mode 0600, kept across restarts, and is the one the host accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_admin_token_is_private_and_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    let dir = common::TempDir::new("token");
+    let topology = dir.write("t.json", &free_ports("single.json"));
+    let state = dir.0.join("state");
+    let start = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+            .args([
+                "serve",
+                topology.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--state-dir",
+                state.to_str().unwrap(),
+            ])
+            .env_remove("HADR_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let admin: std::net::SocketAddr = line
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        (child, admin)
+    };
+    let (mut first, _) = start();
+    let path = state.join("admin-token");
+    let token = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(token.len(), 64, "256 random bits in hex");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let (mut second, admin) = start();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        token,
+        "the token must survive a restart"
+    );
+    let body = serde_json::json!({"instance": "predict1", "fault": "trap"}).to_string();
+    let auth = format!("Bearer {token}");
+    let (s, _, b) = request_with(
+        admin,
+        Method::POST,
+        "/admin/chaos",
+        body.into(),
+        Some(&auth),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
