@@ -16,8 +16,13 @@
 //!   plus wasi:nn) and the epoch ticker; once per process.
 //! - **Deployment** ([`deployment`]): one compiled guest module paired with
 //!   one loaded model; immutable, shared by every instance that serves it.
-//! - **Instance** ([`instance`]): one sandbox per topology entry, replaced
-//!   when it traps.
+//! - **Instance** ([`instance`]): one sandbox per topology entry. When it
+//!   traps (panic, refused memory grow, deadline) its `Store` is dropped, a
+//!   warm spare from the deployment's pool takes its place at once, and the
+//!   request is retried once on another instance ([`http::api`]).
+//!
+//! Chaos drills arm real faults inside a guest through the admin listener
+//! ([`http::admin`], bearer token).
 //!
 //! [`serve`] wires them together from a [`topology`] file; [`shutdown`] is
 //! the one signal every task listens to; [`loadtest`] is the load generator
