@@ -4,7 +4,7 @@
 //! line is the best clue an operator gets, so it is logged under the
 //! instance's name instead of being dropped or interleaved raw with the
 //! host's own output. Output is split into lines, each line is capped, and
-//! each stream stops logging after [`MAX_LOGGED`] bytes per instance so a
+//! each stream stops logging after 64 KiB per instance so a
 //! chatty guest cannot flood the host's log.
 
 use std::pin::Pin;
