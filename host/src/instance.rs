@@ -134,6 +134,7 @@ pub struct Instance {
     failed: AtomicU64,
     traps: AtomicU64,
     respawns: AtomicU64,
+    last_fault: std::sync::Mutex<Option<LastFault>>,
     /// Recent average call time in microseconds (exponentially weighted).
     cost_us: AtomicU64,
     bound_port: AtomicU16,
@@ -184,6 +185,18 @@ pub struct InstanceReport {
     pub traps: u64,
     /// Faulted sandboxes replaced (from the warm pool, or cold when it was empty).
     pub respawns: u64,
+    /// The most recent fault, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_fault: Option<LastFault>,
+}
+
+/// A fault as `/topology` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastFault {
+    /// What happened.
+    pub error: String,
+    /// When, in RFC 3339 (UTC).
+    pub at: String,
 }
 
 impl Instance {
@@ -205,6 +218,7 @@ impl Instance {
             failed: AtomicU64::new(0),
             traps: AtomicU64::new(0),
             respawns: AtomicU64::new(0),
+            last_fault: std::sync::Mutex::new(None),
             cost_us: AtomicU64::new(0),
             bound_port: AtomicU16::new(0),
             slot: Arc::new(Mutex::new(None)),
@@ -352,6 +366,11 @@ impl Instance {
                 if matches!(e, CallError::Trap(_) | CallError::Deadline(_)) {
                     self.traps.fetch_add(1, Ordering::Relaxed);
                 }
+                let fault = LastFault {
+                    error: e.to_string(),
+                    at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                };
+                *self.last_fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
             }
         }
     }
@@ -376,6 +395,11 @@ impl Instance {
             failed: self.failed.load(Ordering::Relaxed),
             traps: self.traps.load(Ordering::Relaxed),
             respawns: self.respawns.load(Ordering::Relaxed),
+            last_fault: self
+                .last_fault
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

@@ -59,6 +59,11 @@ async fn a_single_fault_is_invisible_to_the_client() {
     let t = host.topology().await;
     assert_eq!(t["predict1"]["traps"], 3, "{t}");
     assert_eq!(t["predict1"]["respawns"], 3, "{t}");
+    // The last fault was the oom: a trap, with when it happened.
+    let last = &t["predict1"]["last_fault"];
+    assert!(last["error"].as_str().unwrap().contains("trapped"), "{t}");
+    assert!(last["at"].as_str().unwrap().ends_with('Z'), "{t}");
+    assert!(t["predict2"].get("last_fault").is_none(), "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
