@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::runtime::Handle;
-
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder};
@@ -195,13 +193,14 @@ impl Deployment {
     }
 
     /// Refills the pool in a task of its own, off the request path; at most
-    /// one refill runs at a time.
-    pub fn refill_in_background(self: &Arc<Self>, runtime: &Arc<HostRuntime>, handle: &Handle) {
+    /// one refill runs at a time. Must be called within the tokio runtime
+    /// (guest calls always are, offloaded ones through `block_on`).
+    pub fn refill_in_background(self: &Arc<Self>, runtime: &Arc<HostRuntime>) {
         if self.pool.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
         let (deployment, runtime) = (self.clone(), runtime.clone());
-        handle.spawn(async move {
+        tokio::spawn(async move {
             if let Err(e) = deployment.fill_pool(&runtime).await {
                 tracing::error!(error = %e, version = %deployment.version, "refilling the warm pool failed");
             }

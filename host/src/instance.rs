@@ -283,13 +283,7 @@ impl Instance {
     /// Builds the sandbox now rather than on the first request.
     pub async fn warm_up(&self) -> Result<(), CallError> {
         let mut slot = self.slot.lock().await;
-        if slot.is_none() {
-            *slot = Some(
-                self.deployment
-                    .instantiate(&self.runtime, self.name())
-                    .await?,
-            );
-        }
+        live(&mut slot, &self.deployment, &self.runtime, self.name()).await?;
         Ok(())
     }
 
@@ -297,15 +291,10 @@ impl Instance {
     /// (chaos drills). Builds the sandbox first if there is none.
     pub async fn arm(&self, fault: Fault) -> Result<(), CallError> {
         let mut slot = self.slot.lock().await;
-        let live = match &mut *slot {
-            Some(live) => live,
-            None => slot.insert(
-                self.deployment
-                    .instantiate(&self.runtime, self.name())
-                    .await?,
-            ),
-        };
-        let outcome = live.arm(fault).await;
+        let outcome = live(&mut slot, &self.deployment, &self.runtime, self.name())
+            .await?
+            .arm(fault)
+            .await;
         if outcome.is_err() {
             *slot = None;
         }
@@ -323,8 +312,7 @@ impl Instance {
             let name = self.spec.name.clone();
             let handle = Handle::current();
             tokio::task::spawn_blocking(move || {
-                let inner = handle.clone();
-                handle.block_on(call(&mut slot, &deployment, &runtime, &name, &body, &inner))
+                handle.block_on(call(&mut slot, &deployment, &runtime, &name, &body))
             })
             .await
             .unwrap_or_else(|e| {
@@ -332,14 +320,12 @@ impl Instance {
                 (Err(e), false)
             })
         } else {
-            let handle = Handle::current();
             call(
                 &mut slot,
                 &self.deployment,
                 &self.runtime,
                 self.name(),
                 &body,
-                &handle,
             )
             .await
         };
@@ -404,6 +390,19 @@ impl Instance {
     }
 }
 
+/// The sandbox in `slot`, built first if there is none.
+async fn live<'a>(
+    slot: &'a mut Option<Live>,
+    deployment: &Deployment,
+    runtime: &HostRuntime,
+    name: &str,
+) -> Result<&'a mut Live, CallError> {
+    match slot {
+        Some(live) => Ok(live),
+        None => Ok(slot.insert(deployment.instantiate(runtime, name).await?)),
+    }
+}
+
 /// Runs one call in the slot, building the sandbox first if there is none.
 /// A call that poisons its sandbox drops it and puts a replacement in its
 /// place at once: a warm spare (the pool is refilled in the background), or,
@@ -414,14 +413,10 @@ async fn call(
     runtime: &Arc<HostRuntime>,
     name: &str,
     body: &[u8],
-    handle: &Handle,
 ) -> (Result<Vec<u8>, CallError>, bool) {
-    let live = match slot {
-        Some(live) => live,
-        None => match deployment.instantiate(runtime, name).await {
-            Ok(live) => slot.insert(live),
-            Err(e) => return (Err(e), false),
-        },
+    let live = match live(slot, deployment, runtime, name).await {
+        Ok(live) => live,
+        Err(e) => return (Err(e), false),
     };
     let outcome = live.predict(body).await.map_err(|e| match e {
         CallError::Deadline(_) => CallError::Deadline(runtime.limits().deadline),
@@ -438,7 +433,7 @@ async fn call(
         _ => (deployment.instantiate(runtime, name).await.ok(), false),
     };
     *slot = replacement;
-    deployment.refill_in_background(runtime, handle);
+    deployment.refill_in_background(runtime);
     let replaced = slot.is_some();
     tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
         "instance faulted; its sandbox was dropped and replaced");
