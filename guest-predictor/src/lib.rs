@@ -78,6 +78,10 @@ impl Loaded {
             predict_core::RequestError::Malformed(m) => error(ErrorKind::MalformedRequest, m),
             predict_core::RequestError::Invalid(m) => error(ErrorKind::InvalidInput, m),
         })?;
+        #[cfg(feature = "faulty")]
+        if batch.data.iter().map(|v| *v as i64).sum::<i64>() % 3 == 0 {
+            core::arch::wasm32::unreachable();
+        }
         // wasm is little-endian, as wasi-nn's tensor bytes are: no conversion.
         let input = Tensor::new(
             &[batch.rows as u32, features as u32],

@@ -16,10 +16,11 @@
 //! move to the blocking pool so they cannot stall the accept loop or other
 //! instances.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hadr_state::{DeploymentRecord, FaultRecord, InstanceRecord};
 use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 use wasmtime::Store;
@@ -134,7 +135,12 @@ pub struct Instance {
     failed: AtomicU64,
     traps: AtomicU64,
     respawns: AtomicU64,
+    promotions: AtomicU64,
+    /// Its last fault could not be repaired: it has no working sandbox.
+    broken: AtomicBool,
     last_fault: std::sync::Mutex<Option<LastFault>>,
+    /// When its deployment came into force (RFC 3339).
+    deployed_since: std::sync::Mutex<String>,
     /// Recent average call time in microseconds (exponentially weighted).
     cost_us: AtomicU64,
     bound_port: AtomicU16,
@@ -144,12 +150,23 @@ pub struct Instance {
 /// A counted claim on an instance: load is decremented when it drops.
 pub struct Lease {
     instance: Arc<Instance>,
+    promoted: bool,
 }
 
 impl Lease {
     /// The leased instance.
     pub fn instance(&self) -> &Arc<Instance> {
         &self.instance
+    }
+
+    /// Whether taking this lease promoted a standby (a change to persist
+    /// before the request is answered).
+    pub fn promoted(&self) -> bool {
+        self.promoted
+    }
+
+    pub(crate) fn mark_promoted(&mut self) {
+        self.promoted = true;
     }
 }
 
@@ -185,13 +202,17 @@ pub struct InstanceReport {
     pub traps: u64,
     /// Faulted sandboxes replaced (from the warm pool, or cold when it was empty).
     pub respawns: u64,
+    /// Times it was promoted from standby.
+    pub promotions: u64,
+    /// Its last fault could not be repaired: the next call rebuilds its sandbox.
+    pub broken: bool,
     /// The most recent fault, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_fault: Option<LastFault>,
 }
 
 /// A fault as `/topology` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LastFault {
     /// What happened.
     pub error: String,
@@ -218,7 +239,10 @@ impl Instance {
             failed: AtomicU64::new(0),
             traps: AtomicU64::new(0),
             respawns: AtomicU64::new(0),
+            promotions: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
             last_fault: std::sync::Mutex::new(None),
+            deployed_since: std::sync::Mutex::new(now_rfc3339()),
             cost_us: AtomicU64::new(0),
             bound_port: AtomicU16::new(0),
             slot: Arc::new(Mutex::new(None)),
@@ -252,14 +276,78 @@ impl Instance {
 
     /// Turns a standby into a promoted active; `true` if this call did it.
     pub fn promote(&self) -> bool {
-        self.role
+        let promoted = self
+            .role
             .compare_exchange(
                 Role::Standby as u8,
                 Role::Promoted as u8,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_ok()
+            .is_ok();
+        if promoted {
+            self.promotions.fetch_add(1, Ordering::Relaxed);
+        }
+        promoted
+    }
+
+    /// Takes up where a previous run left off: `role` as recovery decided,
+    /// counters, last fault and deployment date as saved.
+    pub fn restore(&self, role: Role, saved: &InstanceRecord) {
+        self.role.store(role as u8, Ordering::Release);
+        self.served.store(saved.served, Ordering::Relaxed);
+        self.failed.store(saved.failed, Ordering::Relaxed);
+        self.traps.store(saved.traps, Ordering::Relaxed);
+        self.respawns.store(saved.respawns, Ordering::Relaxed);
+        self.promotions.store(saved.promotions, Ordering::Relaxed);
+        *lock(&self.last_fault) = saved.last_fault.as_ref().map(|f| LastFault {
+            error: f.error.clone(),
+            at: f.at.clone(),
+        });
+        if let Some(since) = saved
+            .deployment
+            .as_ref()
+            .filter(|d| d.version == self.deployment.version)
+            .map(|d| d.since.clone())
+        {
+            *lock(&self.deployed_since) = since;
+        }
+    }
+
+    /// What the state store keeps of it.
+    pub fn state_record(&self) -> InstanceRecord {
+        let report = self.report();
+        let role = serde_json::to_value(report.role)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let status = if report.broken {
+            "failed".to_string()
+        } else {
+            role.clone()
+        };
+        let deployment = &self.deployment;
+        InstanceRecord {
+            role,
+            status,
+            served: report.served,
+            failed: report.failed,
+            traps: report.traps,
+            respawns: report.respawns,
+            promotions: report.promotions,
+            last_fault: report.last_fault.map(|f| FaultRecord {
+                error: f.error,
+                at: f.at,
+            }),
+            deployment: Some(DeploymentRecord {
+                module_digest: deployment.module.digest.clone(),
+                model_digest: deployment.model.digest.clone(),
+                model: deployment.model.name.clone(),
+                version: deployment.version.clone(),
+                source: "topology".into(),
+                since: lock(&self.deployed_since).clone(),
+            }),
+        }
     }
 
     /// Records the port its direct listener actually bound.
@@ -277,6 +365,7 @@ impl Instance {
             .ok()
             .map(|_| Lease {
                 instance: self.clone(),
+                promoted: false,
             })
     }
 
@@ -333,6 +422,8 @@ impl Instance {
         if replaced {
             self.respawns.fetch_add(1, Ordering::Relaxed);
         }
+        let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
+        self.broken.store(broken, Ordering::Relaxed);
         self.record(&outcome, started.elapsed());
         outcome
     }
@@ -354,9 +445,9 @@ impl Instance {
                 }
                 let fault = LastFault {
                     error: e.to_string(),
-                    at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                    at: now_rfc3339(),
                 };
-                *self.last_fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+                *lock(&self.last_fault) = Some(fault);
             }
         }
     }
@@ -381,13 +472,21 @@ impl Instance {
             failed: self.failed.load(Ordering::Relaxed),
             traps: self.traps.load(Ordering::Relaxed),
             respawns: self.respawns.load(Ordering::Relaxed),
-            last_fault: self
-                .last_fault
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            promotions: self.promotions.load(Ordering::Relaxed),
+            broken: self.broken.load(Ordering::Relaxed),
+            last_fault: lock(&self.last_fault).clone(),
         }
     }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Locks a mutex that guards plain data: a panic while it was held cannot
+/// have left it half-written, so poisoning is ignored.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The sandbox in `slot`, built first if there is none.
@@ -428,6 +527,7 @@ async fn call(
     if matches!(e, CallError::Rejected(_)) {
         return (outcome, false);
     }
+    let faulted = Instant::now();
     let (replacement, warm) = match deployment.take_spare(runtime, name).await {
         Some(Ok(live)) => (Some(live), true),
         _ => (deployment.instantiate(runtime, name).await.ok(), false),
@@ -436,6 +536,6 @@ async fn call(
     deployment.refill_in_background(runtime);
     let replaced = slot.is_some();
     tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
-        "instance faulted; its sandbox was dropped and replaced");
+        replaced_in = ?faulted.elapsed(), "instance faulted; its sandbox was dropped and replaced");
     (outcome, replaced)
 }

@@ -24,6 +24,11 @@
 //! Chaos drills arm real faults inside a guest through the admin listener
 //! ([`http::admin`], bearer token).
 //!
+//! Runtime facts (roles, counters, faults, deployments) live in the sled
+//! state directory ([`persistence`] writes them off the request path;
+//! [`recovery`] reconciles them with the topology file at start), so a host
+//! killed with `kill -9` comes back where it was.
+//!
 //! [`serve`] wires them together from a [`topology`] file; [`shutdown`] is
 //! the one signal every task listens to; [`loadtest`] is the load generator
 //! the benchmarks use.
@@ -44,7 +49,9 @@ pub mod http;
 pub mod instance;
 pub mod loadtest;
 pub mod nn;
+pub mod persistence;
 pub mod policy;
+pub mod recovery;
 pub mod router;
 pub mod runtime;
 pub mod serve;

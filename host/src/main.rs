@@ -79,10 +79,25 @@ struct ServeArgs {
     /// `Authorization: Bearer <token>`.
     #[arg(long, default_value = "127.0.0.1:8001", env = "HADR_ADMIN_LISTEN")]
     admin_listen: SocketAddr,
-    /// State directory. The admin token is read from HADR_ADMIN_TOKEN, or from
+    /// State directory: runtime facts in a sled database (<state-dir>/db:
+    /// roles, promotions, counters, last faults, deployments), so a restart,
+    /// even after kill -9, continues where the last run stopped. The topology
+    /// file decides the shape (instances, active or standby); the state keeps
+    /// the facts (a promoted standby stays promoted); conflicts are logged at
+    /// start. The admin token is read from HADR_ADMIN_TOKEN, or from
     /// <state-dir>/admin-token, generated there (mode 0600) at first start.
+    /// One host per state directory.
     #[arg(long, default_value = "state-data", env = "HADR_STATE_DIR")]
     state_dir: PathBuf,
+    /// How often per-request counters are written to the state directory
+    /// (promotions and chaos faults are written at once).
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    state_interval: Duration,
+    /// Open connections allowed over all listeners; at the cap the host stops
+    /// accepting until one closes (clients wait in the kernel's backlog).
+    /// Worst-case request-body memory is this times --max-body.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
@@ -172,6 +187,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         topology: args.topology,
         listen: args.listen,
         max_body: args.max_body,
+        max_connections: args.max_connections,
         limits: Limits {
             deadline: args.deadline,
             max_memory: args.max_memory,
@@ -182,6 +198,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         admin_listen: args.admin_listen,
         warm_pool: args.warm_pool,
         state_dir: args.state_dir,
+        state_interval: args.state_interval,
     };
     let host = match Host::start(&options).await {
         Ok(host) => host,
@@ -218,7 +235,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     // One line on stdout for scripts and tests: where to send requests.
     println!("hadr-host ready: router http://{router} admin http://{admin}");
-    host.run(shutdown).await;
+    host.run(shutdown)
+        .await
+        .context("saving state on the way out")
+        .map_err(Failure::Other)?;
     tracing::info!("stopped");
     Ok(())
 }

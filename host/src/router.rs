@@ -53,17 +53,22 @@ impl Router {
     pub fn acquire_excluding(&self, excluded: Option<&str>) -> Result<Lease, Saturated> {
         // Each round routes, promotes one standby, or loses one race; a few
         // more rounds than instances is plenty.
+        let mut promoted = false;
         for _ in 0..self.instances.len() * 2 + 2 {
             let start = self.next.fetch_add(1, Ordering::Relaxed);
             match decide(&self.snapshot(excluded), start) {
                 Decision::Route(i) => {
-                    if let Some(lease) = self.instances[i].try_lease() {
+                    if let Some(mut lease) = self.instances[i].try_lease() {
+                        if promoted {
+                            lease.mark_promoted();
+                        }
                         return Ok(lease);
                     }
                 }
                 Decision::Promote(i) => {
                     let instance = &self.instances[i];
                     if instance.promote() {
+                        promoted = true;
                         tracing::warn!(
                             instance = instance.name(),
                             "every active instance is saturated or unusable: standby promoted to active"

@@ -5,6 +5,10 @@
 //! module once, pair them into deployments, and build every instance's
 //! sandbox. A broken file, model or guest therefore stops start-up with a
 //! message naming it, instead of failing the first request.
+//!
+//! Then it opens the state directory and takes up where the last run left
+//! off (see [`crate::recovery`] for which of file and state wins), saves the
+//! reconciled state, and only then binds its sockets.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,12 +16,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hadr_state::{StateError, StateStore};
 use tokio::net::TcpListener;
 
 use crate::deployment::{CompiledModule, Deployment, ModuleError};
 use crate::http::{server, App, Target};
 use crate::instance::{CallError, Instance};
 use crate::nn::{LoadedModel, ModelError};
+use crate::persistence::StateSync;
+use crate::recovery;
 use crate::router::Router;
 use crate::runtime::{HostRuntime, Limits};
 use crate::shutdown::Shutdown;
@@ -32,6 +39,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Open connections allowed over every listener.
+    pub max_connections: usize,
     /// Per-instance limits.
     pub limits: Limits,
     /// Model and module for entries that name none.
@@ -42,8 +51,11 @@ pub struct ServeOptions {
     pub warm_pool: usize,
     /// Where the admin listener listens.
     pub admin_listen: SocketAddr,
-    /// The state directory (the generated admin token lives there).
+    /// The state directory: the sled database (`db/`) and the generated
+    /// admin token.
     pub state_dir: PathBuf,
+    /// How often per-request counters are written to the state store.
+    pub state_interval: Duration,
 }
 
 /// Why the host could not start.
@@ -83,6 +95,9 @@ pub enum StartError {
         "admin token in {0}: {1} (set HADR_ADMIN_TOKEN, or fix the state directory's permissions)"
     )]
     AdminToken(PathBuf, std::io::Error),
+    /// The state directory cannot be used.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0:#}")]
     Engine(wasmtime::Error),
@@ -112,6 +127,7 @@ pub struct Host {
     admin_listener: TcpListener,
     instance_listeners: Vec<(Arc<Instance>, TcpListener)>,
     grace: Duration,
+    state: Arc<StateSync>,
     _runtime: Arc<HostRuntime>,
 }
 
@@ -119,6 +135,7 @@ impl Host {
     /// Builds every deployment and instance and binds every listener.
     pub async fn start(options: &ServeOptions) -> Result<Self, StartError> {
         let topology = Topology::load(&options.topology, &options.defaults)?;
+        let store = Arc::new(open_state(&options.state_dir)?);
         let runtime = Arc::new(
             HostRuntime::new(options.limits, topology.instances.len())
                 .map_err(StartError::Engine)?,
@@ -139,6 +156,13 @@ impl Host {
                 .map_err(|e| StartError::Instance(topology.path.clone(), spec.name.clone(), e))?;
             instances.push(instance);
         }
+        let generation = restore(&store, &topology, &instances)?;
+        let state = Arc::new(StateSync::new(
+            store,
+            instances.clone(),
+            options.state_interval,
+        ));
+        state.commit().await?;
         let router_listener = bind(options.listen, "router".into()).await?;
         let mut instance_listeners = Vec::new();
         for instance in &instances {
@@ -154,7 +178,10 @@ impl Host {
         let app = Arc::new(App {
             router: Router::new(instances),
             max_body: options.max_body,
+            connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1))),
             admin_token: admin_token(&options.state_dir)?,
+            state: state.clone(),
+            generation,
         });
         Ok(Self {
             app,
@@ -162,6 +189,7 @@ impl Host {
             admin_listener,
             instance_listeners,
             grace: options.grace,
+            state,
             _runtime: runtime,
         })
     }
@@ -188,9 +216,11 @@ impl Host {
             .collect()
     }
 
-    /// Serves until `shutdown` fires and in-flight requests have finished.
-    pub async fn run(self, shutdown: Shutdown) {
+    /// Serves until `shutdown` fires and in-flight requests have finished,
+    /// then writes the final state.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), StateError> {
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(self.state.clone().run(shutdown.clone()));
         for (instance, listener) in self.instance_listeners {
             tasks.spawn(server::serve(
                 listener,
@@ -215,7 +245,67 @@ impl Host {
             self.grace,
         ));
         while tasks.join_next().await.is_some() {}
+        self.state.commit().await?;
+        tracing::info!("state flushed");
+        Ok(())
     }
+}
+
+/// Opens the sled database in `<state_dir>/db`, creating it on first start.
+fn open_state(state_dir: &Path) -> Result<StateStore, StartError> {
+    std::fs::create_dir_all(state_dir).map_err(|e| {
+        StartError::State(StateError::Storage {
+            path: state_dir.to_owned(),
+            message: format!("cannot create it: {e}"),
+        })
+    })?;
+    Ok(StateStore::open(&state_dir.join("db"))?)
+}
+
+/// Applies the saved state to fresh instances (see [`recovery`]), logs each
+/// conflict, forgets instances the file no longer has, and saves the
+/// topology mark. Returns the topology generation.
+fn restore(
+    store: &StateStore,
+    topology: &Topology,
+    instances: &[Arc<Instance>],
+) -> Result<u64, StartError> {
+    let saved_mark = store.topology()?;
+    let mark = recovery::next_mark(topology, saved_mark.as_ref());
+    let mut restored = 0;
+    for instance in instances {
+        let saved = store.instance(instance.name())?;
+        let outcome = recovery::reconcile(
+            instance.spec(),
+            &instance.deployment().version,
+            saved.as_ref(),
+        );
+        for conflict in &outcome.conflicts {
+            tracing::warn!(state = %store.path().display(), "{conflict}");
+        }
+        if saved.is_some() {
+            restored += 1;
+            tracing::info!(instance = instance.name(), role = ?outcome.role,
+                served = outcome.saved.served, traps = outcome.saved.traps,
+                "instance state restored");
+        }
+        instance.restore(outcome.role, &outcome.saved);
+    }
+    for (name, _) in store.instances()? {
+        if !instances.iter().any(|i| i.name() == name) {
+            tracing::warn!(instance = %name, "the saved state has an instance the topology file no longer lists: its record is dropped");
+            store.remove_instance(&name)?;
+        }
+    }
+    if saved_mark.as_ref() != Some(&mark) {
+        tracing::info!(
+            generation = mark.generation,
+            "topology shape is new to this state directory"
+        );
+    }
+    store.put_topology(&mark)?;
+    tracing::info!(state = %store.path().display(), generation = mark.generation, restored, "state directory open");
+    Ok(mark.generation)
 }
 
 /// The admin token: `HADR_ADMIN_TOKEN` if set, else the one saved in the

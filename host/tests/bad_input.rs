@@ -159,3 +159,25 @@ async fn a_1_gib_upload_does_not_grow_the_host() {
     let (s, _, _) = post(host.router, "/predict", row).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let host = Host::start(&free_ports("single.json"), &["--max-connections", "2"]);
+    let body = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
+    // Two idle connections take both places.
+    let first = tokio::net::TcpStream::connect(host.router).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(host.router).await.unwrap();
+    let router = host.router;
+    let waiting = tokio::spawn(async move { post(router, "/predict", body).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third connection was served while two were open at a cap of 2"
+    );
+    drop(first);
+    let (status, _, answer) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting request was not served after a place freed")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}

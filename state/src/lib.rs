@@ -4,12 +4,17 @@
 //!
 //! The store is a set of typed trees over one sled database:
 //! - `meta`: the schema version, checked on open so an old binary never
-//!   misreads a newer layout;
-//! - `instances`: one [`InstanceRecord`] per topology instance (its role and
-//!   counters), keyed by name.
+//!   misreads a newer layout, and the [`TopologyMark`] (which topology shape
+//!   the state belongs to, and its generation);
+//! - `instances`: one [`InstanceRecord`] per topology instance (its role,
+//!   counters, last fault and the deployment it serves), keyed by name.
 //!
 //! Values are JSON, so an operator can inspect them with any sled tool and a
 //! field added later reads as its default from an older record.
+//!
+//! Writes are buffered by sled; only [`StateStore::flush`] makes them
+//! durable. The host batches per-request counters into a flush every few
+//! hundred milliseconds and flushes at once for changes an operator acts on.
 
 use std::path::{Path, PathBuf};
 
@@ -21,20 +26,21 @@ pub const SCHEMA_VERSION: u32 = 1;
 const META: &str = "meta";
 const INSTANCES: &str = "instances";
 const SCHEMA_KEY: &[u8] = b"schema_version";
+const TOPOLOGY_KEY: &str = "topology";
 
 /// Why the state store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// sled could not open or write the directory.
-    #[error("state directory {path}: {source} (move it aside or pass another --state-dir to start fresh)")]
+    #[error("state directory {path}: {message} (if another hadr-host uses it, stop that one; otherwise move the directory aside or pass another --state-dir to start fresh)")]
     Storage {
         /// The state directory.
         path: PathBuf,
-        /// sled's error.
-        source: sled::Error,
+        /// sled's error, or the panic it raised on a damaged file.
+        message: String,
     },
     /// A record could not be decoded.
-    #[error("state directory {path}: record `{key}` in `{tree}` is unreadable: {message}")]
+    #[error("state directory {path}: record `{key}` in `{tree}` is unreadable: {message} (move the directory aside or pass another --state-dir to start fresh)")]
     Corrupt {
         /// The state directory.
         path: PathBuf,
@@ -46,7 +52,7 @@ pub enum StateError {
         message: String,
     },
     /// The directory was written by a newer hadr.
-    #[error("state directory {path} has schema version {found}; this hadr reads version {SCHEMA_VERSION}")]
+    #[error("state directory {path} has schema version {found}; this hadr reads version {SCHEMA_VERSION} (use the hadr that wrote it, or pass another --state-dir)")]
     Schema {
         /// The state directory.
         path: PathBuf,
@@ -55,33 +61,101 @@ pub enum StateError {
     },
 }
 
+/// A fault as it was last seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// What happened.
+    pub error: String,
+    /// When, in RFC 3339 (UTC).
+    pub at: String,
+}
+
+/// The deployment an instance serves: which guest module and which model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeploymentRecord {
+    /// Hex SHA-256 of the guest module.
+    pub module_digest: String,
+    /// Hex SHA-256 of the model file.
+    pub model_digest: String,
+    /// The model's name.
+    pub model: String,
+    /// The version shown in answers.
+    pub version: String,
+    /// Where it came from: `topology` (the file) or `deploy` (an operator).
+    pub source: String,
+    /// When it came into force, in RFC 3339 (UTC).
+    pub since: String,
+}
+
 /// An instance's persisted facts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InstanceRecord {
     /// `active`, `standby` or `promoted`.
     pub role: String,
+    /// `role`, or `failed` while the instance has no working sandbox.
+    pub status: String,
     /// Predictions answered.
     pub served: u64,
     /// Failed calls.
     pub failed: u64,
-    /// Traps.
+    /// Traps (including deadlines).
     pub traps: u64,
+    /// Faulted sandboxes replaced.
+    pub respawns: u64,
+    /// Times it was promoted from standby.
+    pub promotions: u64,
+    /// The most recent fault.
+    pub last_fault: Option<FaultRecord>,
+    /// The deployment in force.
+    pub deployment: Option<DeploymentRecord>,
+}
+
+/// Which topology the state belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TopologyMark {
+    /// A digest of the topology's shape (names, roles, ports, thresholds).
+    pub digest: String,
+    /// Bumped each time the host starts on a different shape.
+    pub generation: u64,
 }
 
 /// The open state database.
 pub struct StateStore {
     path: PathBuf,
     db: sled::Db,
+    meta: sled::Tree,
     instances: sled::Tree,
 }
 
 impl StateStore {
     /// Opens (or creates) the state directory and checks its schema version.
+    /// A damaged directory is an error, never a panic.
     pub fn open(path: &Path) -> Result<Self, StateError> {
-        let storage = |source| StateError::Storage {
+        // sled 0.34 panics on some damaged files instead of returning an
+        // error; turn that into the same clear error.
+        match std::panic::catch_unwind(|| Self::open_inner(path)) {
+            Ok(result) => result,
+            Err(panic) => Err(StateError::Storage {
+                path: path.to_owned(),
+                message: format!(
+                    "the database is damaged ({})",
+                    panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("sled panicked")
+                ),
+            }),
+        }
+    }
+
+    fn open_inner(path: &Path) -> Result<Self, StateError> {
+        let storage = |source: sled::Error| StateError::Storage {
             path: path.to_owned(),
-            source,
+            message: source.to_string(),
         };
         let db = sled::open(path).map_err(storage)?;
         let meta = db.open_tree(META).map_err(storage)?;
@@ -89,11 +163,14 @@ impl StateStore {
         let store = Self {
             path: path.to_owned(),
             db,
+            meta,
             instances,
         };
-        match meta.get(SCHEMA_KEY).map_err(storage)? {
+        match store.meta.get(SCHEMA_KEY).map_err(storage)? {
             None => {
-                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+                store
+                    .meta
+                    .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
                     .map_err(storage)?;
             }
             Some(v) => {
@@ -111,23 +188,62 @@ impl StateStore {
         Ok(store)
     }
 
+    /// The directory it lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The record of `instance`, if one was saved.
     pub fn instance(&self, instance: &str) -> Result<Option<InstanceRecord>, StateError> {
         self.get(&self.instances, INSTANCES, instance)
     }
 
+    /// Every saved instance record, by name.
+    pub fn instances(&self) -> Result<Vec<(String, InstanceRecord)>, StateError> {
+        let mut out = Vec::new();
+        for entry in self.instances.iter() {
+            let (key, _) = entry.map_err(|s| self.storage(s))?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            if let Some(record) = self.instance(&name)? {
+                out.push((name, record));
+            }
+        }
+        Ok(out)
+    }
+
     /// Saves `instance`'s record (buffered; see [`StateStore::flush`]).
     pub fn put_instance(&self, instance: &str, record: &InstanceRecord) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(record).expect("a record serialises");
+        self.put(&self.instances, instance, record)
+    }
+
+    /// Forgets `instance`'s record (buffered).
+    pub fn remove_instance(&self, instance: &str) -> Result<(), StateError> {
         self.instances
-            .insert(instance.as_bytes(), bytes)
-            .map_err(|source| self.storage(source))?;
+            .remove(instance.as_bytes())
+            .map_err(|s| self.storage(s))?;
         Ok(())
+    }
+
+    /// The topology the state belongs to, if one was saved.
+    pub fn topology(&self) -> Result<Option<TopologyMark>, StateError> {
+        self.get(&self.meta, META, TOPOLOGY_KEY)
+    }
+
+    /// Saves the topology mark (buffered).
+    pub fn put_topology(&self, mark: &TopologyMark) -> Result<(), StateError> {
+        self.put(&self.meta, TOPOLOGY_KEY, mark)
     }
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StateError> {
         self.db.flush().map_err(|source| self.storage(source))?;
+        Ok(())
+    }
+
+    fn put<T: Serialize>(&self, tree: &sled::Tree, key: &str, value: &T) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(value).expect("a record serialises");
+        tree.insert(key.as_bytes(), bytes)
+            .map_err(|source| self.storage(source))?;
         Ok(())
     }
 
@@ -153,7 +269,7 @@ impl StateStore {
     fn storage(&self, source: sled::Error) -> StateError {
         StateError::Storage {
             path: self.path.clone(),
-            source,
+            message: source.to_string(),
         }
     }
 }
@@ -173,18 +289,59 @@ mod tests {
         let dir = temp("reopen");
         let record = InstanceRecord {
             role: "promoted".into(),
+            status: "promoted".into(),
             served: 42,
             failed: 1,
             traps: 1,
+            respawns: 1,
+            promotions: 1,
+            last_fault: Some(FaultRecord {
+                error: "trap".into(),
+                at: "2026-11-29T00:00:00Z".into(),
+            }),
+            deployment: Some(DeploymentRecord {
+                version: "aaaa-bbbb".into(),
+                ..Default::default()
+            }),
+        };
+        let mark = TopologyMark {
+            digest: "abc".into(),
+            generation: 3,
         };
         {
             let store = StateStore::open(&dir).unwrap();
             assert_eq!(store.instance("predict3").unwrap(), None);
+            assert_eq!(store.topology().unwrap(), None);
             store.put_instance("predict3", &record).unwrap();
+            store.put_instance("gone", &record).unwrap();
+            store.remove_instance("gone").unwrap();
+            store.put_topology(&mark).unwrap();
             store.flush().unwrap();
         }
         let store = StateStore::open(&dir).unwrap();
-        assert_eq!(store.instance("predict3").unwrap(), Some(record));
+        assert_eq!(store.instance("predict3").unwrap(), Some(record.clone()));
+        assert_eq!(
+            store.instances().unwrap(),
+            vec![("predict3".into(), record)]
+        );
+        assert_eq!(store.topology().unwrap(), Some(mark));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_older_record_reads_with_defaults() {
+        let dir = temp("older");
+        let store = StateStore::open(&dir).unwrap();
+        store
+            .instances
+            .insert(b"predict1", &br#"{"role":"active","served":7}"#[..])
+            .unwrap();
+        let record = store.instance("predict1").unwrap().unwrap();
+        assert_eq!(
+            (record.role.as_str(), record.served, record.respawns),
+            ("active", 7, 0)
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -202,6 +359,17 @@ mod tests {
         }
         let err = StateStore::open(&dir).err().unwrap().to_string();
         assert!(err.contains("schema version 99"), "{err}");
+        assert!(err.contains("another --state-dir"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_opener_is_refused_while_the_first_holds_it() {
+        let dir = temp("locked");
+        let first = StateStore::open(&dir).unwrap();
+        let err = StateStore::open(&dir).err().unwrap().to_string();
+        assert!(err.contains("another hadr-host"), "{err}");
+        drop(first);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -219,6 +387,31 @@ mod tests {
             "{err}"
         );
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_garbage_database_is_an_error_not_a_panic() {
+        let dir = temp("garbage");
+        {
+            let store = StateStore::open(&dir).unwrap();
+            store
+                .put_instance("predict1", &InstanceRecord::default())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::write(&path, vec![0xA5u8; 4096]).unwrap();
+            }
+        }
+        let outcome = StateStore::open(&dir).and_then(|s| s.instance("predict1"));
+        let err = outcome
+            .expect_err("a damaged database is refused")
+            .to_string();
+        assert!(err.contains("state directory"), "{err}");
+        assert!(err.contains("move the directory aside"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -98,6 +98,15 @@ async fn chaos(app: &App, req: Request<Incoming>) -> Result<Response<Full<Bytes>
         FaultName::Oom => (Fault::Oom, "oom"),
     };
     instance.arm(fault).await?;
+    // Acknowledged only once the state as of now is durable: an operator
+    // reading the answer can rely on the counters the drill starts from.
+    app.state.commit().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state_not_saved",
+            format!("the fault was armed, but the state could not be saved: {e}"),
+        )
+    })?;
     tracing::warn!(
         instance = instance.name(),
         fault = name,

@@ -29,8 +29,14 @@ pub struct App {
     pub router: Router,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
+    /// Open connections allowed over every listener.
+    pub connections: Arc<tokio::sync::Semaphore>,
     /// The bearer token admin requests must carry.
     pub admin_token: String,
+    /// Where runtime facts are persisted.
+    pub state: Arc<crate::persistence::StateSync>,
+    /// The topology generation (shown as `X-Hadr-Topology-Generation`).
+    pub generation: u64,
 }
 
 /// Which listener a request arrived on.
@@ -59,7 +65,11 @@ pub async fn handle(
         ("/predict", _) if req.method() == Method::POST => predict(&app, &target, req).await,
         ("/predict", _) => Err(not_allowed("POST")),
         ("/topology", Target::Router) if req.method() == Method::GET => {
-            Ok(json(StatusCode::OK, &topology(&app.router)))
+            let mut response = json(StatusCode::OK, &topology(&app.router));
+            response
+                .headers_mut()
+                .insert("x-hadr-topology-generation", app.generation.into());
+            Ok(response)
         }
         ("/healthz", _) if req.method() == Method::GET => {
             Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
@@ -87,6 +97,12 @@ async fn predict(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let body = read_body(req, app.max_body).await?;
     let lease = lease(app, target)?;
+    if lease.promoted() {
+        // A promotion is acted on by operators: durable before it serves.
+        if let Err(e) = app.state.commit().await {
+            tracing::error!(error = %e, "could not persist a promotion");
+        }
+    }
     let out = match lease.instance().predict(body.clone()).await {
         Ok(out) => out,
         Err(e) if e.is_instance_fault() => retry(app, target, lease, body, e).await?,

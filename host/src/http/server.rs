@@ -1,8 +1,11 @@
 //! Accept loops: one per listener, HTTP/1.1 with keep-alive.
 //!
-//! Each connection runs on its own task. On shutdown the loop stops accepting
-//! and every open connection is asked to close after its in-flight request,
-//! bounded by a grace period.
+//! Each connection runs on its own task. Open connections are capped
+//! (`--max-connections`, shared by every listener): at the cap a loop stops
+//! accepting until one closes, and further clients wait in the kernel's
+//! backlog, so memory stays bounded by connections × `--max-body`. On
+//! shutdown the loop stops accepting and every open connection is asked to
+//! close after its in-flight request, bounded by a grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +49,13 @@ pub async fn serve(
             },
             _ = shutdown.wait() => break,
         };
+        // Wait for a place before serving, and before accepting again.
+        let permit = tokio::select! {
+            permit = app.connections.clone().acquire_owned() => {
+                permit.expect("the connection semaphore is never closed")
+            }
+            _ = shutdown.wait() => break,
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let target = target.clone();
@@ -55,6 +65,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -52,11 +52,19 @@ impl Drop for TempDir {
 
 /// A topology from the repository with every port replaced by 0 (any free port).
 pub fn free_ports(topology: &str) -> String {
+    with_fields(topology, &[])
+}
+
+/// Like [`free_ports`], with `fields` set on every instance.
+pub fn with_fields(topology: &str, fields: &[(&str, serde_json::Value)]) -> String {
     let text = std::fs::read_to_string(repo().join("topologies").join(topology)).unwrap();
     let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
     for entry in value.as_object_mut().unwrap().values_mut() {
         if entry.get("port").is_some() {
             entry["port"] = "0".into();
+        }
+        for (name, value) in fields {
+            entry[*name] = value.clone();
         }
     }
     value.to_string()
@@ -74,20 +82,40 @@ pub struct Host {
 }
 
 impl Host {
-    /// Starts `hadr-host serve` on a topology given as text, router on a free port.
+    /// Starts `hadr-host serve` on a topology given as text, router on a free
+    /// port, with a fresh state directory.
     pub fn start(topology: &str, extra: &[&str]) -> Host {
+        Self::start_in(topology, None, extra)
+    }
+
+    /// Like [`Host::start`], with the state directory `state` when given
+    /// (kept after the host is gone, so another host can recover from it).
+    pub fn start_in(topology: &str, state: Option<&Path>, extra: &[&str]) -> Host {
+        Self::start_with(topology, state, None, extra)
+    }
+
+    /// Like [`Host::start_in`], with its log (stderr) written to `log` when given.
+    pub fn start_with(
+        topology: &str,
+        state: Option<&Path>,
+        log: Option<&Path>,
+        extra: &[&str],
+    ) -> Host {
         let dir = TempDir::new("host");
         let path = dir.write("topology.json", topology);
+        let state = state.map_or_else(|| dir.0.join("state"), Path::to_path_buf);
         let mut child = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
             .arg("serve")
             .arg(&path)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--state-dir")
-            .arg(dir.0.join("state"))
+            .arg(state)
             .env("HADR_ADMIN_TOKEN", ADMIN_TOKEN)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log.map_or_else(Stdio::inherit, |p| {
+                Stdio::from(std::fs::File::create(p).unwrap())
+            }))
             .spawn()
             .expect("starting hadr-host");
         let stdout = child.stdout.take().unwrap();
@@ -126,6 +154,28 @@ impl Drop for Host {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One `POST /predict` that reports a failed connection as `None` instead of
+/// panicking (for load that runs while a host is killed).
+pub async fn try_post(addr: SocketAddr, body: Bytes) -> Option<StatusCode> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/predict")
+        .header(HOST, addr.to_string())
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .ok()?;
+    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status();
+    response.into_body().collect().await.ok()?;
+    Some(status)
 }
 
 /// An HTTP answer: status, headers and the body as JSON.
