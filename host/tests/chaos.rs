@@ -267,3 +267,95 @@ async fn a_generated_admin_token_is_private_and_kept() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+/// Issue 3, acceptance 2: a query of death (an input the guest always traps
+/// on, or a batch that always runs past the deadline) gets its own error
+/// within the deadline plus a margin, costs the two sandboxes it hit (both
+/// respawned), and other clients keep getting 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_of_death_gets_its_own_error_and_the_others_keep_serving() {
+    use common::{faulty_guest, safe_and_deadly_rows, with_fields};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let module = faulty_guest().to_string_lossy().into_owned();
+    let topology = with_fields("3-active.json", &[("module", module.into())]);
+    let deadline = Duration::from_millis(20);
+    let host = Host::start(&topology, &["--deadline", "20ms", "--max-body", "32MiB"]);
+    let (safe, deadly) = safe_and_deadly_rows();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (addr, stop, body) = (host.router, stop.clone(), inputs(&[safe.clone()]));
+        clients.spawn(async move {
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (s, _, b) = post(addr, "/predict", body.clone()).await;
+                if s == StatusCode::OK {
+                    ok += 1;
+                } else {
+                    failed.push((s, b));
+                }
+            }
+            (ok, failed)
+        });
+    }
+    let respawns = |t: &serde_json::Value| -> u64 {
+        ["predict1", "predict2", "predict3"]
+            .iter()
+            .map(|n| t[n]["respawns"].as_u64().unwrap())
+            .sum()
+    };
+    // Always traps: the guest's own bug on this input.
+    let before = respawns(&host.topology().await);
+    let started = Instant::now();
+    let (s, _, b) = post(host.router, "/predict", inputs(&[deadly])).await;
+    let took = started.elapsed();
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed on two instances"),
+        "{b}"
+    );
+    assert_eq!(respawns(&host.topology().await), before + 2);
+    eprintln!("always-trapping request answered in {took:?}");
+    // Always loops past the deadline: a batch far too big for 20 ms (a row
+    // count that is not a multiple of 3, so the faulty guest does not trap).
+    let big = inputs(&vec![safe.clone(); 40_001]);
+    let before = respawns(&host.topology().await);
+    let started = Instant::now();
+    let (s, _, b) = post(host.router, "/predict", big).await;
+    let took = started.elapsed();
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed on two instances"),
+        "{b}"
+    );
+    assert_eq!(respawns(&host.topology().await), before + 2);
+    eprintln!("always-looping request answered in {took:?} (deadline {deadline:?})");
+    // A bound that catches a hang, not a speed claim: two deadlines plus
+    // reading and parsing a 40k-row body on a loaded machine.
+    assert!(took < deadline * 2 + Duration::from_secs(10), "{took:?}");
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(result) = clients.join_next().await {
+        let (o, f) = result.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "other clients failed: {:?}",
+        &failed[..failed.len().min(3)]
+    );
+}

@@ -257,3 +257,37 @@ pub fn cases(model: &str) -> serde_json::Value {
 pub fn inputs(rows: &[serde_json::Value]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "inputs": rows })).unwrap()
 }
+
+/// The test guest built with the `faulty` feature: it traps on every input
+/// whose features sum (as integers) to a multiple of 3.
+pub fn faulty_guest() -> PathBuf {
+    repo().join("guest-predictor/target/wasm32-wasip2/faulty/hadr_guest_predictor.wasm")
+}
+
+/// Whether the faulty guest traps on `rows` (the same rule as the guest).
+pub fn faulty_traps_on(rows: &[serde_json::Value]) -> bool {
+    let sum: i64 = rows
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_f64().unwrap() as f32 as i64)
+        .sum();
+    sum % 3 == 0
+}
+
+/// A digits case the faulty guest serves, and one it traps on.
+pub fn safe_and_deadly_rows() -> (serde_json::Value, serde_json::Value) {
+    let cases = cases("digits");
+    let rows: Vec<serde_json::Value> = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["input"].clone())
+        .collect();
+    let safe = rows
+        .iter()
+        .find(|r| !faulty_traps_on(std::slice::from_ref(r)));
+    let deadly = rows
+        .iter()
+        .find(|r| faulty_traps_on(std::slice::from_ref(r)));
+    (safe.unwrap().clone(), deadly.unwrap().clone())
+}
