@@ -287,7 +287,11 @@ async fn a_query_of_death_gets_its_own_error_and_the_others_keep_serving() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let (addr, stop, body) = (host.router, stop.clone(), inputs(&[safe.clone()]));
+        let (addr, stop, body) = (
+            host.router,
+            stop.clone(),
+            inputs(std::slice::from_ref(&safe)),
+        );
         clients.spawn(async move {
             let (mut ok, mut failed) = (0u64, Vec::new());
             for _ in 0..20_000 {
