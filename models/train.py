@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train and export the two example models that hadr serves, plus their test cases.
+"""Train and export the example models that hadr serves, plus their test cases.
 
 Everything is deterministic (fixed random_state everywhere) and uses only data
 shipped inside scikit-learn, so nothing is downloaded.
@@ -12,7 +12,8 @@ shipped inside scikit-learn, so nothing is downloaded.
     /tmp/models-venv/bin/python models/train.py --verify-only  # checks the files already written
 
 Writes, next to this script:
-    digits.onnx, digits.cases.json, breast_cancer.onnx, breast_cancer.cases.json
+    digits.onnx, digits.cases.json, digits-v2.onnx, digits-v2.cases.json,
+    breast_cancer.onnx, breast_cancer.cases.json
 """
 
 import argparse
@@ -41,15 +42,28 @@ def split(X, y):
     return train_test_split(X, y, test_size=0.2, random_state=0, stratify=y)
 
 
-def build_digits():
+def digits_split():
     ds = load_digits()
     # Raw pixel intensities 0..16; integers, so exact in float32 and float64.
     X = ds.data.astype(np.float64)
     y = ds.target.astype(np.int64)
-    X_train, X_test, y_train, y_test = split(X, y)
+    return split(X, y)
+
+
+def build_digits():
+    X_train, X_test, y_train, y_test = digits_split()
     model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=1000, random_state=0)
     model.fit(X_train, y_train)
     return "digits", model, X_test, y_test, 0.95
+
+
+def build_digits_v2():
+    """A second version of `digits` (same data, split, inputs and outputs, a wider
+    network), for demonstrating a hot-swapped model upgrade."""
+    X_train, X_test, y_train, y_test = digits_split()
+    model = MLPClassifier(hidden_layer_sizes=(128,), max_iter=1000, random_state=1)
+    model.fit(X_train, y_train)
+    return "digits-v2", model, X_test, y_test, 0.95
 
 
 def build_breast_cancer():
@@ -173,7 +187,7 @@ def write_cases(name, model, X_test, y_test, accuracy):
 
 
 def train_all():
-    for build in (build_digits, build_breast_cancer):
+    for build in (build_digits, build_digits_v2, build_breast_cancer):
         name, model, X_test, y_test, min_acc = build()
         assert list(model.classes_) == list(range(len(model.classes_))), model.classes_
         accuracy = model.score(X_test, y_test)
@@ -192,7 +206,7 @@ def verify_all():
     import onnxruntime as ort
 
     ok = True
-    for name in ("digits", "breast_cancer"):
+    for name in ("digits", "digits-v2", "breast_cancer"):
         onnx_path = os.path.join(HERE, f"{name}.onnx")
         with open(os.path.join(HERE, f"{name}.cases.json")) as f:
             doc = json.load(f)

@@ -42,8 +42,8 @@ fn predictions(c: &mut Criterion) {
     let defaults = repo_defaults();
     let runtime = HostRuntime::new(Limits::default(), 1).unwrap();
     let model = Arc::new(LoadedModel::from_file(&defaults.model).unwrap());
-    let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module).unwrap());
-    let deployment = Deployment::new(module, model.clone(), 0);
+    let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module, None).unwrap());
+    let deployment = Deployment::new(module, model.clone(), 0, None);
     // Guest calls are async (WASI's blocking calls must not block_on inside a
     // task); a current-thread runtime drives them, as a request task would.
     let rt = tokio::runtime::Builder::new_current_thread()

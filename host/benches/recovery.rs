@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hadr_host::bindings::exports::hadr::predictor::chaos::Fault;
 use hadr_host::deployment::{CompiledModule, Deployment};
-use hadr_host::instance::Instance;
+use hadr_host::instance::{InForce, Instance, Source};
 use hadr_host::nn::LoadedModel;
 use hadr_host::runtime::{HostRuntime, Limits};
 use hadr_host::serve::repo_defaults;
@@ -58,7 +58,7 @@ fn main() {
     let defaults = repo_defaults();
     let runtime = Arc::new(HostRuntime::new(Limits::default(), 4).unwrap());
     let model = Arc::new(LoadedModel::from_file(&defaults.model).unwrap());
-    let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module).unwrap());
+    let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module, None).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,7 +77,7 @@ async fn replacement(
     body: &Bytes,
 ) {
     let faults = env("HADR_BENCH_FAULTS", 2000);
-    let deployment = Deployment::new(module.clone(), model.clone(), 1);
+    let deployment = Deployment::new(module.clone(), model.clone(), 1, None);
     let histogram = || Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 3).unwrap();
     let (mut warm_total, mut cold_total) = (histogram(), histogram());
     let (mut warm_step, mut cold_step) = (histogram(), histogram());
@@ -140,9 +140,13 @@ async fn throughput(
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..rounds * 2 {
         let pool = if round % 2 == 0 { 2 } else { 0 };
-        let deployment = Arc::new(Deployment::new(module.clone(), model.clone(), pool));
+        let deployment = Arc::new(Deployment::new(module.clone(), model.clone(), pool, None));
         deployment.fill_pool(runtime).await.unwrap();
-        let instance = Instance::new(spec.clone(), runtime.clone(), deployment);
+        let instance = Instance::new(
+            spec.clone(),
+            runtime.clone(),
+            InForce::now(deployment, Source::Topology),
+        );
         instance.warm_up().await.unwrap();
         let (mut ok, mut calls) = (0u64, 0u64);
         let started = Instant::now();

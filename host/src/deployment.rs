@@ -4,15 +4,16 @@
 //! A [`Deployment`] is everything an instance needs that does not change
 //! while it serves: the compiled component, pre-linked against the host's
 //! imports ([`PredictorPre`]), the model's shared tract graph, and a version
-//! id derived from both digests. Because it never changes, swapping versions
-//! later is swapping one `Arc` for another.
+//! id derived from both digests, and the example its smoke test predicts.
+//! Because it never changes, swapping versions is swapping one `Arc` for
+//! another (see [`crate::rollout`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_nn::wit::WasiNnCtx;
@@ -20,6 +21,7 @@ use wasmtime_wasi_nn::{Backend, Registry};
 
 use crate::bindings::hadr::predictor::types::InstanceConfig;
 use crate::bindings::{Predictor, PredictorPre};
+use crate::compiled_cache::{CacheOutcome, CompiledCache};
 use crate::guest_log::{GuestLog, LogName};
 use crate::instance::{CallError, Live};
 use crate::nn::registry::hex;
@@ -40,7 +42,7 @@ pub enum ModuleError {
     /// Not a WebAssembly component wasmtime can compile.
     #[error("{path} is not a WebAssembly component: {message}")]
     NotComponent {
-        /// The module file.
+        /// The module file (or the uploaded blob).
         path: PathBuf,
         /// wasmtime's explanation.
         message: String,
@@ -60,26 +62,52 @@ pub enum ModuleError {
 
 /// A compiled guest module, ready to instantiate quickly.
 pub struct CompiledModule {
-    /// Where it came from.
+    /// Where it came from (a file, or the blob it was uploaded as).
     pub path: PathBuf,
-    /// Hex SHA-256 of the file.
+    /// Hex SHA-256 of the module.
     pub digest: String,
+    /// Whether it came from the compiled cache.
+    pub cache: CacheOutcome,
     pre: PredictorPre<InstanceState>,
 }
 
 impl CompiledModule {
-    /// Reads, compiles and pre-links a guest component.
-    pub fn from_file(runtime: &HostRuntime, path: &Path) -> Result<Self, ModuleError> {
+    /// Reads, compiles (or loads from `cache`) and pre-links a guest component.
+    pub fn from_file(
+        runtime: &HostRuntime,
+        path: &Path,
+        cache: Option<&CompiledCache>,
+    ) -> Result<Self, ModuleError> {
         let bytes = std::fs::read(path).map_err(|source| ModuleError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let component = Component::from_binary(runtime.engine(), &bytes).map_err(|e| {
-            ModuleError::NotComponent {
-                path: path.to_owned(),
-                message: format!("{e:#}"),
-            }
-        })?;
+        Self::from_bytes(runtime, &bytes, path, cache)
+    }
+
+    /// Compiles (or loads from `cache`) and pre-links a guest component;
+    /// `path` names it in errors.
+    pub fn from_bytes(
+        runtime: &HostRuntime,
+        bytes: &[u8],
+        path: &Path,
+        cache: Option<&CompiledCache>,
+    ) -> Result<Self, ModuleError> {
+        let digest = hex(&Sha256::digest(bytes));
+        let not_component = |e: wasmtime::Error| ModuleError::NotComponent {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        };
+        let (component, cache) = match cache {
+            Some(cache) => cache
+                .component(runtime.engine(), &digest, bytes)
+                .map_err(not_component)?,
+            None => (
+                wasmtime::component::Component::from_binary(runtime.engine(), bytes)
+                    .map_err(not_component)?,
+                CacheOutcome::Uncached,
+            ),
+        };
         let wrong_world = |e: wasmtime::Error| ModuleError::WrongWorld {
             path: path.to_owned(),
             message: format!("{e:#}"),
@@ -91,7 +119,8 @@ impl CompiledModule {
         let pre = PredictorPre::new(instance_pre).map_err(wrong_world)?;
         Ok(Self {
             path: path.to_owned(),
-            digest: hex(&Sha256::digest(&bytes)),
+            digest,
+            cache,
             pre,
         })
     }
@@ -105,6 +134,8 @@ pub struct Deployment {
     pub model: Arc<LoadedModel>,
     /// `<module digest>-<model digest>`, shortened: shown in every answer.
     pub version: String,
+    /// The request body its smoke test predicts.
+    pub example: Bytes,
     registry: GraphRegistry,
     pool: WarmPool,
 }
@@ -126,14 +157,25 @@ pub struct Spare {
 
 impl Deployment {
     /// Pairs a compiled module with a loaded model, with room for `spares`
-    /// warm instances (filled by [`Deployment::fill_pool`]).
-    pub fn new(module: Arc<CompiledModule>, model: Arc<LoadedModel>, spares: usize) -> Self {
-        let version = format!("{}-{}", &module.digest[..8], &model.digest[..8]);
+    /// warm instances (filled by [`Deployment::fill_pool`]). Its smoke test
+    /// predicts `example`, or a row of zeros when there is none.
+    pub fn new(
+        module: Arc<CompiledModule>,
+        model: Arc<LoadedModel>,
+        spares: usize,
+        example: Option<Bytes>,
+    ) -> Self {
+        let version = version(&module.digest, &model.digest);
         let registry = GraphRegistry::new([model.as_ref()]);
+        let example = example.unwrap_or_else(|| {
+            let zeros = vec![0.0f32; model.graph.features()];
+            Bytes::from(serde_json::to_vec(&serde_json::json!({ "inputs": [zeros] })).unwrap())
+        });
         Self {
             module,
             model,
             version,
+            example,
             registry,
             pool: WarmPool {
                 spares: Mutex::new(Vec::with_capacity(spares)),
@@ -168,6 +210,31 @@ impl Deployment {
             .unwrap_or_else(|p| p.into_inner())
             .pop()?;
         Some(spare.init(self, runtime, instance).await)
+    }
+
+    /// Runs its example through a fresh sandbox: instantiation, `init` and
+    /// one prediction must all succeed. Says why when they do not.
+    pub async fn smoke_test(&self, runtime: &HostRuntime) -> Result<(), String> {
+        let mut live = self
+            .instantiate(runtime, "smoke-test")
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = live
+            .predict(&self.example)
+            .await
+            .map_err(|e| format!("its smoke prediction failed: {e}"))?;
+        serde_json::from_slice::<serde_json::Value>(&answer)
+            .map(drop)
+            .map_err(|e| format!("its smoke prediction answered something that is not JSON: {e}"))
+    }
+
+    /// Drops every spare (a deployment kept only for rollback needs none).
+    pub fn drain_pool(&self) {
+        self.pool
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Spares waiting in the pool.
@@ -274,6 +341,27 @@ impl Spare {
             .await
             .map_err(|e| CallError::from_wasmtime("initialising", e))?
             .map_err(CallError::Init)?;
-        Ok(Live::new(self.store, self.predictor, ticks))
+        Ok(Live::new(
+            self.store,
+            self.predictor,
+            ticks,
+            deployment.version.clone(),
+        ))
     }
+}
+
+/// A deployment's version: 8 hex digits of each digest.
+pub fn version(module_digest: &str, model_digest: &str) -> String {
+    format!("{}-{}", &module_digest[..8], &model_digest[..8])
+}
+
+/// The example beside a model file: the first input of `<stem>.cases.json`,
+/// as a request body, if that file exists and has one.
+pub fn example_beside(model: &Path) -> Option<Bytes> {
+    let stem = model.file_stem()?.to_string_lossy();
+    let cases = model.with_file_name(format!("{stem}.cases.json"));
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(cases).ok()?).ok()?;
+    let input = cases.get("cases")?.get(0)?.get("input")?;
+    let body = serde_json::to_vec(&serde_json::json!({ "inputs": [input] })).ok()?;
+    Some(Bytes::from(body))
 }

@@ -7,8 +7,15 @@
 //! slot; the load counter counts them from the moment the router picks the
 //! instance, exactly like the article's per-server `load`.
 //!
-//! After a trap the whole store is poisoned, so it is dropped and the next
-//! call builds a fresh one from the deployment.
+//! After a trap the whole store is poisoned, so it is dropped and replaced
+//! at once from the deployment's warm pool.
+//!
+//! What an instance serves is one immutable [`Serving`] value behind an
+//! `ArcSwap`: the deployment in force, the one before it (for rollback) and
+//! a canary, if any. A request reads it once, without a lock; a deploy swaps
+//! in a new value, and a sandbox built from an older version is replaced
+//! the next time its slot is taken, so calls already running finish on the
+//! version they started on.
 //!
 //! Short calls run on the request's own task: on two cores a hop to another
 //! thread costs as much as a small prediction. Calls that have been taking
@@ -20,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hadr_state::{DeploymentRecord, FaultRecord, InstanceRecord};
 use tokio::runtime::Handle;
 use tokio::sync::Mutex;
@@ -30,8 +38,75 @@ use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
 use crate::bindings::Predictor;
 use crate::deployment::Deployment;
 use crate::policy::Role;
+use crate::rollout::Canary;
 use crate::runtime::{HostRuntime, InstanceState};
 use crate::topology::InstanceSpec;
+
+/// Where a deployment in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The topology file (and the defaults).
+    Topology,
+    /// `hadr-host deploy`.
+    Deploy,
+}
+
+impl Source {
+    /// As the state store writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Topology => "topology",
+            Source::Deploy => "deploy",
+        }
+    }
+}
+
+/// A deployment in force on an instance, and since when.
+#[derive(Clone)]
+pub struct InForce {
+    /// The deployment.
+    pub deployment: Arc<Deployment>,
+    /// Where it came from.
+    pub source: Source,
+    /// When it came into force (RFC 3339).
+    pub since: String,
+}
+
+impl InForce {
+    /// `deployment`, in force from now.
+    pub fn now(deployment: Arc<Deployment>, source: Source) -> Self {
+        Self {
+            deployment,
+            source,
+            since: now_rfc3339(),
+        }
+    }
+
+    /// What the state store keeps of it.
+    pub fn record(&self) -> DeploymentRecord {
+        let d = &self.deployment;
+        DeploymentRecord {
+            module_digest: d.module.digest.clone(),
+            model_digest: d.model.digest.clone(),
+            model: d.model.name.clone(),
+            version: d.version.clone(),
+            source: self.source.as_str().into(),
+            since: self.since.clone(),
+        }
+    }
+}
+
+/// What an instance serves: swapped whole, never edited.
+#[derive(Clone)]
+pub struct Serving {
+    /// The deployment in force.
+    pub current: InForce,
+    /// The one before it, for rollback.
+    pub previous: Option<InForce>,
+    /// A canary taking a share of this instance's requests, if any.
+    pub canary: Option<Arc<Canary>>,
+}
 
 /// Why a call produced no prediction.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +162,7 @@ pub struct Live {
     store: Store<InstanceState>,
     predictor: Predictor,
     deadline_ticks: u64,
+    version: String,
 }
 
 impl Live {
@@ -94,12 +170,19 @@ impl Live {
         store: Store<InstanceState>,
         predictor: Predictor,
         deadline_ticks: u64,
+        version: String,
     ) -> Self {
         Self {
             store,
             predictor,
             deadline_ticks,
+            version,
         }
+    }
+
+    /// The deployment version it was built from.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// Arms a chaos fault for the next `predict`.
@@ -128,7 +211,7 @@ impl Live {
 pub struct Instance {
     spec: InstanceSpec,
     runtime: Arc<HostRuntime>,
-    deployment: Arc<Deployment>,
+    serving: ArcSwap<Serving>,
     role: AtomicU8,
     load: AtomicUsize,
     served: AtomicU64,
@@ -139,12 +222,12 @@ pub struct Instance {
     /// Its last fault could not be repaired: it has no working sandbox.
     broken: AtomicBool,
     last_fault: std::sync::Mutex<Option<LastFault>>,
-    /// When its deployment came into force (RFC 3339).
-    deployed_since: std::sync::Mutex<String>,
     /// Recent average call time in microseconds (exponentially weighted).
     cost_us: AtomicU64,
     bound_port: AtomicU16,
     slot: Arc<Mutex<Option<Live>>>,
+    /// The canary's sandbox, while a canary runs.
+    canary_slot: Arc<Mutex<Option<Live>>>,
 }
 
 /// A counted claim on an instance: load is decremented when it drops.
@@ -192,8 +275,18 @@ pub struct InstanceReport {
     pub max_load: usize,
     /// Model name.
     pub model: String,
-    /// Deployment version.
+    /// Deployment version in force.
     pub version: String,
+    /// Where it came from: `topology` or `deploy`.
+    pub source: Source,
+    /// Since when it is in force (RFC 3339).
+    pub since: String,
+    /// The version `rollback` would return to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    /// A canary taking a share of requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryReport>,
     /// Predictions answered with 200.
     pub served: u64,
     /// Calls that failed in the instance (traps, deadlines, model failures).
@@ -211,6 +304,15 @@ pub struct InstanceReport {
     pub last_fault: Option<LastFault>,
 }
 
+/// A canary as `/topology` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CanaryReport {
+    /// Its version.
+    pub version: String,
+    /// The share of requests it takes, in percent.
+    pub percent: u8,
+}
+
 /// A fault as `/topology` shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LastFault {
@@ -221,9 +323,9 @@ pub struct LastFault {
 }
 
 impl Instance {
-    /// An instance for `spec`, serving `deployment`. Its sandbox is built on
+    /// An instance for `spec`, serving `current`. Its sandbox is built on
     /// first use or by [`Instance::warm_up`].
-    pub fn new(spec: InstanceSpec, runtime: Arc<HostRuntime>, deployment: Arc<Deployment>) -> Self {
+    pub fn new(spec: InstanceSpec, runtime: Arc<HostRuntime>, current: InForce) -> Self {
         let role = if spec.active {
             Role::Active
         } else {
@@ -232,7 +334,11 @@ impl Instance {
         Self {
             spec,
             runtime,
-            deployment,
+            serving: ArcSwap::from_pointee(Serving {
+                current,
+                previous: None,
+                canary: None,
+            }),
             role: AtomicU8::new(role as u8),
             load: AtomicUsize::new(0),
             served: AtomicU64::new(0),
@@ -242,10 +348,10 @@ impl Instance {
             promotions: AtomicU64::new(0),
             broken: AtomicBool::new(false),
             last_fault: std::sync::Mutex::new(None),
-            deployed_since: std::sync::Mutex::new(now_rfc3339()),
             cost_us: AtomicU64::new(0),
             bound_port: AtomicU16::new(0),
             slot: Arc::new(Mutex::new(None)),
+            canary_slot: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -259,9 +365,44 @@ impl Instance {
         &self.spec
     }
 
-    /// The deployment it serves.
-    pub fn deployment(&self) -> &Arc<Deployment> {
-        &self.deployment
+    /// The deployment in force.
+    pub fn deployment(&self) -> Arc<Deployment> {
+        self.serving.load().current.deployment.clone()
+    }
+
+    /// What it serves now.
+    pub fn serving(&self) -> Arc<Serving> {
+        self.serving.load_full()
+    }
+
+    /// Swaps in what it serves. Requests that already read the old value
+    /// finish on it; the next call on each slot rebuilds a stale sandbox.
+    pub fn set_serving(&self, serving: Serving) {
+        self.serving.store(Arc::new(serving));
+    }
+
+    /// Builds the sandboxes for what it serves now, so the first requests
+    /// after a swap find them ready. Waits for a call in progress.
+    pub async fn refresh(&self) -> Result<(), CallError> {
+        let serving = self.serving();
+        {
+            let mut slot = self.slot.lock().await;
+            live(
+                &mut slot,
+                &serving.current.deployment,
+                &self.runtime,
+                self.name(),
+            )
+            .await?;
+        }
+        let mut canary = self.canary_slot.lock().await;
+        match &serving.canary {
+            Some(c) => {
+                live(&mut canary, &c.deployment, &self.runtime, self.name()).await?;
+            }
+            None => *canary = None,
+        }
+        Ok(())
     }
 
     /// Its current role.
@@ -304,14 +445,6 @@ impl Instance {
             error: f.error.clone(),
             at: f.at.clone(),
         });
-        if let Some(since) = saved
-            .deployment
-            .as_ref()
-            .filter(|d| d.version == self.deployment.version)
-            .map(|d| d.since.clone())
-        {
-            *lock(&self.deployed_since) = since;
-        }
     }
 
     /// What the state store keeps of it.
@@ -326,7 +459,7 @@ impl Instance {
         } else {
             role.clone()
         };
-        let deployment = &self.deployment;
+        let serving = self.serving();
         InstanceRecord {
             role,
             status,
@@ -339,14 +472,8 @@ impl Instance {
                 error: f.error,
                 at: f.at,
             }),
-            deployment: Some(DeploymentRecord {
-                module_digest: deployment.module.digest.clone(),
-                model_digest: deployment.model.digest.clone(),
-                model: deployment.model.name.clone(),
-                version: deployment.version.clone(),
-                source: "topology".into(),
-                since: lock(&self.deployed_since).clone(),
-            }),
+            deployment: Some(serving.current.record()),
+            previous: serving.previous.as_ref().map(InForce::record),
         }
     }
 
@@ -371,16 +498,15 @@ impl Instance {
 
     /// Builds the sandbox now rather than on the first request.
     pub async fn warm_up(&self) -> Result<(), CallError> {
-        let mut slot = self.slot.lock().await;
-        live(&mut slot, &self.deployment, &self.runtime, self.name()).await?;
-        Ok(())
+        self.refresh().await
     }
 
     /// Arms a fault in the guest: its next call fails inside the sandbox
     /// (chaos drills). Builds the sandbox first if there is none.
     pub async fn arm(&self, fault: Fault) -> Result<(), CallError> {
+        let deployment = self.deployment();
         let mut slot = self.slot.lock().await;
-        let outcome = live(&mut slot, &self.deployment, &self.runtime, self.name())
+        let outcome = live(&mut slot, &deployment, &self.runtime, self.name())
             .await?
             .arm(fault)
             .await;
@@ -392,11 +518,22 @@ impl Instance {
 
     /// Runs one prediction in this instance, waiting for its turn.
     pub async fn predict(&self, body: bytes::Bytes) -> Result<Vec<u8>, CallError> {
-        let mut slot = self.slot.clone().lock_owned().await;
+        let (deployment, canary) = {
+            let serving = self.serving.load();
+            match serving.canary.as_ref().filter(|c| c.pick()) {
+                Some(c) => (c.deployment.clone(), Some(c.clone())),
+                None => (serving.current.deployment.clone(), None),
+            }
+        };
+        let slot = if canary.is_some() {
+            &self.canary_slot
+        } else {
+            &self.slot
+        };
+        let mut slot = slot.clone().lock_owned().await;
         let started = Instant::now();
         let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
         let outcome = if self.cost_us.load(Ordering::Relaxed) >= offload_above {
-            let deployment = self.deployment.clone();
             let runtime = self.runtime.clone();
             let name = self.spec.name.clone();
             let handle = Handle::current();
@@ -409,14 +546,7 @@ impl Instance {
                 (Err(e), false)
             })
         } else {
-            call(
-                &mut slot,
-                &self.deployment,
-                &self.runtime,
-                self.name(),
-                &body,
-            )
-            .await
+            call(&mut slot, &deployment, &self.runtime, self.name(), &body).await
         };
         let (outcome, replaced) = outcome;
         if replaced {
@@ -425,6 +555,9 @@ impl Instance {
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
         self.broken.store(broken, Ordering::Relaxed);
         self.record(&outcome, started.elapsed());
+        if let Some(canary) = canary {
+            canary.record(matches!(&outcome, Err(e) if !e.is_bad_input()));
+        }
         outcome
     }
 
@@ -455,6 +588,7 @@ impl Instance {
     /// A snapshot for `/topology`.
     pub fn report(&self) -> InstanceReport {
         let role = self.role();
+        let serving = self.serving();
         let port = match (self.spec.port, self.bound_port.load(Ordering::Acquire)) {
             (None, _) => None,
             (Some(p), 0) => Some(p.to_string()),
@@ -466,8 +600,18 @@ impl Instance {
             port,
             role,
             max_load: self.spec.max_load,
-            model: self.deployment.model.name.clone(),
-            version: self.deployment.version.clone(),
+            model: serving.current.deployment.model.name.clone(),
+            version: serving.current.deployment.version.clone(),
+            source: serving.current.source,
+            since: serving.current.since.clone(),
+            previous_version: serving
+                .previous
+                .as_ref()
+                .map(|p| p.deployment.version.clone()),
+            canary: serving.canary.as_ref().map(|c| CanaryReport {
+                version: c.deployment.version.clone(),
+                percent: c.percent,
+            }),
             served: self.served.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             traps: self.traps.load(Ordering::Relaxed),
@@ -489,13 +633,20 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The sandbox in `slot`, built first if there is none.
+/// The sandbox in `slot`, built first if there is none or if it was built
+/// from another version. (The warm pool is kept for faults.)
 async fn live<'a>(
     slot: &'a mut Option<Live>,
     deployment: &Deployment,
     runtime: &HostRuntime,
     name: &str,
 ) -> Result<&'a mut Live, CallError> {
+    if slot
+        .as_ref()
+        .is_some_and(|l| l.version() != deployment.version)
+    {
+        *slot = None;
+    }
     match slot {
         Some(live) => Ok(live),
         None => Ok(slot.insert(deployment.instantiate(runtime, name).await?)),

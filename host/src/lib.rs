@@ -22,7 +22,11 @@
 //!   request is retried once on another instance ([`http::api`]).
 //!
 //! Chaos drills arm real faults inside a guest through the admin listener
-//! ([`http::admin`], bearer token).
+//! ([`http::admin`], bearer token), which also takes new guest modules and
+//! models: [`rollout`] validates them off the request path, then swaps each
+//! instance's immutable serving value (deploy, canary, promote, abort,
+//! rollback) with no failed request; [`compiled_cache`] keeps compiled
+//! guests so a restart does not compile them again.
 //!
 //! Runtime facts (roles, counters, faults, deployments) live in the sled
 //! state directory ([`persistence`] writes them off the request path;
@@ -43,6 +47,8 @@ pub mod bindings {
     });
 }
 
+pub mod admin_client;
+pub mod compiled_cache;
 pub mod deployment;
 pub mod guest_log;
 pub mod http;
@@ -52,6 +58,7 @@ pub mod nn;
 pub mod persistence;
 pub mod policy;
 pub mod recovery;
+pub mod rollout;
 pub mod router;
 pub mod runtime;
 pub mod serve;

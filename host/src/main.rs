@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hadr_host::admin_client::{AdminClient, DeployPlan};
 use hadr_host::loadtest::{self, LoadSpec};
+use hadr_host::rollout::Targets;
 use hadr_host::runtime::Limits;
 use hadr_host::serve::{repo_defaults, Host, ServeOptions, DEFAULT_GUEST};
 use hadr_host::shutdown::Shutdown;
@@ -39,6 +41,123 @@ enum Command {
     ///
     /// Example: hadr-host loadtest http://127.0.0.1:8000/predict --connections 16 --duration 10s
     Loadtest(LoadtestArgs),
+    /// Deploy a new guest module and/or model to a running host, with no
+    /// failed request.
+    ///
+    /// The host compiles and checks the new version off the request path (a
+    /// component of the predictor world, a model that loads, a smoke
+    /// prediction that succeeds) and only then switches the chosen instances;
+    /// in-flight requests finish on the old version. Anything unfit is
+    /// refused with the reason, and the old version keeps serving.
+    ///
+    /// Examples:
+    ///   hadr-host deploy --module guest.wasm
+    ///   hadr-host deploy --model digits=models/digits.onnx --to predict1,predict2
+    ///   hadr-host deploy --module guest.wasm --canary 10    (then --promote or --abort)
+    #[command(verbatim_doc_comment)]
+    Deploy(DeployArgs),
+    /// Return instances to the deployment they served before the last deploy.
+    ///
+    /// Example: hadr-host rollback --to all
+    Rollback(RollbackArgs),
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The running host's admin listener.
+    #[arg(long, default_value = "http://127.0.0.1:8001", env = "HADR_ADMIN_URL")]
+    admin: hyper::Uri,
+    /// The admin token. [default: HADR_ADMIN_TOKEN, else <state-dir>/admin-token]
+    #[arg(long, env = "HADR_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The host's state directory, where its generated admin token lives.
+    #[arg(long, default_value = "state-data", env = "HADR_STATE_DIR")]
+    state_dir: PathBuf,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let token = match &self.token {
+            Some(t) if !t.is_empty() => t.clone(),
+            _ => {
+                let path = self.state_dir.join("admin-token");
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "no --token or HADR_ADMIN_TOKEN, and cannot read {}",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        Ok(AdminClient {
+            url: self.admin.clone(),
+            token,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The new guest component (.wasm).
+    #[arg(long, conflicts_with_all = ["promote", "abort"])]
+    module: Option<PathBuf>,
+    /// The new model, as NAME=path.onnx (NAME is what guests load it by).
+    #[arg(long, value_parser = parse_model, conflicts_with_all = ["promote", "abort"])]
+    model: Option<(String, PathBuf)>,
+    /// The instances to switch: `all`, or names separated by commas.
+    #[arg(long, default_value = "all")]
+    to: String,
+    /// Send only this percentage of requests to the new version (a canary).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    canary: Option<u8>,
+    /// A canary whose error rate passes this share is aborted automatically.
+    #[arg(long, default_value_t = 0.05)]
+    abort_above: f64,
+    /// ... once it has had at least this many calls.
+    #[arg(long, default_value_t = 20)]
+    min_calls: u64,
+    /// A request body (JSON) for the smoke prediction.
+    /// [default: the first case of <model>.cases.json beside the model, else a row of zeros]
+    #[arg(long)]
+    example: Option<PathBuf>,
+    /// Make the running canary the deployment in force.
+    #[arg(long, conflicts_with = "abort")]
+    promote: bool,
+    /// Drop the running canary.
+    #[arg(long)]
+    abort: bool,
+}
+
+#[derive(clap::Args)]
+struct RollbackArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// The instances to roll back: `all`, or names separated by commas.
+    #[arg(long, default_value = "all")]
+    to: String,
+}
+
+fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=path.onnx, got `{s}`"))?;
+    if name.is_empty() {
+        return Err("the model name before `=` is empty".into());
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn targets(to: &str) -> Targets {
+    if to == "all" {
+        Targets::All
+    } else {
+        Targets::Some(to.split(',').map(|s| s.trim().to_string()).collect())
+    }
 }
 
 #[derive(clap::Args)]
@@ -101,6 +220,9 @@ struct ServeArgs {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Largest guest module or model `hadr-host deploy` may upload.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    max_upload: usize,
 }
 
 #[derive(clap::Args)]
@@ -146,6 +268,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Loadtest(args) => loadtest(args).await.map_err(Failure::Other),
+            Command::Deploy(args) => deploy(args).await,
+            Command::Rollback(args) => rollback(args).await,
         }
     });
     match outcome {
@@ -199,6 +323,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         warm_pool: args.warm_pool,
         state_dir: args.state_dir,
         state_interval: args.state_interval,
+        max_upload: args.max_upload,
     };
     let host = match Host::start(&options).await {
         Ok(host) => host,
@@ -241,6 +366,66 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(Failure::Other)?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn deploy(args: DeployArgs) -> Result<(), Failure> {
+    let client = args.admin.client().map_err(Failure::Config)?;
+    let outcome = if args.promote {
+        client
+            .post("/admin/deploy/promote", serde_json::json!({}))
+            .await
+    } else if args.abort {
+        client
+            .post("/admin/deploy/abort", serde_json::json!({}))
+            .await
+    } else {
+        if args.module.is_none() && args.model.is_none() {
+            return Err(Failure::Config(anyhow::anyhow!(
+                "nothing to deploy: give --module, --model, or both (or --promote / --abort for a canary)"
+            )));
+        }
+        let plan = DeployPlan {
+            module: args.module,
+            model: args.model,
+            to: targets(&args.to),
+            canary: args.canary,
+            example: args.example,
+            max_error_rate: Some(args.abort_above),
+            min_calls: Some(args.min_calls),
+        };
+        client.deploy(&plan).await
+    };
+    report(outcome)
+}
+
+async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
+    let client = args.admin.client().map_err(Failure::Config)?;
+    let to = match targets(&args.to) {
+        Targets::All => serde_json::json!("all"),
+        Targets::Some(names) => serde_json::json!(names),
+    };
+    report(
+        client
+            .post("/admin/rollback", serde_json::json!({ "to": to }))
+            .await,
+    )
+}
+
+/// Prints an admin answer; a refusal is exit code 2, an unreachable host 1.
+fn report(
+    outcome: Result<serde_json::Value, hadr_host::admin_client::ClientError>,
+) -> Result<(), Failure> {
+    match outcome {
+        Ok(value) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            Ok(())
+        }
+        Err(e) if e.is_operator_error() => Err(Failure::Config(anyhow::Error::new(e))),
+        Err(e) => Err(Failure::Other(anyhow::Error::new(e))),
+    }
 }
 
 async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {

@@ -78,6 +78,21 @@ impl StateSync {
         Ok(())
     }
 
+    /// Like [`StateSync::commit`], and flushes even when no record changed
+    /// (so writes made directly to the store, such as events, are durable).
+    pub async fn commit_all(&self) -> Result<(), StateError> {
+        self.commit().await?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateError::Storage {
+                    path: self.store.path().to_owned(),
+                    message: format!("the writer thread failed: {e}"),
+                })
+            })
+    }
+
     /// Asks for a commit soon, without waiting for it.
     pub fn nudge(&self) {
         self.nudge.notify_one();

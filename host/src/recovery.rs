@@ -14,15 +14,18 @@
 //! | standby | active | **standby**: the file wins (conflict, logged) |
 //! | active | standby | **active**: the file wins (conflict, logged) |
 //! | any | counters, last fault | continued from the saved values |
-//! | module/model A | served B | the file's A is served (conflict, logged) |
+//! | module/model A | B, put in force by `hadr-host deploy` | **B** (said at start) |
+//! | module/model A | B, from an earlier topology file | the file's A (conflict, logged) |
 //! | (absent) | a record | the record is dropped (logged) |
+//!
+//! The deployment before the one in force is restored too, for `rollback`.
 //!
 //! Each conflict is logged as a warning naming the instance, both sides and
 //! what wins, so an operator reading the start-up log knows what happened.
 //! A changed shape (instances, roles, ports, thresholds) bumps the
 //! topology generation.
 
-use hadr_state::{InstanceRecord, TopologyMark};
+use hadr_state::{DeploymentRecord, InstanceRecord, TopologyMark};
 use sha2::{Digest, Sha256};
 
 use crate::nn::registry::hex;
@@ -38,6 +41,11 @@ pub struct Restored {
     pub saved: InstanceRecord,
     /// What the file and the state disagreed on, and what won.
     pub conflicts: Vec<String>,
+    /// The deployment a `hadr-host deploy` put in force, which wins over the
+    /// file's; `None` to serve the file's.
+    pub deployed: Option<DeploymentRecord>,
+    /// The deployment before it, for rollback.
+    pub previous: Option<DeploymentRecord>,
 }
 
 /// Decides how `spec` starts, given what was saved of it and the version the
@@ -53,6 +61,8 @@ pub fn reconcile(spec: &InstanceSpec, version: &str, saved: Option<&InstanceReco
             role: file_role,
             saved: InstanceRecord::default(),
             conflicts: Vec::new(),
+            deployed: None,
+            previous: None,
         };
     };
     let mut conflicts = Vec::new();
@@ -74,7 +84,12 @@ pub fn reconcile(spec: &InstanceSpec, version: &str, saved: Option<&InstanceReco
         }
         (role, _) => role,
     };
-    if let Some(was) = saved.deployment.as_ref().filter(|d| d.version != version) {
+    let deployed = saved.deployment.clone().filter(|d| d.source == "deploy");
+    if let Some(was) = saved
+        .deployment
+        .as_ref()
+        .filter(|d| d.source != "deploy" && d.version != version)
+    {
         conflicts.push(format!(
             "instance `{}` served version {} (model {}), the topology file now gives version {version}: the file wins",
             spec.name, was.version, was.model
@@ -84,6 +99,8 @@ pub fn reconcile(spec: &InstanceSpec, version: &str, saved: Option<&InstanceReco
         role,
         saved: saved.clone(),
         conflicts,
+        deployed,
+        previous: saved.previous.clone(),
     }
 }
 
@@ -188,6 +205,19 @@ mod tests {
             "{:?}",
             r.conflicts
         );
+    }
+
+    #[test]
+    fn a_deployed_version_wins_over_the_file_without_a_conflict() {
+        let mut record = saved("active", "v9");
+        record.deployment.as_mut().unwrap().source = "deploy".into();
+        record.previous = saved("active", "v1").deployment;
+        let r = reconcile(&spec("p1", true), "v1", Some(&record));
+        assert_eq!(r.deployed.map(|d| d.version), Some("v9".into()));
+        assert_eq!(r.previous.map(|d| d.version), Some("v1".into()));
+        assert!(r.conflicts.is_empty(), "{:?}", r.conflicts);
+        let r = reconcile(&spec("p1", true), "v1", Some(&saved("active", "v9")));
+        assert_eq!(r.deployed, None);
     }
 
     #[test]

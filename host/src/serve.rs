@@ -16,15 +16,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hadr_state::{StateError, StateStore};
+use hadr_state::{BlobStore, DeploymentRecord, StateError, StateStore};
 use tokio::net::TcpListener;
 
-use crate::deployment::{CompiledModule, Deployment, ModuleError};
+use crate::compiled_cache::{CacheOutcome, CompiledCache};
+use crate::deployment::{example_beside, CompiledModule, Deployment, ModuleError};
 use crate::http::{server, App, Target};
-use crate::instance::{CallError, Instance};
+use crate::instance::{CallError, InForce, Instance, Serving, Source};
+use crate::nn::registry::model_name;
 use crate::nn::{LoadedModel, ModelError};
 use crate::persistence::StateSync;
 use crate::recovery;
+use crate::rollout::{RolloutParts, Rollouts};
 use crate::router::Router;
 use crate::runtime::{HostRuntime, Limits};
 use crate::shutdown::Shutdown;
@@ -56,6 +59,8 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// How often per-request counters are written to the state store.
     pub state_interval: Duration,
+    /// Largest module or model accepted by `PUT /admin/blobs`, in bytes.
+    pub max_upload: usize,
 }
 
 /// Why the host could not start.
@@ -140,29 +145,67 @@ impl Host {
             HostRuntime::new(options.limits, topology.instances.len())
                 .map_err(StartError::Engine)?,
         );
-        let deployments = build_deployments(&runtime, &topology, options.warm_pool)?;
-        for deployment in deployments.values() {
-            deployment.fill_pool(&runtime).await.map_err(|e| {
-                StartError::Instance(topology.path.clone(), "(warm pool)".into(), e)
-            })?;
-        }
+        let mut library = Library {
+            runtime: runtime.clone(),
+            blobs: BlobStore::new(options.state_dir.join("blobs")),
+            cache: Arc::new(CompiledCache::new(
+                options.state_dir.join("compiled"),
+                store.clone(),
+                runtime.engine(),
+            )),
+            spares: options.warm_pool,
+            by_version: HashMap::new(),
+        };
+        let files = build_deployments(&mut library, &topology)?;
+        let generation = restore_marks(&store, &topology)?;
         let mut instances = Vec::new();
         for spec in &topology.instances {
-            let deployment = deployments[&(spec.module.clone(), spec.model.clone())].clone();
-            let instance = Arc::new(Instance::new(spec.clone(), runtime.clone(), deployment));
-            instance
-                .warm_up()
-                .await
-                .map_err(|e| StartError::Instance(topology.path.clone(), spec.name.clone(), e))?;
-            instances.push(instance);
+            let file = files[&(spec.module.clone(), spec.model.clone())].clone();
+            let saved = store.instance(&spec.name)?;
+            let outcome = recovery::reconcile(spec, &file.version, saved.as_ref());
+            for conflict in &outcome.conflicts {
+                tracing::warn!(state = %store.path().display(), "{conflict}");
+            }
+            let serving = library.serving(spec.name.as_str(), file, saved.as_ref(), &outcome);
+            let instance = Instance::new(spec.clone(), runtime.clone(), serving.current.clone());
+            instance.set_serving(serving);
+            instance.restore(outcome.role, &outcome.saved);
+            if saved.is_some() {
+                tracing::info!(instance = instance.name(), role = ?outcome.role,
+                    served = outcome.saved.served, traps = outcome.saved.traps,
+                    version = %instance.deployment().version, "instance state restored");
+            }
+            instances.push(Arc::new(instance));
         }
-        let generation = restore(&store, &topology, &instances)?;
+        forget_missing(&store, &instances)?;
+        let mut filled: Vec<Arc<Deployment>> = Vec::new();
+        for instance in &instances {
+            let deployment = instance.deployment();
+            if !filled.iter().any(|d| Arc::ptr_eq(d, &deployment)) {
+                deployment.fill_pool(&runtime).await.map_err(|e| {
+                    StartError::Instance(topology.path.clone(), "(warm pool)".into(), e)
+                })?;
+                filled.push(deployment);
+            }
+            instance.warm_up().await.map_err(|e| {
+                StartError::Instance(topology.path.clone(), instance.name().to_string(), e)
+            })?;
+        }
         let state = Arc::new(StateSync::new(
-            store,
+            store.clone(),
             instances.clone(),
             options.state_interval,
         ));
-        state.commit().await?;
+        state.commit_all().await?;
+        let rollouts = Arc::new(Rollouts::new(RolloutParts {
+            runtime: runtime.clone(),
+            instances: instances.clone(),
+            blobs: library.blobs.clone(),
+            cache: library.cache.clone(),
+            store,
+            state: state.clone(),
+            warm_pool: options.warm_pool,
+        }));
         let router_listener = bind(options.listen, "router".into()).await?;
         let mut instance_listeners = Vec::new();
         for instance in &instances {
@@ -182,6 +225,8 @@ impl Host {
             admin_token: admin_token(&options.state_dir)?,
             state: state.clone(),
             generation,
+            rollouts,
+            max_upload: options.max_upload,
         });
         Ok(Self {
             app,
@@ -262,50 +307,140 @@ fn open_state(state_dir: &Path) -> Result<StateStore, StartError> {
     Ok(StateStore::open(&state_dir.join("db"))?)
 }
 
-/// Applies the saved state to fresh instances (see [`recovery`]), logs each
-/// conflict, forgets instances the file no longer has, and saves the
-/// topology mark. Returns the topology generation.
-fn restore(
-    store: &StateStore,
-    topology: &Topology,
-    instances: &[Arc<Instance>],
-) -> Result<u64, StartError> {
-    let saved_mark = store.topology()?;
-    let mark = recovery::next_mark(topology, saved_mark.as_ref());
-    let mut restored = 0;
-    for instance in instances {
-        let saved = store.instance(instance.name())?;
-        let outcome = recovery::reconcile(
-            instance.spec(),
-            &instance.deployment().version,
-            saved.as_ref(),
-        );
-        for conflict in &outcome.conflicts {
-            tracing::warn!(state = %store.path().display(), "{conflict}");
-        }
-        if saved.is_some() {
-            restored += 1;
-            tracing::info!(instance = instance.name(), role = ?outcome.role,
-                served = outcome.saved.served, traps = outcome.saved.traps,
-                "instance state restored");
-        }
-        instance.restore(outcome.role, &outcome.saved);
-    }
-    for (name, _) in store.instances()? {
-        if !instances.iter().any(|i| i.name() == name) {
-            tracing::warn!(instance = %name, "the saved state has an instance the topology file no longer lists: its record is dropped");
-            store.remove_instance(&name)?;
-        }
-    }
-    if saved_mark.as_ref() != Some(&mark) {
+/// Saves the topology mark; returns the topology generation.
+fn restore_marks(store: &StateStore, topology: &Topology) -> Result<u64, StartError> {
+    let saved = store.topology()?;
+    let mark = recovery::next_mark(topology, saved.as_ref());
+    if saved.as_ref() != Some(&mark) {
         tracing::info!(
             generation = mark.generation,
             "topology shape is new to this state directory"
         );
     }
     store.put_topology(&mark)?;
-    tracing::info!(state = %store.path().display(), generation = mark.generation, restored, "state directory open");
+    tracing::info!(state = %store.path().display(), generation = mark.generation, "state directory open");
     Ok(mark.generation)
+}
+
+/// Forgets saved instances the topology file no longer lists.
+fn forget_missing(store: &StateStore, instances: &[Arc<Instance>]) -> Result<(), StartError> {
+    for (name, _) in store.instances()? {
+        if !instances.iter().any(|i| i.name() == name) {
+            tracing::warn!(instance = %name, "the saved state has an instance the topology file no longer lists: its record is dropped");
+            store.remove_instance(&name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds deployments once per version, from files or from saved blobs.
+struct Library {
+    runtime: Arc<HostRuntime>,
+    blobs: BlobStore,
+    cache: Arc<CompiledCache>,
+    spares: usize,
+    by_version: HashMap<String, Arc<Deployment>>,
+}
+
+impl Library {
+    /// What `name` serves after a restart: the deployment a `deploy` put in
+    /// force if its blobs are intact, else the file's; and the one before.
+    fn serving(
+        &mut self,
+        name: &str,
+        file: Arc<Deployment>,
+        saved: Option<&hadr_state::InstanceRecord>,
+        outcome: &recovery::Restored,
+    ) -> Serving {
+        let since = saved
+            .and_then(|s| s.deployment.as_ref())
+            .filter(|d| d.version == file.version)
+            .map(|d| d.since.clone());
+        let from_file = InForce {
+            since: since.unwrap_or_else(|| InForce::now(file.clone(), Source::Topology).since),
+            deployment: file.clone(),
+            source: Source::Topology,
+        };
+        let current = match &outcome.deployed {
+            None => from_file,
+            Some(record) => match self.rebuild(record) {
+                Ok(d) => {
+                    tracing::info!(instance = name, version = %d.version, since = %record.since,
+                        file_version = %file.version,
+                        "serving the version put in force by `hadr-host deploy`, not the topology file's (`hadr-host rollback` returns to the previous one)");
+                    InForce {
+                        deployment: d,
+                        source: Source::Deploy,
+                        since: record.since.clone(),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(instance = name, version = %record.version, error = %e,
+                        "the deployed version cannot be restored; serving the topology file's");
+                    from_file
+                }
+            },
+        };
+        let previous = outcome.previous.as_ref().and_then(|record| {
+            let source = if record.source == "deploy" {
+                Source::Deploy
+            } else {
+                Source::Topology
+            };
+            self.rebuild(record)
+                .map(|d| InForce {
+                    deployment: d,
+                    source,
+                    since: record.since.clone(),
+                })
+                .map_err(|e| {
+                    tracing::warn!(instance = name, version = %record.version, error = %e,
+                    "the previous deployment cannot be restored; rollback will not be possible")
+                })
+                .ok()
+        });
+        Serving {
+            current,
+            previous,
+            canary: None,
+        }
+    }
+
+    /// A deployment rebuilt from its saved module and model blobs.
+    fn rebuild(&mut self, record: &DeploymentRecord) -> Result<Arc<Deployment>, String> {
+        if let Some(d) = self.by_version.get(&record.version) {
+            return Ok(d.clone());
+        }
+        let blob = |digest: &str, what: &str| match self.blobs.get(digest) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(format!("its {what} blob {digest} is missing")),
+            Err(e) => Err(e.to_string()),
+        };
+        let module_bytes = blob(&record.module_digest, "module")?;
+        let model_bytes = blob(&record.model_digest, "model")?;
+        let path = self
+            .blobs
+            .path(&record.module_digest)
+            .map_err(|e| e.to_string())?;
+        let module =
+            CompiledModule::from_bytes(&self.runtime, &module_bytes, &path, Some(&self.cache))
+                .map_err(|e| e.to_string())?;
+        let path = self
+            .blobs
+            .path(&record.model_digest)
+            .map_err(|e| e.to_string())?;
+        let model = LoadedModel::from_bytes(record.model.clone(), &path, &model_bytes)
+            .map_err(|e| e.to_string())?;
+        let deployment = Arc::new(Deployment::new(
+            Arc::new(module),
+            Arc::new(model),
+            self.spares,
+            None,
+        ));
+        self.by_version
+            .insert(record.version.clone(), deployment.clone());
+        Ok(deployment)
+    }
 }
 
 /// The admin token: `HADR_ADMIN_TOKEN` if set, else the one saved in the
@@ -350,12 +485,12 @@ async fn bind(addr: SocketAddr, what: String) -> Result<TcpListener, StartError>
 
 type DeploymentKey = (PathBuf, PathBuf);
 
-/// Loads each distinct model and compiles each distinct module once, then
-/// pairs them as the topology asks.
+/// Loads each distinct model and compiles each distinct module of the file
+/// once (keeping a copy of each in the blob store, so a later rollback to
+/// them survives the files changing), then pairs them as the topology asks.
 fn build_deployments(
-    runtime: &HostRuntime,
+    library: &mut Library,
     topology: &Topology,
-    spares: usize,
 ) -> Result<HashMap<DeploymentKey, Arc<Deployment>>, StartError> {
     let mut models: HashMap<PathBuf, Arc<LoadedModel>> = HashMap::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
@@ -363,13 +498,7 @@ fn build_deployments(
     let mut deployments = HashMap::new();
     for spec in &topology.instances {
         if !models.contains_key(&spec.model) {
-            let started = std::time::Instant::now();
-            let model =
-                LoadedModel::from_file(&spec.model).map_err(|source| StartError::Model {
-                    file: topology.path.clone(),
-                    instance: spec.name.clone(),
-                    source,
-                })?;
+            let model = load_model(library, topology, spec)?;
             if let Some(other) = names.insert(model.name.clone(), spec.model.clone()) {
                 return Err(StartError::ModelName(
                     topology.path.clone(),
@@ -378,32 +507,92 @@ fn build_deployments(
                     model.name,
                 ));
             }
-            tracing::info!(model = %model.name, path = %spec.model.display(), features = model.graph.features(),
-                outputs = ?model.graph.output_names(), took = ?started.elapsed(), "model loaded");
             models.insert(spec.model.clone(), Arc::new(model));
         }
         if !modules.contains_key(&spec.module) {
-            let started = std::time::Instant::now();
-            let module = CompiledModule::from_file(runtime, &spec.module).map_err(|source| {
-                StartError::Module {
-                    file: topology.path.clone(),
-                    instance: spec.name.clone(),
-                    source,
-                }
-            })?;
-            tracing::info!(path = %spec.module.display(), digest = &module.digest[..12], took = ?started.elapsed(), "guest module compiled");
+            let module = compile_module(library, topology, spec)?;
             modules.insert(spec.module.clone(), Arc::new(module));
         }
         let key = (spec.module.clone(), spec.model.clone());
-        deployments.entry(key).or_insert_with(|| {
-            Arc::new(Deployment::new(
+        if let std::collections::hash_map::Entry::Vacant(slot) = deployments.entry(key) {
+            let deployment = Arc::new(Deployment::new(
                 modules[&spec.module].clone(),
                 models[&spec.model].clone(),
-                spares,
-            ))
-        });
+                library.spares,
+                example_beside(&spec.model),
+            ));
+            library
+                .by_version
+                .insert(deployment.version.clone(), deployment.clone());
+            slot.insert(deployment);
+        }
     }
     Ok(deployments)
+}
+
+fn load_model(
+    library: &Library,
+    topology: &Topology,
+    spec: &crate::topology::InstanceSpec,
+) -> Result<LoadedModel, StartError> {
+    let started = std::time::Instant::now();
+    let fail = |source| StartError::Model {
+        file: topology.path.clone(),
+        instance: spec.name.clone(),
+        source,
+    };
+    let bytes = std::fs::read(&spec.model).map_err(|source| {
+        fail(ModelError::Read {
+            path: spec.model.clone(),
+            source,
+        })
+    })?;
+    let model =
+        LoadedModel::from_bytes(model_name(&spec.model), &spec.model, &bytes).map_err(fail)?;
+    keep_copy(library, &bytes, &spec.model);
+    tracing::info!(model = %model.name, path = %spec.model.display(), features = model.graph.features(),
+        outputs = ?model.graph.output_names(), took = ?started.elapsed(), "model loaded");
+    Ok(model)
+}
+
+fn compile_module(
+    library: &Library,
+    topology: &Topology,
+    spec: &crate::topology::InstanceSpec,
+) -> Result<CompiledModule, StartError> {
+    let started = std::time::Instant::now();
+    let fail = |source| StartError::Module {
+        file: topology.path.clone(),
+        instance: spec.name.clone(),
+        source,
+    };
+    let bytes = std::fs::read(&spec.module).map_err(|source| {
+        fail(ModuleError::Read {
+            path: spec.module.clone(),
+            source,
+        })
+    })?;
+    let module =
+        CompiledModule::from_bytes(&library.runtime, &bytes, &spec.module, Some(&library.cache))
+            .map_err(fail)?;
+    keep_copy(library, &bytes, &spec.module);
+    let cache = match &module.cache {
+        CacheOutcome::Hit => "hit",
+        CacheOutcome::Miss => "miss (compiled and cached)",
+        CacheOutcome::Rebuilt(_) => "rebuilt",
+        CacheOutcome::Uncached => "off",
+    };
+    tracing::info!(path = %spec.module.display(), digest = &module.digest[..12], cache,
+        took = ?started.elapsed(), "guest module ready");
+    Ok(module)
+}
+
+/// Keeps a copy of a file's bytes in the blob store; a failure only costs
+/// the ability to roll back to it after a restart, so it is logged.
+fn keep_copy(library: &Library, bytes: &[u8], path: &Path) {
+    if let Err(e) = library.blobs.put(bytes) {
+        tracing::warn!(path = %path.display(), error = %e, "could not keep a copy in the blob store");
+    }
 }
 
 /// Where the default guest and model live in this repository.

@@ -7,7 +7,15 @@
 //!   misreads a newer layout, and the [`TopologyMark`] (which topology shape
 //!   the state belongs to, and its generation);
 //! - `instances`: one [`InstanceRecord`] per topology instance (its role,
-//!   counters, last fault and the deployment it serves), keyed by name.
+//!   counters, last fault, the deployment it serves and the one before),
+//!   keyed by name;
+//! - `events`: what operators did and what the host decided for them
+//!   (deploys, promotions, aborted canaries, rollbacks), in order;
+//! - `compiled`: the checksum of each cached compiled module, so a damaged
+//!   cache file is never loaded.
+//!
+//! Module and model bytes live beside the database as content-addressed
+//! files ([`blobs`]).
 //!
 //! Values are JSON, so an operator can inspect them with any sled tool and a
 //! field added later reads as its default from an older record.
@@ -20,11 +28,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+pub mod blobs;
+pub use blobs::{BlobError, BlobStore};
+
 /// The layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
 const META: &str = "meta";
 const INSTANCES: &str = "instances";
+const EVENTS: &str = "events";
+const COMPILED: &str = "compiled";
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const TOPOLOGY_KEY: &str = "topology";
 
@@ -110,6 +123,20 @@ pub struct InstanceRecord {
     pub last_fault: Option<FaultRecord>,
     /// The deployment in force.
     pub deployment: Option<DeploymentRecord>,
+    /// The deployment before it, kept for `rollback`.
+    pub previous: Option<DeploymentRecord>,
+}
+
+/// Something operators did, or the host did on their behalf.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Event {
+    /// When, in RFC 3339 (UTC).
+    pub at: String,
+    /// `deploy`, `canary`, `promote`, `abort`, `auto-abort`, `rollback`, ...
+    pub kind: String,
+    /// A sentence for the operator.
+    pub detail: String,
 }
 
 /// Which topology the state belongs to.
@@ -128,6 +155,8 @@ pub struct StateStore {
     db: sled::Db,
     meta: sled::Tree,
     instances: sled::Tree,
+    events: sled::Tree,
+    compiled: sled::Tree,
 }
 
 impl StateStore {
@@ -160,11 +189,15 @@ impl StateStore {
         let db = sled::open(path).map_err(storage)?;
         let meta = db.open_tree(META).map_err(storage)?;
         let instances = db.open_tree(INSTANCES).map_err(storage)?;
+        let events = db.open_tree(EVENTS).map_err(storage)?;
+        let compiled = db.open_tree(COMPILED).map_err(storage)?;
         let store = Self {
             path: path.to_owned(),
             db,
             meta,
             instances,
+            events,
+            compiled,
         };
         match store.meta.get(SCHEMA_KEY).map_err(storage)? {
             None => {
@@ -232,6 +265,43 @@ impl StateStore {
     /// Saves the topology mark (buffered).
     pub fn put_topology(&self, mark: &TopologyMark) -> Result<(), StateError> {
         self.put(&self.meta, TOPOLOGY_KEY, mark)
+    }
+
+    /// Appends an event (buffered).
+    pub fn push_event(&self, event: &Event) -> Result<(), StateError> {
+        let id = self.db.generate_id().map_err(|s| self.storage(s))?;
+        let bytes = serde_json::to_vec(event).expect("an event serialises");
+        self.events
+            .insert(id.to_be_bytes(), bytes)
+            .map_err(|s| self.storage(s))?;
+        Ok(())
+    }
+
+    /// The last `n` events, oldest first.
+    pub fn events(&self, n: usize) -> Result<Vec<Event>, StateError> {
+        let mut out = Vec::new();
+        for entry in self.events.iter().rev().take(n) {
+            let (key, bytes) = entry.map_err(|s| self.storage(s))?;
+            let event = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                tree: EVENTS,
+                key: format!("{key:?}"),
+                message: e.to_string(),
+            })?;
+            out.push(event);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The checksum recorded for the compiled artifact `key`, if any.
+    pub fn compiled_checksum(&self, key: &str) -> Result<Option<String>, StateError> {
+        self.get(&self.compiled, COMPILED, key)
+    }
+
+    /// Records the checksum of the compiled artifact `key` (buffered).
+    pub fn put_compiled_checksum(&self, key: &str, checksum: &str) -> Result<(), StateError> {
+        self.put(&self.compiled, key, &checksum)
     }
 
     /// Makes every write so far durable.
@@ -303,6 +373,7 @@ mod tests {
                 version: "aaaa-bbbb".into(),
                 ..Default::default()
             }),
+            previous: None,
         };
         let mark = TopologyMark {
             digest: "abc".into(),
@@ -325,6 +396,34 @@ mod tests {
             vec![("predict3".into(), record)]
         );
         assert_eq!(store.topology().unwrap(), Some(mark));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn events_come_back_in_order_and_checksums_by_key() {
+        let dir = temp("events");
+        let store = StateStore::open(&dir).unwrap();
+        for kind in ["deploy", "canary", "auto-abort"] {
+            let event = Event {
+                kind: kind.into(),
+                ..Default::default()
+            };
+            store.push_event(&event).unwrap();
+        }
+        let kinds: Vec<String> = store
+            .events(2)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["canary", "auto-abort"]);
+        assert_eq!(store.compiled_checksum("m:e").unwrap(), None);
+        store.put_compiled_checksum("m:e", "abc").unwrap();
+        assert_eq!(
+            store.compiled_checksum("m:e").unwrap().as_deref(),
+            Some("abc")
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

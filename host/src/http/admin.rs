@@ -6,6 +6,15 @@
 //!
 //! - `POST /admin/chaos {"instance": "predict1", "fault": "trap" | "hang" | "oom"}`
 //!   arms a real fault inside that instance's guest for its next call.
+//! - `PUT /admin/blobs/<sha256>`: uploads a guest module or a model; the body
+//!   must hash to the digest in the path.
+//! - `POST /admin/deploy` ([`crate::rollout::DeployRequest`]): validates and
+//!   switches instances to a new version, or starts a canary.
+//! - `POST /admin/deploy/promote`, `POST /admin/deploy/abort`: end a canary.
+//! - `POST /admin/rollback {"to": "all" | [names]}`: back to the previous version.
+//! - `GET /admin/deployments`: what each instance serves, and recent events.
+//!
+//! `hadr-host deploy` and `hadr-host rollback` are clients of these routes.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -18,6 +27,7 @@ use sha2::{Digest, Sha256};
 use super::api::{json, App};
 use super::error::ApiError;
 use crate::bindings::exports::hadr::predictor::chaos::Fault;
+use crate::rollout::{DeployRequest, RolloutError, RolloutOutcome, Targets};
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -25,15 +35,171 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 /// Answers one admin request.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     authorize(app, &req)?;
-    match (req.method(), req.uri().path()) {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
         (&Method::POST, "/admin/chaos") => chaos(app, req).await,
-        (_, "/admin/chaos") => Err(ApiError::method_not_allowed("POST")),
+        (&Method::PUT, p) if p.starts_with("/admin/blobs/") => upload(app, req).await,
+        (&Method::POST, "/admin/deploy") => {
+            let request: DeployRequest = read_json(req).await?;
+            outcome(app.rollouts.deploy(request).await)
+        }
+        (&Method::POST, "/admin/deploy/promote") => outcome(app.rollouts.promote().await),
+        (&Method::POST, "/admin/deploy/abort") => {
+            outcome(app.rollouts.abort("aborted by an operator").await)
+        }
+        (&Method::POST, "/admin/rollback") => {
+            let request: RollbackRequest = read_json(req).await?;
+            outcome(app.rollouts.rollback(&request.to).await)
+        }
+        (&Method::GET, "/admin/deployments") => deployments(app),
+        (_, "/admin/chaos" | "/admin/deploy" | "/admin/deploy/promote" | "/admin/deploy/abort" | "/admin/rollback") => {
+            Err(ApiError::method_not_allowed("POST"))
+        }
+        (_, "/admin/deployments") => Err(ApiError::method_not_allowed("GET")),
+        (_, p) if p.starts_with("/admin/blobs/") => Err(ApiError::method_not_allowed("PUT")),
         (_, path) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no admin route {path}; this listener serves POST /admin/chaos"),
+            format!("no admin route {path}; this listener serves POST /admin/chaos, PUT /admin/blobs/<sha256>, POST /admin/deploy[/promote|/abort], POST /admin/rollback, GET /admin/deployments"),
         )),
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    #[serde(default)]
+    to: Targets,
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let body = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()))?
+        .to_bytes();
+    let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            e.to_string(),
+        )
+    })
+}
+
+fn outcome(
+    result: Result<RolloutOutcome, RolloutError>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match result {
+        Ok(done) => Ok(json(StatusCode::OK, &done)),
+        Err(e) => {
+            let (status, code) = match &e {
+                RolloutError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+                RolloutError::UnknownInstance(_) => (StatusCode::NOT_FOUND, "unknown_instance"),
+                RolloutError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                RolloutError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved"),
+            };
+            tracing::warn!(error = %e, "rollout refused");
+            Err(ApiError::new(status, code, e.to_string()))
+        }
+    }
+}
+
+/// `PUT /admin/blobs/<sha256>`: stores the body if it hashes to the digest.
+async fn upload(app: &App, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let digest = req
+        .uri()
+        .path()
+        .trim_start_matches("/admin/blobs/")
+        .to_string();
+    app.rollouts
+        .blobs()
+        .path(&digest)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()))?;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "uploads are limited to {} bytes (--max-upload)",
+                app.max_upload
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.max_upload as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), app.max_upload)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.to_string())
+            }
+        })?
+        .to_bytes();
+    let actual = hadr_state::blobs::digest(&body);
+    if actual != digest {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "digest_mismatch",
+            format!("the body's SHA-256 is {actual}, not {digest}: the upload was damaged"),
+        ));
+    }
+    let store = app.rollouts.blobs().clone();
+    tokio::task::spawn_blocking(move || store.put(&body))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "state_not_saved",
+                e.to_string(),
+            )
+        })?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "digest": digest }),
+    ))
+}
+
+/// `GET /admin/deployments`.
+fn deployments(app: &App) -> Result<Response<Full<Bytes>>, ApiError> {
+    let instances: serde_json::Map<String, serde_json::Value> = app
+        .router
+        .instances()
+        .iter()
+        .map(|i| {
+            let r = i.report();
+            let value = serde_json::json!({
+                "version": r.version,
+                "source": r.source,
+                "since": r.since,
+                "previous_version": r.previous_version,
+                "canary": r.canary,
+            });
+            (i.name().to_string(), value)
+        })
+        .collect();
+    let events = app.rollouts.events(50).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state_unreadable",
+            e.to_string(),
+        )
+    })?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "instances": instances, "events": events }),
+    ))
 }
 
 fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {

@@ -37,6 +37,10 @@ pub struct App {
     pub state: Arc<crate::persistence::StateSync>,
     /// The topology generation (shown as `X-Hadr-Topology-Generation`).
     pub generation: u64,
+    /// Deploys, canaries and rollbacks.
+    pub rollouts: Arc<crate::rollout::Rollouts>,
+    /// Largest upload to `PUT /admin/blobs`, in bytes.
+    pub max_upload: usize,
 }
 
 /// Which listener a request arrived on.

@@ -56,14 +56,20 @@ impl LoadedModel {
             path: path.to_owned(),
             source,
         })?;
-        let graph = TractBackend::load_onnx(&bytes).map_err(|e| ModelError::Load {
+        Self::from_bytes(model_name(path), path, &bytes)
+    }
+
+    /// Parses and optimises ONNX bytes served as `name`; `path` names them
+    /// in errors.
+    pub fn from_bytes(name: String, path: &Path, bytes: &[u8]) -> Result<Self, ModelError> {
+        let graph = TractBackend::load_onnx(bytes).map_err(|e| ModelError::Load {
             path: path.to_owned(),
             message: format!("{e:#}"),
         })?;
         Ok(Self {
-            name: model_name(path),
+            name,
             path: path.to_owned(),
-            digest: hex(&Sha256::digest(&bytes)),
+            digest: hex(&Sha256::digest(bytes)),
             graph,
         })
     }

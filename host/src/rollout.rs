@@ -1,0 +1,696 @@
+//! Rollouts: deploy, canary, promote, abort and rollback, with no failed
+//! request.
+//!
+//! A deploy names a guest module and/or a model (uploaded beforehand as
+//! content-addressed blobs) and the instances to switch. Everything slow or
+//! fallible happens before any instance changes: the module is compiled (or
+//! taken from the compiled cache) and must be a component of the predictor
+//! world, the model must load, and each new deployment must pass a smoke
+//! test (instantiate, `init`, one prediction of its example). Only then the
+//! chosen instances swap their [`Serving`] value: new requests go to the new
+//! version, calls already running finish on the old one, each instance's
+//! sandbox is rebuilt for the new version before it is needed, and the old
+//! deployment is kept (its warm pool drained) for `rollback`.
+//!
+//! A canary sends a share of each chosen instance's requests to the new
+//! version. Its calls are counted; when its error rate passes the
+//! threshold (after a minimum number of calls) it stops taking traffic at
+//! once and is aborted, and the event is recorded. `promote` makes it the
+//! deployment in force; `abort` drops it.
+//!
+//! Every change is written to the state store and flushed before it is
+//! acknowledged. One rollout runs at a time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hadr_state::{BlobStore, Event, StateStore};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Notify};
+
+use crate::compiled_cache::CompiledCache;
+use crate::deployment::{CompiledModule, Deployment};
+use crate::instance::{InForce, Instance, Serving, Source};
+use crate::nn::LoadedModel;
+use crate::persistence::StateSync;
+use crate::runtime::HostRuntime;
+
+/// A canary: a deployment taking a share of some instances' requests.
+pub struct Canary {
+    /// What it serves.
+    pub deployment: Arc<Deployment>,
+    /// The share of requests it takes, in percent.
+    pub percent: u8,
+    max_error_rate: f64,
+    min_calls: u64,
+    sent: AtomicU64,
+    calls: AtomicU64,
+    errors: AtomicU64,
+    tripped: AtomicBool,
+    trip: Notify,
+}
+
+impl Canary {
+    fn new(deployment: Arc<Deployment>, percent: u8, max_error_rate: f64, min_calls: u64) -> Self {
+        Self {
+            deployment,
+            percent: percent.min(100),
+            max_error_rate,
+            min_calls,
+            sent: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            tripped: AtomicBool::new(false),
+            trip: Notify::new(),
+        }
+    }
+
+    /// Whether this request goes to the canary: exactly `percent` of every
+    /// hundred requests, spread evenly; none once it has tripped.
+    pub fn pick(&self) -> bool {
+        if self.tripped.load(Ordering::Relaxed) {
+            return false;
+        }
+        takes(self.sent.fetch_add(1, Ordering::Relaxed), self.percent)
+    }
+
+    /// Counts one canary call; trips the canary when its error rate passes
+    /// the threshold.
+    pub fn record(&self, error: bool) {
+        let calls = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let errors = self.errors.fetch_add(u64::from(error), Ordering::Relaxed) + u64::from(error);
+        let rate = errors as f64 / calls as f64;
+        if calls >= self.min_calls
+            && rate > self.max_error_rate
+            && !self.tripped.swap(true, Ordering::AcqRel)
+        {
+            self.trip.notify_one();
+        }
+    }
+
+    /// Calls and errors so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Whether request `n` (counting from 0) goes to a canary of `percent`:
+/// exactly `percent` of every hundred, spread evenly.
+fn takes(n: u64, percent: u8) -> bool {
+    let p = u64::from(percent);
+    (n * p) / 100 != ((n + 1) * p) / 100
+}
+
+/// Which instances a rollout applies to.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(untagged)]
+pub enum Targets {
+    /// Every instance (`"all"`, or left out).
+    #[default]
+    All,
+    /// These, by name.
+    Some(Vec<String>),
+}
+
+/// A model to deploy: the name guests load it by, and its blob.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    /// The name it is served as.
+    pub name: String,
+    /// Hex SHA-256 of the uploaded ONNX file.
+    pub digest: String,
+}
+
+/// `POST /admin/deploy`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// Hex SHA-256 of the uploaded guest module (else each instance keeps its own).
+    #[serde(default)]
+    pub module: Option<String>,
+    /// The model to serve (else each instance keeps its own).
+    #[serde(default)]
+    pub model: Option<ModelRef>,
+    /// The instances to switch: `"all"` or a list of names.
+    #[serde(default, deserialize_with = "targets")]
+    pub to: Targets,
+    /// Send only this percentage of requests to the new version.
+    #[serde(default)]
+    pub canary: Option<u8>,
+    /// The request body the smoke test predicts (else the model's example).
+    #[serde(default)]
+    pub example: Option<serde_json::Value>,
+    /// A canary whose error rate passes this is aborted (default 0.05).
+    #[serde(default)]
+    pub max_error_rate: Option<f64>,
+    /// ... once it has had at least this many calls (default 20).
+    #[serde(default)]
+    pub min_calls: Option<u64>,
+}
+
+fn targets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Targets, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Word(String),
+        List(Vec<String>),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Word(w) if w == "all" => Ok(Targets::All),
+        Raw::Word(w) => Ok(Targets::Some(w.split(',').map(str::to_string).collect())),
+        Raw::List(l) => Ok(Targets::Some(l)),
+    }
+}
+
+/// Why a rollout was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// The new version is not fit to serve (422).
+    #[error("{0}")]
+    Refused(String),
+    /// An instance named does not exist (404).
+    #[error("no instance `{0}` in this topology")]
+    UnknownInstance(String),
+    /// The request conflicts with the state (409): a canary already runs,
+    /// there is none, or nothing to roll back to.
+    #[error("{0}")]
+    Conflict(String),
+    /// The change could not be saved (500).
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// What a rollout did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutOutcome {
+    /// What happened: `deployed`, `canary`, `promoted`, `aborted`, `rolled back`.
+    pub action: String,
+    /// Instance name → the version it serves now.
+    pub instances: HashMap<String, String>,
+    /// The canary's version and share, while one runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+}
+
+/// The running canary.
+struct Active {
+    canary: Arc<Canary>,
+    instances: Vec<Arc<Instance>>,
+}
+
+/// Applies rollouts to a host's instances.
+pub struct Rollouts {
+    runtime: Arc<HostRuntime>,
+    instances: Vec<Arc<Instance>>,
+    blobs: BlobStore,
+    cache: Arc<CompiledCache>,
+    store: Arc<StateStore>,
+    state: Arc<StateSync>,
+    warm_pool: usize,
+    /// Held for the whole of a rollout: one at a time.
+    active: Mutex<Option<Active>>,
+}
+
+/// Where a rollout's helpers are.
+pub struct RolloutParts {
+    /// The engine and linker.
+    pub runtime: Arc<HostRuntime>,
+    /// Every instance.
+    pub instances: Vec<Arc<Instance>>,
+    /// Uploaded modules and models.
+    pub blobs: BlobStore,
+    /// The compiled-module cache.
+    pub cache: Arc<CompiledCache>,
+    /// The state store (events).
+    pub store: Arc<StateStore>,
+    /// Instance records.
+    pub state: Arc<StateSync>,
+    /// Warm spares per new deployment.
+    pub warm_pool: usize,
+}
+
+impl Rollouts {
+    /// Rollouts over `parts.instances`.
+    pub fn new(parts: RolloutParts) -> Self {
+        Self {
+            runtime: parts.runtime,
+            instances: parts.instances,
+            blobs: parts.blobs,
+            cache: parts.cache,
+            store: parts.store,
+            state: parts.state,
+            warm_pool: parts.warm_pool,
+            active: Mutex::new(None),
+        }
+    }
+
+    /// The uploaded blobs.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Validates a new version and switches the chosen instances to it (or
+    /// starts a canary). Refuses with the reason, changing nothing, when
+    /// the version is not fit to serve.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        req: DeployRequest,
+    ) -> Result<RolloutOutcome, RolloutError> {
+        if req.module.is_none() && req.model.is_none() {
+            return Err(RolloutError::Refused(
+                "nothing to deploy: give a module, a model, or both".into(),
+            ));
+        }
+        let mut active = self.active.lock().await;
+        if let Some(a) = active.as_ref() {
+            return Err(RolloutError::Conflict(format!(
+                "a canary of version {} is running: promote or abort it first",
+                a.canary.deployment.version
+            )));
+        }
+        let targets = self.targets(&req.to)?;
+        let module = match &req.module {
+            Some(digest) => Some(self.compile(digest).await?),
+            None => None,
+        };
+        let model = match &req.model {
+            Some(m) => Some(self.load_model(m).await?),
+            None => None,
+        };
+        let example = req
+            .example
+            .as_ref()
+            .map(|v| Bytes::from(serde_json::to_vec(v).expect("JSON serialises")));
+        // One deployment per distinct (module, model) the targets end up on.
+        let mut built: HashMap<String, Arc<Deployment>> = HashMap::new();
+        let mut plan = Vec::new();
+        for instance in &targets {
+            let now = instance.deployment();
+            let module = module.clone().unwrap_or_else(|| now.module.clone());
+            let (model, example) = match &model {
+                Some(m) => (m.clone(), example.clone()),
+                None => (
+                    now.model.clone(),
+                    example.clone().or(Some(now.example.clone())),
+                ),
+            };
+            let version = crate::deployment::version(&module.digest, &model.digest);
+            let deployment = match built.get(&version) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = Arc::new(Deployment::new(module, model, self.warm_pool, example));
+                    d.smoke_test(&self.runtime).await.map_err(|why| {
+                        RolloutError::Refused(format!(
+                            "version {version} failed its smoke test, nothing was changed: {why}"
+                        ))
+                    })?;
+                    built.insert(version, d.clone());
+                    d
+                }
+            };
+            plan.push((instance.clone(), deployment));
+        }
+        for deployment in built.values() {
+            deployment.fill_pool(&self.runtime).await.map_err(|e| {
+                RolloutError::Refused(format!("its warm pool could not be filled: {e}"))
+            })?;
+        }
+        match req.canary {
+            Some(percent) => self.start_canary(&mut active, plan, percent, &req).await,
+            None => self.switch(plan, "deploy").await,
+        }
+    }
+
+    /// Makes the running canary the deployment in force.
+    pub async fn promote(&self) -> Result<RolloutOutcome, RolloutError> {
+        let mut active = self.active.lock().await;
+        let Some(a) = active.take() else {
+            return Err(RolloutError::Conflict("no canary is running".into()));
+        };
+        let plan = a
+            .instances
+            .iter()
+            .map(|i| (i.clone(), a.canary.deployment.clone()))
+            .collect();
+        a.canary.trip.notify_one();
+        self.switch(plan, "promote").await
+    }
+
+    /// Drops the running canary; `reason` is recorded.
+    pub async fn abort(&self, reason: &str) -> Result<RolloutOutcome, RolloutError> {
+        let mut active = self.active.lock().await;
+        let Some(a) = active.take() else {
+            return Err(RolloutError::Conflict("no canary is running".into()));
+        };
+        self.end_canary(a, "abort", reason).await
+    }
+
+    /// Returns the chosen instances to their previous deployment.
+    pub async fn rollback(&self, to: &Targets) -> Result<RolloutOutcome, RolloutError> {
+        let active = self.active.lock().await;
+        if active.is_some() {
+            return Err(RolloutError::Conflict(
+                "a canary is running: abort or promote it before rolling back".into(),
+            ));
+        }
+        let targets = self.targets(to)?;
+        let mut plan = Vec::new();
+        for instance in &targets {
+            let Some(previous) = instance.serving().previous.clone() else {
+                return Err(RolloutError::Conflict(format!(
+                    "instance `{}` has no previous deployment to roll back to",
+                    instance.name()
+                )));
+            };
+            plan.push((instance.clone(), previous.deployment));
+        }
+        for (_, deployment) in &plan {
+            deployment.fill_pool(&self.runtime).await.map_err(|e| {
+                RolloutError::Refused(format!("the previous version cannot start: {e}"))
+            })?;
+        }
+        self.switch(plan, "rollback").await
+    }
+
+    /// Instances and the recent events, for `GET /admin/deployments`.
+    pub fn events(&self, n: usize) -> Result<Vec<Event>, RolloutError> {
+        self.store
+            .events(n)
+            .map_err(|e| RolloutError::Storage(e.to_string()))
+    }
+
+    fn targets(&self, to: &Targets) -> Result<Vec<Arc<Instance>>, RolloutError> {
+        match to {
+            Targets::All => Ok(self.instances.clone()),
+            Targets::Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.instances
+                        .iter()
+                        .find(|i| i.name() == n.trim())
+                        .cloned()
+                        .ok_or_else(|| RolloutError::UnknownInstance(n.clone()))
+                })
+                .collect(),
+        }
+    }
+
+    async fn compile(&self, digest: &str) -> Result<Arc<CompiledModule>, RolloutError> {
+        let bytes = self.blob(digest, "module")?;
+        let (runtime, cache) = (self.runtime.clone(), self.cache.clone());
+        let path = PathBuf::from(format!("module {}", &digest[..12.min(digest.len())]));
+        tokio::task::spawn_blocking(move || {
+            CompiledModule::from_bytes(&runtime, &bytes, &path, Some(&cache))
+        })
+        .await
+        .map_err(|e| RolloutError::Storage(format!("the compiler thread failed: {e}")))?
+        .map(Arc::new)
+        .map_err(|e| RolloutError::Refused(format!("the module was refused: {e}")))
+    }
+
+    async fn load_model(&self, m: &ModelRef) -> Result<Arc<LoadedModel>, RolloutError> {
+        let bytes = self.blob(&m.digest, "model")?;
+        let name = m.name.clone();
+        let path = PathBuf::from(format!("model {name}"));
+        tokio::task::spawn_blocking(move || LoadedModel::from_bytes(name, &path, &bytes))
+            .await
+            .map_err(|e| RolloutError::Storage(format!("the model loader failed: {e}")))?
+            .map(Arc::new)
+            .map_err(|e| RolloutError::Refused(format!("the model was refused: {e}")))
+    }
+
+    fn blob(&self, digest: &str, what: &str) -> Result<Vec<u8>, RolloutError> {
+        match self.blobs.get(digest) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(RolloutError::Refused(format!(
+                "no {what} with digest {digest} was uploaded (PUT /admin/blobs/<digest> first)"
+            ))),
+            Err(e) => Err(RolloutError::Refused(e.to_string())),
+        }
+    }
+
+    /// Puts each planned deployment in force, keeping the old one as
+    /// previous, rebuilds the sandboxes, then saves and records it.
+    async fn switch(
+        &self,
+        plan: Vec<(Arc<Instance>, Arc<Deployment>)>,
+        kind: &str,
+    ) -> Result<RolloutOutcome, RolloutError> {
+        let mut instances = HashMap::new();
+        for (instance, deployment) in &plan {
+            let serving = instance.serving();
+            let old = serving.current.clone();
+            let returning = serving
+                .previous
+                .as_ref()
+                .filter(|p| Arc::ptr_eq(&p.deployment, deployment));
+            let current = match returning {
+                Some(p) if kind == "rollback" => InForce {
+                    since: now(),
+                    ..p.clone()
+                },
+                _ => InForce::now(deployment.clone(), Source::Deploy),
+            };
+            instance.set_serving(Serving {
+                current,
+                previous: Some(old),
+                canary: None,
+            });
+            instances.insert(instance.name().to_string(), deployment.version.clone());
+        }
+        self.after_swap(&plan).await;
+        let detail = describe(&instances);
+        self.commit(kind, &detail).await?;
+        tracing::info!(kind, %detail, "rollout applied");
+        Ok(RolloutOutcome {
+            action: match kind {
+                "deploy" => "deployed",
+                "promote" => "promoted",
+                _ => "rolled back",
+            }
+            .into(),
+            instances,
+            canary: None,
+        })
+    }
+
+    /// Rebuilds each swapped instance's sandboxes, and drains the pools of
+    /// deployments now only kept for rollback.
+    async fn after_swap(&self, plan: &[(Arc<Instance>, Arc<Deployment>)]) {
+        for (instance, _) in plan {
+            if let Err(e) = instance.refresh().await {
+                tracing::warn!(instance = instance.name(), error = %e, "could not pre-build the new sandbox; the next request will");
+            }
+        }
+        for instance in &self.instances {
+            if let Some(p) = &instance.serving().previous {
+                let in_use = self
+                    .instances
+                    .iter()
+                    .any(|i| Arc::ptr_eq(&i.deployment(), &p.deployment));
+                if !in_use {
+                    p.deployment.drain_pool();
+                }
+            }
+        }
+    }
+
+    async fn start_canary(
+        self: &Arc<Self>,
+        active: &mut Option<Active>,
+        plan: Vec<(Arc<Instance>, Arc<Deployment>)>,
+        percent: u8,
+        req: &DeployRequest,
+    ) -> Result<RolloutOutcome, RolloutError> {
+        let deployment = plan[0].1.clone();
+        if plan.iter().any(|(_, d)| !Arc::ptr_eq(d, &deployment)) {
+            return Err(RolloutError::Refused(
+                "a canary needs every chosen instance to end up on the same module and model"
+                    .into(),
+            ));
+        }
+        if percent == 0 || percent > 100 {
+            return Err(RolloutError::Refused(format!(
+                "a canary takes 1 to 100 percent of requests, not {percent}"
+            )));
+        }
+        let canary = Arc::new(Canary::new(
+            deployment.clone(),
+            percent,
+            req.max_error_rate.unwrap_or(0.05),
+            req.min_calls.unwrap_or(20),
+        ));
+        let instances: Vec<Arc<Instance>> = plan.iter().map(|(i, _)| i.clone()).collect();
+        for instance in &instances {
+            let serving = instance.serving();
+            instance.set_serving(Serving {
+                canary: Some(canary.clone()),
+                ..(*serving).clone()
+            });
+            if let Err(e) = instance.refresh().await {
+                tracing::warn!(instance = instance.name(), error = %e, "could not pre-build the canary sandbox");
+            }
+        }
+        let detail = format!(
+            "canary of version {} at {percent}% on {}",
+            deployment.version,
+            names(&instances)
+        );
+        self.commit("canary", &detail).await?;
+        tracing::info!(%detail, "canary started");
+        *active = Some(Active {
+            canary: canary.clone(),
+            instances: instances.clone(),
+        });
+        self.watch(canary.clone());
+        Ok(RolloutOutcome {
+            action: "canary".into(),
+            instances: instances
+                .iter()
+                .map(|i| (i.name().to_string(), i.deployment().version.clone()))
+                .collect(),
+            canary: Some(format!("{} at {percent}%", deployment.version)),
+        })
+    }
+
+    /// Aborts `canary` when it trips, unless it has ended by then.
+    fn watch(self: &Arc<Self>, canary: Arc<Canary>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            canary.trip.notified().await;
+            let mut active = this.active.lock().await;
+            let still = active
+                .as_ref()
+                .is_some_and(|a| Arc::ptr_eq(&a.canary, &canary));
+            if !still {
+                return;
+            }
+            let a = active.take().expect("checked above");
+            let (calls, errors) = canary.counts();
+            let reason = format!(
+                "its error rate passed {:.1}% ({errors} errors in {calls} calls)",
+                canary.max_error_rate * 100.0
+            );
+            if let Err(e) = this.end_canary(a, "auto-abort", &reason).await {
+                tracing::error!(error = %e, "could not record the canary's automatic abort");
+            }
+        });
+    }
+
+    async fn end_canary(
+        &self,
+        a: Active,
+        kind: &str,
+        reason: &str,
+    ) -> Result<RolloutOutcome, RolloutError> {
+        a.canary.tripped.store(true, Ordering::Release);
+        for instance in &a.instances {
+            let serving = instance.serving();
+            instance.set_serving(Serving {
+                canary: None,
+                ..(*serving).clone()
+            });
+            if let Err(e) = instance.refresh().await {
+                tracing::warn!(instance = instance.name(), error = %e, "could not drop the canary sandbox");
+            }
+        }
+        a.canary.deployment.drain_pool();
+        a.canary.trip.notify_one();
+        let detail = format!(
+            "canary of version {} on {} aborted: {reason}",
+            a.canary.deployment.version,
+            names(&a.instances)
+        );
+        self.commit(kind, &detail).await?;
+        tracing::warn!(%detail, "canary ended");
+        Ok(RolloutOutcome {
+            action: "aborted".into(),
+            instances: a
+                .instances
+                .iter()
+                .map(|i| (i.name().to_string(), i.deployment().version.clone()))
+                .collect(),
+            canary: None,
+        })
+    }
+
+    /// Records the event and flushes every instance record.
+    async fn commit(&self, kind: &str, detail: &str) -> Result<(), RolloutError> {
+        let event = Event {
+            at: now(),
+            kind: kind.into(),
+            detail: detail.into(),
+        };
+        self.store
+            .push_event(&event)
+            .map_err(|e| RolloutError::Storage(e.to_string()))?;
+        self.state.commit_all().await.map_err(|e| {
+            RolloutError::Storage(format!("the change is in force but was not saved: {e}"))
+        })
+    }
+}
+
+fn names(instances: &[Arc<Instance>]) -> String {
+    instances
+        .iter()
+        .map(|i| i.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe(instances: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> = instances
+        .iter()
+        .map(|(n, v)| format!("{n} → {v}"))
+        .collect();
+    pairs.sort();
+    pairs.join(", ")
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(percent: u8, n: u64) -> usize {
+        (0..n).filter(|&k| takes(k, percent)).count()
+    }
+
+    #[test]
+    fn a_canary_takes_exactly_its_share_of_each_hundred() {
+        assert_eq!(share(20, 100), 20);
+        assert_eq!(share(20, 1000), 200);
+        assert_eq!(share(1, 100), 1);
+        assert_eq!(share(100, 50), 50);
+        assert_eq!(share(10, 9), 0);
+    }
+
+    #[test]
+    fn targets_read_all_a_word_or_a_list() {
+        let read = |json: &str| -> Targets {
+            let req: DeployRequest = serde_json::from_str(json).unwrap();
+            req.to
+        };
+        assert!(matches!(read(r#"{"module": "x"}"#), Targets::All));
+        assert!(matches!(
+            read(r#"{"module": "x", "to": "all"}"#),
+            Targets::All
+        ));
+        assert!(
+            matches!(read(r#"{"module": "x", "to": "p1,p2"}"#), Targets::Some(v) if v == ["p1", "p2"])
+        );
+        assert!(
+            matches!(read(r#"{"module": "x", "to": ["p3"]}"#), Targets::Some(v) if v == ["p3"])
+        );
+    }
+}
