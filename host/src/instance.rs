@@ -516,11 +516,22 @@ impl Instance {
         outcome
     }
 
-    /// Runs one prediction in this instance, waiting for its turn.
+    /// Runs one prediction in this instance, waiting for its turn; a
+    /// canary, if one runs, takes its share.
     pub async fn predict(&self, body: bytes::Bytes) -> Result<Vec<u8>, CallError> {
+        self.predict_on(body, true).await
+    }
+
+    /// Runs one prediction on the deployment in force, never a canary (for
+    /// retries: a request that already faulted goes to the known-good version).
+    pub async fn predict_stable(&self, body: bytes::Bytes) -> Result<Vec<u8>, CallError> {
+        self.predict_on(body, false).await
+    }
+
+    async fn predict_on(&self, body: bytes::Bytes, canary: bool) -> Result<Vec<u8>, CallError> {
         let (deployment, canary) = {
             let serving = self.serving.load();
-            match serving.canary.as_ref().filter(|c| c.pick()) {
+            match serving.canary.as_ref().filter(|c| canary && c.pick()) {
                 Some(c) => (c.deployment.clone(), Some(c.clone())),
                 None => (serving.current.deployment.clone(), None),
             }

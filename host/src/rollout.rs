@@ -107,15 +107,41 @@ fn takes(n: u64, percent: u8) -> bool {
     (n * p) / 100 != ((n + 1) * p) / 100
 }
 
-/// Which instances a rollout applies to.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
-#[serde(untagged)]
+/// Which instances a rollout applies to: `"all"`, `"p1,p2"` or `["p1", "p2"]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Targets {
     /// Every instance (`"all"`, or left out).
     #[default]
     All,
     /// These, by name.
     Some(Vec<String>),
+}
+
+impl Serialize for Targets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Targets::All => s.serialize_str("all"),
+            Targets::Some(names) => names.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Targets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Word(String),
+            List(Vec<String>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Word(w) if w == "all" => Ok(Targets::All),
+            Raw::Word(w) => Ok(Targets::Some(
+                w.split(',').map(|n| n.trim().to_string()).collect(),
+            )),
+            Raw::List(l) => Ok(Targets::Some(l)),
+        }
+    }
 }
 
 /// A model to deploy: the name guests load it by, and its blob.
@@ -139,7 +165,7 @@ pub struct DeployRequest {
     #[serde(default)]
     pub model: Option<ModelRef>,
     /// The instances to switch: `"all"` or a list of names.
-    #[serde(default, deserialize_with = "targets")]
+    #[serde(default)]
     pub to: Targets,
     /// Send only this percentage of requests to the new version.
     #[serde(default)]
@@ -153,20 +179,6 @@ pub struct DeployRequest {
     /// ... once it has had at least this many calls (default 20).
     #[serde(default)]
     pub min_calls: Option<u64>,
-}
-
-fn targets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Targets, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Word(String),
-        List(Vec<String>),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Word(w) if w == "all" => Ok(Targets::All),
-        Raw::Word(w) => Ok(Targets::Some(w.split(',').map(str::to_string).collect())),
-        Raw::List(l) => Ok(Targets::Some(l)),
-    }
 }
 
 /// Why a rollout was refused. Nothing changed.

@@ -431,6 +431,7 @@ impl Library {
             .map_err(|e| e.to_string())?;
         let model = LoadedModel::from_bytes(record.model.clone(), &path, &model_bytes)
             .map_err(|e| e.to_string())?;
+        tracing::info!(version = %record.version, cache = ?module.cache, "deployed version rebuilt from the blob store");
         let deployment = Arc::new(Deployment::new(
             Arc::new(module),
             Arc::new(model),

@@ -119,8 +119,9 @@ async fn predict(
     Ok(response)
 }
 
-/// A request whose instance faulted is tried once more: elsewhere when the
-/// router can, else on the same instance (whose sandbox was just replaced).
+/// A request whose instance faulted is tried once more, on the deployment in
+/// force (never a canary): elsewhere when the router can, else on the same
+/// instance (whose sandbox was just replaced).
 /// A second fault is the request's own answer, so a query of death costs
 /// two sandboxes, never the topology.
 async fn retry(
@@ -145,7 +146,7 @@ async fn retry(
     };
     tracing::info!(failed = first_instance.name(), retry = second.instance().name(), error = %first,
         "retrying a request whose instance faulted");
-    match second.instance().predict(body).await {
+    match second.instance().predict_stable(body).await {
         Ok(out) => Ok(out),
         Err(again) if again.is_instance_fault() => {
             let mut error = ApiError::from(again);

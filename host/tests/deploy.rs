@@ -1,0 +1,472 @@
+//! Acceptance: hot swap. Deploys and rollbacks under load fail no request
+//! and switch the version answers carry; an unfit module or model is refused
+//! with its reason while the old version keeps serving; a canary takes its
+//! share and is aborted automatically when it fails; a restart serves the
+//! deployed version, from the compiled cache.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{
+    cases, faulty_guest, free_ports, inputs, post, repo, request_with, safe_and_deadly_rows,
+    try_post, Host, TempDir, ADMIN_TOKEN,
+};
+use hyper::{Method, StatusCode};
+
+/// The default guest, with a custom section appended: a different digest
+/// (so a different version), the same behaviour.
+fn variant_guest(dir: &TempDir) -> PathBuf {
+    let mut bytes = std::fs::read(repo().join(hadr_host::serve::DEFAULT_GUEST)).unwrap();
+    let name = b"hadr-test-variant";
+    let payload = b"v2";
+    // Custom section: id 0, size, name (length-prefixed), payload.
+    bytes.push(0);
+    bytes.push((1 + name.len() + payload.len()) as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    let path = dir.0.join("guest-v2.wasm");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Runs `hadr-host <args>` against `host`'s admin listener.
+fn cli(host: &Host, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+        .args(args)
+        .args(["--admin", &format!("http://{}", host.admin)])
+        .args(["--token", ADMIN_TOKEN])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn deploy(host: &Host, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["deploy"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = cli(host, &all);
+    assert_eq!(code, Some(0), "deploy {args:?} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// Clients posting one row each, keeping every answer's status and version.
+struct Load {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<(StatusCode, String)>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Load {
+    fn start(host: &Host, clients: usize, bodies: Vec<Bytes>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..clients {
+            let (addr, stop, answers, bodies) =
+                (host.router, stop.clone(), answers.clone(), bodies.clone());
+            tasks.spawn(async move {
+                // Bounded: stops when told, or after 20 000 requests.
+                for k in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let body = bodies[(c + k) % bodies.len()].clone();
+                    let (s, _, b) = post(addr, "/predict", body).await;
+                    let version = b["version"].as_str().unwrap_or("").to_string();
+                    answers.lock().unwrap().push((s, version));
+                }
+            });
+        }
+        Self {
+            stop,
+            answers,
+            tasks,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+
+    /// Waits (bounded) for `n` more answers.
+    async fn wait_for(&self, n: usize) {
+        let target = self.count() + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.count() < target {
+            assert!(Instant::now() < deadline, "the load stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(mut self) -> Vec<(StatusCode, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.tasks.join_next().await.is_some() {}
+        let answers = self.answers.lock().unwrap();
+        answers.clone()
+    }
+}
+
+fn one_row() -> Bytes {
+    inputs(&[cases("digits")["cases"][0]["input"].clone()]).into()
+}
+
+fn versions(topology: &serde_json::Value) -> Vec<String> {
+    ["predict1", "predict2", "predict3"]
+        .iter()
+        .filter_map(|n| topology[*n]["version"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Acceptance 1: deploy a new guest and a new model to every instance under
+/// load from 8 clients, then roll back: no request fails, and the version
+/// in the answers switches at each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_then_rollback_under_load_fails_no_request() {
+    let dir = TempDir::new("deploy");
+    let guest = variant_guest(&dir);
+    let model = repo().join("models/digits-v2.onnx");
+    let host = Host::start(&free_ports("2-active.json"), &[]);
+    let v1 = versions(&host.topology().await)[0].clone();
+    let load = Load::start(&host, 8, vec![one_row()]);
+    load.wait_for(200).await;
+
+    let model_arg = format!("digits={}", model.display());
+    let outcome = deploy(
+        &host,
+        &["--module", guest.to_str().unwrap(), "--model", &model_arg],
+    );
+    assert_eq!(outcome["action"], "deployed", "{outcome}");
+    let v2 = outcome["instances"]["predict1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(v1, v2);
+    assert_eq!(outcome["instances"]["predict3"], v2.as_str(), "{outcome}");
+    load.wait_for(200).await;
+    let t = host.topology().await;
+    assert_eq!(versions(&t), vec![v2.clone(); 3], "{t}");
+    assert_eq!(t["predict1"]["previous_version"], v1.as_str());
+    assert_eq!(t["predict1"]["source"], "deploy");
+
+    let (code, stdout, stderr) = cli(&host, &["rollback"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("rolled back"), "{stdout}");
+    load.wait_for(200).await;
+    let answers = load.stop().await;
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|(s, _)| *s != StatusCode::OK)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..3.min(failed.len())]
+    );
+    // Each answer carries the version it was computed by: the old one, then
+    // the new one, then the old one again.
+    let first_v2 = answers
+        .iter()
+        .position(|(_, v)| *v == v2)
+        .expect("no answer from v2");
+    let last_v2 = answers.iter().rposition(|(_, v)| *v == v2).unwrap();
+    assert!(answers[..first_v2].iter().all(|(_, v)| *v == v1));
+    assert!(answers[last_v2 + 1..].iter().all(|(_, v)| *v == v1));
+    assert!(answers.len() - last_v2 > 100, "the rollback did not take");
+    assert_eq!(versions(&host.topology().await), vec![v1.clone(); 3]);
+    eprintln!(
+        "{} answers, 0 failed: {} from {v1}, {} from {v2}",
+        answers.len(),
+        answers.iter().filter(|(_, v)| *v == v1).count(),
+        answers.iter().filter(|(_, v)| *v == v2).count()
+    );
+}
+
+/// Acceptance 2: each unfit version is refused with 422 and its reason, no
+/// request fails meanwhile, and the old version keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfit_versions_are_refused_and_the_old_one_keeps_serving() {
+    let dir = TempDir::new("refusals");
+    let not_wasm = dir.write("notes.wasm", "this is not WebAssembly");
+    let empty_component = dir.0.join("empty.wasm");
+    std::fs::write(&empty_component, b"\0asm\x0d\0\x01\0").unwrap();
+    let bad_model = dir.write("broken.onnx", "not an onnx protobuf at all");
+    let (_, deadly) = safe_and_deadly_rows();
+    let deadly_example = dir.write(
+        "deadly.json",
+        &String::from_utf8(inputs(&[deadly])).unwrap(),
+    );
+    let host = Host::start(&free_ports("2-active.json"), &[]);
+    let before = versions(&host.topology().await);
+    let load = Load::start(&host, 4, vec![one_row()]);
+    let model_arg = format!("digits={}", bad_model.display());
+    let faulty = faulty_guest();
+    let cases: [(Vec<&str>, &str); 4] = [
+        (
+            vec!["--module", not_wasm.to_str().unwrap()],
+            "is not a WebAssembly component",
+        ),
+        (
+            vec!["--module", empty_component.to_str().unwrap()],
+            "is not a predictor component",
+        ),
+        (vec!["--model", &model_arg], "the model was refused"),
+        (
+            vec![
+                "--module",
+                faulty.to_str().unwrap(),
+                "--example",
+                deadly_example.to_str().unwrap(),
+            ],
+            "failed its smoke test",
+        ),
+    ];
+    for (args, reason) in cases {
+        load.wait_for(20).await;
+        let mut all = vec!["deploy"];
+        all.extend_from_slice(&args);
+        let (code, _, stderr) = cli(&host, &all);
+        assert_eq!(code, Some(2), "{args:?} was not refused: {stderr}");
+        assert!(stderr.contains("422"), "{stderr}");
+        assert!(
+            stderr.contains(reason),
+            "{args:?}: expected {reason:?} in {stderr}"
+        );
+        assert_eq!(versions(&host.topology().await), before);
+    }
+    load.wait_for(20).await;
+    let answers = load.stop().await;
+    assert!(answers
+        .iter()
+        .all(|(s, v)| *s == StatusCode::OK && *v == before[0]));
+
+    // The same refusals straight at the route: 422 with a JSON reason.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let body = serde_json::json!({"module": "0".repeat(64)}).to_string();
+    let (s, _, b) = request_with(
+        host.admin,
+        Method::POST,
+        "/admin/deploy",
+        body.into(),
+        Some(&auth),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("was uploaded"),
+        "{b}"
+    );
+    let digest = "f".repeat(64);
+    let (s, _, b) = request_with(
+        host.admin,
+        Method::PUT,
+        &format!("/admin/blobs/{digest}"),
+        "x".into(),
+        Some(&auth),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"], "digest_mismatch");
+    let (s, _, _) =
+        request_with(host.admin, Method::POST, "/admin/deploy", "{}".into(), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+/// Acceptance 3: a canary at 20% takes about a fifth of the answers and is
+/// promoted; a canary guest that traps on a share of inputs is aborted
+/// automatically, the event is recorded, and clients never see its faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_its_share_and_a_failing_one_is_aborted() {
+    let dir = TempDir::new("canary");
+    let guest = variant_guest(&dir);
+    let host = Host::start(&free_ports("2-active.json"), &[]);
+    let v1 = versions(&host.topology().await)[0].clone();
+    let outcome = deploy(
+        &host,
+        &["--module", guest.to_str().unwrap(), "--canary", "20"],
+    );
+    assert_eq!(outcome["action"], "canary", "{outcome}");
+    let t = host.topology().await;
+    let v2 = t["predict1"]["canary"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(t["predict1"]["canary"]["percent"], 20);
+    let mut from_canary = 0;
+    for _ in 0..500 {
+        let (s, _, b) = post(host.router, "/predict", one_row()).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        from_canary += usize::from(b["version"] == v2.as_str());
+    }
+    eprintln!("canary at 20%: {from_canary} of 500 answers");
+    assert!((75..=125).contains(&from_canary), "{from_canary} of 500");
+    let promoted = deploy(&host, &["--promote"]);
+    assert_eq!(promoted["action"], "promoted", "{promoted}");
+    let (_, _, b) = post(host.router, "/predict", one_row()).await;
+    assert_eq!(b["version"], v2.as_str());
+    assert_ne!(v1, v2);
+
+    // The faulty guest passes its smoke test (a safe example) and traps on
+    // about a third of real inputs.
+    let (safe, _) = safe_and_deadly_rows();
+    let example = dir.write("safe.json", &String::from_utf8(inputs(&[safe])).unwrap());
+    let faulty = faulty_guest();
+    deploy(
+        &host,
+        &[
+            "--module",
+            faulty.to_str().unwrap(),
+            "--canary",
+            "50",
+            "--example",
+            example.to_str().unwrap(),
+        ],
+    );
+    let bodies: Vec<Bytes> = cases("digits")["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Bytes::from(inputs(&[c["input"].clone()])))
+        .collect();
+    let load = Load::start(&host, 4, bodies);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        load.wait_for(10).await;
+        let (_, _, d) = request_with(
+            host.admin,
+            Method::GET,
+            "/admin/deployments",
+            Bytes::new(),
+            Some(&auth),
+        )
+        .await;
+        let aborted = d["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "auto-abort");
+        if aborted {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failing canary was never aborted: {d}"
+        );
+    };
+    load.wait_for(50).await;
+    let answers = load.stop().await;
+    let failed = answers.iter().filter(|(s, _)| *s != StatusCode::OK).count();
+    assert_eq!(failed, 0, "clients saw the canary's faults");
+    let event = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "auto-abort")
+        .unwrap();
+    assert!(
+        event["detail"]
+            .as_str()
+            .unwrap()
+            .contains("error rate passed 5.0%"),
+        "{event}"
+    );
+    let t = host.topology().await;
+    assert!(t["predict1"].get("canary").is_none(), "{t}");
+    assert_eq!(versions(&t), vec![v2.clone(); 3]);
+    eprintln!("auto-abort: {}", event["detail"]);
+}
+
+/// Posts until the first 200 (bounded).
+async fn first_ok(router: std::net::SocketAddr) {
+    for _ in 0..1000 {
+        if try_post(router, one_row()).await == Some(StatusCode::OK) {
+            return;
+        }
+    }
+    panic!("no 200");
+}
+
+fn start_timed(topology: &str, state: &Path, log: &Path) -> (Host, Duration) {
+    let started = Instant::now();
+    let host = Host::start_with(topology, Some(state), Some(log), &[]);
+    (host, started.elapsed())
+}
+
+/// Acceptance 4: a restart after a deploy serves the deployed version and
+/// says so; with a warm compiled cache it does not compile, and the time
+/// from process start to the first 200 is reported against a cold start. A
+/// damaged cache entry is ignored and rebuilt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_serves_the_deployed_version_from_the_compiled_cache() {
+    let dir = TempDir::new("restart");
+    let guest = variant_guest(&dir);
+    let state = dir.0.join("state");
+    let topology = free_ports("2-active.json");
+    let log = dir.0.join("first.log");
+    let started = Instant::now();
+    let (host, _) = start_timed(&topology, &state, &log);
+    first_ok(host.router).await;
+    let cold = started.elapsed();
+    let v2 = deploy(&host, &["--module", guest.to_str().unwrap()])["instances"]["predict1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(host); // kill -9
+
+    let log = dir.0.join("second.log");
+    let started = Instant::now();
+    let (host, _) = start_timed(&topology, &state, &log);
+    first_ok(host.router).await;
+    let warm = started.elapsed();
+    let (_, _, b) = post(host.router, "/predict", one_row()).await;
+    assert_eq!(b["version"], v2.as_str(), "{b}");
+    drop(host);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("serving the version put in force by `hadr-host deploy`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cache=\"hit\"") || text.contains("cache=hit"),
+        "{text}"
+    );
+    assert!(!text.contains("miss"), "{text}");
+    eprintln!(
+        "process start → first 200: cold (compiling) {:.0} ms, warm cache {:.0} ms ({:.1}× faster)",
+        cold.as_secs_f64() * 1e3,
+        warm.as_secs_f64() * 1e3,
+        cold.as_secs_f64() / warm.as_secs_f64()
+    );
+
+    // Damage every cache entry: each is noticed, ignored and rebuilt.
+    for entry in std::fs::read_dir(state.join("compiled")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let log = dir.0.join("third.log");
+    let (host, _) = start_timed(&topology, &state, &log);
+    let (s, _, b) = post(host.router, "/predict", one_row()).await;
+    assert_eq!(
+        (s, b["version"].as_str()),
+        (StatusCode::OK, Some(v2.as_str())),
+        "{b}"
+    );
+    drop(host);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("ignoring a compiled-cache entry"), "{text}");
+}
