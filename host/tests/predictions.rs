@@ -72,3 +72,10 @@ async fn breast_cancer_tree_ensemble_cases_match_scikit_learn() {
     eprintln!("breast_cancer held-out accuracy through hadr: {accuracy:.4}");
     assert!(accuracy >= 0.9, "breast_cancer accuracy {accuracy}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_v2_cases_match_scikit_learn() {
+    let accuracy = check_model("digits-v2").await;
+    eprintln!("digits-v2 held-out accuracy through hadr: {accuracy:.4}");
+    assert!(accuracy >= 0.95, "digits-v2 accuracy {accuracy}");
+}
