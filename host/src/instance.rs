@@ -230,6 +230,14 @@ pub struct Instance {
     canary_slot: Arc<Mutex<Option<Live>>>,
 }
 
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
 /// A counted claim on an instance: load is decremented when it drops.
 pub struct Lease {
     instance: Arc<Instance>,

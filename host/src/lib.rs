@@ -54,6 +54,7 @@ pub mod guest_log;
 pub mod http;
 pub mod instance;
 pub mod loadtest;
+pub mod metrics;
 pub mod nn;
 pub mod persistence;
 pub mod policy;

@@ -226,6 +226,7 @@ pub struct Rollouts {
     store: Arc<StateStore>,
     state: Arc<StateSync>,
     warm_pool: usize,
+    applied: Arc<crate::metrics::RolloutCount>,
     /// Held for the whole of a rollout: one at a time.
     active: Mutex<Option<Active>>,
 }
@@ -246,6 +247,8 @@ pub struct RolloutParts {
     pub state: Arc<StateSync>,
     /// Warm spares per new deployment.
     pub warm_pool: usize,
+    /// Counts rollouts for `/metrics`.
+    pub applied: Arc<crate::metrics::RolloutCount>,
 }
 
 impl Rollouts {
@@ -259,6 +262,7 @@ impl Rollouts {
             store: parts.store,
             state: parts.state,
             warm_pool: parts.warm_pool,
+            applied: parts.applied,
             active: Mutex::new(None),
         }
     }
@@ -640,6 +644,7 @@ impl Rollouts {
             kind: kind.into(),
             detail: detail.into(),
         };
+        self.applied.inc();
         self.store
             .push_event(&event)
             .map_err(|e| RolloutError::Storage(e.to_string()))?;

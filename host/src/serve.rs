@@ -197,6 +197,11 @@ impl Host {
             options.state_interval,
         ));
         state.commit_all().await?;
+        let applied = Arc::new(crate::metrics::RolloutCount::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            instances.clone(),
+            applied.clone(),
+        ));
         let rollouts = Arc::new(Rollouts::new(RolloutParts {
             runtime: runtime.clone(),
             instances: instances.clone(),
@@ -205,6 +210,7 @@ impl Host {
             store,
             state: state.clone(),
             warm_pool: options.warm_pool,
+            applied,
         }));
         let router_listener = bind(options.listen, "router".into()).await?;
         let mut instance_listeners = Vec::new();
@@ -227,6 +233,7 @@ impl Host {
             generation,
             rollouts,
             max_upload: options.max_upload,
+            metrics,
         });
         Ok(Self {
             app,

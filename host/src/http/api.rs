@@ -1,9 +1,14 @@
 //! Routes and request handling.
 //!
 //! The router's listener serves `POST /predict` (routed by load),
-//! `GET /topology` and `GET /healthz`. An instance's own port serves
-//! `POST /predict` straight to that instance (like the article's predictor
-//! servers) and `GET /healthz`.
+//! `GET /topology`, `GET /metrics`, `GET /healthz` and `GET /readyz`. An
+//! instance's own port serves `POST /predict` straight to that instance
+//! (like the article's predictor servers), `GET /healthz` and `GET /readyz`.
+//!
+//! `/healthz` says the process serves; `/readyz` is 200 only while a request
+//! could be taken now (on the router: some instance that takes traffic is
+//! under its threshold and has a working sandbox; on an instance's port:
+//! that instance), 503 otherwise, for load balancers and Kubernetes.
 //!
 //! The body limit is checked against `Content-Length` before a byte of the
 //! body is read, and enforced again while reading (for chunked bodies), so an
@@ -41,6 +46,8 @@ pub struct App {
     pub rollouts: Arc<crate::rollout::Rollouts>,
     /// Largest upload to `PUT /admin/blobs`, in bytes.
     pub max_upload: usize,
+    /// `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Which listener a request arrived on.
@@ -66,7 +73,17 @@ pub async fn handle(
     }
     let path = req.uri().path();
     let response = match (path, &target) {
-        ("/predict", _) if req.method() == Method::POST => predict(&app, &target, req).await,
+        ("/predict", _) if req.method() == Method::POST => {
+            let started = std::time::Instant::now();
+            let mut served_by = None;
+            let response = predict(&app, &target, req, &mut served_by)
+                .await
+                .unwrap_or_else(ApiError::into_response);
+            let instance = served_by.as_ref().map(|i: &Arc<Instance>| i.name());
+            app.metrics
+                .observe(instance, response.status().as_u16(), started.elapsed());
+            Ok(response)
+        }
         ("/predict", _) => Err(not_allowed("POST")),
         ("/topology", Target::Router) if req.method() == Method::GET => {
             let mut response = json(StatusCode::OK, &topology(&app.router));
@@ -78,15 +95,28 @@ pub async fn handle(
         ("/healthz", _) if req.method() == Method::GET => {
             Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
         }
-        ("/topology", Target::Router) | ("/healthz", _) => Err(not_allowed("GET")),
+        ("/readyz", _) if req.method() == Method::GET => readyz(&app, &target),
+        ("/metrics", Target::Router) if req.method() == Method::GET => {
+            let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(response)
+        }
+        ("/topology" | "/metrics", Target::Router) | ("/healthz" | "/readyz", _) => {
+            Err(not_allowed("GET"))
+        }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!(
                 "no route {path}; this listener serves {}",
                 match target {
-                    Target::Router => "POST /predict, GET /topology, GET /healthz",
-                    Target::Instance(_) | Target::Admin => "POST /predict, GET /healthz",
+                    Target::Router =>
+                        "POST /predict, GET /topology, GET /metrics, GET /healthz, GET /readyz",
+                    Target::Instance(_) | Target::Admin =>
+                        "POST /predict, GET /healthz, GET /readyz",
                 }
             ),
         )),
@@ -94,13 +124,43 @@ pub async fn handle(
     Ok(response.unwrap_or_else(ApiError::into_response))
 }
 
+/// `/readyz`: whether a request could be taken now.
+fn readyz(app: &App, target: &Target) -> Result<Response<Full<Bytes>>, ApiError> {
+    let ready = |i: &Arc<Instance>| {
+        let r = i.report();
+        r.status && !r.broken && r.load < r.max_load
+    };
+    let (ready, scope) = match target {
+        Target::Instance(i) => (ready(i), format!("instance `{}`", i.name())),
+        Target::Router | Target::Admin => (
+            app.router.instances().iter().any(ready),
+            "no instance that takes traffic".to_string(),
+        ),
+    };
+    if ready {
+        Ok(json(StatusCode::OK, &serde_json::json!({"ready": true})))
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "{scope} can take a request now (saturated, standby or without a working sandbox)"
+            ),
+        ))
+    }
+}
+
+/// Answers `POST /predict`; `served_by` is set to the instance that ran the
+/// call (the last one, after a retry).
 async fn predict(
     app: &App,
     target: &Target,
     req: Request<Incoming>,
+    served_by: &mut Option<Arc<Instance>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let body = read_body(req, app.max_body).await?;
     let lease = lease(app, target)?;
+    *served_by = Some(lease.instance().clone());
     if lease.promoted() {
         // A promotion is acted on by operators: durable before it serves.
         if let Err(e) = app.state.commit().await {
@@ -109,7 +169,7 @@ async fn predict(
     }
     let out = match lease.instance().predict(body.clone()).await {
         Ok(out) => out,
-        Err(e) if e.is_instance_fault() => retry(app, target, lease, body, e).await?,
+        Err(e) if e.is_instance_fault() => retry(app, target, lease, body, e, served_by).await?,
         Err(e) => return Err(e.into()),
     };
     let mut response = Response::new(Full::new(Bytes::from(out)));
@@ -130,6 +190,7 @@ async fn retry(
     failed: Lease,
     body: Bytes,
     first: CallError,
+    served_by: &mut Option<Arc<Instance>>,
 ) -> Result<Vec<u8>, ApiError> {
     let first_instance = failed.instance().clone();
     drop(failed);
@@ -146,6 +207,7 @@ async fn retry(
     };
     tracing::info!(failed = first_instance.name(), retry = second.instance().name(), error = %first,
         "retrying a request whose instance faulted");
+    *served_by = Some(second.instance().clone());
     match second.instance().predict_stable(body).await {
         Ok(out) => Ok(out),
         Err(again) if again.is_instance_fault() => {

@@ -1,0 +1,188 @@
+//! Acceptance: `/metrics` parses as Prometheus text and its counters agree
+//! with `/topology`; `/readyz` is 200 only while a request could be taken.
+
+mod common;
+
+use std::io::BufRead;
+
+use common::{cases, chaos, free_ports, get, inputs, post, with_fields, Host};
+use hyper::{Method, StatusCode};
+use prometheus_parse::{Scrape, Value};
+
+/// `GET /metrics`, parsed.
+async fn scrape(host: &Host) -> Scrape {
+    let stream = tokio::net::TcpStream::connect(host.router).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(Method::GET)
+        .uri("/metrics")
+        .header(hyper::header::HOST, host.router.to_string())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()[hyper::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    use http_body_util::BodyExt;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Scrape::parse(body.lines()).expect("the Prometheus text parser accepts /metrics")
+}
+
+/// The value of `metric` with `labels` (all of them matching).
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            _ => panic!("{metric} is not a single number"),
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_agree_with_topology() {
+    let host = Host::start(&free_ports("2-active.json"), &[]);
+    let row = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
+    for _ in 0..30 {
+        let (s, _, b) = post(host.router, "/predict", row.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    for _ in 0..3 {
+        let (s, _, _) = post(host.router, "/predict", "{\"inputs\": [[1, 2]]}").await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let (s, _, _) = chaos(&host, "predict1", "trap").await;
+    assert_eq!(s, StatusCode::OK);
+    for _ in 0..4 {
+        let (s, _, _) = post(host.router, "/predict", row.clone()).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let metrics = scrape(&host).await;
+    let topology = host.topology().await;
+    let mut ok_total = 0.0;
+    for name in ["predict1", "predict2", "predict3"] {
+        let t = &topology[name];
+        let i = [("instance", name)];
+        for (metric, field) in [
+            ("hadr_instance_served_total", "served"),
+            ("hadr_instance_failed_total", "failed"),
+            ("hadr_instance_traps_total", "traps"),
+            ("hadr_instance_respawns_total", "respawns"),
+            ("hadr_instance_promotions_total", "promotions"),
+            ("hadr_instance_load", "load"),
+            ("hadr_instance_max_load", "max_load"),
+        ] {
+            assert_eq!(
+                value(&metrics, metric, &i),
+                t[field].as_f64(),
+                "{metric} of {name} disagrees with /topology: {t}"
+            );
+        }
+        let role = t["role"].as_str().unwrap();
+        assert_eq!(
+            value(
+                &metrics,
+                "hadr_instance_role",
+                &[("instance", name), ("role", role)]
+            ),
+            Some(1.0)
+        );
+        let version = t["version"].as_str().unwrap();
+        assert_eq!(
+            value(
+                &metrics,
+                "hadr_instance_version",
+                &[("instance", name), ("version", version)]
+            ),
+            Some(1.0)
+        );
+        ok_total += value(
+            &metrics,
+            "hadr_requests_total",
+            &[("instance", name), ("status", "200")],
+        )
+        .unwrap_or(0.0);
+    }
+    // Every 200 counted by the router was served by exactly one instance.
+    assert_eq!(ok_total, 34.0);
+    let served: f64 = ["predict1", "predict2", "predict3"]
+        .iter()
+        .map(|n| topology[*n]["served"].as_f64().unwrap())
+        .sum();
+    assert_eq!(served, ok_total);
+    assert_eq!(
+        value(
+            &metrics,
+            "hadr_instance_traps_total",
+            &[("instance", "predict1")]
+        ),
+        Some(1.0)
+    );
+    let refused: f64 = metrics
+        .samples
+        .iter()
+        .filter(|s| s.metric == "hadr_requests_total" && s.labels.get("status") == Some("422"))
+        .map(|s| match s.value {
+            Value::Counter(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert_eq!(refused, 3.0);
+    let count = metrics
+        .samples
+        .iter()
+        .find(|s| s.metric == "hadr_request_duration_seconds")
+        .map(|s| match &s.value {
+            Value::Histogram(buckets) => buckets.last().unwrap().count,
+            other => panic!("{other:?}"),
+        });
+    assert_eq!(
+        count,
+        Some(37.0),
+        "every /predict answer is in the histogram"
+    );
+    let version = topology["predict1"]["version"].as_str().unwrap();
+    assert_eq!(
+        value(&metrics, "hadr_warm_pool_spares", &[("version", version)]),
+        Some(2.0)
+    );
+    assert_eq!(value(&metrics, "hadr_rollouts_total", &[]), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_nothing_can_take_a_request() {
+    let topology = with_fields("single.json", &[("max_load", 1.into())]);
+    let host = Host::start(&topology, &["--max-body", "32MiB", "--deadline", "60s"]);
+    let (s, _, b) = get(host.router, "/readyz").await;
+    assert_eq!((s, &b["ready"]), (StatusCode::OK, &serde_json::json!(true)));
+    let row = cases("digits")["cases"][0]["input"].clone();
+    let big = bytes::Bytes::from(inputs(&vec![row; 25_000]));
+    let router = host.router;
+    let in_flight = tokio::spawn(async move { post(router, "/predict", big).await });
+    while host.topology().await["predict1"]["load"] != 1 {
+        assert!(
+            !in_flight.is_finished(),
+            "the request ended before it was seen in flight"
+        );
+        tokio::task::yield_now().await;
+    }
+    let (s, _, b) = get(host.router, "/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert_eq!(b["error"], "not_ready");
+    let (s, _, _) = in_flight.await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = get(host.router, "/readyz").await;
+    assert_eq!(s, StatusCode::OK);
+}
