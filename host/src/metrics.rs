@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::instance::Instance;
+use crate::instance::{Instance, InstanceReport};
 
 /// The label of answers no instance computed (refused before routing).
 pub const NO_INSTANCE: &str = "-";
@@ -132,6 +132,9 @@ impl Metrics {
     }
 }
 
+/// A per-instance series: name, help, and how to read it from a report.
+type Series<T> = (&'static str, &'static str, fn(&InstanceReport) -> T);
+
 /// Reads the instances' own counters at scrape time.
 #[derive(Debug)]
 struct InstanceCollector {
@@ -149,7 +152,7 @@ impl Collector for InstanceCollector {
         let label = |name: &String| InstanceLabels {
             instance: name.clone(),
         };
-        let gauges: [(&str, &str, fn(&crate::instance::InstanceReport) -> i64); 3] = [
+        let gauges: [Series<i64>; 3] = [
             (
                 "hadr_instance_load",
                 "Requests in flight or waiting for the instance (the article's load)",
@@ -173,7 +176,7 @@ impl Collector for InstanceCollector {
             }
             family.encode(encoder.encode_descriptor(name, help, None, family.metric_type())?)?;
         }
-        let counters: [(&str, &str, fn(&crate::instance::InstanceReport) -> u64); 5] = [
+        let counters: [Series<u64>; 5] = [
             (
                 "hadr_instance_served",
                 "Predictions the instance answered with 200",

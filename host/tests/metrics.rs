@@ -154,9 +154,12 @@ async fn metrics_parse_and_agree_with_topology() {
         "every /predict answer is in the histogram"
     );
     let version = topology["predict1"]["version"].as_str().unwrap();
-    assert_eq!(
-        value(&metrics, "hadr_warm_pool_spares", &[("version", version)]),
-        Some(2.0)
+    // The pool (2 spares) gave one to replace the trap and refills in the
+    // background: either is a correct reading.
+    let spares = value(&metrics, "hadr_warm_pool_spares", &[("version", version)]);
+    assert!(
+        matches!(spares, Some(v) if v == 1.0 || v == 2.0),
+        "{spares:?}"
     );
     assert_eq!(value(&metrics, "hadr_rollouts_total", &[]), Some(0.0));
 }
