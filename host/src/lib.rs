@@ -50,6 +50,7 @@ pub mod bindings {
 pub mod admin_client;
 pub mod compiled_cache;
 pub mod deployment;
+pub mod drill;
 pub mod guest_log;
 pub mod http;
 pub mod instance;

@@ -1,14 +1,15 @@
 //! The `hadr-host` command line: parse, set up logging, hand over to the library.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hadr_host::admin_client::{AdminClient, DeployPlan};
-use hadr_host::loadtest::{self, LoadSpec};
+use hadr_host::loadtest::{self, Model, Plan};
 use hadr_host::rollout::Targets;
 use hadr_host::runtime::Limits;
 use hadr_host::serve::{repo_defaults, Host, ServeOptions, DEFAULT_GUEST};
@@ -56,6 +57,16 @@ enum Command {
     ///   hadr-host deploy --module guest.wasm --canary 10    (then --promote or --abort)
     #[command(verbatim_doc_comment)]
     Deploy(DeployArgs),
+    /// Drill topologies as the article did, and measure what it only drew.
+    ///
+    /// Each topology in turn, in its own state directory: a capacity ramp
+    /// (RPS at first failure, peak load per instance, standby promotion), then
+    /// steady load at a share of capacity while a real trap and a real hang are
+    /// injected, then while the host is killed with SIGKILL and restarted.
+    /// Writes report.md, report.json, throughput.svg and latency.svg.
+    ///
+    /// Example: hadr-host drill topologies/single.json topologies/2-active.json topologies/3-active.json --quick
+    Drill(DrillArgs),
     /// Return instances to the deployment they served before the last deploy.
     ///
     /// Example: hadr-host rollback --to all
@@ -131,6 +142,28 @@ struct DeployArgs {
     /// Drop the running canary.
     #[arg(long)]
     abort: bool,
+}
+
+#[derive(clap::Args)]
+struct DrillArgs {
+    /// Topology files, drilled in this order.
+    /// [default: topologies/single.json, 2-active.json, 3-active.json in this repository]
+    topologies: Vec<PathBuf>,
+    /// Where the report, charts, state directories and logs go.
+    #[arg(long, default_value = "drill-report")]
+    out: PathBuf,
+    /// Short phases (about 20 s per topology) instead of the full drill (about 80 s).
+    #[arg(long)]
+    quick: bool,
+    /// Steady load during faults, as a share of the measured capacity.
+    #[arg(long, default_value_t = 0.5)]
+    share: f64,
+    /// Payloads: a model's cases file. [default: models/digits.cases.json]
+    #[arg(long)]
+    cases: Option<PathBuf>,
+    /// The per-call deadline the drilled hosts run with (a hang lasts this long).
+    #[arg(long, default_value = "250ms")]
+    deadline: String,
 }
 
 #[derive(clap::Args)]
@@ -229,21 +262,65 @@ struct ServeArgs {
 struct LoadtestArgs {
     /// URL to POST to, e.g. http://127.0.0.1:8000/predict.
     url: hyper::Uri,
-    /// Request body: a JSON file. [default: one row of the digits model's cases]
-    #[arg(long)]
-    body: Option<PathBuf>,
-    /// Concurrent keep-alive connections, each with one request in flight.
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
+    /// Closed model (Locust's): this many users, each sending its next
+    /// request when its last answer arrives.
+    #[arg(
+        long,
+        alias = "connections",
+        default_value_t = 8,
+        conflicts_with = "rate"
+    )]
+    users: usize,
+    /// Users started per second (0: all at once).
+    #[arg(long, default_value_t = 0.0)]
+    spawn_rate: f64,
+    /// Open model: requests per second on a schedule, `R` or a ramp `FROM..TO`;
+    /// latency counts from when each request was due, so a slow server cannot
+    /// hide the rate at which it first fails.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<(f64, f64)>,
+    /// Open model: requests in flight at most; a request due beyond it fails.
+    #[arg(long, default_value_t = 2000)]
+    max_in_flight: usize,
     /// How long to measure.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// How long to send before measuring.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Print the report as JSON.
+    /// A request not answered within this counts as failed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Payloads: a model's cases file; each request sends the next case(s).
+    /// [default: models/digits.cases.json]
+    #[arg(long, conflicts_with = "body")]
+    cases: Option<PathBuf>,
+    /// Rows per request when sending cases.
+    #[arg(long, default_value_t = 1)]
+    rows: usize,
+    /// Payload: one JSON file sent as every request's body.
+    #[arg(long)]
+    body: Option<PathBuf>,
+    /// Print the report as JSON (the timeline included).
     #[arg(long)]
     json: bool,
+    /// Also write the report as Markdown to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<(f64, f64), String> {
+    let number = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|r| *r > 0.0)
+            .ok_or_else(|| format!("`{v}` is not a positive rate"))
+    };
+    match s.split_once("..") {
+        Some((from, to)) => Ok((number(from)?, number(to)?)),
+        None => number(s).map(|r| (r, r)),
+    }
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -269,6 +346,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Loadtest(args) => loadtest(args).await.map_err(Failure::Other),
             Command::Deploy(args) => deploy(args).await,
+            Command::Drill(args) => drill(args).await.map_err(Failure::Other),
             Command::Rollback(args) => rollback(args).await,
         }
     });
@@ -399,6 +477,41 @@ async fn deploy(args: DeployArgs) -> Result<(), Failure> {
     report(outcome)
 }
 
+async fn drill(args: DrillArgs) -> anyhow::Result<()> {
+    let model = repo_defaults().model;
+    let root = model
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("."));
+    let topologies = if args.topologies.is_empty() {
+        ["single", "2-active", "3-active"]
+            .iter()
+            .map(|n| root.join(format!("topologies/{n}.json")))
+            .collect()
+    } else {
+        args.topologies
+    };
+    let cases = args
+        .cases
+        .unwrap_or_else(|| repo_defaults().model.with_extension("cases.json"));
+    let options = hadr_host::drill::DrillOptions {
+        topologies,
+        out: args.out.clone(),
+        timing: if args.quick {
+            hadr_host::drill::Timing::quick()
+        } else {
+            hadr_host::drill::Timing::full()
+        },
+        share: args.share,
+        bodies: loadtest::payload::from_cases(&cases, 1)?,
+        serve_args: vec!["--deadline".into(), args.deadline],
+    };
+    let report = hadr_host::drill::run(&options).await?;
+    println!("{}", hadr_host::drill::report::markdown(&report));
+    eprintln!("wrote {}", args.out.join("report.md").display());
+    Ok(())
+}
+
 async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
     let client = args.admin.client().map_err(Failure::Config)?;
     let to = match targets(&args.to) {
@@ -430,35 +543,66 @@ fn report(
 }
 
 async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
-    let body = match &args.body {
-        Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        None => default_body()?,
+    let bodies = match &args.body {
+        Some(path) => vec![std::fs::read(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .into()],
+        None => {
+            let path = args
+                .cases
+                .clone()
+                .unwrap_or_else(|| repo_defaults().model.with_extension("cases.json"));
+            loadtest::payload::from_cases(&path, args.rows)?
+        }
     };
-    let spec = LoadSpec {
+    let model = match args.rate {
+        Some((from, to)) => Model::Open {
+            from,
+            to,
+            max_in_flight: args.max_in_flight,
+        },
+        None => Model::Closed {
+            users: args.users,
+            spawn_rate: args.spawn_rate,
+        },
+    };
+    let plan = Plan {
         url: args.url,
-        body: body.into(),
-        connections: args.connections,
+        bodies,
+        model,
         duration: args.duration,
         warmup: args.warmup,
+        timeout: args.timeout,
     };
-    let report = loadtest::run(&spec).await?;
+    let bar = progress_bar(args.warmup + args.duration);
+    let shown = bar.clone();
+    let progress: Arc<loadtest::Progress> = Arc::new(move |elapsed, answers, failed, rate, p99| {
+        shown.set_position(elapsed.as_millis() as u64);
+        shown.set_message(format!(
+            "{rate:>7.0} req/s  {answers} answers  {failed} failed  p99 {p99} µs"
+        ));
+    });
+    let report = loadtest::run_plan(&plan, Some(progress)).await?;
+    bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "{} requests in {:.1}s: {:.0} req/s, {:.0} ok/s; p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs; status {:?}; transport errors {}",
-            report.requests, report.seconds, report.rps, report.goodput, report.p50_us, report.p90_us,
-            report.p99_us, report.p999_us, report.by_status, report.transport_errors
-        );
+        println!("{}", loadtest::report::terminal(&report));
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, loadtest::report::markdown(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
 
-/// `{"inputs": [first digits case]}`.
-fn default_body() -> anyhow::Result<Vec<u8>> {
-    let path = repo_defaults().model.with_extension("cases.json");
-    let cases: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-    )?;
-    Ok(serde_json::to_vec(&cases["example"])?)
+/// A bar on stderr (hidden when stderr is not a terminal).
+fn progress_bar(total: Duration) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar
 }

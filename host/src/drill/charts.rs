@@ -1,0 +1,198 @@
+//! The drill's pictures, as SVG files drawn with `plotters`: one line per
+//! topology over the drill's phases laid end to end, fault moments marked.
+//!
+//! - `throughput.svg`: successful answers per second, and failures per
+//!   second (dashed), in 100 ms buckets scaled to per-second rates;
+//! - `latency.svg`: the p99 latency of each bucket, in milliseconds, on a
+//!   log scale.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::{DrillReport, TopologyResult};
+use crate::loadtest::{Tick, BUCKET};
+
+const COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+/// One topology's drill as a single timeline: (ticks, fault times in
+/// seconds, phase boundaries in seconds).
+fn series(t: &TopologyResult) -> (Vec<Tick>, Vec<(f64, String)>, Vec<f64>) {
+    let mut ticks = Vec::new();
+    let mut faults = Vec::new();
+    let mut phases = Vec::new();
+    let mut offset = 0.0;
+    let phase_faults = [
+        (&t.capacity.timeline, Vec::new()),
+        (
+            &t.instance_faults.timeline,
+            t.faults
+                .iter()
+                .filter(|f| f.kind != "kill -9")
+                .collect::<Vec<_>>(),
+        ),
+        (
+            &t.host_crash.timeline,
+            t.faults
+                .iter()
+                .filter(|f| f.kind == "kill -9")
+                .collect::<Vec<_>>(),
+        ),
+    ];
+    for (timeline, phase_faults) in phase_faults {
+        for tick in timeline.iter() {
+            ticks.push(Tick {
+                t: tick.t + offset,
+                ..tick.clone()
+            });
+        }
+        for f in phase_faults {
+            faults.push((f.at_s + offset, f.kind.clone()));
+        }
+        offset += timeline.len() as f64 * BUCKET.as_secs_f64();
+        phases.push(offset);
+    }
+    (ticks, faults, phases)
+}
+
+type Drawn = Result<(), Box<dyn std::error::Error>>;
+
+/// Writes `throughput.svg` and `latency.svg` into `dir`.
+pub fn write(report: &DrillReport, dir: &Path) -> Drawn {
+    let all: Vec<_> = report.topologies.iter().map(series).collect();
+    let per_second = 1.0 / BUCKET.as_secs_f64();
+    let x_max = all
+        .iter()
+        .flat_map(|(ticks, _, _)| ticks.last().map(|t| t.t))
+        .fold(1.0, f64::max);
+    let y_max = all
+        .iter()
+        .flat_map(|(ticks, _, _)| ticks.iter().map(|t| t.answers as f64 * per_second))
+        .fold(10.0, f64::max);
+    {
+        let path = dir.join("throughput.svg");
+        let root = SVGBackend::new(&path, (1000, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "hadr drill: answers per second (solid: 200, dashed: failed)",
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max * 1.05)?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds (capacity ramp | trap, hang | kill -9)")
+            .y_desc("requests / s")
+            .draw()?;
+        for (k, (t, (ticks, faults, _))) in report.topologies.iter().zip(&all).enumerate() {
+            let color = COLORS[k % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    ticks.iter().map(|x| (x.t, x.ok as f64 * per_second)),
+                    color.stroke_width(2),
+                ))?
+                .label(t.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart.draw_series(DashedLineSeries::new(
+                ticks.iter().map(|x| (x.t, x.failed as f64 * per_second)),
+                4,
+                3,
+                color.stroke_width(1),
+            ))?;
+            mark_faults(&mut chart, faults, y_max, color)?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    {
+        let path = dir.join("latency.svg");
+        let root = SVGBackend::new(&path, (1000, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let y_top = all
+            .iter()
+            .flat_map(|(ticks, _, _)| ticks.iter().map(|t| t.p99_us as f64 / 1e3))
+            .fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(&root)
+            .caption("hadr drill: p99 latency per 100 ms", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..x_max, (0.01f64..y_top * 1.5).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds (capacity ramp | trap, hang | kill -9)")
+            .y_desc("p99 ms (log)")
+            .draw()?;
+        for (k, (t, (ticks, faults, _))) in report.topologies.iter().zip(&all).enumerate() {
+            let color = COLORS[k % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    ticks
+                        .iter()
+                        .filter(|x| x.answers > 0)
+                        .map(|x| (x.t, (x.p99_us as f64 / 1e3).max(0.01))),
+                    color.stroke_width(2),
+                ))?
+                .label(t.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            for (at, kind) in faults {
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(*at, 0.01), (*at, y_top * 1.5)],
+                    color.mix(0.5).stroke_width(1),
+                )))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    kind.clone(),
+                    (*at, y_top),
+                    ("sans-serif", 12).into_font().color(&color),
+                )))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    Ok(())
+}
+
+fn mark_faults<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    faults: &[(f64, String)],
+    y_max: f64,
+    color: RGBColor,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    for (at, kind) in faults {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(*at, 0.0), (*at, y_max)],
+            color.mix(0.5).stroke_width(1),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            kind.clone(),
+            (*at, y_max),
+            ("sans-serif", 12).into_font().color(&color),
+        )))?;
+    }
+    Ok(())
+}
