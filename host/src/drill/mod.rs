@@ -115,13 +115,20 @@ pub struct FaultOutcome {
     pub kind: String,
     /// Seconds into its phase.
     pub at_s: f64,
-    /// Requests that failed from the fault to the next one (or the end).
+    /// Requests that failed while the fault's effect lasted (from the fault
+    /// until it recovered).
     pub failed: u64,
-    /// Requests in that window.
+    /// Requests answered while it lasted.
     pub requests: u64,
-    /// Seconds from the fault until failures stopped and throughput was
-    /// back at 90% of its level (0: no visible effect at 100 ms resolution).
+    /// Seconds from the fault until the first half second with no failure
+    /// and throughput at 90% of its level before the fault (0: no visible
+    /// effect at 100 ms resolution).
     pub recovery_s: f64,
+    /// Failures from the fault to the next one (or the end of the phase),
+    /// including any unrelated to it.
+    pub window_failed: u64,
+    /// Requests in that window.
+    pub window_requests: u64,
 }
 
 /// One topology's results.
@@ -161,6 +168,8 @@ pub struct TopologyResult {
 pub struct DrillReport {
     /// When it ran (RFC 3339).
     pub date: String,
+    /// The machine it ran on (CPU model, cores, memory, kernel).
+    pub machine: String,
     /// Phase lengths.
     pub timing: Timing,
     /// Steady load share during faults.
@@ -182,6 +191,7 @@ pub async fn run(options: &DrillOptions) -> Result<DrillReport, DrillError> {
     }
     let report = DrillReport {
         date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        machine: machine(),
         timing: options.timing,
         share: options.share,
         topologies: results,
@@ -321,6 +331,31 @@ async fn drill_one(
     })
 }
 
+/// CPU model, cores, memory and kernel, from /proc.
+fn machine() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = read("/proc/sys/kernel/osrelease");
+    format!(
+        "{cpu}, {cores} cores available, {memory_gib:.0} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
 /// An open-model run at `rates` for `duration`.
 async fn open(
     options: &DrillOptions,
@@ -344,6 +379,9 @@ async fn open(
     loadtest::run_plan(&plan, None).await
 }
 
+/// A half second without failure or dip ends a fault's effect.
+const CLEAN_BUCKETS: usize = 5;
+
 /// Impact and recovery of each fault, from a phase's timeline (the
 /// injector's clock and the load generator's start together).
 fn outcomes(
@@ -361,9 +399,6 @@ fn outcomes(
             .map(|(_, next)| next.as_secs_f64())
             .unwrap_or(phase.as_secs_f64());
         let (from, to) = (index(start), index(end));
-        let window = &timeline[from..to];
-        let failed: u64 = window.iter().map(|t| t.failed).sum();
-        let requests: u64 = window.iter().map(|t| t.answers).sum();
         // The level: median 200s per bucket over the second before the fault.
         let mut before: Vec<u64> = timeline[from.saturating_sub(10)..from]
             .iter()
@@ -371,17 +406,24 @@ fn outcomes(
             .collect();
         before.sort_unstable();
         let level = before.get(before.len() / 2).copied().unwrap_or(0) as f64;
-        let disturbed = window
-            .iter()
-            .rposition(|t| t.failed > 0 || (t.ok as f64) < 0.9 * level)
-            .map(|i| (i + 1) as f64 * bucket - (start - from as f64 * bucket))
-            .unwrap_or(0.0);
+        let clean = |t: &Tick| t.failed == 0 && t.ok as f64 >= 0.9 * level;
+        let recovered = (from..to)
+            .find(|&i| timeline[i..(i + CLEAN_BUCKETS).min(to)].iter().all(clean))
+            .unwrap_or(to);
+        let effect = &timeline[from..recovered];
+        let window = &timeline[from..to];
         out.push(FaultOutcome {
             kind: kind.clone(),
             at_s: start,
-            failed,
-            requests,
-            recovery_s: disturbed.max(0.0),
+            failed: effect.iter().map(|t| t.failed).sum(),
+            requests: effect.iter().map(|t| t.answers).sum(),
+            recovery_s: if recovered == from {
+                0.0
+            } else {
+                (recovered as f64 * bucket - start).max(0.0)
+            },
+            window_failed: window.iter().map(|t| t.failed).sum(),
+            window_requests: window.iter().map(|t| t.answers).sum(),
         });
     }
     out
@@ -493,13 +535,15 @@ mod tests {
             Duration::from_secs(3),
         );
         let f = &faults[0];
-        assert_eq!((f.failed, f.requests), (7, 197));
+        assert_eq!((f.failed, f.requests), (7, 27));
+        assert_eq!((f.window_failed, f.window_requests), (7, 197));
         assert!((f.recovery_s - 0.3).abs() < 1e-9, "{}", f.recovery_s);
     }
 
     #[test]
-    fn an_invisible_fault_recovers_in_zero() {
-        let timeline: Vec<Tick> = (0..30).map(|i| tick(i as f64 / 10.0, 10, 0)).collect();
+    fn an_invisible_fault_recovers_in_zero_despite_later_noise() {
+        let mut timeline: Vec<Tick> = (0..30).map(|i| tick(i as f64 / 10.0, 10, 0)).collect();
+        timeline[20] = tick(2.0, 9, 1);
         let faults = outcomes(
             &timeline,
             &[("trap".into(), Duration::from_secs(1))],

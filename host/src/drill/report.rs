@@ -19,8 +19,9 @@ fn ms(s: f64) -> String {
 /// The report as Markdown.
 pub fn markdown(r: &DrillReport) -> String {
     let mut out = format!(
-        "# hadr drill, {}\n\nEach topology: a capacity ramp (open model, 100 → {:.0} req/s over {:.0} s), then steady load at {:.0}% of the measured capacity while a trap and then a hang are injected in an active instance ({:.0} s), then while the host is killed with SIGKILL and restarted on its state directory ({:.0} s).\n\n",
+        "# hadr drill, {}\n\nMachine: {}. The load generator runs on the same cores as the hosts.\n\nEach topology: a capacity ramp (open model, 100 → {:.0} req/s over {:.0} s), then steady load at {:.0}% of the measured capacity while a trap and then a hang are injected in an active instance ({:.0} s), then while the host is killed with SIGKILL and restarted on its state directory ({:.0} s).\n\n",
         r.date,
+        r.machine,
         r.timing.ramp_to,
         r.timing.ramp.as_secs_f64(),
         r.share * 100.0,
@@ -85,12 +86,19 @@ pub fn markdown(r: &DrillReport) -> String {
     });
     for kind in ["trap", "hang", "kill -9"] {
         row(
-            &format!("failure impact: {kind} (failed / requests)"),
+            &format!("failure impact: {kind} (failed requests while it lasted)"),
             &|t| {
                 t.faults
                     .iter()
                     .find(|f| f.kind == kind)
-                    .map(|f| format!("{} / {}", f.failed, f.requests))
+                    .map(|f| match f.failed {
+                        0 => "0".to_string(),
+                        n => format!(
+                            "{n} of {} ({:.1}%)",
+                            f.requests,
+                            100.0 * n as f64 / f.requests.max(1) as f64
+                        ),
+                    })
                     .unwrap_or_else(|| "–".into())
             },
         );
