@@ -146,6 +146,8 @@ struct WarmPool {
     spares: Mutex<Vec<Spare>>,
     target: usize,
     refilling: AtomicBool,
+    /// Drained: kept only for rollback, so faults must not refill it.
+    retired: AtomicBool,
 }
 
 /// An instantiated sandbox not yet given an instance's name.
@@ -181,6 +183,7 @@ impl Deployment {
                 spares: Mutex::new(Vec::with_capacity(spares)),
                 target: spares,
                 refilling: AtomicBool::new(false),
+                retired: AtomicBool::new(false),
             },
         }
     }
@@ -228,8 +231,11 @@ impl Deployment {
             .map_err(|e| format!("its smoke prediction answered something that is not JSON: {e}"))
     }
 
-    /// Drops every spare (a deployment kept only for rollback needs none).
+    /// Drops every spare (a deployment kept only for rollback needs none),
+    /// and keeps faults from refilling the pool until [`Deployment::fill_pool`]
+    /// is called again.
     pub fn drain_pool(&self) {
+        self.pool.retired.store(true, Ordering::Release);
         self.pool
             .spares
             .lock()
@@ -246,15 +252,26 @@ impl Deployment {
             .len()
     }
 
-    /// Fills the pool up to its target, on this thread.
+    /// Fills the pool up to its target, on this thread (and puts a drained
+    /// deployment back in service).
     pub async fn fill_pool(&self, runtime: &HostRuntime) -> Result<(), CallError> {
-        while self.spares() < self.pool.target {
+        self.pool.retired.store(false, Ordering::Release);
+        self.top_up(runtime).await
+    }
+
+    /// Adds spares up to the target, unless the pool is drained meanwhile.
+    async fn top_up(&self, runtime: &HostRuntime) -> Result<(), CallError> {
+        while self.spares() < self.pool.target && !self.pool.retired.load(Ordering::Acquire) {
             let spare = self.spawn(runtime).await?;
             self.pool
                 .spares
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(spare);
+        }
+        if self.pool.retired.load(Ordering::Acquire) {
+            // Drained while a spare was being built: do not keep it.
+            self.drain_pool();
         }
         Ok(())
     }
@@ -263,12 +280,14 @@ impl Deployment {
     /// one refill runs at a time. Must be called within the tokio runtime
     /// (guest calls always are, offloaded ones through `block_on`).
     pub fn refill_in_background(self: &Arc<Self>, runtime: &Arc<HostRuntime>) {
-        if self.pool.refilling.swap(true, Ordering::AcqRel) {
+        if self.pool.retired.load(Ordering::Acquire)
+            || self.pool.refilling.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let (deployment, runtime) = (self.clone(), runtime.clone());
         tokio::spawn(async move {
-            if let Err(e) = deployment.fill_pool(&runtime).await {
+            if let Err(e) = deployment.top_up(&runtime).await {
                 tracing::error!(error = %e, version = %deployment.version, "refilling the warm pool failed");
             }
             deployment.pool.refilling.store(false, Ordering::Release);

@@ -393,16 +393,14 @@ impl Instance {
     /// after a swap find them ready. Waits for a call in progress.
     pub async fn refresh(&self) -> Result<(), CallError> {
         let serving = self.serving();
-        {
+        let main = {
             let mut slot = self.slot.lock().await;
-            live(
-                &mut slot,
-                &serving.current.deployment,
-                &self.runtime,
-                self.name(),
-            )
-            .await?;
-        }
+            let deployment = &serving.current.deployment;
+            live(&mut slot, deployment, &self.runtime, self.name())
+                .await
+                .map(drop)
+        };
+        // The canary slot follows the canary whatever became of the main one.
         let mut canary = self.canary_slot.lock().await;
         match &serving.canary {
             Some(c) => {
@@ -410,7 +408,7 @@ impl Instance {
             }
             None => *canary = None,
         }
-        Ok(())
+        main
     }
 
     /// Its current role.
@@ -536,19 +534,52 @@ impl Instance {
         self.predict_on(body, false).await
     }
 
+    /// A canary call that fails for any reason is answered by the version in
+    /// force: a fault through the caller's retry, anything else (a refusal,
+    /// a model failure) here, and it counts against the canary unless the
+    /// version in force refuses the request too (bad input is the client's).
     async fn predict_on(&self, body: bytes::Bytes, canary: bool) -> Result<Vec<u8>, CallError> {
-        let (deployment, canary) = {
-            let serving = self.serving.load();
-            match serving.canary.as_ref().filter(|c| canary && c.pick()) {
-                Some(c) => (c.deployment.clone(), Some(c.clone())),
-                None => (serving.current.deployment.clone(), None),
-            }
-        };
-        let slot = if canary.is_some() {
-            &self.canary_slot
+        let chosen = if canary {
+            self.serving
+                .load()
+                .canary
+                .as_ref()
+                .filter(|c| c.pick())
+                .cloned()
         } else {
-            &self.slot
+            None
         };
+        let Some(canary) = chosen else {
+            return self.run(&self.slot, self.deployment(), body).await;
+        };
+        let outcome = self
+            .run(&self.canary_slot, canary.deployment.clone(), body.clone())
+            .await;
+        if self.serving.load().canary.is_none() {
+            // The canary ended while this call ran: free its sandbox.
+            *self.canary_slot.lock().await = None;
+        }
+        match &outcome {
+            Ok(_) => canary.record(false),
+            Err(e) if e.is_instance_fault() => canary.record(true),
+            Err(refused) => {
+                let stable = self.run(&self.slot, self.deployment(), body).await;
+                let both_bad_input =
+                    refused.is_bad_input() && matches!(&stable, Err(e) if e.is_bad_input());
+                canary.record(!both_bad_input);
+                return stable;
+            }
+        }
+        outcome
+    }
+
+    /// One call on `slot`'s sandbox of `deployment`, waiting for its turn.
+    async fn run(
+        &self,
+        slot: &Arc<Mutex<Option<Live>>>,
+        deployment: Arc<Deployment>,
+        body: bytes::Bytes,
+    ) -> Result<Vec<u8>, CallError> {
         let mut slot = slot.clone().lock_owned().await;
         let started = Instant::now();
         let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
@@ -574,9 +605,6 @@ impl Instance {
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
         self.broken.store(broken, Ordering::Relaxed);
         self.record(&outcome, started.elapsed());
-        if let Some(canary) = canary {
-            canary.record(matches!(&outcome, Err(e) if !e.is_bad_input()));
-        }
         outcome
     }
 

@@ -291,6 +291,7 @@ impl Rollouts {
                 a.canary.deployment.version
             )));
         }
+        validate_canary(&req)?;
         let targets = self.targets(&req.to)?;
         let module = match &req.module {
             Some(digest) => Some(self.compile(digest).await?),
@@ -322,7 +323,7 @@ impl Rollouts {
                 Some(d) => d.clone(),
                 None => {
                     let d = Arc::new(Deployment::new(module, model, self.warm_pool, example));
-                    d.smoke_test(&self.runtime).await.map_err(|why| {
+                    smoke_test(&d, &self.runtime).await.map_err(|why| {
                         RolloutError::Refused(format!(
                             "version {version} failed its smoke test, nothing was changed: {why}"
                         ))
@@ -347,6 +348,14 @@ impl Rollouts {
     /// Makes the running canary the deployment in force.
     pub async fn promote(&self) -> Result<RolloutOutcome, RolloutError> {
         let mut active = self.active.lock().await;
+        if active
+            .as_ref()
+            .is_some_and(|a| a.canary.tripped.load(Ordering::Acquire))
+        {
+            return Err(RolloutError::Conflict(
+                "the canary failed its error-rate check and is being aborted: it cannot be promoted".into(),
+            ));
+        }
         let Some(a) = active.take() else {
             return Err(RolloutError::Conflict("no canary is running".into()));
         };
@@ -405,23 +414,31 @@ impl Rollouts {
     fn targets(&self, to: &Targets) -> Result<Vec<Arc<Instance>>, RolloutError> {
         match to {
             Targets::All => Ok(self.instances.clone()),
-            Targets::Some(names) => names
-                .iter()
-                .map(|n| {
-                    self.instances
+            Targets::Some(names) if names.iter().all(|n| n.trim().is_empty()) => Err(
+                RolloutError::Refused("no instance named: give `all` or instance names".into()),
+            ),
+            Targets::Some(names) => {
+                let mut chosen: Vec<Arc<Instance>> = Vec::new();
+                for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+                    let instance = self
+                        .instances
                         .iter()
-                        .find(|i| i.name() == n.trim())
-                        .cloned()
-                        .ok_or_else(|| RolloutError::UnknownInstance(n.clone()))
-                })
-                .collect(),
+                        .find(|i| i.name() == name)
+                        .ok_or_else(|| RolloutError::UnknownInstance(name.to_string()))?;
+                    // Naming one twice must not make it its own previous version.
+                    if !chosen.iter().any(|c| Arc::ptr_eq(c, instance)) {
+                        chosen.push(instance.clone());
+                    }
+                }
+                Ok(chosen)
+            }
         }
     }
 
     async fn compile(&self, digest: &str) -> Result<Arc<CompiledModule>, RolloutError> {
         let bytes = self.blob(digest, "module")?;
         let (runtime, cache) = (self.runtime.clone(), self.cache.clone());
-        let path = PathBuf::from(format!("module {}", &digest[..12.min(digest.len())]));
+        let path = PathBuf::from(format!("upload {}", short(digest)));
         tokio::task::spawn_blocking(move || {
             CompiledModule::from_bytes(&runtime, &bytes, &path, Some(&cache))
         })
@@ -434,7 +451,7 @@ impl Rollouts {
     async fn load_model(&self, m: &ModelRef) -> Result<Arc<LoadedModel>, RolloutError> {
         let bytes = self.blob(&m.digest, "model")?;
         let name = m.name.clone();
-        let path = PathBuf::from(format!("model {name}"));
+        let path = PathBuf::from(format!("upload {} (served as `{name}`)", short(&m.digest)));
         tokio::task::spawn_blocking(move || LoadedModel::from_bytes(name, &path, &bytes))
             .await
             .map_err(|e| RolloutError::Storage(format!("the model loader failed: {e}")))?
@@ -532,11 +549,6 @@ impl Rollouts {
                     .into(),
             ));
         }
-        if percent == 0 || percent > 100 {
-            return Err(RolloutError::Refused(format!(
-                "a canary takes 1 to 100 percent of requests, not {percent}"
-            )));
-        }
         let canary = Arc::new(Canary::new(
             deployment.clone(),
             percent,
@@ -559,13 +571,15 @@ impl Rollouts {
             deployment.version,
             names(&instances)
         );
-        self.commit("canary", &detail).await?;
-        tracing::info!(%detail, "canary started");
+        // Owned (abortable, watched) before it is saved, so a failed save
+        // never leaves a canary nobody can stop.
         *active = Some(Active {
             canary: canary.clone(),
             instances: instances.clone(),
         });
         self.watch(canary.clone());
+        self.commit("canary", &detail).await?;
+        tracing::info!(%detail, "canary started");
         Ok(RolloutOutcome {
             action: "canary".into(),
             instances: instances
@@ -652,6 +666,47 @@ impl Rollouts {
             RolloutError::Storage(format!("the change is in force but was not saved: {e}"))
         })
     }
+}
+
+/// Refuses impossible canary settings before anything is compiled.
+fn validate_canary(req: &DeployRequest) -> Result<(), RolloutError> {
+    let refuse = |m: String| Err(RolloutError::Refused(m));
+    if let Some(percent) = req.canary {
+        if percent == 0 || percent > 100 {
+            return refuse(format!(
+                "a canary takes 1 to 100 percent of requests, not {percent}"
+            ));
+        }
+    }
+    if let Some(rate) = req.max_error_rate {
+        if !(0.0..=1.0).contains(&rate) {
+            return refuse(format!(
+                "max_error_rate is a share between 0 and 1, not {rate}"
+            ));
+        }
+    }
+    if req.min_calls == Some(0) {
+        return refuse("min_calls must be at least 1".into());
+    }
+    Ok(())
+}
+
+/// Runs a deployment's smoke test on the blocking pool: a guest that spins
+/// until its deadline must not hold a request worker meanwhile.
+async fn smoke_test(
+    deployment: &Arc<Deployment>,
+    runtime: &Arc<HostRuntime>,
+) -> Result<(), String> {
+    let (deployment, runtime) = (deployment.clone(), runtime.clone());
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(deployment.smoke_test(&runtime)))
+        .await
+        .map_err(|e| format!("the smoke test's thread failed: {e}"))?
+}
+
+/// The first 12 hex digits of a digest, for messages.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 fn names(instances: &[Arc<Instance>]) -> String {

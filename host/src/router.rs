@@ -10,12 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::instance::{Instance, Lease};
+use crate::persistence::StateSync;
 use crate::policy::{decide, Decision, Role, View};
 
 /// Routes requests over a topology's instances.
 pub struct Router {
     instances: Vec<Arc<Instance>>,
     next: AtomicUsize,
+    /// Told of every promotion, so it is written out at once.
+    state: Option<Arc<StateSync>>,
 }
 
 /// No instance can take the request now.
@@ -29,7 +32,14 @@ impl Router {
         Self {
             instances,
             next: AtomicUsize::new(0),
+            state: None,
         }
+    }
+
+    /// Nudges `state` to save at once whenever a standby is promoted.
+    pub fn with_state(mut self, state: Arc<StateSync>) -> Self {
+        self.state = Some(state);
+        self
     }
 
     /// The instances, in topology order.
@@ -69,6 +79,9 @@ impl Router {
                     let instance = &self.instances[i];
                     if instance.promote() {
                         promoted = true;
+                        if let Some(state) = &self.state {
+                            state.nudge();
+                        }
                         tracing::warn!(
                             instance = instance.name(),
                             "every active instance is saturated or unusable: standby promoted to active"

@@ -225,9 +225,10 @@ impl Host {
         }
         let admin_listener = bind(options.admin_listen, "admin".into()).await?;
         let app = Arc::new(App {
-            router: Router::new(instances),
+            router: Router::new(instances).with_state(state.clone()),
             max_body: options.max_body,
             connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1))),
+            admin_connections: Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS)),
             admin_token: admin_token(&options.state_dir)?,
             state: state.clone(),
             generation,
@@ -302,6 +303,9 @@ impl Host {
         Ok(())
     }
 }
+
+/// Open connections allowed on the admin listener, apart from the public cap.
+const ADMIN_CONNECTIONS: usize = 64;
 
 /// Opens the sled database in `<state_dir>/db`, creating it on first start.
 fn open_state(state_dir: &Path) -> Result<StateStore, StartError> {

@@ -470,3 +470,45 @@ async fn a_restart_serves_the_deployed_version_from_the_compiled_cache() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("ignoring a compiled-cache entry"), "{text}");
 }
+
+/// A canary that refuses what the version in force accepts (here: a model
+/// with another input shape, whose own smoke test passes) costs no client a
+/// failure: the version in force answers, and the canary is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_refuses_good_requests_is_aborted_and_clients_never_see_it() {
+    let host = Host::start(&free_ports("2-active.json"), &[]);
+    let v1 = versions(&host.topology().await)[0].clone();
+    let model = format!(
+        "digits={}",
+        repo().join("models/breast_cancer.onnx").display()
+    );
+    let outcome = deploy(&host, &["--model", &model, "--canary", "50"]);
+    assert_eq!(outcome["action"], "canary", "{outcome}");
+    for _ in 0..100 {
+        let (s, _, b) = post(host.router, "/predict", one_row()).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(
+            b["version"],
+            v1.as_str(),
+            "only the version in force answers: {b}"
+        );
+    }
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (_, _, d) = request_with(
+        host.admin,
+        Method::GET,
+        "/admin/deployments",
+        Bytes::new(),
+        Some(&auth),
+    )
+    .await;
+    let aborted = d["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "auto-abort");
+    assert!(aborted, "{d}");
+    // Bad input is still the client's: 422, from the version in force.
+    let (s, _, b) = post(host.router, "/predict", "{\"inputs\": [[1, 2, 3]]}").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+}

@@ -34,8 +34,10 @@ pub struct App {
     pub router: Router,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
-    /// Open connections allowed over every listener.
+    /// Open connections allowed over the public listeners.
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Open connections allowed on the admin listener.
+    pub admin_connections: Arc<tokio::sync::Semaphore>,
     /// The bearer token admin requests must carry.
     pub admin_token: String,
     /// Where runtime facts are persisted.
@@ -208,6 +210,11 @@ async fn retry(
     tracing::info!(failed = first_instance.name(), retry = second.instance().name(), error = %first,
         "retrying a request whose instance faulted");
     *served_by = Some(second.instance().clone());
+    if second.promoted() {
+        if let Err(e) = app.state.commit().await {
+            tracing::error!(error = %e, "could not persist a promotion");
+        }
+    }
     match second.instance().predict_stable(body).await {
         Ok(out) => Ok(out),
         Err(again) if again.is_instance_fault() => {
@@ -241,6 +248,9 @@ fn lease(app: &App, target: &Target) -> Result<Lease, ApiError> {
     }
 }
 
+/// How long a client may take to send its request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads the whole body, refusing (413) anything over `max` before reading it
 /// when `Content-Length` says so, and as soon as it passes `max` otherwise.
 async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
@@ -252,7 +262,15 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large(max));
     }
-    match Limited::new(req.into_body(), max).collect().await {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), max).collect());
+    let Ok(read) = read.await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
         Err(e) => Err(ApiError::new(

@@ -1,7 +1,9 @@
 //! Accept loops: one per listener, HTTP/1.1 with keep-alive.
 //!
 //! Each connection runs on its own task. Open connections are capped
-//! (`--max-connections`, shared by every listener): at the cap a loop stops
+//! (`--max-connections`, shared by the public listeners; the admin listener
+//! has its own small cap, so a flood cannot lock the operator out): at the
+//! cap a loop stops
 //! accepting until one closes, and further clients wait in the kernel's
 //! backlog, so memory stays bounded by connections × `--max-body`. On
 //! shutdown the loop stops accepting and every open connection is asked to
@@ -50,8 +52,12 @@ pub async fn serve(
             _ = shutdown.wait() => break,
         };
         // Wait for a place before serving, and before accepting again.
+        let places = match target {
+            Target::Admin => &app.admin_connections,
+            Target::Router | Target::Instance(_) => &app.connections,
+        };
         let permit = tokio::select! {
-            permit = app.connections.clone().acquire_owned() => {
+            permit = places.clone().acquire_owned() => {
                 permit.expect("the connection semaphore is never closed")
             }
             _ = shutdown.wait() => break,
