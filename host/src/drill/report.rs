@@ -9,7 +9,7 @@ use super::{DrillError, DrillReport};
 pub const ARTICLE_RPS: [(&str, f64); 3] = [("single", 5.2), ("2-active", 8.6), ("3-active", 7.4)];
 
 fn ms(s: f64) -> String {
-    if s == 0.0 {
+    if s < 0.1 {
         "< 0.1 s".into()
     } else {
         format!("{s:.1} s")
