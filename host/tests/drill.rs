@@ -102,7 +102,7 @@ fn a_quick_drill_reports_consistent_numbers() {
             );
         }
         assert!(
-            trap["requests"].as_u64().unwrap() > 0,
+            trap["window_requests"].as_u64().unwrap() > 0,
             "{name}: no load during the trap"
         );
         let availability = t["availability"].as_f64().unwrap();
@@ -112,7 +112,7 @@ fn a_quick_drill_reports_consistent_numbers() {
             t["rps_at_first_failure"],
             availability * 100.0,
             trap["failed"],
-            trap["requests"]
+            trap["window_requests"]
         );
     }
 }

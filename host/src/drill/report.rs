@@ -16,6 +16,16 @@ fn ms(s: f64) -> String {
     }
 }
 
+/// A table header: `first`, then one column per topology.
+fn header(first: &str, r: &DrillReport) -> String {
+    let names: Vec<&str> = r.topologies.iter().map(|t| t.name.as_str()).collect();
+    format!(
+        "| {first} | {} |\n|---|{}\n",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    )
+}
+
 /// The report as Markdown.
 pub fn markdown(r: &DrillReport) -> String {
     let mut out = format!(
@@ -28,17 +38,7 @@ pub fn markdown(r: &DrillReport) -> String {
         r.timing.faults.as_secs_f64(),
         r.timing.crash.as_secs_f64(),
     );
-    out.push_str("| | ");
-    out.push_str(
-        &r.topologies
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(" | "),
-    );
-    out.push_str(" |\n|---|");
-    out.push_str(&"---|".repeat(r.topologies.len()));
-    out.push('\n');
+    out.push_str(&header("", r));
     let mut row = |label: &str, cell: &dyn Fn(&super::TopologyResult) -> String| {
         out.push_str(&format!("| {label} | "));
         out.push_str(
@@ -116,17 +116,8 @@ pub fn markdown(r: &DrillReport) -> String {
     row("p99 during instance faults", &|t| {
         format!("{:.1} ms", t.instance_faults.p99_us as f64 / 1e3)
     });
-    out.push_str("\nPeak load per instance during the ramp (the article's second table; `max_load` is 10):\n\n| instance | ");
-    out.push_str(
-        &r.topologies
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(" | "),
-    );
-    out.push_str(" |\n|---|");
-    out.push_str(&"---|".repeat(r.topologies.len()));
-    out.push('\n');
+    out.push_str("\nPeak load per instance during the ramp (the article's second table; `max_load` is 10):\n\n");
+    out.push_str(&header("instance", r));
     let mut names: Vec<&String> = r
         .topologies
         .iter()
