@@ -47,7 +47,9 @@ async fn each_fault_is_replaced_and_retried_without_the_client_noticing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_fault_is_invisible_to_the_client() {
-    let host = Host::start(&free_ports("2-active.json"), &["--deadline", "200ms"]);
+    // A deadline long enough that growing to the memory cap (64 MiB) always
+    // hits the cap first, even on a loaded machine.
+    let host = Host::start(&free_ports("2-active.json"), &["--deadline", "1s"]);
     for fault in ["trap", "hang", "oom"] {
         let (s, _, b) = chaos(&host, "predict1", fault).await;
         assert_eq!(s, StatusCode::OK, "{b}");
