@@ -34,8 +34,13 @@
 //! killed with `kill -9` comes back where it was.
 //!
 //! [`serve`] wires them together from a [`topology`] file; [`shutdown`] is
-//! the one signal every task listens to; [`loadtest`] is the load generator
-//! the benchmarks use.
+//! the one signal every task listens to; [`metrics`] serves `/metrics`.
+//!
+//! Measuring: [`loadtest`] offers load in Locust's closed model or an open,
+//! ramped one (the benchmarks and `hadr-host loadtest` use it); [`drill`]
+//! runs topologies through a capacity ramp and real faults and writes the
+//! report and charts; [`admin_client`] is what `hadr-host deploy` and
+//! `rollback` send.
 
 /// Host bindings for the `hadr:predictor/predictor` world (exports only; the
 /// imports are wired from wasmtime-wasi and wasmtime-wasi-nn).
