@@ -57,6 +57,14 @@ impl Guest for Predictor {
         Ok(())
     }
 
+    fn rename(instance: String) {
+        LOADED.with(|l| {
+            if let Some(loaded) = l.borrow_mut().as_mut() {
+                loaded.config.instance = instance;
+            }
+        });
+    }
+
     fn predict(body: Vec<u8>) -> Result<Vec<u8>, PredictError> {
         if let Some(fault) = ARMED.with(Cell::take) {
             fail(fault);

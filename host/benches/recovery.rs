@@ -90,11 +90,7 @@ async fn replacement(
         drop(live);
         let trapped = Instant::now();
         let mut replacement = if warm {
-            deployment
-                .take_spare(runtime, "bench")
-                .await
-                .unwrap()
-                .unwrap()
+            deployment.take_spare("bench").await.unwrap().unwrap()
         } else {
             deployment.instantiate(runtime, "bench").await.unwrap()
         };
@@ -112,7 +108,7 @@ async fn replacement(
     println!("## trap → replacement ({faults} faults each, alternating)");
     line("warm pool: trap → replacement answered", &warm_total);
     line("cold:      trap → replacement answered", &cold_total);
-    line("warm pool: take a spare + init", &warm_step);
+    line("warm pool: take a ready spare + rename", &warm_step);
     line("cold:      instantiate + init", &cold_step);
     println!(
         "ratio cold/warm (median, trap → answered): {:.2}",

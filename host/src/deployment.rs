@@ -140,18 +140,19 @@ pub struct Deployment {
     pool: WarmPool,
 }
 
-/// Instantiated sandboxes of a deployment, waiting to replace a faulted
-/// instance: taking one costs an `init` call, not a compile or instantiation.
+/// Ready sandboxes of a deployment, waiting to replace a faulted instance:
+/// instantiated, initialised and warmed by one prediction of the example
+/// (which also proves each one works), so taking one costs a `rename` call.
 struct WarmPool {
-    spares: Mutex<Vec<Spare>>,
+    spares: Mutex<Vec<Live>>,
     target: usize,
     refilling: AtomicBool,
     /// Drained: kept only for rollback, so faults must not refill it.
     retired: AtomicBool,
 }
 
-/// An instantiated sandbox not yet given an instance's name.
-pub struct Spare {
+/// An instantiated sandbox not yet initialised.
+struct Spare {
     store: Store<InstanceState>,
     predictor: Predictor,
     log: LogName,
@@ -200,19 +201,15 @@ impl Deployment {
             .await
     }
 
-    /// A warm spare initialised as `instance`, if the pool has one.
-    pub async fn take_spare(
-        &self,
-        runtime: &HostRuntime,
-        instance: &str,
-    ) -> Option<Result<Live, CallError>> {
-        let spare = self
+    /// A warm spare renamed `instance`, if the pool has one.
+    pub async fn take_spare(&self, instance: &str) -> Option<Result<Live, CallError>> {
+        let mut spare = self
             .pool
             .spares
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()?;
-        Some(spare.init(self, runtime, instance).await)
+        Some(spare.rename(instance).await.map(|()| spare))
     }
 
     /// Runs its example through a fresh sandbox: instantiation, `init` and
@@ -262,7 +259,7 @@ impl Deployment {
     /// Adds spares up to the target, unless the pool is drained meanwhile.
     async fn top_up(&self, runtime: &HostRuntime) -> Result<(), CallError> {
         while self.spares() < self.pool.target && !self.pool.retired.load(Ordering::Acquire) {
-            let spare = self.spawn(runtime).await?;
+            let spare = self.ready_spare(runtime).await?;
             self.pool
                 .spares
                 .lock()
@@ -292,6 +289,21 @@ impl Deployment {
             }
             deployment.pool.refilling.store(false, Ordering::Release);
         });
+    }
+
+    /// A sandbox for the pool: initialised under a placeholder name and
+    /// warmed by predicting the example. A refusal of the example still
+    /// leaves a working sandbox; a fault does not.
+    async fn ready_spare(&self, runtime: &HostRuntime) -> Result<Live, CallError> {
+        let mut live = self
+            .spawn(runtime)
+            .await?
+            .init(self, runtime, "spare")
+            .await?;
+        match live.predict(&self.example).await {
+            Ok(_) | Err(CallError::Rejected(_)) => Ok(live),
+            Err(fault) => Err(fault),
+        }
     }
 
     /// Instantiates a sandbox: own linear memory, own WASI context (no
@@ -365,6 +377,7 @@ impl Spare {
             self.predictor,
             ticks,
             deployment.version.clone(),
+            self.log,
         ))
     }
 }

@@ -37,6 +37,7 @@ use crate::bindings::exports::hadr::predictor::chaos::Fault;
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
 use crate::bindings::Predictor;
 use crate::deployment::Deployment;
+use crate::guest_log::LogName;
 use crate::policy::Role;
 use crate::rollout::Canary;
 use crate::runtime::{HostRuntime, InstanceState};
@@ -163,6 +164,7 @@ pub struct Live {
     predictor: Predictor,
     deadline_ticks: u64,
     version: String,
+    log: LogName,
 }
 
 impl Live {
@@ -171,13 +173,26 @@ impl Live {
         predictor: Predictor,
         deadline_ticks: u64,
         version: String,
+        log: LogName,
     ) -> Self {
         Self {
             store,
             predictor,
             deadline_ticks,
             version,
+            log,
         }
+    }
+
+    /// Gives it another instance's name (in its answers and its log lines).
+    pub async fn rename(&mut self, instance: &str) -> Result<(), CallError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.predictor
+            .call_rename(&mut self.store, instance)
+            .await
+            .map_err(|e| CallError::from_wasmtime("renaming", e))?;
+        self.log.set(instance);
+        Ok(())
     }
 
     /// The deployment version it was built from.
@@ -726,7 +741,7 @@ async fn call(
         return (outcome, false);
     }
     let faulted = Instant::now();
-    let (replacement, warm) = match deployment.take_spare(runtime, name).await {
+    let (replacement, warm) = match deployment.take_spare(name).await {
         Some(Ok(live)) => (Some(live), true),
         _ => (deployment.instantiate(runtime, name).await.ok(), false),
     };

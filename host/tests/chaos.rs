@@ -43,6 +43,16 @@ async fn each_fault_is_replaced_and_retried_without_the_client_noticing() {
     }
     let (s, _, _) = get(host.router, "/healthz").await;
     assert_eq!(s, StatusCode::OK);
+    // The replacements came from the warm pool under a placeholder name and
+    // were renamed: each answers as the instance whose place it took.
+    for name in ["predict1", "predict2"] {
+        let (s, _, b) = post(host.instance_addr(name).await, "/predict", row()).await;
+        assert_eq!(
+            (s, b["instance"].as_str()),
+            (StatusCode::OK, Some(name)),
+            "{b}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
