@@ -331,14 +331,7 @@ async fn a_query_of_death_gets_its_own_error_and_the_others_keep_serving() {
     let started = Instant::now();
     let (s, _, b) = post(host.router, "/predict", inputs(&[deadly])).await;
     let took = started.elapsed();
-    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{b}");
-    assert!(
-        b["message"]
-            .as_str()
-            .unwrap()
-            .contains("failed on two instances"),
-        "{b}"
-    );
+    assert_own_error(s, &b, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(respawns(&host.topology().await), before + 2);
     eprintln!("always-trapping request answered in {took:?}");
     // Always loops past the deadline: a batch far too big for 20 ms (a row
@@ -348,14 +341,7 @@ async fn a_query_of_death_gets_its_own_error_and_the_others_keep_serving() {
     let started = Instant::now();
     let (s, _, b) = post(host.router, "/predict", big).await;
     let took = started.elapsed();
-    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{b}");
-    assert!(
-        b["message"]
-            .as_str()
-            .unwrap()
-            .contains("failed on two instances"),
-        "{b}"
-    );
+    assert_own_error(s, &b, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(respawns(&host.topology().await), before + 2);
     eprintln!("always-looping request answered in {took:?} (deadline {deadline:?})");
     // A bound that catches a hang, not a speed claim: two deadlines plus
@@ -374,4 +360,11 @@ async fn a_query_of_death_gets_its_own_error_and_the_others_keep_serving() {
         "other clients failed: {:?}",
         &failed[..failed.len().min(3)]
     );
+}
+
+/// A request that faulted on two instances got `status` and says so.
+fn assert_own_error(status: StatusCode, body: &serde_json::Value, expected: StatusCode) {
+    assert_eq!(status, expected, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("failed on two instances"), "{body}");
 }

@@ -116,6 +116,22 @@ impl Load {
     }
 }
 
+/// `GET /admin/deployments`.
+async fn deployments(host: &Host) -> serde_json::Value {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let path = "/admin/deployments";
+    request_with(host.admin, Method::GET, path, Bytes::new(), Some(&auth))
+        .await
+        .2
+}
+
+/// Whether the deployments answer records an event of `kind`.
+fn has_event(deployments: &serde_json::Value, kind: &str) -> bool {
+    deployments["events"]
+        .as_array()
+        .is_some_and(|e| e.iter().any(|e| e["kind"] == kind))
+}
+
 fn one_row() -> Bytes {
     inputs(&[cases("digits")["cases"][0]["input"].clone()]).into()
 }
@@ -340,24 +356,11 @@ async fn a_canary_takes_its_share_and_a_failing_one_is_aborted() {
         .map(|c| Bytes::from(inputs(&[c["input"].clone()])))
         .collect();
     let load = Load::start(&host, 4, bodies);
-    let auth = format!("Bearer {ADMIN_TOKEN}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let events = loop {
         load.wait_for(10).await;
-        let (_, _, d) = request_with(
-            host.admin,
-            Method::GET,
-            "/admin/deployments",
-            Bytes::new(),
-            Some(&auth),
-        )
-        .await;
-        let aborted = d["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "auto-abort");
-        if aborted {
+        let d = deployments(&host).await;
+        if has_event(&d, "auto-abort") {
             break d;
         }
         assert!(
@@ -493,21 +496,8 @@ async fn a_canary_that_refuses_good_requests_is_aborted_and_clients_never_see_it
             "only the version in force answers: {b}"
         );
     }
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (_, _, d) = request_with(
-        host.admin,
-        Method::GET,
-        "/admin/deployments",
-        Bytes::new(),
-        Some(&auth),
-    )
-    .await;
-    let aborted = d["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["kind"] == "auto-abort");
-    assert!(aborted, "{d}");
+    let d = deployments(&host).await;
+    assert!(has_event(&d, "auto-abort"), "{d}");
     // Bad input is still the client's: 422, from the version in force.
     let (s, _, b) = post(host.router, "/predict", "{\"inputs\": [[1, 2, 3]]}").await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::BufRead;
 
-use common::{cases, chaos, free_ports, get, inputs, post, with_fields, Host};
+use common::{cases, chaos, free_ports, get, hold_in_flight, inputs, post, with_fields, Host};
 use hyper::{Method, StatusCode};
 use prometheus_parse::{Scrape, Value};
 
@@ -170,17 +170,7 @@ async fn readyz_is_503_while_nothing_can_take_a_request() {
     let host = Host::start(&topology, &["--max-body", "32MiB", "--deadline", "60s"]);
     let (s, _, b) = get(host.router, "/readyz").await;
     assert_eq!((s, &b["ready"]), (StatusCode::OK, &serde_json::json!(true)));
-    let row = cases("digits")["cases"][0]["input"].clone();
-    let big = bytes::Bytes::from(inputs(&vec![row; 25_000]));
-    let router = host.router;
-    let in_flight = tokio::spawn(async move { post(router, "/predict", big).await });
-    while host.topology().await["predict1"]["load"] != 1 {
-        assert!(
-            !in_flight.is_finished(),
-            "the request ended before it was seen in flight"
-        );
-        tokio::task::yield_now().await;
-    }
+    let in_flight = hold_in_flight(&host, "predict1").await;
     let (s, _, b) = get(host.router, "/readyz").await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
     assert_eq!(b["error"], "not_ready");

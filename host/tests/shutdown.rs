@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cases, free_ports, inputs, post, Host};
+use common::{free_ports, hold_in_flight, Host};
 use hyper::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -12,17 +12,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
         &free_ports("single.json"),
         &["--max-body", "32MiB", "--deadline", "60s"],
     );
-    let row = cases("digits")["cases"][0]["input"].clone();
-    let big = bytes::Bytes::from(inputs(&vec![row; 25_000]));
-    let router = host.router;
-    let in_flight = tokio::spawn(async move { post(router, "/predict", big).await });
-    while host.topology().await["predict1"]["load"] != 1 {
-        assert!(
-            !in_flight.is_finished(),
-            "the request ended before it was seen in flight"
-        );
-        tokio::task::yield_now().await;
-    }
+    let in_flight = hold_in_flight(&host, "predict1").await;
     let pid = host.child.id().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -291,3 +291,20 @@ pub fn safe_and_deadly_rows() -> (serde_json::Value, serde_json::Value) {
         .find(|r| faulty_traps_on(std::slice::from_ref(r)));
     (safe.unwrap().clone(), deadly.unwrap().clone())
 }
+
+/// Sends a 25,000-row request (the host must allow a 32 MiB body and a long
+/// deadline) and returns once `instance` shows it in flight, load 1.
+pub async fn hold_in_flight(host: &Host, instance: &str) -> tokio::task::JoinHandle<Answer> {
+    let row = cases("digits")["cases"][0]["input"].clone();
+    let big = Bytes::from(inputs(&vec![row; 25_000]));
+    let router = host.router;
+    let in_flight = tokio::spawn(async move { post(router, "/predict", big).await });
+    while host.topology().await[instance]["load"] != 1 {
+        assert!(
+            !in_flight.is_finished(),
+            "the request ended before it was seen in flight"
+        );
+        tokio::task::yield_now().await;
+    }
+    in_flight
+}
