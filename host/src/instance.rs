@@ -554,18 +554,19 @@ impl Instance {
     /// a model failure) here, and it counts against the canary unless the
     /// version in force refuses the request too (bad input is the client's).
     async fn predict_on(&self, body: bytes::Bytes, canary: bool) -> Result<Vec<u8>, CallError> {
-        let chosen = if canary {
-            self.serving
-                .load()
+        // One read of what the instance serves: the version in force, and
+        // the canary if this request goes to it.
+        let (deployment, chosen) = {
+            let serving = self.serving.load();
+            let chosen = serving
                 .canary
                 .as_ref()
-                .filter(|c| c.pick())
-                .cloned()
-        } else {
-            None
+                .filter(|c| canary && c.pick())
+                .cloned();
+            (serving.current.deployment.clone(), chosen)
         };
         let Some(canary) = chosen else {
-            return self.run(&self.slot, self.deployment(), body).await;
+            return self.run(&self.slot, deployment, body).await;
         };
         let outcome = self
             .run(&self.canary_slot, canary.deployment.clone(), body.clone())

@@ -20,12 +20,10 @@ const COLORS: [RGBColor; 4] = [
     RGBColor(148, 103, 189),
 ];
 
-/// One topology's drill as a single timeline: (ticks, fault times in
-/// seconds, phase boundaries in seconds).
-fn series(t: &TopologyResult) -> (Vec<Tick>, Vec<(f64, String)>, Vec<f64>) {
+/// One topology's drill as a single timeline: (ticks, fault times in seconds).
+fn series(t: &TopologyResult) -> (Vec<Tick>, Vec<(f64, String)>) {
     let mut ticks = Vec::new();
     let mut faults = Vec::new();
-    let mut phases = Vec::new();
     let mut offset = 0.0;
     let phase_faults = [
         (&t.capacity.timeline, Vec::new()),
@@ -55,9 +53,8 @@ fn series(t: &TopologyResult) -> (Vec<Tick>, Vec<(f64, String)>, Vec<f64>) {
             faults.push((f.at_s + offset, f.kind.clone()));
         }
         offset += timeline.len() as f64 * BUCKET.as_secs_f64();
-        phases.push(offset);
     }
-    (ticks, faults, phases)
+    (ticks, faults)
 }
 
 type Drawn = Result<(), Box<dyn std::error::Error>>;
@@ -68,11 +65,11 @@ pub fn write(report: &DrillReport, dir: &Path) -> Drawn {
     let per_second = 1.0 / BUCKET.as_secs_f64();
     let x_max = all
         .iter()
-        .flat_map(|(ticks, _, _)| ticks.last().map(|t| t.t))
+        .flat_map(|(ticks, _)| ticks.last().map(|t| t.t))
         .fold(1.0, f64::max);
     let y_max = all
         .iter()
-        .flat_map(|(ticks, _, _)| ticks.iter().map(|t| t.answers as f64 * per_second))
+        .flat_map(|(ticks, _)| ticks.iter().map(|t| t.answers as f64 * per_second))
         .fold(10.0, f64::max);
     {
         let path = dir.join("throughput.svg");
@@ -92,7 +89,7 @@ pub fn write(report: &DrillReport, dir: &Path) -> Drawn {
             .x_desc("seconds (capacity ramp | trap, hang | kill -9)")
             .y_desc("requests / s")
             .draw()?;
-        for (k, (t, (ticks, faults, _))) in report.topologies.iter().zip(&all).enumerate() {
+        for (k, (t, (ticks, faults))) in report.topologies.iter().zip(&all).enumerate() {
             let color = COLORS[k % COLORS.len()];
             chart
                 .draw_series(LineSeries::new(
@@ -109,7 +106,7 @@ pub fn write(report: &DrillReport, dir: &Path) -> Drawn {
                 3,
                 color.stroke_width(1),
             ))?;
-            mark_faults(&mut chart, faults, y_max, color)?;
+            mark_faults(&mut chart, faults, (0.0, y_max), y_max, color)?;
         }
         chart
             .configure_series_labels()
@@ -124,7 +121,7 @@ pub fn write(report: &DrillReport, dir: &Path) -> Drawn {
         root.fill(&WHITE)?;
         let y_top = all
             .iter()
-            .flat_map(|(ticks, _, _)| ticks.iter().map(|t| t.p99_us as f64 / 1e3))
+            .flat_map(|(ticks, _)| ticks.iter().map(|t| t.p99_us as f64 / 1e3))
             .fold(1.0, f64::max);
         let mut chart = ChartBuilder::on(&root)
             .caption("hadr drill: p99 latency per 100 ms", ("sans-serif", 18))
@@ -137,7 +134,7 @@ pub fn write(report: &DrillReport, dir: &Path) -> Drawn {
             .x_desc("seconds (capacity ramp | trap, hang | kill -9)")
             .y_desc("p99 ms (log)")
             .draw()?;
-        for (k, (t, (ticks, faults, _))) in report.topologies.iter().zip(&all).enumerate() {
+        for (k, (t, (ticks, faults))) in report.topologies.iter().zip(&all).enumerate() {
             let color = COLORS[k % COLORS.len()];
             chart
                 .draw_series(LineSeries::new(
@@ -151,17 +148,7 @@ pub fn write(report: &DrillReport, dir: &Path) -> Drawn {
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
-            for (at, kind) in faults {
-                chart.draw_series(std::iter::once(PathElement::new(
-                    vec![(*at, 0.01), (*at, y_top * 1.5)],
-                    color.mix(0.5).stroke_width(1),
-                )))?;
-                chart.draw_series(std::iter::once(Text::new(
-                    kind.clone(),
-                    (*at, y_top),
-                    ("sans-serif", 12).into_font().color(&color),
-                )))?;
-            }
+            mark_faults(&mut chart, faults, (0.01, y_top * 1.5), y_top, color)?;
         }
         chart
             .configure_series_labels()
@@ -173,24 +160,22 @@ pub fn write(report: &DrillReport, dir: &Path) -> Drawn {
     Ok(())
 }
 
-fn mark_faults<DB: DrawingBackend>(
-    chart: &mut ChartContext<
-        '_,
-        DB,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
-    >,
+/// A vertical line from `span.0` to `span.1` at each fault, named at `label_y`.
+fn mark_faults<DB: DrawingBackend, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
     faults: &[(f64, String)],
-    y_max: f64,
+    span: (f64, f64),
+    label_y: f64,
     color: RGBColor,
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     for (at, kind) in faults {
         chart.draw_series(std::iter::once(PathElement::new(
-            vec![(*at, 0.0), (*at, y_max)],
+            vec![(*at, span.0), (*at, span.1)],
             color.mix(0.5).stroke_width(1),
         )))?;
         chart.draw_series(std::iter::once(Text::new(
             kind.clone(),
-            (*at, y_max),
+            (*at, label_y),
             ("sans-serif", 12).into_font().color(&color),
         )))?;
     }
