@@ -13,7 +13,10 @@ shipped inside scikit-learn, so nothing is downloaded.
 
 Writes, next to this script:
     digits.onnx, digits.cases.json, digits-v2.onnx, digits-v2.cases.json,
-    breast_cancer.onnx, breast_cancer.cases.json
+    breast_cancer.onnx, breast_cancer.cases.json          (scikit-learn, skl2onnx)
+    lgbm_cancer.onnx, lgbm_cancer.cases.json,
+    lgbm_wine.onnx, lgbm_wine.cases.json                  (LightGBM, onnxmltools)
+    xgb_diabetes.onnx, xgb_diabetes.cases.json            (XGBoost, onnxmltools)
 """
 
 import argparse
@@ -23,7 +26,7 @@ import sys
 
 import numpy as np
 import sklearn
-from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
@@ -36,6 +39,13 @@ INPUT_NAME = "float_input"
 # Widely supported opsets: tract-onnx 0.23 must load these graphs.
 TARGET_OPSET = {"": 15, "ai.onnx.ml": 3}
 MAX_ABS_DIFF = 1e-5
+MAX_REL_DIFF = 1e-5  # regression outputs
+# onnxmltools takes one opset number (it writes the lowest opsets each graph needs).
+BOOSTED_TARGET_OPSET = 15
+
+SKLEARN_MODELS = ("digits", "digits-v2", "breast_cancer")
+BOOSTED_CLASSIFIERS = ("lgbm_cancer", "lgbm_wine")
+BOOSTED_REGRESSORS = ("xgb_diabetes",)
 
 
 def split(X, y):
@@ -78,6 +88,57 @@ def build_breast_cancer():
     return "breast_cancer", model, X_test, y_test, 0.90
 
 
+def lgbm_classifier():
+    import lightgbm
+
+    # Small, single-threaded and deterministic: the same trees on every run.
+    return lightgbm.LGBMClassifier(
+        n_estimators=50, num_leaves=15, learning_rate=0.1, random_state=0,
+        deterministic=True, force_row_wise=True, n_jobs=1, verbose=-1,
+    )
+
+
+def build_lgbm_cancer():
+    ds = load_breast_cancer()
+    X = ds.data.astype(np.float32)  # float32 up front, as for breast_cancer
+    y = ds.target.astype(np.int64)
+    X_train, X_test, y_train, y_test = split(X, y)
+    model = lgbm_classifier()
+    model.fit(X_train, y_train)
+    return "lgbm_cancer", model, X_test, y_test, 0.90
+
+
+def build_lgbm_wine():
+    ds = load_wine()
+    X = ds.data.astype(np.float32)
+    y = ds.target.astype(np.int64)
+    X_train, X_test, y_train, y_test = split(X, y)
+    model = lgbm_classifier()
+    model.fit(X_train, y_train)
+    return "lgbm_wine", model, X_test, y_test, 0.90
+
+
+def build_xgb_diabetes():
+    import xgboost
+
+    ds = load_diabetes()
+    X = ds.data.astype(np.float32)
+    y = ds.target.astype(np.float64)
+    # Not stratified: the target is continuous.
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0)
+    model = xgboost.XGBRegressor(n_estimators=100, max_depth=4, learning_rate=0.05,
+                                 n_jobs=1, random_state=0)
+    model.fit(X_train, y_train)
+    # This split of the diabetes data is hard: a plain LinearRegression gets r2 0.33.
+    return "xgb_diabetes", model, X_test, y_test, 0.15
+
+
+def library_version(model):
+    """"lightgbm 4.7.0" / "xgboost 3.2.0": the library that trained the model."""
+    mod = type(model).__module__.split(".")[0]
+    return f"{mod} {sys.modules[mod].__version__}"
+
+
 def label_from_probabilities(onx):
     """Compute the `label` output as ArgMax(probabilities, axis=1) -> int64 [N].
 
@@ -118,14 +179,8 @@ def label_from_probabilities(onx):
             onx.opset_import.remove(o)
 
 
-def export_onnx(name, model, n_features):
-    onx = to_onnx(
-        model,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-        options={id(model): {"zipmap": False}},
-        target_opset=TARGET_OPSET,
-    )
-    label_from_probabilities(onx)
+def clean_header(onx):
+    """The only changes made to a converter's graph besides label_from_probabilities."""
     # skl2onnx may list the same opset twice (it does for the forest); keep one
     # entry per domain, the highest version, so every loader sees a clean header.
     opsets = {}
@@ -137,16 +192,54 @@ def export_onnx(name, model, n_features):
         entry.domain, entry.version = domain, opsets[domain]
     # Name the batch dimension: skl2onnx leaves it blank (no value, no name), and
     # tract then wants the caller to give an input fact; with "N" it can load the
-    # model as it is, with a symbolic batch.
+    # model as it is, with a symbolic batch. A fixed first dimension is left as it is
+    # (onnxmltools declares LightGBM's `label` output as int64 [1]).
     for vi in list(onx.graph.input) + list(onx.graph.output):
-        dim = vi.type.tensor_type.shape.dim[0]
-        if not dim.HasField("dim_value") and not dim.dim_param:
-            dim.dim_param = "N"
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value") and not dims[0].dim_param:
+            dims[0].dim_param = "N"
+
+
+def export_onnx(name, model, n_features):
+    onx = to_onnx(
+        model,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        options={id(model): {"zipmap": False}},
+        target_opset=TARGET_OPSET,
+    )
+    label_from_probabilities(onx)
+    clean_header(onx)
     onx.graph.name = name
     onx.doc_string = (
         f"hadr example model '{name}': {type(model).__name__} trained by models/train.py "
         f"with scikit-learn {sklearn.__version__}"
     )
+    path = os.path.join(HERE, f"{name}.onnx")
+    with open(path, "wb") as f:
+        f.write(onx.SerializeToString())
+    return path
+
+
+def export_boosted(name, model, n_features):
+    """Convert a LightGBM or XGBoost model with onnxmltools. The graph is kept as the
+    converter writes it (outputs included); only the header is cleaned."""
+    from onnxmltools import convert_lightgbm, convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType as MLFloatTensorType
+
+    initial_types = [(INPUT_NAME, MLFloatTensorType([None, n_features]))]
+    lib = library_version(model)
+    doc = (f"hadr example model '{name}': {type(model).__name__} trained by models/train.py "
+           f"with {lib}")
+    # An explicit name: without one onnxmltools names the graph with a random uuid.
+    if lib.startswith("lightgbm"):
+        onx = convert_lightgbm(model, name=name, initial_types=initial_types, doc_string=doc,
+                               target_opset=BOOSTED_TARGET_OPSET, zipmap=False)
+    else:
+        onx = convert_xgboost(model, name=name, initial_types=initial_types, doc_string=doc,
+                              target_opset=BOOSTED_TARGET_OPSET)
+    clean_header(onx)
+    onx.graph.name = name
+    onx.doc_string = doc
     path = os.path.join(HERE, f"{name}.onnx")
     with open(path, "wb") as f:
         f.write(onx.SerializeToString())
@@ -179,11 +272,60 @@ def write_cases(name, model, X_test, y_test, accuracy):
             for row, t, pr, lab in zip(X_test, y_test, proba, labels)
         ],
     }
+    return dump_cases(name, doc)
+
+
+def dump_cases(name, doc):
     path = os.path.join(HERE, f"{name}.cases.json")
     with open(path, "w") as f:
         json.dump(doc, f, separators=(",", ":"), allow_nan=False)
         f.write("\n")
     return path
+
+
+def write_boosted_classifier_cases(name, model, X_test, y_test, accuracy):
+    proba = model.predict_proba(X_test)  # float64, the library's own
+    labels = model.predict(X_test)
+    doc = {
+        "model": name,
+        "features": int(X_test.shape[1]),
+        "classes": int(len(model.classes_)),
+        "sklearn_version": sklearn.__version__,
+        "library": library_version(model),
+        "heldout_accuracy": float(accuracy),
+        "example": {"inputs": [[as_number(v) for v in X_test[0]]]},
+        "cases": [
+            {
+                "input": [as_number(v) for v in row],
+                "target": int(t),
+                "probabilities": [float(p) for p in pr],
+                "label": int(lab),
+            }
+            for row, t, pr, lab in zip(X_test, y_test, proba, labels)
+        ],
+    }
+    return dump_cases(name, doc)
+
+
+def write_regressor_cases(name, model, X_test, y_test, r2):
+    pred = model.predict(X_test)  # the library's own (float32 for XGBoost)
+    doc = {
+        "model": name,
+        "features": int(X_test.shape[1]),
+        "library": library_version(model),
+        "targets": 1,
+        "heldout_r2": float(r2),
+        "example": {"inputs": [[as_number(v) for v in X_test[0]]]},
+        "cases": [
+            {
+                "input": [as_number(v) for v in row],
+                "target": float(t),
+                "prediction": float(p),
+            }
+            for row, t, p in zip(X_test, y_test, pred)
+        ],
+    }
+    return dump_cases(name, doc)
 
 
 def train_all():
@@ -198,15 +340,76 @@ def train_all():
         cases_path = write_cases(name, model, X_test, y_test, accuracy)
         for p in (onnx_path, cases_path):
             print(f"  wrote {os.path.relpath(p)} ({os.path.getsize(p)} bytes)")
+    for build in (build_lgbm_cancer, build_lgbm_wine, build_xgb_diabetes):
+        name, model, X_test, y_test, min_score = build()
+        if name in BOOSTED_CLASSIFIERS:
+            assert list(model.classes_) == list(range(len(model.classes_))), model.classes_
+            score = model.score(X_test, y_test)
+            print(f"{name}: {type(model).__name__} ({library_version(model)}), held-out "
+                  f"accuracy {score:.4f} on {len(y_test)} rows")
+            write = write_boosted_classifier_cases
+        else:
+            score = model.score(X_test, y_test)  # r2
+            print(f"{name}: {type(model).__name__} ({library_version(model)}), held-out "
+                  f"r2 {score:.4f} on {len(y_test)} rows")
+            write = write_regressor_cases
+        assert score >= min_score, f"{name}: score {score} < {min_score}"
+        onnx_path = export_boosted(name, model, X_test.shape[1])
+        cases_path = write(name, model, X_test, y_test, score)
+        for p in (onnx_path, cases_path):
+            print(f"  wrote {os.path.relpath(p)} ({os.path.getsize(p)} bytes)")
+
+
+ELEM_TYPES = {1: "float32", 6: "int32", 7: "int64", 8: "string", 11: "float64"}
+
+
+def describe_graph(m):
+    """Print what hadr has to handle: op types, outputs, and the attributes of each
+    TreeEnsemble* node that decide how its scores become outputs."""
+    from onnx import helper
+
+    ops = sorted({f"{n.domain or 'ai.onnx'}:{n.op_type}" for n in m.graph.node})
+    print(f"  opsets {[(o.domain or 'ai.onnx', o.version) for o in m.opset_import]}, "
+          f"ir_version {m.ir_version}, ops {ops}")
+    print(f"  nodes: {' -> '.join(n.op_type for n in m.graph.node)}")
+    for vi in list(m.graph.input) + list(m.graph.output):
+        t = vi.type.tensor_type
+        dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+        kind = "input" if vi in m.graph.input else "output"
+        print(f"  {kind} {vi.name}: {ELEM_TYPES.get(t.elem_type, t.elem_type)} {dims}")
+    for n in m.graph.node:
+        if not n.op_type.startswith("TreeEnsemble"):
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        ids = "class_ids" if "class_ids" in a else "target_ids"
+        info = {
+            "post_transform": a.get("post_transform", b"NONE").decode(),
+            "aggregate_function": a.get("aggregate_function", b"SUM").decode()
+            if "aggregate_function" in a else "(absent: SUM)",
+            "base_values": [round(v, 6) for v in a["base_values"]] if "base_values" in a else "(absent)",
+            "trees": len(set(a["nodes_treeids"])),
+            "nodes": len(a["nodes_treeids"]),
+            "leaf weights": len(a[ids.replace("_ids", "_weights")]),
+            f"{ids} used": sorted(set(a[ids])),
+        }
+        if "classlabels_int64s" in a:
+            info["classlabels_int64s"] = list(a["classlabels_int64s"])
+        if "n_targets" in a:
+            info["n_targets"] = a["n_targets"]
+        modes = sorted({m_.decode() for m_ in a["nodes_modes"]})
+        info["nodes_modes"] = modes
+        print(f"  {n.op_type} {list(n.input)} -> {list(n.output)}: {info}")
 
 
 def verify_all():
-    """Run every case through onnxruntime and compare with sklearn's output."""
+    """Run every case through onnxruntime and compare with the training library's
+    output: probabilities to MAX_ABS_DIFF and identical labels for the classifiers,
+    predictions to MAX_REL_DIFF for the regressor. Prints each graph's ops and outputs."""
     import onnx
     import onnxruntime as ort
 
     ok = True
-    for name in ("digits", "digits-v2", "breast_cancer"):
+    for name in SKLEARN_MODELS + BOOSTED_CLASSIFIERS:
         onnx_path = os.path.join(HERE, f"{name}.onnx")
         with open(os.path.join(HERE, f"{name}.cases.json")) as f:
             doc = json.load(f)
@@ -226,14 +429,40 @@ def verify_all():
         onnx_acc = float(np.mean(label == targets))
         ex = sess.run(["probabilities"], {INPUT_NAME: np.array(doc["example"]["inputs"], dtype=np.float32)})[0]
         ex_diff = float(np.max(np.abs(ex.astype(np.float64) - expected_proba[:1])))
-        ops = sorted({f"{n.domain or 'ai.onnx'}:{n.op_type}" for n in m.graph.node})
-        print(f"{name}: {len(X)} cases, max |onnxruntime - sklearn| probabilities = {diff:.3g}, "
+        lib = doc.get("library", "sklearn").split()[0]
+        print(f"{name}: {len(X)} cases, max |onnxruntime - {lib}| probabilities = {diff:.3g}, "
               f"example diff {ex_diff:.3g}, label mismatches {label_mismatch}, "
-              f"onnxruntime accuracy {onnx_acc:.4f} (sklearn {doc['heldout_accuracy']:.4f})")
-        print(f"  opsets {[(o.domain or 'ai.onnx', o.version) for o in m.opset_import]}, "
-              f"ir_version {m.ir_version}, ops {ops}")
+              f"onnxruntime accuracy {onnx_acc:.4f} ({lib} {doc['heldout_accuracy']:.4f})")
+        describe_graph(m)
         if diff >= MAX_ABS_DIFF or label_mismatch or ex_diff >= MAX_ABS_DIFF:
-            print(f"  FAIL: {name} does not reproduce sklearn", file=sys.stderr)
+            print(f"  FAIL: {name} does not reproduce {doc.get('library', 'sklearn')}", file=sys.stderr)
+            ok = False
+    for name in BOOSTED_REGRESSORS:
+        onnx_path = os.path.join(HERE, f"{name}.onnx")
+        with open(os.path.join(HERE, f"{name}.cases.json")) as f:
+            doc = json.load(f)
+        m = onnx.load(onnx_path)
+        onnx.checker.check_model(m, full_check=True)
+        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        X = np.array([c["input"] for c in doc["cases"]], dtype=np.float32)
+        assert X.shape[1] == doc["features"]
+        expected = np.array([c["prediction"] for c in doc["cases"]])
+        targets = np.array([c["target"] for c in doc["cases"]])
+        assert len(sess.get_outputs()) == 1, [o.name for o in sess.get_outputs()]
+        (out,) = sess.run(None, {INPUT_NAME: X})
+        assert out.dtype == np.float32 and out.shape == (len(X), doc["targets"]), (out.dtype, out.shape)
+        got = out[:, 0].astype(np.float64)
+        rel = float(np.max(np.abs(got - expected) / np.maximum(np.abs(expected), 1e-30)))
+        absd = float(np.max(np.abs(got - expected)))
+        r2 = 1.0 - float(np.sum((targets - got) ** 2) / np.sum((targets - targets.mean()) ** 2))
+        ex = sess.run(None, {INPUT_NAME: np.array(doc["example"]["inputs"], dtype=np.float32)})[0]
+        ex_rel = abs(float(ex[0, 0]) - expected[0]) / abs(expected[0])
+        print(f"{name}: {len(X)} cases, max relative |onnxruntime - {doc['library']}| = {rel:.3g} "
+              f"(absolute {absd:.3g}), example relative diff {ex_rel:.3g}, onnxruntime r2 {r2:.4f} "
+              f"({doc['library'].split()[0]} {doc['heldout_r2']:.4f})")
+        describe_graph(m)
+        if rel >= MAX_REL_DIFF or ex_rel >= MAX_REL_DIFF:
+            print(f"  FAIL: {name} does not reproduce {doc['library']}", file=sys.stderr)
             ok = False
     return ok
 

@@ -11,57 +11,14 @@
 //! Knobs (env): HADR_BENCH_ROUNDS (3), HADR_BENCH_SECONDS (5),
 //! HADR_BENCH_CONNECTIONS (16), HADR_BENCH_ROWS (1).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
+use common::{env, median_of, repo, start};
 use hadr_host::loadtest::{run, LoadReport, LoadSpec};
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(mut command: Command, ready_prefix: &str) -> Server {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting a server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix(ready_prefix)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("server did not start: {line:?}"))
-        .to_string();
-    Server {
-        child,
-        url: format!("{base}/predict"),
-    }
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn body(rows: usize) -> Vec<u8> {
     let cases: serde_json::Value =
@@ -71,11 +28,6 @@ fn body(rows: usize) -> Vec<u8> {
         .map(|i| cases["cases"][i]["input"].clone())
         .collect();
     serde_json::to_vec(&serde_json::json!({ "inputs": inputs })).unwrap()
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
 }
 
 fn main() {
@@ -158,14 +110,7 @@ fn main() {
             results.push((name, report));
         }
     }
-    let pick = |name: &str, f: fn(&LoadReport) -> f64| {
-        let mut v: Vec<f64> = results
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, r)| f(r))
-            .collect();
-        median(&mut v)
-    };
+    let pick = |name: &str, f: fn(&LoadReport) -> f64| median_of(&results, name, f);
     let (h_rps, n_rps) = (pick("hadr", |r| r.rps), pick("native", |r| r.rps));
     let (h_p50, n_p50) = (
         pick("hadr", |r| r.p50_us as f64),

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hadr_host::bindings::exports::hadr::predictor::chaos::Fault;
+use hadr_host::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use hadr_host::deployment::{CompiledModule, Deployment};
-use hadr_host::instance::{InForce, Instance, Source};
+use hadr_host::instance::{InForce, Input, Instance, Source};
 use hadr_host::nn::LoadedModel;
 use hadr_host::runtime::{HostRuntime, Limits};
 use hadr_host::serve::repo_defaults;
@@ -90,7 +90,7 @@ async fn replacement(
         drop(live);
         let trapped = Instant::now();
         let mut replacement = if warm {
-            deployment.take_spare("bench").await.unwrap().unwrap()
+            deployment.take_spare("bench").unwrap()
         } else {
             deployment.instantiate(runtime, "bench").await.unwrap()
         };
@@ -108,7 +108,7 @@ async fn replacement(
     println!("## trap → replacement ({faults} faults each, alternating)");
     line("warm pool: trap → replacement answered", &warm_total);
     line("cold:      trap → replacement answered", &cold_total);
-    line("warm pool: take a ready spare + rename", &warm_step);
+    line("warm pool: take a ready spare", &warm_step);
     line("cold:      instantiate + init", &cold_step);
     println!(
         "ratio cold/warm (median, trap → answered): {:.2}",
@@ -151,7 +151,7 @@ async fn throughput(
             if calls % 20 == 0 {
                 instance.arm(Fault::Trap).await.unwrap();
             }
-            if instance.predict(body.clone()).await.is_ok() {
+            if instance.predict(Input::Body(body.clone())).await.is_ok() {
                 ok += 1;
             }
         }

@@ -19,8 +19,11 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_nn::wit::WasiNnCtx;
 use wasmtime_wasi_nn::{Backend, Registry};
 
-use crate::bindings::hadr::predictor::types::InstanceConfig;
-use crate::bindings::{Predictor, PredictorPre};
+use wasmtime::component::InstancePre;
+
+use crate::bindings::drillable::{Drillable, DrillableIndices};
+use crate::bindings::hadr::predictor::types::{InstanceConfig, TensorInfo};
+use crate::bindings::{Predictor, PredictorIndices};
 use crate::compiled_cache::{CacheOutcome, CompiledCache};
 use crate::guest_log::{GuestLog, LogName};
 use crate::instance::{CallError, Live};
@@ -68,7 +71,18 @@ pub struct CompiledModule {
     pub digest: String,
     /// Whether it came from the compiled cache.
     pub cache: CacheOutcome,
-    pre: PredictorPre<InstanceState>,
+    instance_pre: InstancePre<InstanceState>,
+    predictor: PredictorIndices,
+    /// The optional `chaos` export, when the guest has one.
+    chaos: Option<DrillableIndices>,
+}
+
+impl CompiledModule {
+    /// Whether the guest exports `chaos` (faults armed inside it); without
+    /// it the host injects trap and hang itself.
+    pub fn drillable(&self) -> bool {
+        self.chaos.is_some()
+    }
 }
 
 impl CompiledModule {
@@ -116,12 +130,20 @@ impl CompiledModule {
             .linker()
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        let pre = PredictorPre::new(instance_pre).map_err(wrong_world)?;
+        let predictor = PredictorIndices::new(&instance_pre).map_err(wrong_world)?;
+        let chaos = DrillableIndices::new(&instance_pre)
+            .inspect_err(|e| {
+                tracing::info!(path = %path.display(), reason = %format!("{e:#}"),
+                    "the guest has no usable hadr:predictor/chaos export: drills inject trap and hang from the host")
+            })
+            .ok();
         Ok(Self {
             path: path.to_owned(),
             digest,
             cache,
-            pre,
+            instance_pre,
+            predictor,
+            chaos,
         })
     }
 }
@@ -142,7 +164,7 @@ pub struct Deployment {
 
 /// Ready sandboxes of a deployment, waiting to replace a faulted instance:
 /// instantiated, initialised and warmed by one prediction of the example
-/// (which also proves each one works), so taking one costs a `rename` call.
+/// (which also proves each one works), so taking one costs a pop.
 struct WarmPool {
     spares: Mutex<Vec<Live>>,
     target: usize,
@@ -155,6 +177,7 @@ struct WarmPool {
 struct Spare {
     store: Store<InstanceState>,
     predictor: Predictor,
+    chaos: Option<Drillable>,
     log: LogName,
 }
 
@@ -174,6 +197,8 @@ impl Deployment {
             let zeros = vec![0.0f32; model.graph.features()];
             Bytes::from(serde_json::to_vec(&serde_json::json!({ "inputs": [zeros] })).unwrap())
         });
+        // Initialised spares serve whichever instance takes them: `init`
+        // says nothing about the instance.
         Self {
             module,
             model,
@@ -201,19 +226,22 @@ impl Deployment {
             .await
     }
 
-    /// A warm spare renamed `instance`, if the pool has one.
-    pub async fn take_spare(&self, instance: &str) -> Option<Result<Live, CallError>> {
-        let mut spare = self
+    /// A warm spare for `instance`, if the pool has one: nothing in it is
+    /// instance-specific but its log name.
+    pub fn take_spare(&self, instance: &str) -> Option<Live> {
+        let spare = self
             .pool
             .spares
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()?;
-        Some(spare.rename(instance).await.map(|()| spare))
+        spare.log.set(instance);
+        Some(spare)
     }
 
     /// Runs its example through a fresh sandbox: instantiation, `init` and
-    /// one prediction must all succeed. Says why when they do not.
+    /// one prediction must all succeed, with an answer the host can send (a
+    /// JSON object not writing the fields the host adds). Says why when not.
     pub async fn smoke_test(&self, runtime: &HostRuntime) -> Result<(), String> {
         let mut live = self
             .instantiate(runtime, "smoke-test")
@@ -223,9 +251,7 @@ impl Deployment {
             .predict(&self.example)
             .await
             .map_err(|e| format!("its smoke prediction failed: {e}"))?;
-        serde_json::from_slice::<serde_json::Value>(&answer)
-            .map(drop)
-            .map_err(|e| format!("its smoke prediction answered something that is not JSON: {e}"))
+        check_answer(&answer).map_err(|e| format!("its smoke prediction: {e}"))
     }
 
     /// Drops every spare (a deployment kept only for rollback needs none),
@@ -301,7 +327,10 @@ impl Deployment {
             .init(self, runtime, "spare")
             .await?;
         match live.predict(&self.example).await {
-            Ok(_) | Err(CallError::Rejected(_)) => Ok(live),
+            Ok(answer) => check_answer(&answer)
+                .map(|()| live)
+                .map_err(CallError::from),
+            Err(CallError::Rejected(_)) => Ok(live),
             Err(fault) => Err(fault),
         }
     }
@@ -336,15 +365,27 @@ impl Deployment {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(limits.deadline_ticks());
-        let predictor = self
-            .module
-            .pre
+        let instantiating = |e| CallError::from_wasmtime("instantiating", e);
+        let module = &self.module;
+        let instance = module
+            .instance_pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| CallError::from_wasmtime("instantiating", e))?;
+            .map_err(instantiating)?;
+        let predictor = module
+            .predictor
+            .load(&mut store, &instance)
+            .map_err(instantiating)?;
+        let chaos = module
+            .chaos
+            .as_ref()
+            .map(|c| c.load(&mut store, &instance))
+            .transpose()
+            .map_err(instantiating)?;
         Ok(Spare {
             store,
             predictor,
+            chaos,
             log,
         })
     }
@@ -359,12 +400,7 @@ impl Spare {
         instance: &str,
     ) -> Result<Live, CallError> {
         self.log.set(instance);
-        let config = InstanceConfig {
-            instance: instance.to_string(),
-            model: deployment.model.name.clone(),
-            features: deployment.model.graph.features() as u32,
-            version: deployment.version.clone(),
-        };
+        let config = instance_config(&deployment.model);
         let ticks = runtime.limits().deadline_ticks();
         self.store.set_epoch_deadline(ticks);
         self.predictor
@@ -375,6 +411,7 @@ impl Spare {
         Ok(Live::new(
             self.store,
             self.predictor,
+            self.chaos,
             ticks,
             deployment.version.clone(),
             self.log,
@@ -382,18 +419,51 @@ impl Spare {
     }
 }
 
+/// What a guest is told about its model at `init`.
+fn instance_config(model: &LoadedModel) -> InstanceConfig {
+    let info = model.graph.info();
+    let tensors = |list: &[crate::nn::TensorInfo]| {
+        list.iter()
+            .map(|t| TensorInfo {
+                name: t.name.clone(),
+                datatype: t.datatype.to_string(),
+                shape: t.shape.clone(),
+            })
+            .collect()
+    };
+    InstanceConfig {
+        model: model.name.clone(),
+        inputs: tensors(&info.inputs),
+        outputs: tensors(&info.outputs),
+        metadata: info.metadata.clone(),
+    }
+}
+
+/// Whether the host can send `answer` (with its origin fields added).
+fn check_answer(answer: &[u8]) -> Result<(), predict_core::BadAnswer> {
+    let origin = predict_core::Origin {
+        model: "",
+        instance: "",
+        version: "",
+    };
+    predict_core::with_origin(origin, answer).map(drop)
+}
+
 /// A deployment's version: 8 hex digits of each digest.
 pub fn version(module_digest: &str, model_digest: &str) -> String {
     format!("{}-{}", &module_digest[..8], &model_digest[..8])
 }
 
-/// The example beside a model file: the first input of `<stem>.cases.json`,
-/// as a request body, if that file exists and has one.
+/// The example beside a model file: the `example` request body of
+/// `<stem>.cases.json` (else its first case's input, as `{"inputs": [row]}`),
+/// if that file exists and has one.
 pub fn example_beside(model: &Path) -> Option<Bytes> {
     let stem = model.file_stem()?.to_string_lossy();
     let cases = model.with_file_name(format!("{stem}.cases.json"));
     let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(cases).ok()?).ok()?;
-    let input = cases.get("cases")?.get(0)?.get("input")?;
-    let body = serde_json::to_vec(&serde_json::json!({ "inputs": [input] })).ok()?;
-    Some(Bytes::from(body))
+    let body = match cases.get("example") {
+        Some(example) => example.clone(),
+        None => serde_json::json!({ "inputs": [cases.get("cases")?.get(0)?.get("input")?] }),
+    };
+    serde_json::to_vec(&body).ok().map(Bytes::from)
 }

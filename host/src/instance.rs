@@ -33,7 +33,8 @@ use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 use wasmtime::Store;
 
-use crate::bindings::exports::hadr::predictor::chaos::Fault;
+use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
+use crate::bindings::drillable::Drillable;
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
 use crate::bindings::Predictor;
 use crate::deployment::Deployment;
@@ -128,10 +129,27 @@ pub enum CallError {
     /// A fresh instance's `init` refused its configuration.
     #[error("the instance refused its configuration: {}", .0.message)]
     Init(PredictError),
+    /// The guest does not export `chaos`, and the host cannot inject this
+    /// fault from outside.
+    #[error("this guest does not export hadr:predictor/chaos, so `{0}` cannot be armed in it; the host injects only `trap` and `hang` from outside")]
+    NotDrillable(&'static str),
+    /// The guest's answer is not a JSON object the host can add its origin
+    /// fields to.
+    #[error("{0}")]
+    BadAnswer(#[from] predict_core::BadAnswer),
 }
+
+/// A fault the host committed in a guest's call (through its epoch
+/// deadline), for a guest without the `chaos` export.
+#[derive(Debug, thiserror::Error)]
+#[error("a trap injected by the host (chaos drill)")]
+struct InjectedTrap;
 
 impl CallError {
     pub(crate) fn from_wasmtime(doing: &str, e: wasmtime::Error) -> Self {
+        if e.is::<InjectedTrap>() {
+            return CallError::Trap(format!("{e:#}"));
+        }
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => CallError::Deadline(Duration::ZERO),
             Some(_) => CallError::Trap(format!("{e:#}")),
@@ -162,15 +180,20 @@ impl CallError {
 pub struct Live {
     store: Store<InstanceState>,
     predictor: Predictor,
+    /// The guest's own fault injection, if it exports `chaos`.
+    chaos: Option<Drillable>,
+    /// A fault the host commits in the next call (guests without `chaos`).
+    injected: Option<Fault>,
     deadline_ticks: u64,
     version: String,
-    log: LogName,
+    pub(crate) log: LogName,
 }
 
 impl Live {
     pub(crate) fn new(
         store: Store<InstanceState>,
         predictor: Predictor,
+        chaos: Option<Drillable>,
         deadline_ticks: u64,
         version: String,
         log: LogName,
@@ -178,21 +201,12 @@ impl Live {
         Self {
             store,
             predictor,
+            chaos,
+            injected: None,
             deadline_ticks,
             version,
             log,
         }
-    }
-
-    /// Gives it another instance's name (in its answers and its log lines).
-    pub async fn rename(&mut self, instance: &str) -> Result<(), CallError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        self.predictor
-            .call_rename(&mut self.store, instance)
-            .await
-            .map_err(|e| CallError::from_wasmtime("renaming", e))?;
-        self.log.set(instance);
-        Ok(())
     }
 
     /// The deployment version it was built from.
@@ -200,10 +214,18 @@ impl Live {
         &self.version
     }
 
-    /// Arms a chaos fault for the next `predict`.
+    /// Arms a chaos fault for the next `predict`: inside the guest when it
+    /// exports `chaos`, else from the host (trap and hang only).
     pub async fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
+        let Some(chaos) = &self.chaos else {
+            if matches!(fault, Fault::Oom) {
+                return Err(CallError::NotDrillable("oom"));
+            }
+            self.injected = Some(fault);
+            return Ok(());
+        };
         self.store.set_epoch_deadline(self.deadline_ticks);
-        self.predictor
+        chaos
             .hadr_predictor_chaos()
             .call_arm(&mut self.store, fault)
             .await
@@ -214,10 +236,50 @@ impl Live {
     /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
     pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(fault) = self.injected.take() {
+            self.inject(fault);
+        }
         match self.predictor.call_predict(&mut self.store, body).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
             Err(e) => Err(CallError::from_wasmtime("calling predict", e)),
+        }
+    }
+
+    /// Makes the next call fail at its first epoch check, as a guest that
+    /// trapped or spun would: a trap at once, or a hang that holds the call
+    /// (asleep, not spinning) until its deadline interrupts it. Either way
+    /// the store is dropped afterwards, like any faulted one.
+    fn inject(&mut self, fault: Fault) {
+        let until = Instant::now() + self.deadline_ticks as u32 * crate::runtime::EPOCH_TICK;
+        self.store.set_epoch_deadline(0);
+        self.store.epoch_deadline_callback(move |_| match fault {
+            Fault::Hang if Instant::now() < until => Ok(wasmtime::UpdateDeadline::YieldCustom(
+                0,
+                Box::pin(tokio::time::sleep_until(until.into())),
+            )),
+            Fault::Hang => Ok(wasmtime::UpdateDeadline::Interrupt),
+            _ => Err(InjectedTrap.into()),
+        });
+    }
+}
+
+/// What a prediction is asked for.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The client's request body.
+    Body(bytes::Bytes),
+    /// The example of whichever deployment answers (`GET /predict`): the
+    /// request that deployment's smoke test proved it takes, so a canary or
+    /// a retry on another version is asked its own example.
+    Example,
+}
+
+impl Input {
+    fn for_deployment(self, deployment: &Deployment) -> bytes::Bytes {
+        match self {
+            Input::Body(body) => body,
+            Input::Example => deployment.example.clone(),
         }
     }
 }
@@ -531,7 +593,7 @@ impl Instance {
             .await?
             .arm(fault)
             .await;
-        if outcome.is_err() {
+        if matches!(&outcome, Err(e) if e.is_instance_fault()) {
             *slot = None;
         }
         outcome
@@ -539,21 +601,21 @@ impl Instance {
 
     /// Runs one prediction in this instance, waiting for its turn; a
     /// canary, if one runs, takes its share.
-    pub async fn predict(&self, body: bytes::Bytes) -> Result<Vec<u8>, CallError> {
-        self.predict_on(body, true).await
+    pub async fn predict(&self, input: Input) -> Result<Vec<u8>, CallError> {
+        self.predict_on(input, true).await
     }
 
     /// Runs one prediction on the deployment in force, never a canary (for
     /// retries: a request that already faulted goes to the known-good version).
-    pub async fn predict_stable(&self, body: bytes::Bytes) -> Result<Vec<u8>, CallError> {
-        self.predict_on(body, false).await
+    pub async fn predict_stable(&self, input: Input) -> Result<Vec<u8>, CallError> {
+        self.predict_on(input, false).await
     }
 
     /// A canary call that fails for any reason is answered by the version in
     /// force: a fault through the caller's retry, anything else (a refusal,
     /// a model failure) here, and it counts against the canary unless the
     /// version in force refuses the request too (bad input is the client's).
-    async fn predict_on(&self, body: bytes::Bytes, canary: bool) -> Result<Vec<u8>, CallError> {
+    async fn predict_on(&self, body: Input, canary: bool) -> Result<Vec<u8>, CallError> {
         // One read of what the instance serves: the version in force, and
         // the canary if this request goes to it.
         let (deployment, chosen) = {
@@ -594,8 +656,9 @@ impl Instance {
         &self,
         slot: &Arc<Mutex<Option<Live>>>,
         deployment: Arc<Deployment>,
-        body: bytes::Bytes,
+        input: Input,
     ) -> Result<Vec<u8>, CallError> {
+        let body = input.for_deployment(&deployment);
         let mut slot = slot.clone().lock_owned().await;
         let started = Instant::now();
         let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
@@ -603,6 +666,7 @@ impl Instance {
             let runtime = self.runtime.clone();
             let name = self.spec.name.clone();
             let handle = Handle::current();
+            let deployment = deployment.clone();
             tokio::task::spawn_blocking(move || {
                 handle.block_on(call(&mut slot, &deployment, &runtime, &name, &body))
             })
@@ -620,6 +684,14 @@ impl Instance {
         }
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
         self.broken.store(broken, Ordering::Relaxed);
+        let outcome = outcome.and_then(|answer| {
+            let origin = predict_core::Origin {
+                model: &deployment.model.name,
+                instance: self.name(),
+                version: &deployment.version,
+            };
+            Ok(predict_core::with_origin(origin, &answer)?)
+        });
         self.record(&outcome, started.elapsed());
         outcome
     }
@@ -742,9 +814,9 @@ async fn call(
         return (outcome, false);
     }
     let faulted = Instant::now();
-    let (replacement, warm) = match deployment.take_spare(name).await {
-        Some(Ok(live)) => (Some(live), true),
-        _ => (deployment.instantiate(runtime, name).await.ok(), false),
+    let (replacement, warm) = match deployment.take_spare(name) {
+        Some(live) => (Some(live), true),
+        None => (deployment.instantiate(runtime, name).await.ok(), false),
     };
     *slot = replacement;
     deployment.refill_in_background(runtime);

@@ -9,7 +9,8 @@
 //! listener ([`http::server`], body limit in [`http::api`]) → router
 //! ([`router`], deciding with the pure rules in [`policy`]) → instance
 //! ([`instance`]: one wasmtime `Store` per topology entry) → guest `predict`
-//! (JSON → tensor → wasi:nn → tract, in [`nn`]) → JSON answer.
+//! (the request → tensor → wasi:nn → tract with hadr-trees' ensemble ops, in
+//! [`nn`]) → the guest's JSON answer, to which the instance adds who answered.
 //!
 //! ## Three lifetimes
 //! - **Host** ([`runtime`]): the engine, the linker (capability-free WASI 0.2
@@ -21,8 +22,9 @@
 //!   warm spare from the deployment's pool takes its place at once, and the
 //!   request is retried once on another instance ([`http::api`]).
 //!
-//! Chaos drills arm real faults inside a guest through the admin listener
-//! ([`http::admin`], bearer token), which also takes new guest modules and
+//! Chaos drills arm real faults through the admin listener ([`http::admin`],
+//! bearer token): inside a guest that exports `chaos`, else from the host
+//! through the call's epoch deadline. The admin listener also takes new guest modules and
 //! models: [`rollout`] validates them off the request path, then swaps each
 //! instance's immutable serving value (deploy, canary, promote, abort,
 //! rollback) with no failed request; [`compiled_cache`] keeps compiled
@@ -50,6 +52,16 @@ pub mod bindings {
         world: "hadr:predictor/predictor",
         exports: { default: async },
     });
+
+    /// The optional `chaos` export, bound apart so that a guest without it
+    /// is still a predictor.
+    pub mod drillable {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "hadr:predictor/drillable",
+            exports: { default: async },
+        });
+    }
 }
 
 pub mod admin_client;

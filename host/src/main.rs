@@ -65,7 +65,11 @@ enum Command {
     /// injected, then while the host is killed with SIGKILL and restarted.
     /// Writes report.md, report.json, throughput.svg and latency.svg.
     ///
-    /// Example: hadr-host drill topologies/single.json topologies/2-active.json topologies/3-active.json --quick
+    /// Examples:
+    ///   hadr-host drill --quick                     (digits: topologies/{single,2-active,3-active}.json)
+    ///   hadr-host drill --model placement           (the article's own predictor)
+    ///   hadr-host drill topologies/single.json --cases models/digits.cases.json
+    #[command(verbatim_doc_comment)]
     Drill(DrillArgs),
     /// Return instances to the deployment they served before the last deploy.
     ///
@@ -158,7 +162,12 @@ struct DrillArgs {
     /// Steady load during faults, as a share of the measured capacity.
     #[arg(long, default_value_t = 0.5)]
     share: f64,
-    /// Payloads: a model's cases file. [default: models/digits.cases.json]
+    /// The model drilled when no topology is named: `digits` (topologies/*.json) or
+    /// `placement`, the article's own predictor (topologies/placement/*.json); its cases
+    /// file models/<model>.cases.json gives the payloads.
+    #[arg(long, default_value = "digits")]
+    model: String,
+    /// Payloads: a model's cases file. [default: models/<--model>.cases.json]
     #[arg(long)]
     cases: Option<PathBuf>,
     /// The per-call deadline the drilled hosts run with (a hang lasts this long).
@@ -220,7 +229,7 @@ struct ServeArgs {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Guest component for entries that name none.
-    /// [default: the guest built from guest-predictor/ in this repository]
+    /// [default: the generic guest built from guests/predictor/ in this repository]
     #[arg(long)]
     module: Option<PathBuf>,
     /// Warm spare instances kept ready per deployment: a faulted instance is
@@ -411,7 +420,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             if !defaults.module.is_file() {
                 err = err.context(format!(
                     "the default guest {} is missing; build it with: \
-                     cargo build --release --target wasm32-wasip2 --manifest-path guest-predictor/Cargo.toml \
+                     scripts/build-guest \
                      (expected at {DEFAULT_GUEST})",
                     defaults.module.display()
                 ));
@@ -483,17 +492,22 @@ async fn drill(args: DrillArgs) -> anyhow::Result<()> {
         .parent()
         .and_then(Path::parent)
         .unwrap_or(Path::new("."));
+    let folder = match args.model.as_str() {
+        "digits" => root.join("topologies"),
+        other => root.join("topologies").join(other),
+    };
     let topologies = if args.topologies.is_empty() {
         ["single", "2-active", "3-active"]
             .iter()
-            .map(|n| root.join(format!("topologies/{n}.json")))
+            .map(|n| folder.join(format!("{n}.json")))
             .collect()
     } else {
         args.topologies
     };
-    let cases = args
-        .cases
-        .unwrap_or_else(|| repo_defaults().model.with_extension("cases.json"));
+    let cases = args.cases.unwrap_or_else(|| {
+        root.join("models")
+            .join(format!("{}.cases.json", args.model))
+    });
     let options = hadr_host::drill::DrillOptions {
         topologies,
         out: args.out.clone(),

@@ -563,7 +563,7 @@ fn load_model(
         LoadedModel::from_bytes(model_name(&spec.model), &spec.model, &bytes).map_err(fail)?;
     keep_copy(library, &bytes, &spec.model);
     tracing::info!(model = %model.name, path = %spec.model.display(), features = model.graph.features(),
-        outputs = ?model.graph.output_names(), took = ?started.elapsed(), "model loaded");
+        outputs = ?model.graph.info().outputs.iter().map(|o| &o.name).collect::<Vec<_>>(), took = ?started.elapsed(), "model loaded");
     Ok(model)
 }
 
@@ -618,5 +618,4 @@ pub fn repo_defaults() -> Defaults {
 
 /// The default guest, relative to the repository root, as the README's build
 /// step leaves it.
-pub const DEFAULT_GUEST: &str =
-    "guest-predictor/target/wasm32-wasip2/release/hadr_guest_predictor.wasm";
+pub const DEFAULT_GUEST: &str = "guests/target/wasm32-wasip2/release/hadr_guest_predictor.wasm";

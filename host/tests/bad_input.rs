@@ -58,9 +58,9 @@ async fn each_bad_input_gets_its_status_and_the_host_keeps_serving() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     assert!(message(&b).contains("POST /predict"), "{b}");
 
-    let (s, h, b) = get(addr, "/predict").await;
+    let (s, h, b) = request(addr, Method::DELETE, "/predict", Default::default()).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{b}");
-    assert_eq!(h["allow"], "POST");
+    assert_eq!(h["allow"], "POST, GET");
     let (s, h, _) = request(addr, Method::DELETE, "/topology", Default::default()).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(h["allow"], "GET");

@@ -43,8 +43,8 @@ async fn each_fault_is_replaced_and_retried_without_the_client_noticing() {
     }
     let (s, _, _) = get(host.router, "/healthz").await;
     assert_eq!(s, StatusCode::OK);
-    // The replacements came from the warm pool under a placeholder name and
-    // were renamed: each answers as the instance whose place it took.
+    // The replacements came from the warm pool, initialised for no instance
+    // in particular: each answers as the instance whose place it took.
     for name in ["predict1", "predict2"] {
         let (s, _, b) = post(host.instance_addr(name).await, "/predict", row()).await;
         assert_eq!(

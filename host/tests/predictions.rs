@@ -1,24 +1,31 @@
 //! Acceptance: through the running binary, every case of each model's cases
-//! file matches scikit-learn's probabilities to 1e-5, and the digits model is
-//! at least 95% accurate on its held-out split.
+//! file matches its library's answers (scikit-learn, LightGBM, XGBoost):
+//! class probabilities to 1e-5, regression to 1e-5 relative; and the digits
+//! model is at least 95% accurate on its held-out split.
 
 mod common;
 
 use common::{cases, inputs, post, repo, Host};
 use hyper::StatusCode;
 
-/// Serves `model` from a one-instance topology and checks every case,
-/// in batches and one row at a time. Returns the served accuracy.
-async fn check_model(model: &str) -> f64 {
+/// A one-instance topology serving `model` with the generic guest.
+fn serve(model: &str) -> Host {
     let path = repo().join("models").join(format!("{model}.onnx"));
     let topology = serde_json::json!({
         "predict1": {"status": true, "load": 0, "model": path}
     })
     .to_string();
-    let host = Host::start(&topology, &[]);
+    Host::start(&topology, &[])
+}
+
+/// Serves `model` from a one-instance topology and checks every case,
+/// in batches and one row at a time. Returns the served accuracy.
+async fn check_model(model: &str) -> f64 {
+    let host = serve(model);
     let cases = cases(model);
     let all = cases["cases"].as_array().unwrap();
-    assert!(all.len() > 50, "{model}: too few cases to mean anything");
+    // Wine is small: its whole held-out split is 36 rows.
+    assert!(all.len() >= 36, "{model}: too few cases to mean anything");
     let mut correct = 0;
     let mut worst = 0.0f64;
     for (chunk_index, chunk) in all.chunks(37).enumerate() {
@@ -78,4 +85,51 @@ async fn digits_v2_cases_match_scikit_learn() {
     let accuracy = check_model("digits-v2").await;
     eprintln!("digits-v2 held-out accuracy through hadr: {accuracy:.4}");
     assert!(accuracy >= 0.95, "digits-v2 accuracy {accuracy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lightgbm_binary_classifier_matches_lightgbm() {
+    let accuracy = check_model("lgbm_cancer").await;
+    eprintln!("lgbm_cancer held-out accuracy through hadr: {accuracy:.4}");
+    assert!(accuracy >= 0.9, "lgbm_cancer accuracy {accuracy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lightgbm_multiclass_classifier_matches_lightgbm() {
+    let accuracy = check_model("lgbm_wine").await;
+    eprintln!("lgbm_wine held-out accuracy through hadr: {accuracy:.4}");
+    assert!(accuracy >= 0.9, "lgbm_wine accuracy {accuracy}");
+}
+
+/// A regressor's answer: one value per row, no labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xgboost_regressor_matches_xgboost() {
+    let model = "xgb_diabetes";
+    let host = serve(model);
+    let all = cases(model)["cases"].as_array().unwrap().clone();
+    assert!(all.len() > 50, "too few cases to mean anything");
+    let mut worst = 0.0f64;
+    for chunk in all.chunks(29) {
+        let rows: Vec<_> = chunk.iter().map(|c| c["input"].clone()).collect();
+        let (status, _, answer) = post(host.router, "/predict", inputs(&rows)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(
+            answer.get("labels").is_none(),
+            "a regression has no labels: {answer}"
+        );
+        let outputs = answer["outputs"].as_array().unwrap();
+        assert_eq!(outputs.len(), chunk.len());
+        for (got, case) in outputs.iter().zip(chunk) {
+            let got = got.as_array().unwrap();
+            assert_eq!(got.len(), 1, "one target");
+            let want = case["prediction"].as_f64().unwrap();
+            let relative = (got[0].as_f64().unwrap() - want).abs() / want.abs().max(1e-12);
+            worst = worst.max(relative);
+            assert!(relative <= 1e-5, "got {got:?}, XGBoost {want}");
+        }
+    }
+    eprintln!(
+        "{model}: {} cases, worst relative difference {worst:e}",
+        all.len()
+    );
 }

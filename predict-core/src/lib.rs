@@ -1,5 +1,5 @@
 //! The predictor's request and response formats, shared by the WebAssembly
-//! guest (`guest-predictor/`) and the native baseline (`baseline/`), so the
+//! guest (`guests/predictor/`) and the native baseline (`baseline/`), so the
 //! two do exactly the same work around the model and a benchmark between them
 //! measures the sandbox, not two different parsers.
 //!
@@ -8,7 +8,8 @@
 //! row-major `Vec<f32>` (no per-row allocation) and says precisely what was
 //! wrong when it cannot: [`RequestError::Malformed`] for bytes that are not
 //! JSON (HTTP 400), [`RequestError::Invalid`] for JSON that does not fit the
-//! model (HTTP 422). [`write_response`] shapes the answer.
+//! model (HTTP 422). [`write_response`] shapes the answer, and [`with_origin`]
+//! is how the host says who answered.
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
@@ -232,7 +233,44 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Who answered: written into every response.
+/// Where a response's `labels` come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Labels<'a> {
+    /// The argmax of each row of outputs (class probabilities).
+    Argmax,
+    /// One label per row, as the model gave them.
+    Given(&'a [i64]),
+    /// None: the outputs are not class scores (a regression).
+    Omitted,
+}
+
+/// Writes `{"outputs": [[...] per row], "labels": [...]}` where `outputs`
+/// holds `width` values per input row and `labels` (unless omitted) one label
+/// per row. The host adds `model`, `instance` and `version` (see
+/// [`with_origin`]).
+pub fn write_response(outputs: &[f32], width: usize, labels: Labels<'_>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Response<'a> {
+        outputs: Rows<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        labels: Option<LabelRows<'a>>,
+    }
+    let width = width.max(1);
+    let labels = match labels {
+        Labels::Argmax => Some(LabelRows::Argmax(outputs, width)),
+        Labels::Given(given) => Some(LabelRows::Given(given)),
+        Labels::Omitted => None,
+    };
+    let response = Response {
+        outputs: Rows(outputs, width),
+        labels,
+    };
+    let mut out = Vec::with_capacity(32 + outputs.len() * 14);
+    serde_json::to_writer(&mut out, &response).expect("serialising to a Vec cannot fail");
+    out
+}
+
+/// Who answered: the host writes it into every answer.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
     /// Model (graph) name.
@@ -243,29 +281,81 @@ pub struct Origin<'a> {
     pub version: &'a str,
 }
 
-/// Writes `{"model", "instance", "version", "outputs", "labels"}` where
-/// `outputs` holds one row of `classes` probabilities per input row and
-/// `labels` the argmax of each row.
-pub fn write_response(origin: Origin<'_>, probabilities: &[f32], classes: usize) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Response<'a> {
-        model: &'a str,
-        instance: &'a str,
-        version: &'a str,
-        outputs: Rows<'a>,
-        labels: Labels<'a>,
+/// Why a guest's answer cannot be sent as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadAnswer(pub String);
+
+impl fmt::Display for BadAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
-    let classes = classes.max(1);
-    let response = Response {
-        model: origin.model,
-        instance: origin.instance,
-        version: origin.version,
-        outputs: Rows(probabilities, classes),
-        labels: Labels(probabilities, classes),
-    };
-    let mut out = Vec::with_capacity(96 + probabilities.len() * 14);
-    serde_json::to_writer(&mut out, &response).expect("serialising to a Vec cannot fail");
-    out
+}
+
+impl std::error::Error for BadAnswer {}
+
+/// The fields the host writes into every answer.
+const ORIGIN_FIELDS: [&str; 3] = ["model", "instance", "version"];
+
+/// Puts `"model"`, `"instance"` and `"version"` first in a guest's answer.
+/// The answer must be one JSON object that does not write those fields
+/// itself: it is checked in one pass that allocates nothing (values are
+/// skipped, not built), then copied once. Guests write only what they
+/// compute; the host says who computed it.
+pub fn with_origin(origin: Origin<'_>, body: &[u8]) -> Result<Vec<u8>, BadAnswer> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let empty = de
+        .deserialize_map(AnswerCheck)
+        .and_then(|empty| de.end().map(|()| empty))
+        .map_err(|e| BadAnswer(format!("the guest's answer is not one JSON object: {e}")))?;
+    let open = body
+        .iter()
+        .position(|&b| b == b'{')
+        .expect("a checked object starts with `{`");
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.push(b'{');
+    for (key, value) in
+        ORIGIN_FIELDS
+            .into_iter()
+            .zip([origin.model, origin.instance, origin.version])
+    {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key).expect("writing to a Vec cannot fail");
+        out.push(b':');
+        serde_json::to_writer(&mut out, value).expect("writing to a Vec cannot fail");
+    }
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(&body[open + 1..]);
+    Ok(out)
+}
+
+/// Checks a guest's answer: an object not writing the origin fields.
+/// Yields whether it is empty.
+struct AnswerCheck;
+
+impl<'de> Visitor<'de> for AnswerCheck {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let mut empty = true;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if ORIGIN_FIELDS.contains(&key.as_ref()) {
+                return Err(de::Error::custom(format_args!(
+                    "it writes `{key}`, which the host writes"
+                )));
+            }
+            map.next_value::<de::IgnoredAny>()?;
+            empty = false;
+        }
+        Ok(empty)
+    }
 }
 
 struct Rows<'a>(&'a [f32], usize);
@@ -280,15 +370,23 @@ impl Serialize for Rows<'_> {
     }
 }
 
-struct Labels<'a>(&'a [f32], usize);
+enum LabelRows<'a> {
+    Argmax(&'a [f32], usize),
+    Given(&'a [i64]),
+}
 
-impl Serialize for Labels<'_> {
+impl Serialize for LabelRows<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len() / self.1))?;
-        for row in self.0.chunks(self.1) {
-            seq.serialize_element(&argmax(row))?;
+        match self {
+            LabelRows::Argmax(values, width) => {
+                let mut seq = s.serialize_seq(Some(values.len() / width))?;
+                for row in values.chunks(*width) {
+                    seq.serialize_element(&argmax(row))?;
+                }
+                seq.end()
+            }
+            LabelRows::Given(labels) => labels.serialize(s),
         }
-        seq.end()
     }
 }
 
@@ -349,17 +447,57 @@ mod tests {
 
     #[test]
     fn response_has_one_output_row_and_label_per_input_row() {
-        let origin = Origin {
-            model: "m",
-            instance: "p1",
-            version: "v1",
-        };
-        let body = write_response(origin, &[0.1, 0.9, 0.7, 0.3], 2);
+        let body = write_response(&[0.1, 0.9, 0.7, 0.3], 2, Labels::Argmax);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["labels"], serde_json::json!([1, 0]));
         assert_eq!(v["outputs"][1][0].as_f64().unwrap() as f32, 0.7);
-        assert_eq!(v["instance"], "p1");
-        assert_eq!(v["version"], "v1");
+    }
+
+    #[test]
+    fn labels_can_be_the_models_own_or_none() {
+        let given = write_response(&[0.1, 0.9], 2, Labels::Given(&[7]));
+        let v: serde_json::Value = serde_json::from_slice(&given).unwrap();
+        assert_eq!(v["labels"], serde_json::json!([7]));
+        let regression = write_response(&[1.5, 2.5], 1, Labels::Omitted);
+        let v: serde_json::Value = serde_json::from_slice(&regression).unwrap();
+        assert_eq!(v, serde_json::json!({"outputs": [[1.5], [2.5]]}));
+    }
+
+    #[test]
+    fn origin_goes_first_in_any_object() {
+        let origin = Origin {
+            model: "m",
+            instance: "p\"1",
+            version: "v1",
+        };
+        for (body, rest) in [
+            (&b"{\"a\":1}"[..], serde_json::json!({"a": 1})),
+            (b"  { }", serde_json::json!({})),
+            (b"{}", serde_json::json!({})),
+        ] {
+            let out = with_origin(origin, body).unwrap();
+            assert!(out.starts_with(br#"{"model":"m","instance":"p\"1","version":"v1""#));
+            let mut v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            for k in ["model", "instance", "version"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            assert_eq!(v, rest);
+        }
+        for (body, why) in [
+            (&b"[1]"[..], "invalid type"),
+            (b"", "EOF"),
+            (b"  ", "EOF"),
+            (b"\"x\"", "invalid type"),
+            (b"{", "EOF"),
+            (b"{\"a\":", "EOF"),
+            (b"{} {}", "trailing"),
+            (b"{\"a\": 1, \"version\": \"mine\"}", "writes `version`"),
+        ] {
+            let Err(BadAnswer(message)) = with_origin(origin, body) else {
+                panic!("{:?} was accepted", String::from_utf8_lossy(body));
+            };
+            assert!(message.contains(why), "{message}");
+        }
     }
 
     #[test]

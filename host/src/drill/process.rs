@@ -44,7 +44,8 @@ const TOKEN_ENV: &str = "HADR_ADMIN_TOKEN";
 
 impl HostProcess {
     /// Starts `hadr-host serve` on a copy of `topology` with every instance
-    /// port set to 0, in `dir` (state directory and log there).
+    /// port set to 0 and its relative `model` and `module` paths made absolute
+    /// (the copy lives elsewhere), in `dir` (state directory and log there).
     pub fn start(topology: &Path, dir: &Path, extra: &[&str]) -> Result<Self, ProcessError> {
         let io = |what: &str, e: std::io::Error| ProcessError::Io(format!("{what}: {e}"));
         std::fs::create_dir_all(dir).map_err(|e| io("creating the drill directory", e))?;
@@ -52,10 +53,17 @@ impl HostProcess {
             .map_err(|e| io(&format!("reading {}", topology.display()), e))?;
         let mut value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ProcessError::Io(format!("{}: {e}", topology.display())))?;
+        let folder = std::path::absolute(topology.parent().unwrap_or(Path::new(".")))
+            .map_err(|e| io("resolving the topology's folder", e))?;
         if let Some(entries) = value.as_object_mut() {
             for entry in entries.values_mut() {
                 if entry.get("port").is_some() {
                     entry["port"] = "0".into();
+                }
+                for key in ["model", "module"] {
+                    if let Some(path) = entry.get(key).and_then(|v| v.as_str()) {
+                        entry[key] = folder.join(path).to_string_lossy().into_owned().into();
+                    }
                 }
             }
         }

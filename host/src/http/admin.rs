@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::api::{json, App};
 use super::error::ApiError;
-use crate::bindings::exports::hadr::predictor::chaos::Fault;
+use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use crate::rollout::{DeployRequest, RolloutError, RolloutOutcome, Targets};
 
 /// Largest admin request body.

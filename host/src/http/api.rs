@@ -1,9 +1,15 @@
 //! Routes and request handling.
 //!
 //! The router's listener serves `POST /predict` (routed by load),
-//! `GET /topology`, `GET /metrics`, `GET /healthz` and `GET /readyz`. An
-//! instance's own port serves `POST /predict` straight to that instance
-//! (like the article's predictor servers), `GET /healthz` and `GET /readyz`.
+//! `GET /predict`, `GET /topology`, `GET /metrics`, `GET /healthz` and
+//! `GET /readyz`. An instance's own port serves `POST` and `GET /predict`
+//! straight to that instance (like the article's predictor servers),
+//! `GET /healthz` and `GET /readyz`.
+//!
+//! `GET /predict` predicts the deployment's example (the request its smoke
+//! test sends), as the article's router answered `GET` with a built-in
+//! candidate: the article's Locust file load-tests with it. It goes through
+//! routing, load counting, the sandbox and metrics like any request.
 //!
 //! `/healthz` says the process serves; `/readyz` is 200 only while a request
 //! could be taken now (on the router: some instance that takes traffic is
@@ -25,7 +31,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
 use super::error::ApiError;
-use crate::instance::{CallError, Instance, InstanceReport, Lease};
+use crate::instance::{CallError, Input, Instance, InstanceReport, Lease};
 use crate::router::Router;
 
 /// What every handler shares: the router and the request limits.
@@ -75,7 +81,7 @@ pub async fn handle(
     }
     let path = req.uri().path();
     let response = match (path, &target) {
-        ("/predict", _) if req.method() == Method::POST => {
+        ("/predict", _) if req.method() == Method::POST || req.method() == Method::GET => {
             let started = std::time::Instant::now();
             let mut served_by = None;
             let response = predict(&app, &target, req, &mut served_by)
@@ -86,7 +92,7 @@ pub async fn handle(
                 .observe(instance, response.status().as_u16(), started.elapsed());
             Ok(response)
         }
-        ("/predict", _) => Err(not_allowed("POST")),
+        ("/predict", _) => Err(not_allowed("POST, GET")),
         ("/topology", Target::Router) if req.method() == Method::GET => {
             let mut response = json(StatusCode::OK, &topology(&app.router));
             response
@@ -116,9 +122,9 @@ pub async fn handle(
                 "no route {path}; this listener serves {}",
                 match target {
                     Target::Router =>
-                        "POST /predict, GET /topology, GET /metrics, GET /healthz, GET /readyz",
+                        "POST /predict, GET /predict, GET /topology, GET /metrics, GET /healthz, GET /readyz",
                     Target::Instance(_) | Target::Admin =>
-                        "POST /predict, GET /healthz, GET /readyz",
+                        "POST /predict, GET /predict, GET /healthz, GET /readyz",
                 }
             ),
         )),
@@ -152,15 +158,19 @@ fn readyz(app: &App, target: &Target) -> Result<Response<Full<Bytes>>, ApiError>
     }
 }
 
-/// Answers `POST /predict`; `served_by` is set to the instance that ran the
-/// call (the last one, after a retry).
+/// Answers `POST /predict` (and `GET`, with the deployment's example);
+/// `served_by` is set to the instance that ran the call (the last one, after
+/// a retry).
 async fn predict(
     app: &App,
     target: &Target,
     req: Request<Incoming>,
     served_by: &mut Option<Arc<Instance>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let body = read_body(req, app.max_body).await?;
+    let body = match *req.method() {
+        Method::GET => Input::Example,
+        _ => Input::Body(read_body(req, app.max_body).await?),
+    };
     let lease = lease(app, target)?;
     *served_by = Some(lease.instance().clone());
     if lease.promoted() {
@@ -190,7 +200,7 @@ async fn retry(
     app: &App,
     target: &Target,
     failed: Lease,
-    body: Bytes,
+    body: Input,
     first: CallError,
     served_by: &mut Option<Arc<Instance>>,
 ) -> Result<Vec<u8>, ApiError> {

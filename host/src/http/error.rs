@@ -104,6 +104,8 @@ impl From<CallError> for ApiError {
             CallError::Instantiate(_) | CallError::Init(_) => {
                 (S::INTERNAL_SERVER_ERROR, "instance_unavailable")
             }
+            CallError::NotDrillable(_) => (S::CONFLICT, "not_drillable"),
+            CallError::BadAnswer(_) => (S::INTERNAL_SERVER_ERROR, "guest_error"),
         };
         Self::new(status, code, message)
     }

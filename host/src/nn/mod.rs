@@ -14,4 +14,4 @@ pub mod registry;
 pub mod tract_backend;
 
 pub use registry::{GraphRegistry, LoadedModel, ModelError};
-pub use tract_backend::TractBackend;
+pub use tract_backend::{ModelInfo, TensorInfo, TractBackend};

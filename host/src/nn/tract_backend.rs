@@ -26,9 +26,10 @@ type Plan = Arc<TypedRunnableModel>;
 pub struct TractBackend;
 
 impl TractBackend {
-    /// Parses and optimises an ONNX model (`[batch, features]` f32 input).
+    /// Parses and optimises an ONNX model (`[batch, features]` f32 input),
+    /// with hadr's own tree-ensemble operators in place of tract's.
     pub fn load_onnx(bytes: &[u8]) -> Result<TractGraph, TractError> {
-        let mut model = tract_onnx::onnx()
+        let mut model = hadr_trees::onnx()
             .with_ignore_value_info(true)
             .model_for_read(&mut std::io::Cursor::new(bytes))?;
         if model.input_outlets()?.len() != 1 {
@@ -38,24 +39,26 @@ impl TractBackend {
             );
         }
         let features = declared_features(&model)?;
+        let input_name = model.node(model.input_outlets()?[0].node).name.clone();
         let batch = model.symbols.sym("batch");
         model.set_input_fact(0, f32::fact(&[batch.to_dim(), features.to_dim()]).into())?;
+        let metadata = metadata(&model);
         let typed = model.into_optimized()?;
-        let outputs = typed
-            .output_outlets()?
-            .iter()
-            .map(|o| {
-                typed
-                    .outlet_label(*o)
-                    .unwrap_or(&typed.node(o.node).name)
-                    .to_string()
-            })
-            .collect();
+        let outputs = output_infos(&typed)?;
+        let inputs = vec![TensorInfo {
+            name: input_name,
+            datatype: "float",
+            shape: vec![-1, features as i64],
+        }];
         let plan = typed.into_runnable()?;
         Ok(TractGraph {
             plan,
             features,
-            outputs: Arc::new(outputs),
+            info: Arc::new(ModelInfo {
+                inputs,
+                outputs,
+                metadata,
+            }),
         })
     }
 }
@@ -75,6 +78,95 @@ fn declared_features(model: &InferenceModel) -> TractResult<usize> {
             fact.shape
         ),
     }
+}
+
+/// The key/value metadata the ONNX file carries (`metadata_props`), which
+/// tract keeps as `onnx.metadata_props.<key>` string properties.
+fn metadata(model: &InferenceModel) -> Vec<(String, String)> {
+    const PREFIX: &str = "onnx.metadata_props.";
+    let mut found: Vec<(String, String)> = model
+        .properties
+        .iter()
+        .filter_map(|(key, value)| {
+            let key = key.strip_prefix(PREFIX)?;
+            let value = value.try_as_plain_ram().ok()?.to_scalar::<String>().ok()?;
+            Some((key.to_string(), value.clone()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Each output's name, element type and shape, checked to cross wasi-nn: a
+/// model whose outputs cannot is refused here, at load, rather than failing
+/// every request.
+fn output_infos(typed: &TypedModel) -> TractResult<Vec<TensorInfo>> {
+    typed
+        .output_outlets()?
+        .iter()
+        .map(|outlet| {
+            let name = typed
+                .outlet_label(*outlet)
+                .unwrap_or(&typed.node(outlet.node).name)
+                .to_string();
+            let fact = typed.outlet_fact(*outlet)?;
+            let Some(datatype) = wasi_datatype(fact.datum_type) else {
+                bail!(
+                    "the model's output `{name}` is a tensor of {:?}, which wasi-nn cannot carry \
+                     (it carries float, double, int32, int64, and uint8, which bool becomes); export the model \
+                     with numeric outputs (integer class labels, not strings)",
+                    fact.datum_type
+                );
+            };
+            let shape = fact
+                .shape
+                .iter()
+                .map(|d| d.to_i64().unwrap_or(-1))
+                .collect();
+            Ok(TensorInfo {
+                name,
+                datatype,
+                shape,
+            })
+        })
+        .collect()
+}
+
+/// The ONNX name of the element type an output crosses wasi-nn as, if it can.
+fn wasi_datatype(dt: DatumType) -> Option<&'static str> {
+    Some(match dt {
+        DatumType::F32 => "float",
+        DatumType::F64 => "double",
+        // Shape arithmetic (Shape, Gather of a shape) comes out of tract as
+        // TDim: concrete integers by the time a plan runs, sent as int64.
+        DatumType::I64 | DatumType::TDim => "int64",
+        DatumType::I32 => "int32",
+        // wasi-nn has no bool: sent as uint8 0 or 1.
+        DatumType::U8 | DatumType::Bool => "uint8",
+        _ => return None,
+    })
+}
+
+/// One input or output as the model declares it (-1 for a symbolic dim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Its name in the model.
+    pub name: String,
+    /// Its element type, as ONNX names it.
+    pub datatype: &'static str,
+    /// Its dimensions.
+    pub shape: Vec<i64>,
+}
+
+/// What a guest is told about its model at `init`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The model's inputs.
+    pub inputs: Vec<TensorInfo>,
+    /// The model's outputs, in the order wasi-nn returns them.
+    pub outputs: Vec<TensorInfo>,
+    /// The ONNX file's `metadata_props`, sorted by key.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl BackendInner for TractBackend {
@@ -105,14 +197,14 @@ impl BackendInner for TractBackend {
 pub struct TractGraph {
     plan: Plan,
     features: usize,
-    outputs: Arc<Vec<String>>,
+    info: Arc<ModelInfo>,
 }
 
 impl std::fmt::Debug for TractGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TractGraph")
             .field("features", &self.features)
-            .field("outputs", &self.outputs)
+            .field("info", &self.info)
             .finish()
     }
 }
@@ -123,9 +215,9 @@ impl TractGraph {
         self.features
     }
 
-    /// Names of the model's outputs, in order.
-    pub fn output_names(&self) -> &[String] {
-        &self.outputs
+    /// The model's inputs, outputs and metadata.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
     }
 
     /// Runs `rows` rows natively: the reference the guest path is checked and
@@ -148,8 +240,8 @@ impl TractGraph {
         let outputs = self.plan.run(tvec!(input.into())).map_err(from_tract)?;
         outputs
             .into_iter()
-            .zip(self.outputs.iter())
-            .map(|(value, name)| Ok((name.clone(), to_wasi_tensor(&value)?)))
+            .zip(self.info.outputs.iter())
+            .map(|(value, info)| Ok((info.name.clone(), to_wasi_tensor(&value)?)))
             .collect()
     }
 
@@ -284,7 +376,20 @@ fn to_wasi_tensor(value: &tract_onnx::prelude::Tensor) -> Result<Tensor, Backend
             TensorType::I32,
             le_bytes(plain::<i32>(value)?, i32::to_le_bytes),
         ),
+        DatumType::TDim => {
+            let dims = plain::<TDim>(value)?;
+            let ints = dims
+                .iter()
+                .map(|d| d.to_i64())
+                .collect::<Result<Vec<i64>, _>>()
+                .map_err(|e| backend_error(format!("a symbolic output value: {e}")))?;
+            (TensorType::I64, le_bytes(&ints, i64::to_le_bytes))
+        }
         DatumType::U8 => (TensorType::U8, plain::<u8>(value)?.to_vec()),
+        DatumType::Bool => {
+            let bools = plain::<bool>(value)?;
+            (TensorType::U8, bools.iter().map(|b| *b as u8).collect())
+        }
         other => {
             return Err(BackendError::UnsupportedTensorType(format!(
                 "the model gave a {other:?} output, which wasi-nn cannot carry"
@@ -316,4 +421,130 @@ fn backend_error(message: String) -> BackendError {
 
 fn from_tract(e: TractError) -> BackendError {
     BackendError::BackendAccess(wasmtime::Error::from_anyhow(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use tract_onnx::pb::tensor_proto::DataType;
+    use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+    use tract_onnx::pb::{
+        attribute_proto, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+        OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
+        ValueInfoProto,
+    };
+
+    use super::*;
+
+    fn value_info(name: &str, elem: DataType, dims: &[dimension::Value]) -> ValueInfoProto {
+        let dim = dims
+            .iter()
+            .map(|v| Dimension {
+                value: Some(v.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let tensor = type_proto::Tensor {
+            elem_type: elem as i32,
+            shape: Some(TensorShapeProto { dim }),
+        };
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(tensor)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A model taking `[N, 2]` floats whose one output is the constant
+    /// `value`, named `out`, with `metadata_props`.
+    fn model(value: TensorProto, elem: DataType, metadata: &[(&str, &str)]) -> Vec<u8> {
+        let constant = NodeProto {
+            output: vec!["out".into()],
+            op_type: "Constant".into(),
+            attribute: vec![AttributeProto {
+                name: "value".into(),
+                r#type: attribute_proto::AttributeType::Tensor as i32,
+                t: Some(value),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let n = dimension::Value::DimParam("N".into());
+        let graph = GraphProto {
+            node: vec![constant],
+            input: vec![value_info(
+                "x",
+                DataType::Float,
+                &[n, dimension::Value::DimValue(2)],
+            )],
+            output: vec![value_info("out", elem, &[dimension::Value::DimValue(1)])],
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 15,
+            }],
+            graph: Some(graph),
+            metadata_props: metadata
+                .iter()
+                .map(|(key, value)| StringStringEntryProto {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn an_output_wasi_nn_cannot_carry_is_refused_at_load() {
+        let strings = TensorProto {
+            dims: vec![1],
+            data_type: DataType::String as i32,
+            string_data: vec![b"placed".to_vec()],
+            ..Default::default()
+        };
+        let error = TractBackend::load_onnx(&model(strings, DataType::String, &[]))
+            .expect_err("a string output cannot cross wasi-nn");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("output `out`") && message.contains("wasi-nn cannot carry"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_guest_is_told_the_models_tensors_and_metadata() {
+        let ints = TensorProto {
+            dims: vec![1],
+            data_type: DataType::Int64 as i32,
+            int64_data: vec![7],
+            ..Default::default()
+        };
+        let bytes = model(ints, DataType::Int64, &[("b", "2"), ("a", "{\"x\": 1}")]);
+        let graph = TractBackend::load_onnx(&bytes).unwrap();
+        let info = graph.info();
+        assert_eq!(
+            info.inputs,
+            [TensorInfo {
+                name: "x".into(),
+                datatype: "float",
+                shape: vec![-1, 2],
+            }]
+        );
+        assert_eq!(info.outputs[0].name, "out");
+        assert_eq!(info.outputs[0].datatype, "int64");
+        assert_eq!(
+            info.metadata,
+            [("a".into(), "{\"x\": 1}".into()), ("b".into(), "2".into())]
+        );
+        let outputs = graph.run(3, &[0.0; 6]).unwrap();
+        assert_eq!(outputs[0].1.data, 7i64.to_le_bytes());
+    }
 }

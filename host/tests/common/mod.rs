@@ -208,6 +208,31 @@ pub async fn request_with(
     body: Bytes,
     authorization: Option<&str>,
 ) -> Answer {
+    let (status, headers, bytes) = request_raw(addr, method, path, body, authorization).await;
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "answer to {path} is not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, headers, json)
+}
+
+/// `GET path` as text (for `/metrics`).
+pub async fn get_text(addr: SocketAddr, path: &str) -> String {
+    let (status, _, bytes) = request_raw(addr, Method::GET, path, Bytes::new(), None).await;
+    assert_eq!(status, StatusCode::OK, "GET {path}");
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// One request on a fresh connection; the body as bytes.
+async fn request_raw(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    authorization: Option<&str>,
+) -> (StatusCode, HeaderMap, Bytes) {
     let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
         .expect("connect timed out")
@@ -230,13 +255,7 @@ pub async fn request_with(
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!(
-            "answer to {path} is not JSON ({e}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    });
-    (status, headers, json)
+    (status, headers, bytes)
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Answer {
@@ -261,7 +280,7 @@ pub fn inputs(rows: &[serde_json::Value]) -> Vec<u8> {
 /// The test guest built with the `faulty` feature: it traps on every input
 /// whose features sum (as integers) to a multiple of 3.
 pub fn faulty_guest() -> PathBuf {
-    repo().join("guest-predictor/target/wasm32-wasip2/faulty/hadr_guest_predictor.wasm")
+    repo().join("guests/target/wasm32-wasip2/faulty/hadr_guest_predictor.wasm")
 }
 
 /// Whether the faulty guest traps on `rows` (the same rule as the guest).

@@ -1,0 +1,217 @@
+//! The article's predictor as a hadr guest.
+//!
+//! The article's Flask predictor (`predictors/predict1.py`) takes a list of
+//! candidate records, turns them into a feature vector with a scikit-learn
+//! `DictVectorizer`, asks a random forest for `predict_proba(X)[:, 1]`, and
+//! answers `{"Placement_Probability": p, "Placement": p > 0.5}`. This guest
+//! does the same inside the sandbox, so the host never runs model-specific
+//! code:
+//!
+//! - `init` reads the vectoriser's vocabulary from the model file's own
+//!   metadata (`hadr.dict_vectorizer`, written by `models/placement.py`), so
+//!   a new model with a new vocabulary is deployed without a new guest.
+//! - `predict` vectorises each record as `DictVectorizer.transform` does
+//!   (strings one-hot as `key=value`, numbers as they are, unknown keys and
+//!   values ignored, missing keys 0), runs the forest through wasi-nn, and
+//!   answers with the article's fields.
+//!
+//! It implements only the two exports every predictor must: `init` and
+//! `predict` (see docs/guests.md).
+
+// wit-bindgen's generated wasi:nn bindings take many arguments.
+#![allow(clippy::too_many_arguments)]
+
+wit_bindgen::generate!({
+    world: "predictor-guest",
+    path: "../../wit",
+    generate_all,
+});
+
+mod records;
+
+use std::cell::RefCell;
+
+use hadr::predictor::types::ErrorKind;
+use records::{Records, Vocabulary};
+use wasi::nn::errors::Error as NnError;
+use wasi::nn::graph::{self, Graph};
+use wasi::nn::inference::GraphExecutionContext;
+use wasi::nn::tensor::{Tensor, TensorType};
+
+/// The metadata key holding the vectoriser's vocabulary.
+const VECTORIZER_KEY: &str = "hadr.dict_vectorizer";
+/// The metadata key naming the class whose probability is reported.
+const POSITIVE_CLASS_KEY: &str = "hadr.positive_class";
+
+/// What `init` sets up once and every `predict` uses.
+struct Loaded {
+    vocabulary: Vocabulary,
+    /// The column of `probabilities` that is `Placement_Probability`.
+    positive_class: usize,
+    context: GraphExecutionContext,
+    // Keeps the graph alive for as long as its execution context.
+    _graph: Graph,
+}
+
+thread_local! {
+    static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+}
+
+struct Placement;
+
+impl Guest for Placement {
+    fn init(config: InstanceConfig) -> Result<(), PredictError> {
+        let meta = |key: &str| {
+            config
+                .metadata
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        let vocabulary = meta(VECTORIZER_KEY)
+            .ok_or_else(|| {
+                internal(format!(
+                    "the model `{}` carries no `{VECTORIZER_KEY}` metadata: export it with models/placement.py",
+                    config.model
+                ))
+            })
+            .and_then(|json| Vocabulary::from_json(json).map_err(internal))?;
+        let width = config.inputs.first().and_then(|i| i.shape.last().copied());
+        if config.inputs.len() != 1 || width != Some(vocabulary.len() as i64) {
+            return Err(internal(format!(
+                "the vectoriser makes rows of {} features, but the model's inputs are {:?}",
+                vocabulary.len(),
+                config
+                    .inputs
+                    .iter()
+                    .map(|i| (&i.name, &i.shape))
+                    .collect::<Vec<_>>()
+            )));
+        }
+        let positive_class = match meta(POSITIVE_CLASS_KEY) {
+            None => 1,
+            Some(v) => v.parse().map_err(|_| {
+                internal(format!(
+                    "`{POSITIVE_CLASS_KEY}` is {v:?}, not a class index"
+                ))
+            })?,
+        };
+        let graph = graph::load_by_name(&config.model)
+            .map_err(|e| nn_error(ErrorKind::Internal, "loading the model", e))?;
+        let context = graph
+            .init_execution_context()
+            .map_err(|e| nn_error(ErrorKind::Internal, "creating an execution context", e))?;
+        LOADED.with(|l| {
+            *l.borrow_mut() = Some(Loaded {
+                vocabulary,
+                positive_class,
+                context,
+                _graph: graph,
+            })
+        });
+        Ok(())
+    }
+
+    fn predict(body: Vec<u8>) -> Result<Vec<u8>, PredictError> {
+        LOADED.with(|l| match l.borrow().as_ref() {
+            Some(loaded) => loaded.predict(&body),
+            None => Err(internal("predict called before init".into())),
+        })
+    }
+}
+
+impl Loaded {
+    fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
+        let records = Records::parse(body, &self.vocabulary).map_err(|e| match e {
+            records::Error::Malformed(m) => error(ErrorKind::MalformedRequest, m),
+            records::Error::Invalid(m) => error(ErrorKind::InvalidInput, m),
+        })?;
+        let width = self.vocabulary.len();
+        let input = Tensor::new(
+            &[records.rows as u32, width as u32],
+            TensorType::Fp32,
+            bytemuck::cast_slice(&records.data),
+        );
+        let outputs = self
+            .context
+            .compute(vec![(String::new(), input)])
+            .map_err(|e| nn_error(ErrorKind::ModelFailure, "running the model", e))?;
+        let probabilities = self.positive_probabilities(&outputs, records.rows)?;
+        Ok(answer(&probabilities))
+    }
+
+    /// `predict_proba(X)[:, positive_class]`, one per record.
+    fn positive_probabilities(
+        &self,
+        outputs: &[(String, Tensor)],
+        rows: usize,
+    ) -> Result<Vec<f32>, PredictError> {
+        let (_, tensor) = outputs
+            .iter()
+            .find(|(name, t)| name == "probabilities" && t.ty() == TensorType::Fp32)
+            .ok_or_else(|| model_failure("the model gave no f32 `probabilities` output".into()))?;
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&tensor.data());
+        let classes = values.len() / rows.max(1);
+        if classes * rows != values.len() || self.positive_class >= classes {
+            return Err(model_failure(format!(
+                "the model gave {} probabilities for {rows} records; class {} was expected among them",
+                values.len(),
+                self.positive_class
+            )));
+        }
+        Ok(values
+            .chunks(classes)
+            .map(|row| row[self.positive_class])
+            .collect())
+    }
+}
+
+/// The article's answer: its two fields for one record (a record, or a list
+/// of one, as the article's clients send); `predictions`, one per record, for
+/// several.
+fn answer(probabilities: &[f32]) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Prediction {
+        #[serde(rename = "Placement_Probability")]
+        probability: f32,
+        #[serde(rename = "Placement")]
+        placement: bool,
+    }
+    #[derive(serde::Serialize)]
+    struct Many {
+        predictions: Vec<Prediction>,
+    }
+    let mut predictions: Vec<Prediction> = probabilities
+        .iter()
+        .map(|&p| Prediction {
+            probability: p,
+            placement: p > 0.5,
+        })
+        .collect();
+    let written = match predictions.len() {
+        1 => serde_json::to_vec(&predictions.remove(0)),
+        _ => serde_json::to_vec(&Many { predictions }),
+    };
+    written.expect("serialising to a Vec cannot fail")
+}
+
+fn error(kind: ErrorKind, message: String) -> PredictError {
+    PredictError { kind, message }
+}
+
+fn internal(message: String) -> PredictError {
+    error(ErrorKind::Internal, message)
+}
+
+fn model_failure(message: String) -> PredictError {
+    error(ErrorKind::ModelFailure, message)
+}
+
+fn nn_error(kind: ErrorKind, doing: &str, e: NnError) -> PredictError {
+    error(
+        kind,
+        format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()),
+    )
+}
+
+export!(Placement);

@@ -1,0 +1,233 @@
+//! hadr's generic predictor guest: rows of numbers in, the model's outputs
+//! out.
+//!
+//! The host calls `init` once per sandbox with the model's wasi-nn graph name
+//! and its declared inputs and outputs; the guest loads the graph by name and
+//! keeps one execution context for its lifetime. Each `predict` then parses
+//! the JSON body (with `predict-core`, the same code the native baseline
+//! runs), hands one `[rows, features]` f32 tensor to wasi-nn, and writes the
+//! scores and labels back as JSON. The host adds who answered.
+//!
+//! It also exports the optional `chaos` interface, so drills can make it
+//! fail for real, inside the sandbox.
+//!
+//! The guest can reach nothing but wasi:nn: the host gives it no directories,
+//! no environment, no sockets.
+
+// wit-bindgen's generated wasi:nn bindings take many arguments.
+#![allow(clippy::too_many_arguments)]
+
+wit_bindgen::generate!({
+    world: "drillable-predictor-guest",
+    path: "../../wit",
+    generate_all,
+});
+
+use std::cell::{Cell, RefCell};
+
+use exports::hadr::predictor::chaos::Fault;
+use hadr::predictor::types::{ErrorKind, TensorInfo};
+use wasi::nn::errors::Error as NnError;
+use wasi::nn::graph::{self, Graph};
+use wasi::nn::inference::GraphExecutionContext;
+use wasi::nn::tensor::{Tensor, TensorType};
+
+/// What `init` sets up once and every `predict` uses.
+struct Loaded {
+    /// Values per input row: the last dimension of the model's input.
+    features: usize,
+    context: GraphExecutionContext,
+    // Keeps the graph alive for as long as its execution context.
+    _graph: Graph,
+}
+
+thread_local! {
+    static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+    static ARMED: Cell<Option<Fault>> = const { Cell::new(None) };
+}
+
+struct Predictor;
+
+impl Guest for Predictor {
+    fn init(config: InstanceConfig) -> Result<(), PredictError> {
+        let features = row_width(&config.inputs)?;
+        let graph = graph::load_by_name(&config.model)
+            .map_err(|e| nn_error(ErrorKind::Internal, "loading the model", e))?;
+        let context = graph
+            .init_execution_context()
+            .map_err(|e| nn_error(ErrorKind::Internal, "creating an execution context", e))?;
+        LOADED.with(|l| {
+            *l.borrow_mut() = Some(Loaded {
+                features,
+                context,
+                _graph: graph,
+            })
+        });
+        Ok(())
+    }
+
+    fn predict(body: Vec<u8>) -> Result<Vec<u8>, PredictError> {
+        if let Some(fault) = ARMED.with(Cell::take) {
+            fail(fault);
+        }
+        LOADED.with(|l| match l.borrow().as_ref() {
+            Some(loaded) => loaded.predict(&body),
+            None => Err(error(
+                ErrorKind::Internal,
+                "predict called before init".into(),
+            )),
+        })
+    }
+}
+
+/// The feature count of a model with one `[batch, features]` input.
+fn row_width(inputs: &[TensorInfo]) -> Result<usize, PredictError> {
+    match inputs {
+        [input] => match input.shape[..] {
+            [_, features] if features > 0 => Ok(features as usize),
+            _ => Err(error(
+                ErrorKind::Internal,
+                format!(
+                    "this guest serves models with one [batch, features] input; `{}` has shape {:?}",
+                    input.name, input.shape
+                ),
+            )),
+        },
+        _ => Err(error(
+            ErrorKind::Internal,
+            format!(
+                "this guest serves models with one input; this one has {}",
+                inputs.len()
+            ),
+        )),
+    }
+}
+
+impl Loaded {
+    fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
+        let batch = predict_core::parse_request(body, self.features).map_err(|e| match e {
+            predict_core::RequestError::Malformed(m) => error(ErrorKind::MalformedRequest, m),
+            predict_core::RequestError::Invalid(m) => error(ErrorKind::InvalidInput, m),
+        })?;
+        #[cfg(feature = "faulty")]
+        if batch.data.iter().map(|v| *v as i64).sum::<i64>() % 3 == 0 {
+            trap();
+        }
+        // wasm is little-endian, as wasi-nn's tensor bytes are: no conversion.
+        let input = Tensor::new(
+            &[batch.rows as u32, self.features as u32],
+            TensorType::Fp32,
+            bytemuck::cast_slice(&batch.data),
+        );
+        let outputs = self
+            .context
+            .compute(vec![(String::new(), input)])
+            .map_err(|e| nn_error(ErrorKind::ModelFailure, "running the model", e))?;
+        let scores = Scores::pick(&outputs, batch.rows)?;
+        let given = scores.labels.as_deref().map(predict_core::Labels::Given);
+        let labels = given.unwrap_or(if scores.classifier {
+            predict_core::Labels::Argmax
+        } else {
+            predict_core::Labels::Omitted
+        });
+        Ok(predict_core::write_response(
+            &scores.values,
+            scores.width,
+            labels,
+        ))
+    }
+}
+
+/// What the answer reports of a model's outputs.
+struct Scores {
+    /// The scores: `width` per row.
+    values: Vec<f32>,
+    width: usize,
+    /// Whether they are class probabilities (argmax gives the label).
+    classifier: bool,
+    /// The model's own labels, one integer per row, if it gives them.
+    labels: Option<Vec<i64>>,
+}
+
+impl Scores {
+    /// The output named `probabilities` (scikit-learn and LightGBM exports),
+    /// else the first f32 output (a regressor's values); and the model's own
+    /// integer labels when it gives one per row (tree ensembles, ArgMax).
+    fn pick(outputs: &[(String, Tensor)], rows: usize) -> Result<Self, PredictError> {
+        let probabilities = outputs
+            .iter()
+            .find(|(name, t)| name == "probabilities" && t.ty() == TensorType::Fp32);
+        let (_, tensor) = probabilities
+            .or_else(|| outputs.iter().find(|(_, t)| t.ty() == TensorType::Fp32))
+            .ok_or_else(|| {
+                error(
+                    ErrorKind::ModelFailure,
+                    "the model gave no f32 output to answer with".into(),
+                )
+            })?;
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&tensor.data());
+        if rows == 0 || values.is_empty() || !values.len().is_multiple_of(rows) {
+            return Err(error(
+                ErrorKind::ModelFailure,
+                format!("the model gave {} values for {rows} rows", values.len()),
+            ));
+        }
+        let labels = outputs
+            .iter()
+            .filter(|(_, t)| t.ty() == TensorType::I64)
+            .map(|(_, t)| t.data())
+            .find(|data| data.len() == rows * 8)
+            .map(|data| bytemuck::pod_collect_to_vec(&data));
+        Ok(Self {
+            width: values.len() / rows,
+            values,
+            classifier: probabilities.is_some(),
+            labels,
+        })
+    }
+}
+
+fn error(kind: ErrorKind, message: String) -> PredictError {
+    PredictError { kind, message }
+}
+
+fn nn_error(kind: ErrorKind, doing: &str, e: NnError) -> PredictError {
+    error(
+        kind,
+        format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()),
+    )
+}
+
+impl exports::hadr::predictor::chaos::Guest for Predictor {
+    fn arm(fault: Fault) {
+        ARMED.with(|a| a.set(Some(fault)));
+    }
+}
+
+/// Executes `unreachable`: a wasm trap (an abort when built natively, for
+/// unit tests).
+fn trap() -> ! {
+    #[cfg(target_arch = "wasm32")]
+    core::arch::wasm32::unreachable();
+    #[cfg(not(target_arch = "wasm32"))]
+    std::process::abort();
+}
+
+/// Fails the way a broken guest would: it never returns.
+fn fail(fault: Fault) -> ! {
+    match fault {
+        Fault::Trap => trap(),
+        Fault::Hang => loop {
+            std::hint::black_box(());
+        },
+        Fault::Oom => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+    }
+}
+
+export!(Predictor);

@@ -1,0 +1,81 @@
+//! What the HTTP benchmarks share: starting a server process and reading its
+//! ready line, knobs from the environment, medians, the repository's files.
+
+#![allow(dead_code, reason = "each benchmark uses a different subset")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use hadr_host::loadtest::LoadReport;
+
+/// A server process, killed when dropped; `url` is its `/predict`.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` and waits for the stdout line `<ready_prefix><base url> ...`.
+pub fn start(mut command: Command, ready_prefix: &str) -> Server {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting a server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix(ready_prefix)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+        .to_string();
+    Server {
+        child,
+        url: format!("{base}/predict"),
+    }
+}
+
+/// A numeric knob from the environment.
+pub fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A model's cases file.
+pub fn cases(model: &str) -> serde_json::Value {
+    let path = repo().join(format!("models/{model}.cases.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The median (sorts `values`).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// The median over the rounds named `name` of one figure of their reports.
+pub fn median_of(results: &[(&str, LoadReport)], name: &str, f: fn(&LoadReport) -> f64) -> f64 {
+    let mut v: Vec<f64> = results
+        .iter()
+        .filter(|(n, _)| *n == name)
+        .map(|(_, r)| f(r))
+        .collect();
+    median(&mut v)
+}

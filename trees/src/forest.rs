@@ -1,0 +1,457 @@
+//! A validated ensemble, flattened for evaluation.
+//!
+//! The point of this crate: per row and tree, evaluation touches only the
+//! branches on the path to a leaf and then that leaf's own votes, found by
+//! index. Nothing scales with the ensemble's total leaf count.
+//!
+//! Layout: every reachable branch is a 16-byte [`Branch`] (four to a cache
+//! line) in one array, in depth-first order so a path mostly walks forward in
+//! memory. A child reference is either a branch index or, with [`LEAF_BIT`]
+//! set, a leaf number; a leaf's votes are `votes[leaf_start[l]..leaf_start[l+1]]`.
+//! Validation and flattening live in [`crate::flatten`].
+
+use crate::error::TreeError;
+use crate::flatten::{flatten, Flat};
+use crate::table::{Mode, NodeTable, VoteTable};
+
+/// Marks a child reference as a leaf number rather than a branch index.
+pub(crate) const LEAF_BIT: u32 = 1 << 31;
+/// Feature indices live in the low bits of [`Branch::key`].
+const FEATURE_BITS: u32 = 28;
+/// Largest feature index a branch can hold.
+pub(crate) const MAX_FEATURE: u32 = (1 << FEATURE_BITS) - 1;
+/// Bit of [`Branch::key`] set when NaN takes the true branch.
+const MISSING_TRUE_BIT: u32 = 1 << 31;
+
+/// One decision node, packed into 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub(crate) struct Branch {
+    /// Threshold, already rounded for f32 comparisons (see
+    /// [`crate::flatten::threshold_f32`]).
+    threshold: f32,
+    /// Feature index (low 28 bits), mode (bits 28..31), missing-tracks-true (bit 31).
+    key: u32,
+    /// Child references: `[when false, when true]`, so the comparison indexes it.
+    next: [u32; 2],
+}
+
+impl Branch {
+    /// A branch with its children still unset (see [`Branch::link`]).
+    /// `feature` must be at most [`MAX_FEATURE`].
+    pub(crate) fn new(feature: u32, mode: Mode, missing_true: bool, threshold: f32) -> Branch {
+        let missing = if missing_true { MISSING_TRUE_BIT } else { 0 };
+        let key = feature | (mode as u32) << FEATURE_BITS | missing;
+        Branch {
+            threshold,
+            key,
+            next: [0, 0],
+        }
+    }
+
+    /// Sets the child references taken when the comparison is false / true.
+    pub(crate) fn link(&mut self, on_false: u32, on_true: u32) {
+        self.next = [on_false, on_true];
+    }
+
+    #[inline(always)]
+    fn feature(&self) -> usize {
+        (self.key & MAX_FEATURE) as usize
+    }
+
+    #[inline(always)]
+    fn mode(&self) -> Mode {
+        Mode::ALL[((self.key >> FEATURE_BITS) & 0x7) as usize]
+    }
+
+    #[inline(always)]
+    fn missing_true(&self) -> bool {
+        self.key & MISSING_TRUE_BIT != 0
+    }
+}
+
+/// How branches decide, chosen once per ensemble so the common case (every
+/// branch `BRANCH_LEQ`, no missing-value tracking) compiles to a bare compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleKind {
+    /// Every branch uses this mode and none tracks missing values to true.
+    Uniform(Mode),
+    /// Decode mode and missing flag per branch.
+    Mixed,
+}
+
+/// A branch decision, monomorphised per [`RuleKind`].
+trait Rule {
+    fn goes_true(x: f32, b: &Branch) -> bool;
+}
+
+/// A single mode for the whole forest; `M` is a [`Mode`] discriminant.
+struct UniformRule<const M: u8>;
+
+impl<const M: u8> Rule for UniformRule<M> {
+    #[inline(always)]
+    fn goes_true(x: f32, b: &Branch) -> bool {
+        Mode::ALL[M as usize].holds(x, b.threshold)
+    }
+}
+
+/// Per-branch mode and missing-value flag.
+struct MixedRule;
+
+impl Rule for MixedRule {
+    #[inline(always)]
+    fn goes_true(x: f32, b: &Branch) -> bool {
+        (b.missing_true() && x.is_nan()) || b.mode().holds(x, b.threshold)
+    }
+}
+
+/// How leaf votes for one target combine across trees.
+pub(crate) trait Fold {
+    fn fold(acc: &mut f64, seen: &mut bool, weight: f64);
+}
+
+/// Sum (also used for AVERAGE, divided at the end).
+pub(crate) struct SumFold;
+/// Smallest vote.
+pub(crate) struct MinFold;
+/// Largest vote.
+pub(crate) struct MaxFold;
+
+impl Fold for SumFold {
+    #[inline(always)]
+    fn fold(acc: &mut f64, seen: &mut bool, weight: f64) {
+        *acc += weight;
+        *seen = true;
+    }
+}
+
+impl Fold for MinFold {
+    #[inline(always)]
+    fn fold(acc: &mut f64, seen: &mut bool, weight: f64) {
+        if !*seen || weight < *acc {
+            *acc = weight;
+        }
+        *seen = true;
+    }
+}
+
+impl Fold for MaxFold {
+    #[inline(always)]
+    fn fold(acc: &mut f64, seen: &mut bool, weight: f64) {
+        if !*seen || weight > *acc {
+            *acc = weight;
+        }
+        *seen = true;
+    }
+}
+
+/// Observes the work of an evaluation. The no-op `()` version compiles away;
+/// [`WorkCount`] lets tests pin the per-row cost without timing anything.
+pub(crate) trait Counter {
+    fn node(&mut self);
+    fn vote(&mut self);
+}
+
+impl Counter for () {
+    #[inline(always)]
+    fn node(&mut self) {}
+    #[inline(always)]
+    fn vote(&mut self) {}
+}
+
+/// Nodes visited (branches plus the leaf reached) and votes read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkCount {
+    pub nodes: usize,
+    pub votes: usize,
+}
+
+impl Counter for WorkCount {
+    fn node(&mut self) {
+        self.nodes += 1;
+    }
+    fn vote(&mut self) {
+        self.votes += 1;
+    }
+}
+
+/// Rows evaluated together. Trees are visited once per block, so a tree's
+/// branches stay in cache while every row of the block walks it.
+pub(crate) const BLOCK: usize = 32;
+
+/// Walks advanced in lockstep: independent root-to-leaf walks overlap their
+/// load latencies instead of waiting on one dependent chain at a time.
+const LANES: usize = 4;
+
+/// Scratch for a block of rows: one accumulator and one "has a vote" flag
+/// per (row, target). Allocated once per evaluation, reset per block.
+#[derive(Debug, Clone)]
+pub(crate) struct Accumulator {
+    n_targets: usize,
+    sums: Vec<f64>,
+    seen: Vec<bool>,
+}
+
+impl Accumulator {
+    pub(crate) fn new(n_targets: usize) -> Self {
+        Accumulator {
+            n_targets,
+            sums: vec![0.0; BLOCK * n_targets],
+            seen: vec![false; BLOCK * n_targets],
+        }
+    }
+
+    /// Clears the first `rows` rows.
+    pub(crate) fn reset(&mut self, rows: usize) {
+        self.sums[..rows * self.n_targets].fill(0.0);
+        self.seen[..rows * self.n_targets].fill(false);
+    }
+
+    /// The per-target results of row `r` of the block.
+    pub(crate) fn sums(&self, r: usize) -> &[f64] {
+        &self.sums[r * self.n_targets..(r + 1) * self.n_targets]
+    }
+
+    /// Folds one vote into row `r`.
+    #[inline(always)]
+    fn add<F: Fold>(&mut self, r: usize, target: u32, weight: f64) {
+        let at = r * self.n_targets + target as usize;
+        F::fold(&mut self.sums[at], &mut self.seen[at], weight);
+    }
+}
+
+/// A validated, flattened tree ensemble.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Forest {
+    /// Child reference of each tree's root, in order of first appearance.
+    roots: Vec<u32>,
+    branches: Vec<Branch>,
+    /// `leaf_start[l]..leaf_start[l + 1]` indexes the votes of leaf `l`.
+    leaf_start: Vec<u32>,
+    vote_target: Vec<u32>,
+    vote_weight: Vec<f64>,
+    n_targets: usize,
+    /// One more than the largest feature index a branch reads (0 if none).
+    n_features: usize,
+    rule: RuleKind,
+}
+
+impl Forest {
+    /// Validates `nodes` and `votes` and flattens them. `n_targets` bounds the
+    /// vote ids (number of class labels, or `n_targets`).
+    pub(crate) fn build(
+        nodes: &NodeTable,
+        votes: &VoteTable,
+        n_targets: usize,
+    ) -> Result<Forest, TreeError> {
+        let Flat {
+            roots,
+            branches,
+            leaf_start,
+            vote_target,
+            vote_weight,
+        } = flatten(nodes, votes, n_targets)?;
+        let rule = rule_kind(&branches);
+        let n_features = branches.iter().map(|b| b.feature() + 1).max().unwrap_or(0);
+        Ok(Forest {
+            roots,
+            branches,
+            leaf_start,
+            vote_target,
+            vote_weight,
+            n_targets,
+            n_features,
+            rule,
+        })
+    }
+
+    pub(crate) fn n_trees(&self) -> usize {
+        self.roots.len()
+    }
+
+    pub(crate) fn n_targets(&self) -> usize {
+        self.n_targets
+    }
+
+    /// Refuses an input row narrower than the features the trees read.
+    pub(crate) fn check_width(&self, width: usize) -> Result<(), TreeError> {
+        if width < self.n_features {
+            Err(TreeError::FeatureWidth {
+                feature: self.n_features - 1,
+                width,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Adds every tree's votes for each of `rows` (at most [`BLOCK`], each at
+    /// least as wide as the features read) into the matching rows of `acc`.
+    #[inline]
+    pub(crate) fn accumulate<F: Fold, C: Counter>(
+        &self,
+        rows: &[&[f32]],
+        acc: &mut Accumulator,
+        counter: &mut C,
+    ) {
+        match self.rule {
+            RuleKind::Uniform(Mode::Leq) => self.run::<UniformRule<0>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Lt) => self.run::<UniformRule<1>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Gte) => self.run::<UniformRule<2>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Gt) => self.run::<UniformRule<3>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Eq) => self.run::<UniformRule<4>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Neq) => self.run::<UniformRule<5>, F, C>(rows, acc, counter),
+            RuleKind::Mixed => self.run::<MixedRule, F, C>(rows, acc, counter),
+        }
+    }
+
+    /// The block loop, specialised for one rule and one fold: with enough
+    /// rows, tree by tree over [`LANES`] rows at a time; otherwise row by row
+    /// over [`LANES`] trees at a time.
+    fn run<R: Rule, F: Fold, C: Counter>(
+        &self,
+        rows: &[&[f32]],
+        acc: &mut Accumulator,
+        counter: &mut C,
+    ) {
+        if rows.len() < LANES {
+            for (r, row) in rows.iter().enumerate() {
+                self.run_row::<R, F, C>(row, r, acc, counter);
+            }
+        } else {
+            for &root in &self.roots {
+                self.run_tree::<R, F, C>(root, rows, acc, counter);
+            }
+        }
+    }
+
+    /// One tree for every row of the block, [`LANES`] rows at a time.
+    fn run_tree<R: Rule, F: Fold, C: Counter>(
+        &self,
+        root: u32,
+        rows: &[&[f32]],
+        acc: &mut Accumulator,
+        counter: &mut C,
+    ) {
+        let mut lanes = rows.chunks_exact(LANES);
+        for (q, quad) in (&mut lanes).enumerate() {
+            let quad: [&[f32]; LANES] = std::array::from_fn(|l| quad[l]);
+            let leaves = self.descend_lanes::<R, C>([root; LANES], quad, counter);
+            for (l, leaf) in leaves.into_iter().enumerate() {
+                self.add_votes::<F, C>(leaf, q * LANES + l, acc, counter);
+            }
+        }
+        let done = rows.len() - lanes.remainder().len();
+        for (r, row) in lanes.remainder().iter().enumerate() {
+            let leaf = self.descend::<R, C>(root, row, counter);
+            self.add_votes::<F, C>(leaf, done + r, acc, counter);
+        }
+    }
+
+    /// All trees for one row (`r` in the block), [`LANES`] trees at a time.
+    fn run_row<R: Rule, F: Fold, C: Counter>(
+        &self,
+        row: &[f32],
+        r: usize,
+        acc: &mut Accumulator,
+        counter: &mut C,
+    ) {
+        let mut lanes = self.roots.chunks_exact(LANES);
+        for quad in &mut lanes {
+            let roots: [u32; LANES] = std::array::from_fn(|l| quad[l]);
+            for leaf in self.descend_lanes::<R, C>(roots, [row; LANES], counter) {
+                self.add_votes::<F, C>(leaf, r, acc, counter);
+            }
+        }
+        for &root in lanes.remainder() {
+            let leaf = self.descend::<R, C>(root, row, counter);
+            self.add_votes::<F, C>(leaf, r, acc, counter);
+        }
+    }
+
+    /// Reads leaf `leaf`'s votes by index range: O(votes of that leaf).
+    #[inline(always)]
+    fn add_votes<F: Fold, C: Counter>(
+        &self,
+        leaf: usize,
+        r: usize,
+        acc: &mut Accumulator,
+        counter: &mut C,
+    ) {
+        let (lo, hi) = (
+            self.leaf_start[leaf] as usize,
+            self.leaf_start[leaf + 1] as usize,
+        );
+        for (&t, &w) in self.vote_target[lo..hi]
+            .iter()
+            .zip(&self.vote_weight[lo..hi])
+        {
+            counter.vote();
+            acc.add::<F>(r, t, w);
+        }
+    }
+
+    /// [`LANES`] walks (`at[l]` on `rows[l]`) advanced together while all are
+    /// on branches, then each finished alone. Returns the leaf numbers.
+    #[inline(always)]
+    fn descend_lanes<R: Rule, C: Counter>(
+        &self,
+        mut at: [u32; LANES],
+        rows: [&[f32]; LANES],
+        counter: &mut C,
+    ) -> [usize; LANES] {
+        while at.iter().all(|&a| a & LEAF_BIT == 0) {
+            for l in 0..LANES {
+                counter.node();
+                let b = &self.branches[at[l] as usize];
+                at[l] = b.next[R::goes_true(rows[l][b.feature()], b) as usize];
+            }
+        }
+        std::array::from_fn(|l| self.descend::<R, C>(at[l], rows[l], counter))
+    }
+
+    /// Follows one tree from `at` to a leaf: O(depth), returns the leaf number.
+    #[inline(always)]
+    fn descend<R: Rule, C: Counter>(&self, mut at: u32, row: &[f32], counter: &mut C) -> usize {
+        while at & LEAF_BIT == 0 {
+            counter.node();
+            let b = &self.branches[at as usize];
+            at = b.next[R::goes_true(row[b.feature()], b) as usize];
+        }
+        counter.node();
+        (at & !LEAF_BIT) as usize
+    }
+
+    /// Depth (branches on the path) each tree takes for `row`: used by tests to
+    /// state the expected work independently of the evaluator.
+    #[cfg(test)]
+    pub(crate) fn path_lengths(&self, row: &[f32]) -> Vec<(usize, usize)> {
+        self.roots
+            .iter()
+            .map(|&root| {
+                let mut count = WorkCount::default();
+                let leaf = self.descend::<MixedRule, _>(root, row, &mut count);
+                (
+                    count.nodes - 1,
+                    (self.leaf_start[leaf + 1] - self.leaf_start[leaf]) as usize,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Whether one comparison mode covers every branch (see [`RuleKind`]).
+fn rule_kind(branches: &[Branch]) -> RuleKind {
+    let Some(first) = branches.first() else {
+        return RuleKind::Uniform(Mode::Leq);
+    };
+    let mode = first.mode();
+    if branches
+        .iter()
+        .all(|b| b.mode() == mode && !b.missing_true())
+    {
+        RuleKind::Uniform(mode)
+    } else {
+        RuleKind::Mixed
+    }
+}
