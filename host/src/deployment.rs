@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_nn::wit::WasiNnCtx;
@@ -27,7 +26,6 @@ use crate::bindings::{Predictor, PredictorIndices};
 use crate::compiled_cache::{CacheOutcome, CompiledCache};
 use crate::guest_log::{GuestLog, LogName};
 use crate::instance::{CallError, Live};
-use crate::nn::registry::hex;
 use crate::nn::{GraphRegistry, LoadedModel, TractBackend};
 use crate::runtime::{HostRuntime, InstanceState};
 
@@ -107,7 +105,7 @@ impl CompiledModule {
         path: &Path,
         cache: Option<&CompiledCache>,
     ) -> Result<Self, ModuleError> {
-        let digest = hex(&Sha256::digest(bytes));
+        let digest = hadr_state::blobs::digest(bytes);
         let not_component = |e: wasmtime::Error| ModuleError::NotComponent {
             path: path.to_owned(),
             message: format!("{e:#}"),
@@ -365,7 +363,8 @@ impl Deployment {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(limits.deadline_ticks());
-        let instantiating = |e| CallError::from_wasmtime("instantiating", e);
+        let deadline = runtime.limits().deadline_ticks() as u32 * crate::runtime::EPOCH_TICK;
+        let instantiating = |e| CallError::from_wasmtime("instantiating", e, deadline);
         let module = &self.module;
         let instance = module
             .instance_pre
@@ -406,7 +405,10 @@ impl Spare {
         self.predictor
             .call_init(&mut self.store, &config)
             .await
-            .map_err(|e| CallError::from_wasmtime("initialising", e))?
+            .map_err(|e| {
+                let deadline = ticks as u32 * crate::runtime::EPOCH_TICK;
+                CallError::from_wasmtime("initialising", e, deadline)
+            })?
             .map_err(CallError::Init)?;
         Ok(Live::new(
             self.store,

@@ -44,25 +44,8 @@ use crate::rollout::Canary;
 use crate::runtime::{HostRuntime, InstanceState};
 use crate::topology::InstanceSpec;
 
-/// Where a deployment in force came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// The topology file (and the defaults).
-    Topology,
-    /// `hadr-host deploy`.
-    Deploy,
-}
-
-impl Source {
-    /// As the state store writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Topology => "topology",
-            Source::Deploy => "deploy",
-        }
-    }
-}
+/// Where a deployment in force came from (as the state store keeps it).
+pub use hadr_state::Source;
 
 /// A deployment in force on an instance, and since when.
 #[derive(Clone)]
@@ -93,7 +76,7 @@ impl InForce {
             model_digest: d.model.digest.clone(),
             model: d.model.name.clone(),
             version: d.version.clone(),
-            source: self.source.as_str().into(),
+            source: self.source,
             since: self.since.clone(),
         }
     }
@@ -146,12 +129,14 @@ pub enum CallError {
 struct InjectedTrap;
 
 impl CallError {
-    pub(crate) fn from_wasmtime(doing: &str, e: wasmtime::Error) -> Self {
+    /// Classifies a failed guest call; `deadline` is the one it ran under
+    /// (an epoch interrupt says only that some deadline passed).
+    pub(crate) fn from_wasmtime(doing: &str, e: wasmtime::Error, deadline: Duration) -> Self {
         if e.is::<InjectedTrap>() {
             return CallError::Trap(format!("{e:#}"));
         }
         match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => CallError::Deadline(Duration::ZERO),
+            Some(wasmtime::Trap::Interrupt) => CallError::Deadline(deadline),
             Some(_) => CallError::Trap(format!("{e:#}")),
             None => CallError::Instantiate(format!("{doing}: {e:#}")),
         }
@@ -214,6 +199,11 @@ impl Live {
         &self.version
     }
 
+    /// How long one call may run.
+    fn deadline(&self) -> Duration {
+        self.deadline_ticks as u32 * crate::runtime::EPOCH_TICK
+    }
+
     /// Arms a chaos fault for the next `predict`: inside the guest when it
     /// exports `chaos`, else from the host (trap and hang only).
     pub async fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
@@ -229,7 +219,7 @@ impl Live {
             .hadr_predictor_chaos()
             .call_arm(&mut self.store, fault)
             .await
-            .map_err(|e| CallError::from_wasmtime("arming a fault", e))
+            .map_err(|e| CallError::from_wasmtime("arming a fault", e, self.deadline()))
     }
 
     /// One prediction, interrupted at the deadline. An `Err` other than
@@ -242,7 +232,11 @@ impl Live {
         match self.predictor.call_predict(&mut self.store, body).await {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
-            Err(e) => Err(CallError::from_wasmtime("calling predict", e)),
+            Err(e) => Err(CallError::from_wasmtime(
+                "calling predict",
+                e,
+                self.deadline(),
+            )),
         }
     }
 
@@ -251,7 +245,7 @@ impl Live {
     /// (asleep, not spinning) until its deadline interrupts it. Either way
     /// the store is dropped afterwards, like any faulted one.
     fn inject(&mut self, fault: Fault) {
-        let until = Instant::now() + self.deadline_ticks as u32 * crate::runtime::EPOCH_TICK;
+        let until = Instant::now() + self.deadline();
         self.store.set_epoch_deadline(0);
         self.store.epoch_deadline_callback(move |_| match fault {
             Fault::Hang if Instant::now() < until => Ok(wasmtime::UpdateDeadline::YieldCustom(
@@ -533,19 +527,14 @@ impl Instance {
     /// What the state store keeps of it.
     pub fn state_record(&self) -> InstanceRecord {
         let report = self.report();
-        let role = serde_json::to_value(report.role)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let status = if report.broken {
-            "failed".to_string()
-        } else {
-            role.clone()
-        };
         let serving = self.serving();
         InstanceRecord {
-            role,
-            status,
+            role: match report.role {
+                Role::Active => hadr_state::Role::Active,
+                Role::Standby => hadr_state::Role::Standby,
+                Role::Promoted => hadr_state::Role::Promoted,
+            },
+            broken: report.broken,
             served: report.served,
             failed: report.failed,
             traps: report.traps,
@@ -758,7 +747,8 @@ impl Instance {
     }
 }
 
-fn now_rfc3339() -> String {
+/// Now, as RFC 3339 in UTC with milliseconds: how every record says when.
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
@@ -803,10 +793,7 @@ async fn call(
         Ok(live) => live,
         Err(e) => return (Err(e), false),
     };
-    let outcome = live.predict(body).await.map_err(|e| match e {
-        CallError::Deadline(_) => CallError::Deadline(runtime.limits().deadline),
-        e => e,
-    });
+    let outcome = live.predict(body).await;
     let Err(e) = &outcome else {
         return (outcome, false);
     };
@@ -824,4 +811,24 @@ async fn call(
     tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
         replaced_in = ?faulted.elapsed(), "instance faulted; its sandbox was dropped and replaced");
     (outcome, replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_call_names_the_deadline_it_ran_under() {
+        let deadline = Duration::from_millis(250);
+        let interrupted = wasmtime::Error::from(wasmtime::Trap::Interrupt);
+        let e = CallError::from_wasmtime("initialising", interrupted, deadline);
+        assert!(matches!(e, CallError::Deadline(d) if d == deadline));
+        assert!(e.to_string().contains("250ms"), "{e}");
+        let injected = wasmtime::Error::from(InjectedTrap);
+        let e = CallError::from_wasmtime("calling predict", injected, deadline);
+        assert!(matches!(&e, CallError::Trap(m) if m.contains("injected by the host")));
+        let other = wasmtime::Error::msg("no such export");
+        let e = CallError::from_wasmtime("instantiating", other, deadline);
+        assert!(matches!(&e, CallError::Instantiate(m) if m.starts_with("instantiating")));
+    }
 }

@@ -30,17 +30,24 @@ enum Command {
     /// Serve a topology: one sandboxed predictor instance per entry, behind a
     /// load-aware router.
     ///
-    /// The router answers POST /predict ({"inputs": [[...], ...]}),
-    /// GET /topology and GET /healthz. An entry with a "port" also answers
-    /// POST /predict on that port directly. Entries with "status": false are
+    /// The router answers POST /predict (the body the entry's guest reads:
+    /// {"inputs": [[...], ...]} for the generic guest), GET /predict (the
+    /// deployment's example), GET /topology, GET /metrics, GET /healthz and
+    /// GET /readyz. An entry with a "port" also answers /predict, /healthz
+    /// and /readyz on that port directly. Entries with "status": false are
     /// standbys, promoted when every active is saturated.
     ///
     /// Example: hadr-host serve topologies/2-active.json --listen 127.0.0.1:8000
     Serve(ServeArgs),
-    /// Load-test a running predictor: closed loop, N keep-alive connections,
-    /// fixed duration; prints throughput, status counts and latency percentiles.
+    /// Load-test a running predictor, in Locust's closed model (--users) or an
+    /// open model on a schedule (--rate R or a ramp FROM..TO); prints the RPS
+    /// at first failure, peak goodput, latency percentiles, status counts and
+    /// what each instance served during the test.
     ///
-    /// Example: hadr-host loadtest http://127.0.0.1:8000/predict --connections 16 --duration 10s
+    /// Examples:
+    ///   hadr-host loadtest http://127.0.0.1:8000/predict --users 16 --duration 10s
+    ///   hadr-host loadtest http://127.0.0.1:8000/predict --rate 1000..20000 --duration 20s
+    #[command(verbatim_doc_comment)]
     Loadtest(LoadtestArgs),
     /// Deploy a new guest module and/or model to a running host, with no
     /// failed request.
@@ -156,7 +163,7 @@ struct DrillArgs {
     /// Where the report, charts, state directories and logs go.
     #[arg(long, default_value = "drill-report")]
     out: PathBuf,
-    /// Short phases (about 20 s per topology) instead of the full drill (about 80 s).
+    /// Short phases (about 15 s per topology) instead of the full drill (about 70 s).
     #[arg(long)]
     quick: bool,
     /// Steady load during faults, as a share of the measured capacity.
@@ -254,7 +261,8 @@ struct ServeArgs {
     /// (promotions and chaos faults are written at once).
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     state_interval: Duration,
-    /// Open connections allowed over all listeners; at the cap the host stops
+    /// Open connections allowed over the router's and the instances' listeners
+    /// (the admin listener has its own cap of 64); at the cap the host stops
     /// accepting until one closes (clients wait in the kernel's backlog).
     /// Worst-case request-body memory is this times --max-body.
     #[arg(long, default_value_t = 1024)]

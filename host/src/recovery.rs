@@ -25,10 +25,9 @@
 //! A changed shape (instances, roles, ports, thresholds) bumps the
 //! topology generation.
 
-use hadr_state::{DeploymentRecord, InstanceRecord, TopologyMark};
+use hadr_state::{DeploymentRecord, InstanceRecord, Role as Saved, Source, TopologyMark};
 use sha2::{Digest, Sha256};
 
-use crate::nn::registry::hex;
 use crate::policy::Role;
 use crate::topology::{InstanceSpec, Topology};
 
@@ -66,16 +65,16 @@ pub fn reconcile(spec: &InstanceSpec, version: &str, saved: Option<&InstanceReco
         };
     };
     let mut conflicts = Vec::new();
-    let role = match (file_role, saved.role.as_str()) {
-        (Role::Standby, "promoted") => Role::Promoted,
-        (Role::Standby, "active") => {
+    let role = match (file_role, saved.role) {
+        (Role::Standby, Saved::Promoted) => Role::Promoted,
+        (Role::Standby, Saved::Active) => {
             conflicts.push(format!(
                 "instance `{}` was active, the topology file makes it a standby: the file wins",
                 spec.name
             ));
             Role::Standby
         }
-        (Role::Active, "standby") => {
+        (Role::Active, Saved::Standby) => {
             conflicts.push(format!(
                 "instance `{}` was a standby, the topology file makes it active: the file wins",
                 spec.name
@@ -84,11 +83,14 @@ pub fn reconcile(spec: &InstanceSpec, version: &str, saved: Option<&InstanceReco
         }
         (role, _) => role,
     };
-    let deployed = saved.deployment.clone().filter(|d| d.source == "deploy");
+    let deployed = saved
+        .deployment
+        .clone()
+        .filter(|d| d.source == Source::Deploy);
     if let Some(was) = saved
         .deployment
         .as_ref()
-        .filter(|d| d.source != "deploy" && d.version != version)
+        .filter(|d| d.source != Source::Deploy && d.version != version)
     {
         conflicts.push(format!(
             "instance `{}` served version {} (model {}), the topology file now gives version {version}: the file wins",
@@ -131,7 +133,7 @@ fn shape_digest(topology: &Topology) -> String {
         );
         hasher.update(line.as_bytes());
     }
-    hex(&hasher.finalize())
+    hadr_state::blobs::hex(&hasher.finalize())
 }
 
 #[cfg(test)]
@@ -151,9 +153,9 @@ mod tests {
         }
     }
 
-    fn saved(role: &str, version: &str) -> InstanceRecord {
+    fn saved(role: Saved, version: &str) -> InstanceRecord {
         InstanceRecord {
-            role: role.into(),
+            role,
             served: 12,
             deployment: Some(DeploymentRecord {
                 version: version.into(),
@@ -174,7 +176,11 @@ mod tests {
 
     #[test]
     fn a_promoted_standby_stays_promoted_and_keeps_its_counters() {
-        let r = reconcile(&spec("p3", false), "v1", Some(&saved("promoted", "v1")));
+        let r = reconcile(
+            &spec("p3", false),
+            "v1",
+            Some(&saved(Saved::Promoted, "v1")),
+        );
         assert_eq!(r.role, Role::Promoted);
         assert_eq!(r.saved.served, 12);
         assert!(r.conflicts.is_empty());
@@ -182,23 +188,23 @@ mod tests {
 
     #[test]
     fn the_file_wins_on_active_versus_standby_and_says_so() {
-        let r = reconcile(&spec("p1", false), "v1", Some(&saved("active", "v1")));
+        let r = reconcile(&spec("p1", false), "v1", Some(&saved(Saved::Active, "v1")));
         assert_eq!(r.role, Role::Standby);
         assert!(
             r.conflicts[0].contains("`p1` was active"),
             "{:?}",
             r.conflicts
         );
-        let r = reconcile(&spec("p3", true), "v1", Some(&saved("standby", "v1")));
+        let r = reconcile(&spec("p3", true), "v1", Some(&saved(Saved::Standby, "v1")));
         assert_eq!(r.role, Role::Active);
         assert!(r.conflicts[0].contains("the file wins"));
-        let r = reconcile(&spec("p3", true), "v1", Some(&saved("promoted", "v1")));
+        let r = reconcile(&spec("p3", true), "v1", Some(&saved(Saved::Promoted, "v1")));
         assert_eq!((r.role, r.conflicts.len()), (Role::Active, 0));
     }
 
     #[test]
     fn a_changed_deployment_is_a_conflict_the_file_wins() {
-        let r = reconcile(&spec("p1", true), "v2", Some(&saved("active", "v1")));
+        let r = reconcile(&spec("p1", true), "v2", Some(&saved(Saved::Active, "v1")));
         assert_eq!(r.role, Role::Active);
         assert!(
             r.conflicts[0].contains("served version v1") && r.conflicts[0].contains("v2"),
@@ -209,14 +215,14 @@ mod tests {
 
     #[test]
     fn a_deployed_version_wins_over_the_file_without_a_conflict() {
-        let mut record = saved("active", "v9");
-        record.deployment.as_mut().unwrap().source = "deploy".into();
-        record.previous = saved("active", "v1").deployment;
+        let mut record = saved(Saved::Active, "v9");
+        record.deployment.as_mut().unwrap().source = Source::Deploy;
+        record.previous = saved(Saved::Active, "v1").deployment;
         let r = reconcile(&spec("p1", true), "v1", Some(&record));
         assert_eq!(r.deployed.map(|d| d.version), Some("v9".into()));
         assert_eq!(r.previous.map(|d| d.version), Some("v1".into()));
         assert!(r.conflicts.is_empty(), "{:?}", r.conflicts);
-        let r = reconcile(&spec("p1", true), "v1", Some(&saved("active", "v9")));
+        let r = reconcile(&spec("p1", true), "v1", Some(&saved(Saved::Active, "v9")));
         assert_eq!(r.deployed, None);
     }
 

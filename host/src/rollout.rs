@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hadr_state::{BlobStore, Event, StateStore};
+use hadr_state::{BlobStore, Event, EventKind, StateStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify};
 
@@ -341,7 +341,7 @@ impl Rollouts {
         }
         match req.canary {
             Some(percent) => self.start_canary(&mut active, plan, percent, &req).await,
-            None => self.switch(plan, "deploy").await,
+            None => self.switch(plan, EventKind::Deploy).await,
         }
     }
 
@@ -365,7 +365,7 @@ impl Rollouts {
             .map(|i| (i.clone(), a.canary.deployment.clone()))
             .collect();
         a.canary.trip.notify_one();
-        self.switch(plan, "promote").await
+        self.switch(plan, EventKind::Promote).await
     }
 
     /// Drops the running canary; `reason` is recorded.
@@ -374,7 +374,7 @@ impl Rollouts {
         let Some(a) = active.take() else {
             return Err(RolloutError::Conflict("no canary is running".into()));
         };
-        self.end_canary(a, "abort", reason).await
+        self.end_canary(a, EventKind::Abort, reason).await
     }
 
     /// Returns the chosen instances to their previous deployment.
@@ -401,7 +401,7 @@ impl Rollouts {
                 RolloutError::Refused(format!("the previous version cannot start: {e}"))
             })?;
         }
-        self.switch(plan, "rollback").await
+        self.switch(plan, EventKind::Rollback).await
     }
 
     /// Instances and the recent events, for `GET /admin/deployments`.
@@ -474,7 +474,7 @@ impl Rollouts {
     async fn switch(
         &self,
         plan: Vec<(Arc<Instance>, Arc<Deployment>)>,
-        kind: &str,
+        kind: EventKind,
     ) -> Result<RolloutOutcome, RolloutError> {
         let mut instances = HashMap::new();
         for (instance, deployment) in &plan {
@@ -485,8 +485,8 @@ impl Rollouts {
                 .as_ref()
                 .filter(|p| Arc::ptr_eq(&p.deployment, deployment));
             let current = match returning {
-                Some(p) if kind == "rollback" => InForce {
-                    since: now(),
+                Some(p) if kind == EventKind::Rollback => InForce {
+                    since: crate::instance::now_rfc3339(),
                     ..p.clone()
                 },
                 _ => InForce::now(deployment.clone(), Source::Deploy),
@@ -501,11 +501,11 @@ impl Rollouts {
         self.after_swap(&plan).await;
         let detail = describe(&instances);
         self.commit(kind, &detail).await?;
-        tracing::info!(kind, %detail, "rollout applied");
+        tracing::info!(?kind, %detail, "rollout applied");
         Ok(RolloutOutcome {
             action: match kind {
-                "deploy" => "deployed",
-                "promote" => "promoted",
+                EventKind::Deploy => "deployed",
+                EventKind::Promote => "promoted",
                 _ => "rolled back",
             }
             .into(),
@@ -578,7 +578,7 @@ impl Rollouts {
             instances: instances.clone(),
         });
         self.watch(canary.clone());
-        self.commit("canary", &detail).await?;
+        self.commit(EventKind::Canary, &detail).await?;
         tracing::info!(%detail, "canary started");
         Ok(RolloutOutcome {
             action: "canary".into(),
@@ -608,7 +608,7 @@ impl Rollouts {
                 "its error rate passed {:.1}% ({errors} errors in {calls} calls)",
                 canary.max_error_rate * 100.0
             );
-            if let Err(e) = this.end_canary(a, "auto-abort", &reason).await {
+            if let Err(e) = this.end_canary(a, EventKind::AutoAbort, &reason).await {
                 tracing::error!(error = %e, "could not record the canary's automatic abort");
             }
         });
@@ -617,7 +617,7 @@ impl Rollouts {
     async fn end_canary(
         &self,
         a: Active,
-        kind: &str,
+        kind: EventKind,
         reason: &str,
     ) -> Result<RolloutOutcome, RolloutError> {
         a.canary.tripped.store(true, Ordering::Release);
@@ -652,10 +652,10 @@ impl Rollouts {
     }
 
     /// Records the event and flushes every instance record.
-    async fn commit(&self, kind: &str, detail: &str) -> Result<(), RolloutError> {
+    async fn commit(&self, kind: EventKind, detail: &str) -> Result<(), RolloutError> {
         let event = Event {
-            at: now(),
-            kind: kind.into(),
+            at: crate::instance::now_rfc3339(),
+            kind,
             detail: detail.into(),
         };
         self.applied.inc();
@@ -724,10 +724,6 @@ fn describe(instances: &HashMap<String, String>) -> String {
         .collect();
     pairs.sort();
     pairs.join(", ")
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]

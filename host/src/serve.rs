@@ -393,11 +393,7 @@ impl Library {
             },
         };
         let previous = outcome.previous.as_ref().and_then(|record| {
-            let source = if record.source == "deploy" {
-                Source::Deploy
-            } else {
-                Source::Topology
-            };
+            let source = record.source;
             self.rebuild(record)
                 .map(|d| InForce {
                     deployment: d,
@@ -474,7 +470,7 @@ fn admin_token(state_dir: &Path) -> Result<String, StartError> {
     }
     let mut bytes = [0u8; 32];
     getrandom::getrandom(&mut bytes).map_err(|e| fail(std::io::Error::other(e.to_string())))?;
-    let token = crate::nn::registry::hex(&bytes);
+    let token = hadr_state::blobs::hex(&bytes);
     std::fs::create_dir_all(state_dir).map_err(fail)?;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -42,12 +42,15 @@ pub struct BlobStore {
     dir: PathBuf,
 }
 
-/// Lower-case hex SHA-256 of `bytes`.
+/// Lower-case hex SHA-256 of `bytes`: how hadr names modules, models and
+/// compiled artifacts everywhere.
 pub fn digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl BlobStore {

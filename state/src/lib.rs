@@ -31,8 +31,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 pub mod blobs;
 pub use blobs::{BlobError, BlobStore};
 
-/// The layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The layout this build reads and writes. Version 1 kept roles, statuses,
+/// sources and event kinds as free strings; version 2 keeps them as the
+/// enums below, and a version-1 directory is migrated when opened.
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META: &str = "meta";
 const INSTANCES: &str = "instances";
@@ -74,6 +76,48 @@ pub enum StateError {
     },
 }
 
+/// What an instance does in the topology.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes routed traffic.
+    #[default]
+    Active,
+    /// Waits to be promoted.
+    Standby,
+    /// A standby that was promoted.
+    Promoted,
+}
+
+/// Where a deployment in force came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The topology file (and the defaults).
+    #[default]
+    Topology,
+    /// `hadr-host deploy`.
+    Deploy,
+}
+
+/// What an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// A new version put in force.
+    Deploy,
+    /// A canary started.
+    Canary,
+    /// A canary put in force for all its instances.
+    Promote,
+    /// A canary dropped by an operator.
+    Abort,
+    /// A canary dropped by the host for its error rate.
+    AutoAbort,
+    /// Instances returned to their previous deployment.
+    Rollback,
+}
+
 /// A fault as it was last seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultRecord {
@@ -95,8 +139,8 @@ pub struct DeploymentRecord {
     pub model: String,
     /// The version shown in answers.
     pub version: String,
-    /// Where it came from: `topology` (the file) or `deploy` (an operator).
-    pub source: String,
+    /// Where it came from.
+    pub source: Source,
     /// When it came into force, in RFC 3339 (UTC).
     pub since: String,
 }
@@ -105,10 +149,11 @@ pub struct DeploymentRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InstanceRecord {
-    /// `active`, `standby` or `promoted`.
-    pub role: String,
-    /// `role`, or `failed` while the instance has no working sandbox.
-    pub status: String,
+    /// Its role.
+    pub role: Role,
+    /// Whether it had no working sandbox (its last fault could not be
+    /// repaired).
+    pub broken: bool,
     /// Predictions answered.
     pub served: u64,
     /// Failed calls.
@@ -128,13 +173,12 @@ pub struct InstanceRecord {
 }
 
 /// Something operators did, or the host did on their behalf.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// When, in RFC 3339 (UTC).
     pub at: String,
-    /// `deploy`, `canary`, `promote`, `abort`, `auto-abort`, `rollback`, ...
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// A sentence for the operator.
     pub detail: String,
 }
@@ -210,15 +254,72 @@ impl StateStore {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
                     .unwrap_or(u32::MAX);
-                if found != SCHEMA_VERSION {
-                    return Err(StateError::Schema {
-                        path: path.to_owned(),
-                        found,
-                    });
+                match found {
+                    SCHEMA_VERSION => {}
+                    1 => store.migrate_from_v1()?,
+                    _ => {
+                        return Err(StateError::Schema {
+                            path: path.to_owned(),
+                            found,
+                        })
+                    }
                 }
             }
         }
         Ok(store)
+    }
+
+    /// Rewrites a version-1 directory's records in version 2: role, status,
+    /// source and event kind strings become enums (a status of `failed`
+    /// becomes `broken`). A string version 1 never wrote is reported as a
+    /// damaged record. Durable before the new version is recorded, so a
+    /// crash half-way migrates again.
+    fn migrate_from_v1(&self) -> Result<(), StateError> {
+        for entry in self.instances.iter() {
+            let (key, bytes) = entry.map_err(|s| self.storage(s))?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let record = self
+                .v1_instance(&bytes)
+                .map_err(|message| StateError::Corrupt {
+                    path: self.path.clone(),
+                    tree: INSTANCES,
+                    key: name.clone(),
+                    message: format!("migrating from schema 1: {message}"),
+                })?;
+            self.put_instance(&name, &record)?;
+        }
+        for entry in self.events.iter() {
+            let (key, bytes) = entry.map_err(|s| self.storage(s))?;
+            // Version 1's kinds are version 2's names; only the type changed.
+            let event: Event = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                tree: EVENTS,
+                key: format!("{key:?}"),
+                message: format!("migrating from schema 1: {e}"),
+            })?;
+            let bytes = serde_json::to_vec(&event).expect("an event serialises");
+            self.events
+                .insert(key, bytes)
+                .map_err(|s| self.storage(s))?;
+        }
+        self.flush()?;
+        self.meta
+            .insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())
+            .map_err(|s| self.storage(s))?;
+        self.flush()
+    }
+
+    /// A version-1 instance record read into version 2.
+    fn v1_instance(&self, bytes: &[u8]) -> Result<InstanceRecord, String> {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let object = value.as_object_mut().ok_or("not a JSON object")?;
+        // A record an interrupted migration already rewrote has no status.
+        if let Some(status) = object.remove("status") {
+            let broken = status.as_str() == Some("failed");
+            object.insert("broken".into(), broken.into());
+        }
+        serde_json::from_value(value).map_err(|e| e.to_string())
     }
 
     /// The directory it lives in.
@@ -358,8 +459,8 @@ mod tests {
     fn records_survive_reopening() {
         let dir = temp("reopen");
         let record = InstanceRecord {
-            role: "promoted".into(),
-            status: "promoted".into(),
+            role: Role::Promoted,
+            broken: true,
             served: 42,
             failed: 1,
             traps: 1,
@@ -404,20 +505,21 @@ mod tests {
     fn events_come_back_in_order_and_checksums_by_key() {
         let dir = temp("events");
         let store = StateStore::open(&dir).unwrap();
-        for kind in ["deploy", "canary", "auto-abort"] {
+        for kind in [EventKind::Deploy, EventKind::Canary, EventKind::AutoAbort] {
             let event = Event {
-                kind: kind.into(),
-                ..Default::default()
+                at: String::new(),
+                kind,
+                detail: String::new(),
             };
             store.push_event(&event).unwrap();
         }
-        let kinds: Vec<String> = store
+        let kinds: Vec<EventKind> = store
             .events(2)
             .unwrap()
             .into_iter()
             .map(|e| e.kind)
             .collect();
-        assert_eq!(kinds, ["canary", "auto-abort"]);
+        assert_eq!(kinds, [EventKind::Canary, EventKind::AutoAbort]);
         assert_eq!(store.compiled_checksum("m:e").unwrap(), None);
         store.put_compiled_checksum("m:e", "abc").unwrap();
         assert_eq!(
@@ -438,10 +540,97 @@ mod tests {
             .unwrap();
         let record = store.instance("predict1").unwrap().unwrap();
         assert_eq!(
-            (record.role.as_str(), record.served, record.respawns),
-            ("active", 7, 0)
+            (record.role, record.served, record.respawns, record.broken),
+            (Role::Active, 7, 0, false)
         );
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A version-1 directory as an older hadr left it.
+    fn v1_directory(dir: &Path, instances: &[(&str, serde_json::Value)], events: &[&str]) {
+        let db = sled::open(dir).unwrap();
+        db.open_tree(META)
+            .unwrap()
+            .insert(SCHEMA_KEY, &1u32.to_be_bytes())
+            .unwrap();
+        let tree = db.open_tree(INSTANCES).unwrap();
+        for (name, record) in instances {
+            tree.insert(name.as_bytes(), record.to_string().as_bytes())
+                .unwrap();
+        }
+        let tree = db.open_tree(EVENTS).unwrap();
+        for (i, kind) in events.iter().enumerate() {
+            let event = serde_json::json!({"at": "t", "kind": kind, "detail": "d"});
+            tree.insert((i as u64).to_be_bytes(), event.to_string().as_bytes())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_version_1_directory_is_migrated_to_typed_records() {
+        let dir = temp("migrate");
+        let deployed = serde_json::json!({"version": "a-b", "source": "deploy"});
+        v1_directory(
+            &dir,
+            &[
+                (
+                    "p1",
+                    serde_json::json!({"role": "active", "status": "failed", "served": 7,
+                    "deployment": deployed}),
+                ),
+                (
+                    "p3",
+                    serde_json::json!({"role": "promoted", "status": "promoted"}),
+                ),
+            ],
+            &["deploy", "auto-abort", "rollback"],
+        );
+        for _ in 0..2 {
+            // Migrated once, then read as version 2.
+            let store = StateStore::open(&dir).unwrap();
+            let p1 = store.instance("p1").unwrap().unwrap();
+            assert_eq!((p1.role, p1.broken, p1.served), (Role::Active, true, 7));
+            assert_eq!(p1.deployment.unwrap().source, Source::Deploy);
+            let p3 = store.instance("p3").unwrap().unwrap();
+            assert_eq!((p3.role, p3.broken), (Role::Promoted, false));
+            let kinds: Vec<_> = store
+                .events(10)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            assert_eq!(
+                kinds,
+                [EventKind::Deploy, EventKind::AutoAbort, EventKind::Rollback]
+            );
+            let version = store.meta.get(SCHEMA_KEY).unwrap().unwrap();
+            assert_eq!(version.as_ref(), SCHEMA_VERSION.to_be_bytes());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_version_1_string_no_hadr_wrote_stops_the_migration_naming_it() {
+        let dir = temp("migrate-bad");
+        v1_directory(&dir, &[("p2", serde_json::json!({"role": "leader"}))], &[]);
+        let err = StateStore::open(&dir).err().unwrap().to_string();
+        assert!(
+            err.contains("`p2`") && err.contains("migrating from schema 1"),
+            "{err}"
+        );
+        assert!(err.contains("leader"), "{err}");
+        // Nothing was half-migrated: the directory still says version 1.
+        let db = sled::open(&dir).unwrap();
+        let version = db
+            .open_tree(META)
+            .unwrap()
+            .get(SCHEMA_KEY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(version.as_ref(), 1u32.to_be_bytes());
+        drop(db);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

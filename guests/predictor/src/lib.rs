@@ -110,8 +110,14 @@ impl Loaded {
             predict_core::RequestError::Invalid(m) => error(ErrorKind::InvalidInput, m),
         })?;
         #[cfg(feature = "faulty")]
-        if batch.data.iter().map(|v| *v as i64).sum::<i64>() % 3 == 0 {
-            trap();
+        {
+            // A query of death that hangs, whatever the deadline.
+            if batch.data[0] == HANG_SENTINEL {
+                fail(Fault::Hang);
+            }
+            if batch.data.iter().map(|v| *v as i64).sum::<i64>() % 3 == 0 {
+                trap();
+            }
         }
         // wasm is little-endian, as wasi-nn's tensor bytes are: no conversion.
         let input = Tensor::new(
@@ -203,6 +209,10 @@ impl exports::hadr::predictor::chaos::Guest for Predictor {
         ARMED.with(|a| a.set(Some(fault)));
     }
 }
+
+/// The `faulty` fixture spins forever on a request whose first value is this.
+#[cfg(feature = "faulty")]
+const HANG_SENTINEL: f32 = -7.0;
 
 /// Executes `unreachable`: a wasm trap (an abort when built natively, for
 /// unit tests).

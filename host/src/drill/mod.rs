@@ -53,7 +53,8 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The full drill: about 2 minutes per topology on 2 cores.
+    /// The full drill: about 70 s per topology (20 s ramp, 30 s faults, 20 s
+    /// crash and restart).
     pub fn full() -> Self {
         Self {
             ramp: Duration::from_secs(20),
@@ -63,7 +64,7 @@ impl Timing {
         }
     }
 
-    /// `--quick`: about 20 s per topology.
+    /// `--quick`: about 15 s per topology.
     pub fn quick() -> Self {
         Self {
             ramp: Duration::from_secs(4),

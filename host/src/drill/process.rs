@@ -77,7 +77,7 @@ impl HostProcess {
             log: dir.join("host.log"),
             router: free_port()?,
             admin: free_port()?,
-            token: crate::nn::registry::hex(&token),
+            token: hadr_state::blobs::hex(&token),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         let child = launch.spawn()?;

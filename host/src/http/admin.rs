@@ -17,7 +17,7 @@
 //! `hadr-host deploy` and `hadr-host rollback` are clients of these routes.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, Response, StatusCode};
@@ -25,12 +25,16 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::api::{json, App};
+use super::body::{self, Limit};
 use super::error::ApiError;
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use crate::rollout::{DeployRequest, RolloutError, RolloutOutcome, Targets};
 
-/// Largest admin request body.
-const MAX_ADMIN_BODY: usize = 64 * 1024;
+/// Admin requests other than uploads are small JSON documents.
+const ADMIN_BODY: Limit = Limit {
+    bytes: 64 * 1024,
+    flag: "the admin listener's fixed limit",
+};
 
 /// Answers one admin request.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -73,11 +77,7 @@ struct RollbackRequest {
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()))?
-        .to_bytes();
+    let body = body::read(req, ADMIN_BODY).await?;
     let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
@@ -117,35 +117,11 @@ async fn upload(app: &App, req: Request<Incoming>) -> Result<Response<Full<Bytes
         .blobs()
         .path(&digest)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()))?;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "uploads are limited to {} bytes (--max-upload)",
-                app.max_upload
-            ),
-        )
+    let limit = Limit {
+        bytes: app.max_upload,
+        flag: "--max-upload",
     };
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > app.max_upload as u64) {
-        return Err(too_large());
-    }
-    let body = Limited::new(req.into_body(), app.max_upload)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large()
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.to_string())
-            }
-        })?
-        .to_bytes();
+    let body = body::read(req, limit).await?;
     let actual = hadr_state::blobs::digest(&body);
     if actual != digest {
         return Err(ApiError::new(
@@ -239,11 +215,7 @@ enum FaultName {
 }
 
 async fn chaos(app: &App, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()))?
-        .to_bytes();
+    let body = body::read(req, ADMIN_BODY).await?;
     let request: ChaosRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -24,12 +24,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
+use super::body::{self, Limit};
 use super::error::ApiError;
 use crate::instance::{CallError, Input, Instance, InstanceReport, Lease};
 use crate::router::Router;
@@ -169,7 +170,16 @@ async fn predict(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let body = match *req.method() {
         Method::GET => Input::Example,
-        _ => Input::Body(read_body(req, app.max_body).await?),
+        _ => Input::Body(
+            body::read(
+                req,
+                Limit {
+                    bytes: app.max_body,
+                    flag: "--max-body",
+                },
+            )
+            .await?,
+        ),
     };
     let lease = lease(app, target)?;
     *served_by = Some(lease.instance().clone());
@@ -256,47 +266,6 @@ fn lease(app: &App, target: &Target) -> Result<Lease, ApiError> {
             )
         }),
     }
-}
-
-/// How long a client may take to send its request body.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Reads the whole body, refusing (413) anything over `max` before reading it
-/// when `Content-Length` says so, and as soon as it passes `max` otherwise.
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large(max));
-    }
-    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), max).collect());
-    let Ok(read) = read.await else {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
-        ));
-    };
-    match read {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_request",
-            format!("could not read the request body: {e}"),
-        )),
-    }
-}
-
-fn too_large(max: usize) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        format!("the request body is larger than the limit of {max} bytes (--max-body)"),
-    )
 }
 
 fn not_allowed(allow: &'static str) -> ApiError {

@@ -2,13 +2,16 @@
 //!
 //! - [`server`]: accept loops over hyper's HTTP/1 connections, with graceful
 //!   shutdown and `TCP_NODELAY`.
-//! - [`api`]: the routes (`POST /predict`, `GET /topology`, `GET /healthz`)
-//!   and the body limit, enforced before the body is read.
+//! - [`api`]: the public routes (`/predict`, `/topology`, `/metrics`,
+//!   `/healthz`, `/readyz`); [`admin`]: the operator's routes.
+//! - [`body`]: reading a body within its byte limit (enforced before the body
+//!   is read when `Content-Length` says so) and a time limit.
 //! - [`error`]: every failure as a status code and a JSON body
 //!   `{"error": "<code>", "message": "<what was wrong>"}`.
 
 pub mod admin;
 pub mod api;
+pub mod body;
 pub mod error;
 pub mod server;
 

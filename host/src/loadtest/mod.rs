@@ -106,8 +106,9 @@ pub struct LoadReport {
     pub p999_us: u64,
     /// The run in 100 ms buckets (warm-up included).
     pub timeline: Vec<Tick>,
-    /// Per instance, from the target's `/topology` after the run (the
-    /// article's second table), when the target has one.
+    /// Per instance, from the target's `/topology` (the article's second
+    /// table), when the target has one: load as read after the run; served,
+    /// failed and traps during it (warm-up included).
     pub instances: Vec<InstanceRow>,
 }
 
@@ -145,6 +146,8 @@ pub async fn run_plan(
     client::connect(&authority)
         .await
         .map_err(|e| LoadError::Connect(authority.clone(), e))?;
+    // The article's table shows what this test sent, not the host's totals.
+    let before = report::instances(&plan.url).await;
     let start = Instant::now();
     let recorder = Arc::new(Mutex::new(Recorder::new(start, plan.warmup)));
     let end = start + plan.warmup + plan.duration;
@@ -173,7 +176,7 @@ pub async fn run_plan(
     if let Some(t) = ticker {
         t.abort();
     }
-    let instances = report::instances(&plan.url).await;
+    let instances = report::since(&before, report::instances(&plan.url).await);
     let recorder = recorder.lock().unwrap_or_else(|p| p.into_inner());
     Ok(summarise(plan, &recorder, instances))
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{LoadReport, Model};
 
-/// One instance as `/topology` showed it after the run.
+/// One instance as `/topology` showed it (after a run: see [`since`]).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct InstanceRow {
     /// Its name.
@@ -20,7 +20,7 @@ pub struct InstanceRow {
     pub status: bool,
     /// In-flight load when read.
     pub load: u64,
-    /// Predictions answered (since the state directory began).
+    /// Predictions answered: the host's total, or a test's share ([`since`]).
     pub served: u64,
     /// Failed calls.
     pub failed: u64,
@@ -45,6 +45,22 @@ pub async fn instances(url: &Uri) -> Vec<InstanceRow> {
             served: i["served"].as_u64().unwrap_or(0),
             failed: i["failed"].as_u64().unwrap_or(0),
             traps: i["traps"].as_u64().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// What happened between two readings: `after`'s counters less `before`'s
+/// for the same instance (the host's totals include earlier traffic).
+pub fn since(before: &[InstanceRow], after: Vec<InstanceRow>) -> Vec<InstanceRow> {
+    after
+        .into_iter()
+        .map(|mut row| {
+            if let Some(b) = before.iter().find(|b| b.instance == row.instance) {
+                row.served = row.served.saturating_sub(b.served);
+                row.failed = row.failed.saturating_sub(b.failed);
+                row.traps = row.traps.saturating_sub(b.traps);
+            }
+            row
         })
         .collect()
 }
@@ -181,4 +197,31 @@ pub fn markdown(r: &LoadReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(instance: &str, served: u64, failed: u64, traps: u64) -> InstanceRow {
+        InstanceRow {
+            instance: instance.into(),
+            role: "active".into(),
+            status: true,
+            load: 0,
+            served,
+            failed,
+            traps,
+        }
+    }
+
+    #[test]
+    fn a_tests_share_is_the_counters_growth_during_it() {
+        let before = [row("predict1", 78_388, 3, 2)];
+        let after = vec![row("predict1", 143_978, 4, 2), row("predict2", 10, 0, 0)];
+        assert_eq!(
+            since(&before, after),
+            [row("predict1", 65_590, 1, 0), row("predict2", 10, 0, 0)]
+        );
+    }
 }

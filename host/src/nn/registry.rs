@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use wasmtime_wasi_nn::backend::BackendGraph;
 use wasmtime_wasi_nn::Graph;
 
@@ -69,7 +68,7 @@ impl LoadedModel {
         Ok(Self {
             name,
             path: path.to_owned(),
-            digest: hex(&Sha256::digest(bytes)),
+            digest: hadr_state::blobs::digest(bytes),
             graph,
         })
     }
@@ -80,11 +79,6 @@ pub fn model_name(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-/// Lower-case hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The graphs a guest may `load-by-name`.

@@ -266,6 +266,10 @@ pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     request(addr, Method::GET, path, Bytes::new()).await
 }
 
+/// How long a test waits between two looks at the host: long enough not to
+/// take the CPU the host needs, short against any deadline.
+pub const POLL: Duration = Duration::from_millis(5);
+
 /// A model's cases file.
 pub fn cases(model: &str) -> serde_json::Value {
     let path = repo().join("models").join(format!("{model}.cases.json"));
@@ -277,8 +281,9 @@ pub fn inputs(rows: &[serde_json::Value]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "inputs": rows })).unwrap()
 }
 
-/// The test guest built with the `faulty` feature: it traps on every input
-/// whose features sum (as integers) to a multiple of 3.
+/// The test guest built with the `faulty` feature: it spins forever on an
+/// input whose first value is -7 (see [`hanging_row`]), and traps on every
+/// other input whose features sum (as integers) to a multiple of 3.
 pub fn faulty_guest() -> PathBuf {
     repo().join("guests/target/wasm32-wasip2/faulty/hadr_guest_predictor.wasm")
 }
@@ -291,6 +296,13 @@ pub fn faulty_traps_on(rows: &[serde_json::Value]) -> bool {
         .map(|v| v.as_f64().unwrap() as f32 as i64)
         .sum();
     sum % 3 == 0
+}
+
+/// A row the faulty guest spins on until the deadline stops it.
+pub fn hanging_row(row: &serde_json::Value) -> serde_json::Value {
+    let mut row = row.clone();
+    row[0] = serde_json::json!(-7.0);
+    row
 }
 
 /// A digits case the faulty guest serves, and one it traps on.
@@ -323,7 +335,7 @@ pub async fn hold_in_flight(host: &Host, instance: &str) -> tokio::task::JoinHan
             !in_flight.is_finished(),
             "the request ended before it was seen in flight"
         );
-        tokio::task::yield_now().await;
+        tokio::time::sleep(POLL).await;
     }
     in_flight
 }

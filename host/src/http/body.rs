@@ -1,0 +1,64 @@
+//! Reading a request body within a byte limit and a time limit: the one way
+//! every listener reads bodies.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::{Request, StatusCode};
+
+use super::error::ApiError;
+
+/// How long a client may take to send its request body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A body limit and the flag that sets it (named in the 413 answer).
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    /// Largest body, in bytes.
+    pub bytes: usize,
+    /// The option an operator changes it with, e.g. `--max-body`.
+    pub flag: &'static str,
+}
+
+/// Reads the whole body, refusing (413) anything over the limit before
+/// reading it when `Content-Length` says so, and as soon as it passes the
+/// limit otherwise; a body slower than [`BODY_TIMEOUT`] gets 408.
+pub async fn read(req: Request<Incoming>, limit: Limit) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit.bytes as u64) {
+        return Err(too_large(limit));
+    }
+    let collect = Limited::new(req.into_body(), limit.bytes).collect();
+    let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        ));
+    };
+    match read {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+fn too_large(limit: Limit) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the request body is larger than the limit of {} bytes ({})",
+            limit.bytes, limit.flag
+        ),
+    )
+}
