@@ -3,8 +3,9 @@
 //!
 //! A [`Deployment`] is everything an instance needs that does not change
 //! while it serves: the compiled component, pre-linked against the host's
-//! imports ([`PredictorPre`]), the model's shared tract graph, and a version
-//! id derived from both digests, and the example its smoke test predicts.
+//! imports (an `InstancePre`, its optional `chaos` export looked up once),
+//! the model's shared tract graph, a version id derived from both digests,
+//! and the example its smoke test predicts.
 //! Because it never changes, swapping versions is swapping one `Arc` for
 //! another (see [`crate::rollout`]).
 
@@ -25,9 +26,9 @@ use crate::bindings::hadr::predictor::types::{InstanceConfig, TensorInfo};
 use crate::bindings::{Predictor, PredictorIndices};
 use crate::compiled_cache::{CacheOutcome, CompiledCache};
 use crate::guest_log::{GuestLog, LogName};
-use crate::instance::{CallError, Live};
 use crate::nn::{GraphRegistry, LoadedModel, TractBackend};
 use crate::runtime::{HostRuntime, InstanceState};
+use crate::sandbox::{CallError, Live};
 
 /// Why a guest module was refused.
 #[derive(Debug, thiserror::Error)]

@@ -28,235 +28,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hadr_state::{DeploymentRecord, FaultRecord, InstanceRecord};
+use hadr_state::{FaultRecord, InstanceRecord};
 use tokio::runtime::Handle;
 use tokio::sync::Mutex;
-use wasmtime::Store;
 
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
-use crate::bindings::drillable::Drillable;
-use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
-use crate::bindings::Predictor;
 use crate::deployment::Deployment;
-use crate::guest_log::LogName;
 use crate::policy::Role;
-use crate::rollout::Canary;
-use crate::runtime::{HostRuntime, InstanceState};
+use crate::runtime::HostRuntime;
+pub use crate::sandbox::{CallError, Live};
+use crate::serving::now_rfc3339;
+pub use crate::serving::{InForce, Serving, Source};
 use crate::topology::InstanceSpec;
-
-/// Where a deployment in force came from (as the state store keeps it).
-pub use hadr_state::Source;
-
-/// A deployment in force on an instance, and since when.
-#[derive(Clone)]
-pub struct InForce {
-    /// The deployment.
-    pub deployment: Arc<Deployment>,
-    /// Where it came from.
-    pub source: Source,
-    /// When it came into force (RFC 3339).
-    pub since: String,
-}
-
-impl InForce {
-    /// `deployment`, in force from now.
-    pub fn now(deployment: Arc<Deployment>, source: Source) -> Self {
-        Self {
-            deployment,
-            source,
-            since: now_rfc3339(),
-        }
-    }
-
-    /// What the state store keeps of it.
-    pub fn record(&self) -> DeploymentRecord {
-        let d = &self.deployment;
-        DeploymentRecord {
-            module_digest: d.module.digest.clone(),
-            model_digest: d.model.digest.clone(),
-            model: d.model.name.clone(),
-            version: d.version.clone(),
-            source: self.source,
-            since: self.since.clone(),
-        }
-    }
-}
-
-/// What an instance serves: swapped whole, never edited.
-#[derive(Clone)]
-pub struct Serving {
-    /// The deployment in force.
-    pub current: InForce,
-    /// The one before it, for rollback.
-    pub previous: Option<InForce>,
-    /// A canary taking a share of this instance's requests, if any.
-    pub canary: Option<Arc<Canary>>,
-}
-
-/// Why a call produced no prediction.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    /// The guest refused the request (bad input) or its model failed; the
-    /// instance is healthy.
-    #[error("{}", .0.message)]
-    Rejected(PredictError),
-    /// The guest trapped (panic, out of memory, bug): the store was dropped.
-    #[error("the instance trapped: {0}")]
-    Trap(String),
-    /// The call ran past its deadline and was interrupted: the store was dropped.
-    #[error("the call ran past its deadline of {0:?} and was stopped")]
-    Deadline(Duration),
-    /// A fresh instance could not be built.
-    #[error("the instance could not start: {0}")]
-    Instantiate(String),
-    /// A fresh instance's `init` refused its configuration.
-    #[error("the instance refused its configuration: {}", .0.message)]
-    Init(PredictError),
-    /// The guest does not export `chaos`, and the host cannot inject this
-    /// fault from outside.
-    #[error("this guest does not export hadr:predictor/chaos, so `{0}` cannot be armed in it; the host injects only `trap` and `hang` from outside")]
-    NotDrillable(&'static str),
-    /// The guest's answer is not a JSON object the host can add its origin
-    /// fields to.
-    #[error("{0}")]
-    BadAnswer(#[from] predict_core::BadAnswer),
-}
-
-/// A fault the host committed in a guest's call (through its epoch
-/// deadline), for a guest without the `chaos` export.
-#[derive(Debug, thiserror::Error)]
-#[error("a trap injected by the host (chaos drill)")]
-struct InjectedTrap;
-
-impl CallError {
-    /// Classifies a failed guest call; `deadline` is the one it ran under
-    /// (an epoch interrupt says only that some deadline passed).
-    pub(crate) fn from_wasmtime(doing: &str, e: wasmtime::Error, deadline: Duration) -> Self {
-        if e.is::<InjectedTrap>() {
-            return CallError::Trap(format!("{e:#}"));
-        }
-        match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => CallError::Deadline(deadline),
-            Some(_) => CallError::Trap(format!("{e:#}")),
-            None => CallError::Instantiate(format!("{doing}: {e:#}")),
-        }
-    }
-
-    /// Whether the instance itself failed (its sandbox was replaced), so the
-    /// request may succeed elsewhere.
-    pub fn is_instance_fault(&self) -> bool {
-        matches!(
-            self,
-            CallError::Trap(_)
-                | CallError::Deadline(_)
-                | CallError::Instantiate(_)
-                | CallError::Init(_)
-        )
-    }
-
-    /// Whether the guest said the request itself was bad (not the instance).
-    pub fn is_bad_input(&self) -> bool {
-        matches!(self, CallError::Rejected(e)
-            if matches!(e.kind, ErrorKind::MalformedRequest | ErrorKind::InvalidInput))
-    }
-}
-
-/// A running sandbox: its store and the predictor bound in it.
-pub struct Live {
-    store: Store<InstanceState>,
-    predictor: Predictor,
-    /// The guest's own fault injection, if it exports `chaos`.
-    chaos: Option<Drillable>,
-    /// A fault the host commits in the next call (guests without `chaos`).
-    injected: Option<Fault>,
-    deadline_ticks: u64,
-    version: String,
-    pub(crate) log: LogName,
-}
-
-impl Live {
-    pub(crate) fn new(
-        store: Store<InstanceState>,
-        predictor: Predictor,
-        chaos: Option<Drillable>,
-        deadline_ticks: u64,
-        version: String,
-        log: LogName,
-    ) -> Self {
-        Self {
-            store,
-            predictor,
-            chaos,
-            injected: None,
-            deadline_ticks,
-            version,
-            log,
-        }
-    }
-
-    /// The deployment version it was built from.
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-
-    /// How long one call may run.
-    fn deadline(&self) -> Duration {
-        self.deadline_ticks as u32 * crate::runtime::EPOCH_TICK
-    }
-
-    /// Arms a chaos fault for the next `predict`: inside the guest when it
-    /// exports `chaos`, else from the host (trap and hang only).
-    pub async fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
-        let Some(chaos) = &self.chaos else {
-            if matches!(fault, Fault::Oom) {
-                return Err(CallError::NotDrillable("oom"));
-            }
-            self.injected = Some(fault);
-            return Ok(());
-        };
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        chaos
-            .hadr_predictor_chaos()
-            .call_arm(&mut self.store, fault)
-            .await
-            .map_err(|e| CallError::from_wasmtime("arming a fault", e, self.deadline()))
-    }
-
-    /// One prediction, interrupted at the deadline. An `Err` other than
-    /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
-    pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        if let Some(fault) = self.injected.take() {
-            self.inject(fault);
-        }
-        match self.predictor.call_predict(&mut self.store, body).await {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(refused)) => Err(CallError::Rejected(refused)),
-            Err(e) => Err(CallError::from_wasmtime(
-                "calling predict",
-                e,
-                self.deadline(),
-            )),
-        }
-    }
-
-    /// Makes the next call fail at its first epoch check, as a guest that
-    /// trapped or spun would: a trap at once, or a hang that holds the call
-    /// (asleep, not spinning) until its deadline interrupts it. Either way
-    /// the store is dropped afterwards, like any faulted one.
-    fn inject(&mut self, fault: Fault) {
-        let until = Instant::now() + self.deadline();
-        self.store.set_epoch_deadline(0);
-        self.store.epoch_deadline_callback(move |_| match fault {
-            Fault::Hang if Instant::now() < until => Ok(wasmtime::UpdateDeadline::YieldCustom(
-                0,
-                Box::pin(tokio::time::sleep_until(until.into())),
-            )),
-            Fault::Hang => Ok(wasmtime::UpdateDeadline::Interrupt),
-            _ => Err(InjectedTrap.into()),
-        });
-    }
-}
 
 /// What a prediction is asked for.
 #[derive(Debug, Clone)]
@@ -747,11 +530,6 @@ impl Instance {
     }
 }
 
-/// Now, as RFC 3339 in UTC with milliseconds: how every record says when.
-pub(crate) fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
-
 /// Locks a mutex that guards plain data: a panic while it was held cannot
 /// have left it half-written, so poisoning is ignored.
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -811,24 +589,4 @@ async fn call(
     tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
         replaced_in = ?faulted.elapsed(), "instance faulted; its sandbox was dropped and replaced");
     (outcome, replaced)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_interrupted_call_names_the_deadline_it_ran_under() {
-        let deadline = Duration::from_millis(250);
-        let interrupted = wasmtime::Error::from(wasmtime::Trap::Interrupt);
-        let e = CallError::from_wasmtime("initialising", interrupted, deadline);
-        assert!(matches!(e, CallError::Deadline(d) if d == deadline));
-        assert!(e.to_string().contains("250ms"), "{e}");
-        let injected = wasmtime::Error::from(InjectedTrap);
-        let e = CallError::from_wasmtime("calling predict", injected, deadline);
-        assert!(matches!(&e, CallError::Trap(m) if m.contains("injected by the host")));
-        let other = wasmtime::Error::msg("no such export");
-        let e = CallError::from_wasmtime("instantiating", other, deadline);
-        assert!(matches!(&e, CallError::Instantiate(m) if m.starts_with("instantiating")));
-    }
 }

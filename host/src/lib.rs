@@ -6,9 +6,10 @@
 //! when the actives are full.
 //!
 //! ## How a request flows
-//! listener ([`http::server`], body limit in [`http::api`]) → router
+//! listener ([`http::server`], body limit in [`http::body`]) → router
 //! ([`router`], deciding with the pure rules in [`policy`]) → instance
-//! ([`instance`]: one wasmtime `Store` per topology entry) → guest `predict`
+//! ([`instance`], reading what it serves from [`serving`]) → its sandbox
+//! ([`sandbox`]: one wasmtime `Store`) → guest `predict`
 //! (the request → tensor → wasi:nn → tract with hadr-trees' ensemble ops, in
 //! [`nn`]) → the guest's JSON answer, to which the instance adds who answered.
 //!
@@ -17,7 +18,8 @@
 //!   plus wasi:nn) and the epoch ticker; once per process.
 //! - **Deployment** ([`deployment`]): one compiled guest module paired with
 //!   one loaded model; immutable, shared by every instance that serves it.
-//! - **Instance** ([`instance`]): one sandbox per topology entry. When it
+//! - **Instance** ([`instance`]): one [`sandbox`] per topology entry, serving
+//!   what its [`serving`] value says (in force, previous, canary). When it
 //!   traps (panic, refused memory grow, deadline) its `Store` is dropped, a
 //!   warm spare from the deployment's pool takes its place at once, and the
 //!   request is retried once on another instance ([`http::api`]).
@@ -34,6 +36,9 @@
 //! state directory ([`persistence`] writes them off the request path;
 //! [`recovery`] reconciles them with the topology file at start), so a host
 //! killed with `kill -9` comes back where it was.
+//!
+//! Modules depend on each other one way (docs/architecture.md draws the
+//! layers; `tests/architecture.rs` fails on a cycle).
 //!
 //! [`serve`] wires them together from a [`topology`] file; [`shutdown`] is
 //! the one signal every task listens to; [`metrics`] serves `/metrics`.
@@ -80,6 +85,8 @@ pub mod recovery;
 pub mod rollout;
 pub mod router;
 pub mod runtime;
+pub mod sandbox;
 pub mod serve;
+pub mod serving;
 pub mod shutdown;
 pub mod topology;

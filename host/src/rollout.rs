@@ -23,89 +23,21 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hadr_state::{BlobStore, Event, EventKind, StateStore};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 
 use crate::compiled_cache::CompiledCache;
 use crate::deployment::{CompiledModule, Deployment};
-use crate::instance::{InForce, Instance, Serving, Source};
+use crate::instance::Instance;
 use crate::nn::LoadedModel;
 use crate::persistence::StateSync;
 use crate::runtime::HostRuntime;
-
-/// A canary: a deployment taking a share of some instances' requests.
-pub struct Canary {
-    /// What it serves.
-    pub deployment: Arc<Deployment>,
-    /// The share of requests it takes, in percent.
-    pub percent: u8,
-    max_error_rate: f64,
-    min_calls: u64,
-    sent: AtomicU64,
-    calls: AtomicU64,
-    errors: AtomicU64,
-    tripped: AtomicBool,
-    trip: Notify,
-}
-
-impl Canary {
-    fn new(deployment: Arc<Deployment>, percent: u8, max_error_rate: f64, min_calls: u64) -> Self {
-        Self {
-            deployment,
-            percent: percent.min(100),
-            max_error_rate,
-            min_calls,
-            sent: AtomicU64::new(0),
-            calls: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            tripped: AtomicBool::new(false),
-            trip: Notify::new(),
-        }
-    }
-
-    /// Whether this request goes to the canary: exactly `percent` of every
-    /// hundred requests, spread evenly; none once it has tripped.
-    pub fn pick(&self) -> bool {
-        if self.tripped.load(Ordering::Relaxed) {
-            return false;
-        }
-        takes(self.sent.fetch_add(1, Ordering::Relaxed), self.percent)
-    }
-
-    /// Counts one canary call; trips the canary when its error rate passes
-    /// the threshold.
-    pub fn record(&self, error: bool) {
-        let calls = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
-        let errors = self.errors.fetch_add(u64::from(error), Ordering::Relaxed) + u64::from(error);
-        let rate = errors as f64 / calls as f64;
-        if calls >= self.min_calls
-            && rate > self.max_error_rate
-            && !self.tripped.swap(true, Ordering::AcqRel)
-        {
-            self.trip.notify_one();
-        }
-    }
-
-    /// Calls and errors so far.
-    pub fn counts(&self) -> (u64, u64) {
-        (
-            self.calls.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// Whether request `n` (counting from 0) goes to a canary of `percent`:
-/// exactly `percent` of every hundred, spread evenly.
-fn takes(n: u64, percent: u8) -> bool {
-    let p = u64::from(percent);
-    (n * p) / 100 != ((n + 1) * p) / 100
-}
+use crate::serving::{now_rfc3339, Canary, InForce, Serving, Source};
 
 /// Which instances a rollout applies to: `"all"`, `"p1,p2"` or `["p1", "p2"]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -486,7 +418,7 @@ impl Rollouts {
                 .filter(|p| Arc::ptr_eq(&p.deployment, deployment));
             let current = match returning {
                 Some(p) if kind == EventKind::Rollback => InForce {
-                    since: crate::instance::now_rfc3339(),
+                    since: now_rfc3339(),
                     ..p.clone()
                 },
                 _ => InForce::now(deployment.clone(), Source::Deploy),
@@ -654,7 +586,7 @@ impl Rollouts {
     /// Records the event and flushes every instance record.
     async fn commit(&self, kind: EventKind, detail: &str) -> Result<(), RolloutError> {
         let event = Event {
-            at: crate::instance::now_rfc3339(),
+            at: now_rfc3339(),
             kind,
             detail: detail.into(),
         };
@@ -729,19 +661,6 @@ fn describe(instances: &HashMap<String, String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn share(percent: u8, n: u64) -> usize {
-        (0..n).filter(|&k| takes(k, percent)).count()
-    }
-
-    #[test]
-    fn a_canary_takes_exactly_its_share_of_each_hundred() {
-        assert_eq!(share(20, 100), 20);
-        assert_eq!(share(20, 1000), 200);
-        assert_eq!(share(1, 100), 1);
-        assert_eq!(share(100, 50), 50);
-        assert_eq!(share(10, 9), 0);
-    }
 
     #[test]
     fn targets_read_all_a_word_or_a_list() {

@@ -24,7 +24,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::api::{json, App};
+use super::app::{json, App};
 use super::body::{self, Limit};
 use super::error::ApiError;
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;

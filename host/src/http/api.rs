@@ -28,58 +28,29 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
 
+use super::app::{json, App};
 use super::body::{self, Limit};
 use super::error::ApiError;
 use crate::instance::{CallError, Input, Instance, InstanceReport, Lease};
 use crate::router::Router;
 
-/// What every handler shares: the router and the request limits.
-pub struct App {
-    /// The topology's router.
-    pub router: Router,
-    /// Largest accepted request body, in bytes.
-    pub max_body: usize,
-    /// Open connections allowed over the public listeners.
-    pub connections: Arc<tokio::sync::Semaphore>,
-    /// Open connections allowed on the admin listener.
-    pub admin_connections: Arc<tokio::sync::Semaphore>,
-    /// The bearer token admin requests must carry.
-    pub admin_token: String,
-    /// Where runtime facts are persisted.
-    pub state: Arc<crate::persistence::StateSync>,
-    /// The topology generation (shown as `X-Hadr-Topology-Generation`).
-    pub generation: u64,
-    /// Deploys, canaries and rollbacks.
-    pub rollouts: Arc<crate::rollout::Rollouts>,
-    /// Largest upload to `PUT /admin/blobs`, in bytes.
-    pub max_upload: usize,
-    /// `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// Which listener a request arrived on.
+/// Which public listener a request arrived on.
 #[derive(Clone)]
-pub enum Target {
+pub enum Scope {
     /// The router's listener: requests are routed by load.
     Router,
     /// An instance's own port: requests go to that instance.
     Instance(Arc<Instance>),
-    /// The admin listener: operator routes behind a token.
-    Admin,
 }
 
-/// Answers one request; never fails (errors become JSON answers).
+/// Answers one request on a public listener; never fails (errors become
+/// JSON answers).
 pub async fn handle(
     app: Arc<App>,
-    target: Target,
+    target: Scope,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if matches!(target, Target::Admin) {
-        let response = super::admin::handle(&app, req).await;
-        return Ok(response.unwrap_or_else(ApiError::into_response));
-    }
     let path = req.uri().path();
     let response = match (path, &target) {
         ("/predict", _) if req.method() == Method::POST || req.method() == Method::GET => {
@@ -94,7 +65,7 @@ pub async fn handle(
             Ok(response)
         }
         ("/predict", _) => Err(not_allowed("POST, GET")),
-        ("/topology", Target::Router) if req.method() == Method::GET => {
+        ("/topology", Scope::Router) if req.method() == Method::GET => {
             let mut response = json(StatusCode::OK, &topology(&app.router));
             response
                 .headers_mut()
@@ -105,7 +76,7 @@ pub async fn handle(
             Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
         }
         ("/readyz", _) if req.method() == Method::GET => readyz(&app, &target),
-        ("/metrics", Target::Router) if req.method() == Method::GET => {
+        ("/metrics", Scope::Router) if req.method() == Method::GET => {
             let mut response = Response::new(Full::new(Bytes::from(app.metrics.render())));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -113,7 +84,7 @@ pub async fn handle(
             );
             Ok(response)
         }
-        ("/topology" | "/metrics", Target::Router) | ("/healthz" | "/readyz", _) => {
+        ("/topology" | "/metrics", Scope::Router) | ("/healthz" | "/readyz", _) => {
             Err(not_allowed("GET"))
         }
         _ => Err(ApiError::new(
@@ -122,9 +93,9 @@ pub async fn handle(
             format!(
                 "no route {path}; this listener serves {}",
                 match target {
-                    Target::Router =>
+                    Scope::Router =>
                         "POST /predict, GET /predict, GET /topology, GET /metrics, GET /healthz, GET /readyz",
-                    Target::Instance(_) | Target::Admin =>
+                    Scope::Instance(_) =>
                         "POST /predict, GET /predict, GET /healthz, GET /readyz",
                 }
             ),
@@ -134,14 +105,14 @@ pub async fn handle(
 }
 
 /// `/readyz`: whether a request could be taken now.
-fn readyz(app: &App, target: &Target) -> Result<Response<Full<Bytes>>, ApiError> {
+fn readyz(app: &App, target: &Scope) -> Result<Response<Full<Bytes>>, ApiError> {
     let ready = |i: &Arc<Instance>| {
         let r = i.report();
         r.status && !r.broken && r.load < r.max_load
     };
     let (ready, scope) = match target {
-        Target::Instance(i) => (ready(i), format!("instance `{}`", i.name())),
-        Target::Router | Target::Admin => (
+        Scope::Instance(i) => (ready(i), format!("instance `{}`", i.name())),
+        Scope::Router => (
             app.router.instances().iter().any(ready),
             "no instance that takes traffic".to_string(),
         ),
@@ -164,7 +135,7 @@ fn readyz(app: &App, target: &Target) -> Result<Response<Full<Bytes>>, ApiError>
 /// a retry).
 async fn predict(
     app: &App,
-    target: &Target,
+    target: &Scope,
     req: Request<Incoming>,
     served_by: &mut Option<Arc<Instance>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -208,7 +179,7 @@ async fn predict(
 /// two sandboxes, never the topology.
 async fn retry(
     app: &App,
-    target: &Target,
+    target: &Scope,
     failed: Lease,
     body: Input,
     first: CallError,
@@ -217,12 +188,12 @@ async fn retry(
     let first_instance = failed.instance().clone();
     drop(failed);
     let second = match target {
-        Target::Router | Target::Admin => app
+        Scope::Router => app
             .router
             .acquire_excluding(Some(first_instance.name()))
             .ok()
             .or_else(|| first_instance.try_lease()),
-        Target::Instance(instance) => instance.try_lease(),
+        Scope::Instance(instance) => instance.try_lease(),
     };
     let Some(second) = second else {
         return Err(first.into());
@@ -251,10 +222,10 @@ async fn retry(
     }
 }
 
-fn lease(app: &App, target: &Target) -> Result<Lease, ApiError> {
+fn lease(app: &App, target: &Scope) -> Result<Lease, ApiError> {
     match target {
-        Target::Router | Target::Admin => app.router.acquire().map_err(|_| ApiError::saturated()),
-        Target::Instance(instance) => instance.try_lease().ok_or_else(|| {
+        Scope::Router => app.router.acquire().map_err(|_| ApiError::saturated()),
+        Scope::Instance(instance) => instance.try_lease().ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_capacity",
@@ -285,14 +256,4 @@ fn topology(router: &Router) -> serde_json::Map<String, serde_json::Value> {
             )
         })
         .collect()
-}
-
-pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(value).expect("serialising a response cannot fail");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }

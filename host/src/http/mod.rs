@@ -11,9 +11,10 @@
 
 pub mod admin;
 pub mod api;
+pub mod app;
 pub mod body;
 pub mod error;
 pub mod server;
 
-pub use api::{App, Target};
+pub use app::{App, Target};
 pub use error::ApiError;

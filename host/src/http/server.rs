@@ -18,7 +18,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use super::api::{handle, App, Target};
+use super::api::{self, Scope};
+use super::app::{App, Target};
+use super::error::ApiError;
 use crate::shutdown::Shutdown;
 
 /// How long a client may take to send its request headers.
@@ -65,7 +67,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let target = target.clone();
-        let service = service_fn(move |req| handle(app.clone(), target.clone(), req));
+        let service = service_fn(move |req| dispatch(app.clone(), target.clone(), req));
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -80,5 +82,22 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open after {grace:?}; closing them");
+    }
+}
+
+/// Sends a request to the admin routes or the public ones, by listener: the
+/// two never see each other's requests.
+async fn dispatch(
+    app: Arc<App>,
+    target: Target,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    match target {
+        Target::Admin => {
+            let response = super::admin::handle(&app, req).await;
+            Ok(response.unwrap_or_else(ApiError::into_response))
+        }
+        Target::Router => api::handle(app, Scope::Router, req).await,
+        Target::Instance(instance) => api::handle(app, Scope::Instance(instance), req).await,
     }
 }

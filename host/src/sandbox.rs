@@ -1,0 +1,206 @@
+//! The sandbox: one wasmtime `Store` with a predictor bound in it, and why a
+//! call into it can fail.
+//!
+//! A [`Live`] sandbox runs one call at a time under its epoch deadline. After
+//! any failure but a refusal ([`CallError::Rejected`]) its store is poisoned:
+//! the caller drops it. Faults for drills are armed here: inside a guest that
+//! exports `chaos`, else committed by the host through the deadline.
+//!
+//! It uses only the bindings, the guest log and the host runtime's types;
+//! deployments build sandboxes and instances call them.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+
+use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
+use crate::bindings::drillable::Drillable;
+use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
+use crate::bindings::Predictor;
+use crate::guest_log::LogName;
+use crate::runtime::InstanceState;
+
+/// Why a call produced no prediction.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The guest refused the request (bad input) or its model failed; the
+    /// instance is healthy.
+    #[error("{}", .0.message)]
+    Rejected(PredictError),
+    /// The guest trapped (panic, out of memory, bug): the store was dropped.
+    #[error("the instance trapped: {0}")]
+    Trap(String),
+    /// The call ran past its deadline and was interrupted: the store was dropped.
+    #[error("the call ran past its deadline of {0:?} and was stopped")]
+    Deadline(Duration),
+    /// A fresh instance could not be built.
+    #[error("the instance could not start: {0}")]
+    Instantiate(String),
+    /// A fresh instance's `init` refused its configuration.
+    #[error("the instance refused its configuration: {}", .0.message)]
+    Init(PredictError),
+    /// The guest does not export `chaos`, and the host cannot inject this
+    /// fault from outside.
+    #[error("this guest does not export hadr:predictor/chaos, so `{0}` cannot be armed in it; the host injects only `trap` and `hang` from outside")]
+    NotDrillable(&'static str),
+    /// The guest's answer is not a JSON object the host can add its origin
+    /// fields to.
+    #[error("{0}")]
+    BadAnswer(#[from] predict_core::BadAnswer),
+}
+
+/// A fault the host committed in a guest's call (through its epoch
+/// deadline), for a guest without the `chaos` export.
+#[derive(Debug, thiserror::Error)]
+#[error("a trap injected by the host (chaos drill)")]
+struct InjectedTrap;
+
+impl CallError {
+    /// Classifies a failed guest call; `deadline` is the one it ran under
+    /// (an epoch interrupt says only that some deadline passed).
+    pub(crate) fn from_wasmtime(doing: &str, e: wasmtime::Error, deadline: Duration) -> Self {
+        if e.is::<InjectedTrap>() {
+            return CallError::Trap(format!("{e:#}"));
+        }
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => CallError::Deadline(deadline),
+            Some(_) => CallError::Trap(format!("{e:#}")),
+            None => CallError::Instantiate(format!("{doing}: {e:#}")),
+        }
+    }
+
+    /// Whether the instance itself failed (its sandbox was replaced), so the
+    /// request may succeed elsewhere.
+    pub fn is_instance_fault(&self) -> bool {
+        matches!(
+            self,
+            CallError::Trap(_)
+                | CallError::Deadline(_)
+                | CallError::Instantiate(_)
+                | CallError::Init(_)
+        )
+    }
+
+    /// Whether the guest said the request itself was bad (not the instance).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, CallError::Rejected(e)
+            if matches!(e.kind, ErrorKind::MalformedRequest | ErrorKind::InvalidInput))
+    }
+}
+
+/// A running sandbox: its store and the predictor bound in it.
+pub struct Live {
+    store: Store<InstanceState>,
+    predictor: Predictor,
+    /// The guest's own fault injection, if it exports `chaos`.
+    chaos: Option<Drillable>,
+    /// A fault the host commits in the next call (guests without `chaos`).
+    injected: Option<Fault>,
+    deadline_ticks: u64,
+    version: String,
+    pub(crate) log: LogName,
+}
+
+impl Live {
+    pub(crate) fn new(
+        store: Store<InstanceState>,
+        predictor: Predictor,
+        chaos: Option<Drillable>,
+        deadline_ticks: u64,
+        version: String,
+        log: LogName,
+    ) -> Self {
+        Self {
+            store,
+            predictor,
+            chaos,
+            injected: None,
+            deadline_ticks,
+            version,
+            log,
+        }
+    }
+
+    /// The deployment version it was built from.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// How long one call may run.
+    fn deadline(&self) -> Duration {
+        self.deadline_ticks as u32 * crate::runtime::EPOCH_TICK
+    }
+
+    /// Arms a chaos fault for the next `predict`: inside the guest when it
+    /// exports `chaos`, else from the host (trap and hang only).
+    pub async fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
+        let Some(chaos) = &self.chaos else {
+            if matches!(fault, Fault::Oom) {
+                return Err(CallError::NotDrillable("oom"));
+            }
+            self.injected = Some(fault);
+            return Ok(());
+        };
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        chaos
+            .hadr_predictor_chaos()
+            .call_arm(&mut self.store, fault)
+            .await
+            .map_err(|e| CallError::from_wasmtime("arming a fault", e, self.deadline()))
+    }
+
+    /// One prediction, interrupted at the deadline. An `Err` other than
+    /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
+    pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(fault) = self.injected.take() {
+            self.inject(fault);
+        }
+        match self.predictor.call_predict(&mut self.store, body).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(refused)) => Err(CallError::Rejected(refused)),
+            Err(e) => Err(CallError::from_wasmtime(
+                "calling predict",
+                e,
+                self.deadline(),
+            )),
+        }
+    }
+
+    /// Makes the next call fail at its first epoch check, as a guest that
+    /// trapped or spun would: a trap at once, or a hang that holds the call
+    /// (asleep, not spinning) until its deadline interrupts it. Either way
+    /// the store is dropped afterwards, like any faulted one.
+    fn inject(&mut self, fault: Fault) {
+        let until = Instant::now() + self.deadline();
+        self.store.set_epoch_deadline(0);
+        self.store.epoch_deadline_callback(move |_| match fault {
+            Fault::Hang if Instant::now() < until => Ok(wasmtime::UpdateDeadline::YieldCustom(
+                0,
+                Box::pin(tokio::time::sleep_until(until.into())),
+            )),
+            Fault::Hang => Ok(wasmtime::UpdateDeadline::Interrupt),
+            _ => Err(InjectedTrap.into()),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_call_names_the_deadline_it_ran_under() {
+        let deadline = Duration::from_millis(250);
+        let interrupted = wasmtime::Error::from(wasmtime::Trap::Interrupt);
+        let e = CallError::from_wasmtime("initialising", interrupted, deadline);
+        assert!(matches!(e, CallError::Deadline(d) if d == deadline));
+        assert!(e.to_string().contains("250ms"), "{e}");
+        let injected = wasmtime::Error::from(InjectedTrap);
+        let e = CallError::from_wasmtime("calling predict", injected, deadline);
+        assert!(matches!(&e, CallError::Trap(m) if m.contains("injected by the host")));
+        let other = wasmtime::Error::msg("no such export");
+        let e = CallError::from_wasmtime("instantiating", other, deadline);
+        assert!(matches!(&e, CallError::Instantiate(m) if m.starts_with("instantiating")));
+    }
+}
