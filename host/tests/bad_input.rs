@@ -131,7 +131,17 @@ async fn a_1_gib_upload_does_not_grow_the_host() {
     let mut stream = tokio::net::TcpStream::connect(host.router).await.unwrap();
     let head = "POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 1073741824\r\n\r\n";
     stream.write_all(head.as_bytes()).await.unwrap();
-    // Push up to 256 MiB of the body (bounded), until the host stops reading.
+    // The host refuses from the header alone, before any of the body: the
+    // answer is there before the client sends a byte of it.
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("no answer to the header within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    // Push up to 256 MiB of the body anyway (bounded), until the host stops
+    // reading.
     let chunk = vec![b'1'; 1 << 20];
     let mut sent = 0usize;
     while sent < 256 << 20 {
@@ -140,13 +150,6 @@ async fn a_1_gib_upload_does_not_grow_the_host() {
             _ => break,
         }
     }
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
-        .await
-        .map(|r| r.unwrap_or(0))
-        .unwrap_or(0);
-    let text = String::from_utf8_lossy(&answer[..n]);
-    assert!(n == 0 || text.starts_with("HTTP/1.1 413"), "{text}");
     let after = rss_kib(host.child.id());
     eprintln!(
         "RSS before {before} KiB, after pushing {} MiB: {after} KiB",
@@ -164,16 +167,24 @@ async fn a_1_gib_upload_does_not_grow_the_host() {
 async fn connections_past_the_cap_wait_until_one_closes() {
     let host = Host::start(&free_ports("single.json"), &["--max-connections", "2"]);
     let body = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
+    // How long an answer takes with places free, on this machine now: the
+    // wait below is ten times that (at least a second), so a host that
+    // served past its cap could not hide behind a slow machine.
+    let started = std::time::Instant::now();
+    let (status, _, _) = post(host.router, "/predict", body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let hold = (started.elapsed() * 10).max(Duration::from_secs(1));
     // Two idle connections take both places.
     let first = tokio::net::TcpStream::connect(host.router).await.unwrap();
     let _second = tokio::net::TcpStream::connect(host.router).await.unwrap();
     let router = host.router;
     let waiting = tokio::spawn(async move { post(router, "/predict", body).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(hold).await;
     assert!(
         !waiting.is_finished(),
         "a third connection was served while two were open at a cap of 2"
     );
+
     drop(first);
     let (status, _, answer) = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await

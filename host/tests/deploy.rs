@@ -59,10 +59,21 @@ fn deploy(host: &Host, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&stdout).unwrap()
 }
 
+/// One answer of the background load.
+#[derive(Debug, Clone)]
+struct Answered {
+    status: StatusCode,
+    /// The version the answer says computed it.
+    version: String,
+    /// When the request was sent and when its answer arrived.
+    sent: Instant,
+    received: Instant,
+}
+
 /// Clients posting one row each, keeping every answer's status and version.
 struct Load {
     stop: Arc<AtomicBool>,
-    answers: Arc<Mutex<Vec<(StatusCode, String)>>>,
+    answers: Arc<Mutex<Vec<Answered>>>,
     tasks: tokio::task::JoinSet<()>,
 }
 
@@ -81,9 +92,15 @@ impl Load {
                         break;
                     }
                     let body = bodies[(c + k) % bodies.len()].clone();
-                    let (s, _, b) = post(addr, "/predict", body).await;
+                    let sent = Instant::now();
+                    let (status, _, b) = post(addr, "/predict", body).await;
                     let version = b["version"].as_str().unwrap_or("").to_string();
-                    answers.lock().unwrap().push((s, version));
+                    answers.lock().unwrap().push(Answered {
+                        status,
+                        version,
+                        sent,
+                        received: Instant::now(),
+                    });
                 }
             });
         }
@@ -108,7 +125,7 @@ impl Load {
         }
     }
 
-    async fn stop(mut self) -> Vec<(StatusCode, String)> {
+    async fn stop(mut self) -> Vec<Answered> {
         self.stop.store(true, Ordering::Relaxed);
         while self.tasks.join_next().await.is_some() {}
         let answers = self.answers.lock().unwrap();
@@ -157,10 +174,12 @@ async fn deploy_then_rollback_under_load_fails_no_request() {
     load.wait_for(200).await;
 
     let model_arg = format!("digits={}", model.display());
+    let deploy_sent = Instant::now();
     let outcome = deploy(
         &host,
         &["--module", guest.to_str().unwrap(), "--model", &model_arg],
     );
+    let deployed = Instant::now();
     assert_eq!(outcome["action"], "deployed", "{outcome}");
     let v2 = outcome["instances"]["predict1"]
         .as_str()
@@ -174,14 +193,16 @@ async fn deploy_then_rollback_under_load_fails_no_request() {
     assert_eq!(t["predict1"]["previous_version"], v1.as_str());
     assert_eq!(t["predict1"]["source"], "deploy");
 
+    let rollback_sent = Instant::now();
     let (code, stdout, stderr) = cli(&host, &["rollback"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("rolled back"), "{stdout}");
+    let rolled_back = Instant::now();
     load.wait_for(200).await;
     let answers = load.stop().await;
     let failed: Vec<_> = answers
         .iter()
-        .filter(|(s, _)| *s != StatusCode::OK)
+        .filter(|a| a.status != StatusCode::OK)
         .collect();
     assert!(
         failed.is_empty(),
@@ -190,22 +211,41 @@ async fn deploy_then_rollback_under_load_fails_no_request() {
         answers.len(),
         &failed[..3.min(failed.len())]
     );
-    // Each answer carries the version it was computed by: the old one, then
-    // the new one, then the old one again.
-    let first_v2 = answers
+    // Each answer carries the version it was computed by. Requests sent
+    // before the deploy was asked for ran on the old version; those sent
+    // after it was acknowledged and answered before the rollback was asked
+    // for, on the new one; those sent after the rollback, on the old again.
+    // (Requests in between may finish on either, as in-flight calls do.)
+    let window = |from: Instant, to: Option<Instant>| -> Vec<&str> {
+        answers
+            .iter()
+            .filter(|a| a.sent >= from && to.is_none_or(|t| a.received <= t))
+            .map(|a| a.version.as_str())
+            .collect()
+    };
+    let before: Vec<&str> = answers
         .iter()
-        .position(|(_, v)| *v == v2)
-        .expect("no answer from v2");
-    let last_v2 = answers.iter().rposition(|(_, v)| *v == v2).unwrap();
-    assert!(answers[..first_v2].iter().all(|(_, v)| *v == v1));
-    assert!(answers[last_v2 + 1..].iter().all(|(_, v)| *v == v1));
-    assert!(answers.len() - last_v2 > 100, "the rollback did not take");
+        .filter(|a| a.received <= deploy_sent)
+        .map(|a| a.version.as_str())
+        .collect();
+    for (what, seen, want) in [
+        ("before the deploy", before, &v1),
+        (
+            "between deploy and rollback",
+            window(deployed, Some(rollback_sent)),
+            &v2,
+        ),
+        ("after the rollback", window(rolled_back, None), &v1),
+    ] {
+        assert!(seen.len() >= 100, "only {} answers {what}", seen.len());
+        assert!(seen.iter().all(|v| v == want), "{what}: versions {seen:?}");
+    }
     assert_eq!(versions(&host.topology().await), vec![v1.clone(); 3]);
     eprintln!(
         "{} answers, 0 failed: {} from {v1}, {} from {v2}",
         answers.len(),
-        answers.iter().filter(|(_, v)| *v == v1).count(),
-        answers.iter().filter(|(_, v)| *v == v2).count()
+        answers.iter().filter(|a| a.version == v1).count(),
+        answers.iter().filter(|a| a.version == v2).count()
     );
 }
 
@@ -265,7 +305,7 @@ async fn unfit_versions_are_refused_and_the_old_one_keeps_serving() {
     let answers = load.stop().await;
     assert!(answers
         .iter()
-        .all(|(s, v)| *s == StatusCode::OK && *v == before[0]));
+        .all(|a| a.status == StatusCode::OK && a.version == before[0]));
 
     // The same refusals straight at the route: 422 with a JSON reason.
     let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -370,7 +410,10 @@ async fn a_canary_takes_its_share_and_a_failing_one_is_aborted() {
     };
     load.wait_for(50).await;
     let answers = load.stop().await;
-    let failed = answers.iter().filter(|(s, _)| *s != StatusCode::OK).count();
+    let failed = answers
+        .iter()
+        .filter(|a| a.status != StatusCode::OK)
+        .count();
     assert_eq!(failed, 0, "clients saw the canary's faults");
     let event = events["events"]
         .as_array()
