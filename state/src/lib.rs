@@ -490,7 +490,7 @@ mod tests {
             store.put_topology(&mark).unwrap();
             store.flush().unwrap();
         }
-        let store = StateStore::open(&dir).unwrap();
+        let store = when_free(|| StateStore::open(&dir)).unwrap();
         assert_eq!(store.instance("predict3").unwrap(), Some(record.clone()));
         assert_eq!(
             store.instances().unwrap(),
@@ -547,6 +547,24 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Retries `open` while the directory's previous opener still holds its
+    /// lock: sled releases it from a background thread shortly after the
+    /// handle is dropped.
+    fn when_free<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open() {
+                Err(e)
+                    if e.to_string().contains("acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// A version-1 directory as an older hadr left it.
     fn v1_directory(dir: &Path, instances: &[(&str, serde_json::Value)], events: &[&str]) {
         let db = sled::open(dir).unwrap();
@@ -589,7 +607,7 @@ mod tests {
         );
         for _ in 0..2 {
             // Migrated once, then read as version 2.
-            let store = StateStore::open(&dir).unwrap();
+            let store = when_free(|| StateStore::open(&dir)).unwrap();
             let p1 = store.instance("p1").unwrap().unwrap();
             assert_eq!((p1.role, p1.broken, p1.served), (Role::Active, true, 7));
             assert_eq!(p1.deployment.unwrap().source, Source::Deploy);
@@ -615,14 +633,17 @@ mod tests {
     fn a_version_1_string_no_hadr_wrote_stops_the_migration_naming_it() {
         let dir = temp("migrate-bad");
         v1_directory(&dir, &[("p2", serde_json::json!({"role": "leader"}))], &[]);
-        let err = StateStore::open(&dir).err().unwrap().to_string();
+        let err = when_free(|| StateStore::open(&dir))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("`p2`") && err.contains("migrating from schema 1"),
             "{err}"
         );
         assert!(err.contains("leader"), "{err}");
         // Nothing was half-migrated: the directory still says version 1.
-        let db = sled::open(&dir).unwrap();
+        let db = when_free(|| sled::open(&dir)).unwrap();
         let version = db
             .open_tree(META)
             .unwrap()
