@@ -484,7 +484,7 @@ impl Instance {
                     self.traps.fetch_add(1, Ordering::Relaxed);
                 }
                 let fault = LastFault {
-                    error: e.to_string(),
+                    error: e.summary(),
                     at: now_rfc3339(),
                 };
                 *lock(&self.last_fault) = Some(fault);

@@ -59,13 +59,28 @@ impl CallError {
     /// Classifies a failed guest call; `deadline` is the one it ran under
     /// (an epoch interrupt says only that some deadline passed).
     pub(crate) fn from_wasmtime(doing: &str, e: wasmtime::Error, deadline: Duration) -> Self {
+        // A trap's message is its reason, then (for the host's log) the
+        // wasm backtrace; see `summary`.
         if e.is::<InjectedTrap>() {
-            return CallError::Trap(format!("{e:#}"));
+            return CallError::Trap(format!("{InjectedTrap}\n{e:#}"));
         }
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => CallError::Deadline(deadline),
-            Some(_) => CallError::Trap(format!("{e:#}")),
+            Some(trap) => CallError::Trap(format!("wasm trap: {trap}\n{e:#}")),
             None => CallError::Instantiate(format!("{doing}: {e:#}")),
+        }
+    }
+
+    /// What clients and `/topology` are told: the message without a trap's
+    /// wasm backtrace (which names the guest's internals; the host's log
+    /// keeps it).
+    pub fn summary(&self) -> String {
+        match self {
+            CallError::Trap(full) => {
+                let reason = full.lines().next().unwrap_or_default();
+                format!("the instance trapped: {reason}")
+            }
+            other => other.to_string(),
         }
     }
 

@@ -452,8 +452,13 @@ impl Library {
 }
 
 /// The admin token: `HADR_ADMIN_TOKEN` if set, else the one saved in the
-/// state directory, else a new random one saved there with mode 0600.
+/// state directory, else a new random one saved there with mode 0600. A
+/// saved token readable by others is refused (anyone who can read it can
+/// deploy); an empty file is replaced. The file is written beside, synced
+/// and renamed into place, so a crash never leaves a half-written token.
 fn admin_token(state_dir: &Path) -> Result<String, StartError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
     if let Some(token) = std::env::var("HADR_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
@@ -463,8 +468,20 @@ fn admin_token(state_dir: &Path) -> Result<String, StartError> {
     let path = state_dir.join("admin-token");
     let fail = |e| StartError::AdminToken(path.clone(), e);
     match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
-        Ok(_) => {}
+        Ok(token) if !token.trim().is_empty() => {
+            let mode = std::fs::metadata(&path).map_err(fail)?.mode();
+            if mode & 0o077 != 0 {
+                return Err(fail(std::io::Error::other(format!(
+                    "it is readable by others (mode {:o}); run `chmod 600 {}` or set HADR_ADMIN_TOKEN",
+                    mode & 0o777,
+                    path.display()
+                ))));
+            }
+            return Ok(token.trim().to_string());
+        }
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "the admin token file is empty; writing a new token")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail(e)),
     }
@@ -472,15 +489,20 @@ fn admin_token(state_dir: &Path) -> Result<String, StartError> {
     getrandom::getrandom(&mut bytes).map_err(|e| fail(std::io::Error::other(e.to_string())))?;
     let token = hadr_state::blobs::hex(&bytes);
     std::fs::create_dir_all(state_dir).map_err(fail)?;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = state_dir.join("admin-token.tmp");
+    let _ = std::fs::remove_file(&temporary);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(&temporary)
         .map_err(fail)?;
-    file.write_all(token.as_bytes()).map_err(fail)?;
+    std::io::Write::write_all(&mut file, token.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&temporary, &path).map_err(fail)?;
+    std::fs::File::open(state_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(fail)?;
     tracing::info!(path = %path.display(), "generated the admin token");
     Ok(token)
 }

@@ -134,11 +134,10 @@ impl Topology {
     /// relative paths.
     pub fn parse(text: &str, path: &Path, defaults: &Defaults) -> Result<Self, TopologyError> {
         let file = path.to_owned();
-        let entries: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-            .map_err(|e| TopologyError::Syntax {
-                file: file.clone(),
-                message: e.to_string(),
-            })?;
+        let entries = entries(text).map_err(|e| TopologyError::Syntax {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let instances = entries
             .into_iter()
@@ -249,6 +248,41 @@ fn port(raw: RawPort) -> Result<u16, String> {
     })
 }
 
+/// The file's entries in order, refusing an instance named twice (a JSON
+/// object with a repeated key, whose later entry would silently replace the
+/// earlier one).
+fn entries(text: &str) -> Result<Vec<(String, serde_json::Value)>, serde_json::Error> {
+    use serde::de::{Deserializer, Error, MapAccess, Visitor};
+
+    struct Entries;
+
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(String, serde_json::Value)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of instances")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+            while let Some((name, value)) = map.next_entry::<String, serde_json::Value>()? {
+                if out.iter().any(|(seen, _)| *seen == name) {
+                    return Err(A::Error::custom(format_args!(
+                        "instance `{name}` is given twice"
+                    )));
+                }
+                out.push((name, value));
+            }
+            Ok(out)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(text);
+    let entries = de.deserialize_map(Entries)?;
+    de.end()?;
+    Ok(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +350,8 @@ mod tests {
         assert!(error("{").contains("not a topology"));
         assert!(error("[]").contains("not a topology"));
         assert!(error("{}").contains("no instances"));
+        let twice = error(r#"{"p1": {"status": true}, "p1": {"status": false}}"#);
+        assert!(twice.contains("instance `p1` is given twice"), "{twice}");
         assert!(error(r#"{"p1": {"status": false}}"#).contains("no active instance"));
         let e = error(
             r#"{"a": {"status": true, "port": 9000}, "b": {"status": true, "port": "9000"}}"#,

@@ -91,7 +91,7 @@ impl ApiError {
 impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
         use StatusCode as S;
-        let message = e.to_string();
+        let message = e.summary();
         let (status, code) = match &e {
             CallError::Rejected(p) => match p.kind {
                 ErrorKind::MalformedRequest => (S::BAD_REQUEST, "malformed_request"),
