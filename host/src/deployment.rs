@@ -27,7 +27,7 @@ use crate::bindings::{Predictor, PredictorIndices};
 use crate::compiled_cache::{CacheOutcome, CompiledCache};
 use crate::guest_log::{GuestLog, LogName};
 use crate::nn::{GraphRegistry, LoadedModel, TractBackend};
-use crate::runtime::{HostRuntime, InstanceState};
+use crate::runtime::{ticks_duration, HostRuntime, InstanceState};
 use crate::sandbox::{CallError, Live};
 
 /// Why a guest module was refused.
@@ -74,14 +74,6 @@ pub struct CompiledModule {
     predictor: PredictorIndices,
     /// The optional `chaos` export, when the guest has one.
     chaos: Option<DrillableIndices>,
-}
-
-impl CompiledModule {
-    /// Whether the guest exports `chaos` (faults armed inside it); without
-    /// it the host injects trap and hang itself.
-    pub fn drillable(&self) -> bool {
-        self.chaos.is_some()
-    }
 }
 
 impl CompiledModule {
@@ -364,7 +356,7 @@ impl Deployment {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(limits.deadline_ticks());
-        let deadline = runtime.limits().deadline_ticks() as u32 * crate::runtime::EPOCH_TICK;
+        let deadline = ticks_duration(runtime.limits().deadline_ticks());
         let instantiating = |e| CallError::from_wasmtime("instantiating", e, deadline);
         let module = &self.module;
         let instance = module
@@ -406,10 +398,7 @@ impl Spare {
         self.predictor
             .call_init(&mut self.store, &config)
             .await
-            .map_err(|e| {
-                let deadline = ticks as u32 * crate::runtime::EPOCH_TICK;
-                CallError::from_wasmtime("initialising", e, deadline)
-            })?
+            .map_err(|e| CallError::from_wasmtime("initialising", e, ticks_duration(ticks)))?
             .map_err(CallError::Init)?;
         Ok(Live::new(
             self.store,

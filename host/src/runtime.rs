@@ -47,6 +47,11 @@ impl Limits {
     }
 }
 
+/// How long `ticks` epoch ticks last: the deadline a call really runs under.
+pub fn ticks_duration(ticks: u64) -> Duration {
+    EPOCH_TICK * ticks as u32
+}
+
 /// What every instance's `Store` holds: its WASI context (no capabilities),
 /// its resource table, its wasi-nn context and its memory limiter.
 pub struct InstanceState {

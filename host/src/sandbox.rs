@@ -143,7 +143,7 @@ impl Live {
 
     /// How long one call may run.
     fn deadline(&self) -> Duration {
-        self.deadline_ticks as u32 * crate::runtime::EPOCH_TICK
+        crate::runtime::ticks_duration(self.deadline_ticks)
     }
 
     /// Arms a chaos fault for the next `predict`: inside the guest when it

@@ -171,6 +171,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         let cells = &mut self.records.data[start..];
         let vocabulary = self.vocabulary;
         let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        let mut name = String::new();
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if seen.contains(&key) {
                 return Err(de::Error::custom(format_args!(
@@ -182,8 +183,12 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                     "record {row}, field `{key}` is {what}; a field takes a string, a number or a list of strings"
                 ))
             };
-            let one_hot = |cells: &mut [f32], text: &str| {
-                let name = format!("{key}{}{text}", vocabulary.separator);
+            // `key=value` is built in one buffer per record, not per field.
+            let mut one_hot = |cells: &mut [f32], text: &str| {
+                name.clear();
+                name.push_str(&key);
+                name.push_str(&vocabulary.separator);
+                name.push_str(text);
                 if let Some(c) = vocabulary.column(&name) {
                     cells[c] += 1.0;
                 }
