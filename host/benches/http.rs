@@ -48,17 +48,7 @@ fn main() {
     // saturate: this measures the serving path, not load shedding.
     let dir = std::env::temp_dir().join(format!("hadr-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let topology = dir.join("2-active.json");
-    std::fs::write(
-        &topology,
-        serde_json::json!({
-            "predict1": {"status": true, "load": 0, "max_load": 64},
-            "predict2": {"status": true, "load": 0, "max_load": 64},
-            "predict3": {"status": false, "load": 0, "max_load": 64},
-        })
-        .to_string(),
-    )
-    .unwrap();
+    let topology = common::unsaturable_two_active(&dir);
 
     let hadr_with = |offload_above: &str| {
         let mut cmd = Command::new(&hadr_exe);
@@ -83,10 +73,7 @@ fn main() {
     let native = start(native_cmd, "native baseline ready: ");
 
     let body = body(rows);
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let client = common::client_runtime();
     let spec = |url: &str| LoadSpec {
         url: url.parse().unwrap(),
         body: body.clone().into(),

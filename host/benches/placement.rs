@@ -121,10 +121,7 @@ fn http_part() {
     let digits_body =
         serde_json::to_vec(&serde_json::json!({"inputs": [cases("digits")["cases"][0]["input"]]}))
             .unwrap();
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let client = common::client_runtime();
     let mut results: Vec<(&str, LoadReport)> = Vec::new();
     for round in 0..rounds {
         for (name, server, body) in [

@@ -23,6 +23,7 @@ use wasmtime::component::InstancePre;
 
 use crate::bindings::drillable::{Drillable, DrillableIndices};
 use crate::bindings::hadr::predictor::types::{InstanceConfig, TensorInfo};
+use crate::bindings::tensors::{TensorPredictor, TensorPredictorIndices};
 use crate::bindings::{Predictor, PredictorIndices};
 use crate::compiled_cache::{CacheOutcome, CompiledCache};
 use crate::guest_log::{GuestLog, LogName};
@@ -74,6 +75,8 @@ pub struct CompiledModule {
     predictor: PredictorIndices,
     /// The optional `chaos` export, when the guest has one.
     chaos: Option<DrillableIndices>,
+    /// The optional `tensors` export (`/v2/.../infer`), when the guest has one.
+    tensors: Option<TensorPredictorIndices>,
 }
 
 impl CompiledModule {
@@ -128,6 +131,12 @@ impl CompiledModule {
                     "the guest has no usable hadr:predictor/chaos export: drills inject trap and hang from the host")
             })
             .ok();
+        let tensors = TensorPredictorIndices::new(&instance_pre)
+            .inspect_err(|e| {
+                tracing::info!(path = %path.display(), reason = %format!("{e:#}"),
+                    "the guest has no usable hadr:predictor/tensors export: /v2 infer requests to it are answered 501")
+            })
+            .ok();
         Ok(Self {
             path: path.to_owned(),
             digest,
@@ -135,6 +144,7 @@ impl CompiledModule {
             instance_pre,
             predictor,
             chaos,
+            tensors,
         })
     }
 }
@@ -169,6 +179,7 @@ struct Spare {
     store: Store<InstanceState>,
     predictor: Predictor,
     chaos: Option<Drillable>,
+    tensors: Option<TensorPredictor>,
     log: LogName,
 }
 
@@ -374,10 +385,17 @@ impl Deployment {
             .map(|c| c.load(&mut store, &instance))
             .transpose()
             .map_err(instantiating)?;
+        let tensors = module
+            .tensors
+            .as_ref()
+            .map(|t| t.load(&mut store, &instance))
+            .transpose()
+            .map_err(instantiating)?;
         Ok(Spare {
             store,
             predictor,
             chaos,
+            tensors,
             log,
         })
     }
@@ -404,6 +422,7 @@ impl Spare {
             self.store,
             self.predictor,
             self.chaos,
+            self.tensors,
             ticks,
             deployment.version.clone(),
             self.log,

@@ -33,7 +33,9 @@ use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
+use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
 use crate::deployment::Deployment;
+use crate::oip;
 use crate::policy::Role;
 use crate::runtime::HostRuntime;
 pub use crate::sandbox::{CallError, Live};
@@ -50,15 +52,65 @@ pub enum Input {
     /// request that deployment's smoke test proved it takes, so a canary or
     /// a retry on another version is asked its own example.
     Example,
+    /// Open Inference Protocol tensors as the client sent them: fitted to
+    /// the model of whichever deployment answers, like the example.
+    Tensors(Arc<[Tensor]>),
+}
+
+/// An input made ready for one deployment.
+enum Prepared {
+    Body(bytes::Bytes),
+    Tensors(Vec<Tensor>),
 }
 
 impl Input {
-    fn for_deployment(self, deployment: &Deployment) -> bytes::Bytes {
+    fn for_deployment(self, deployment: &Deployment) -> Result<Prepared, CallError> {
         match self {
-            Input::Body(body) => body,
-            Input::Example => deployment.example.clone(),
+            Input::Body(body) => Ok(Prepared::Body(body)),
+            Input::Example => Ok(Prepared::Body(deployment.example.clone())),
+            Input::Tensors(tensors) => oip::fit(&tensors, deployment.model.graph.info())
+                .map(Prepared::Tensors)
+                .map_err(|e| {
+                    CallError::Rejected(PredictError {
+                        kind: ErrorKind::InvalidInput,
+                        message: e.0,
+                    })
+                }),
         }
     }
+}
+
+/// What a call gives back.
+#[derive(Debug)]
+pub enum Answer {
+    /// For `/predict`: the guest's JSON, with `model`, `instance` and
+    /// `version` added.
+    Json(Vec<u8>),
+    /// For `/v2/.../infer`: the model's outputs, and the version that ran
+    /// them (a canary's, when the canary answered).
+    Tensors {
+        /// The outputs, in the model's order.
+        outputs: Vec<Tensor>,
+        /// The deployment version.
+        version: String,
+    },
+}
+
+impl Answer {
+    /// The JSON of a `/predict` answer (an infer answer is empty JSON: it
+    /// is never asked of one).
+    pub fn into_json(self) -> Vec<u8> {
+        match self {
+            Answer::Json(json) => json,
+            Answer::Tensors { .. } => b"{}".to_vec(),
+        }
+    }
+}
+
+/// A guest's answer before the host adds who answered.
+enum Reply {
+    Json(Vec<u8>),
+    Tensors(Vec<Tensor>),
 }
 
 /// A topology entry at run time.
@@ -227,6 +279,17 @@ impl Instance {
         &self.spec
     }
 
+    /// The model name the Open Inference Protocol lists it under: its
+    /// topology model's file stem, which a deploy does not change.
+    pub fn model_name(&self) -> String {
+        crate::nn::registry::model_name(&self.spec.model)
+    }
+
+    /// Whether it serves the model named `name` (see [`Instance::model_name`]).
+    pub fn serves_model(&self, name: &str) -> bool {
+        self.spec.model.file_stem() == Some(std::ffi::OsStr::new(name))
+    }
+
     /// The deployment in force.
     pub fn deployment(&self) -> Arc<Deployment> {
         self.serving.load().current.deployment.clone()
@@ -373,13 +436,13 @@ impl Instance {
 
     /// Runs one prediction in this instance, waiting for its turn; a
     /// canary, if one runs, takes its share.
-    pub async fn predict(&self, input: Input) -> Result<Vec<u8>, CallError> {
+    pub async fn predict(&self, input: Input) -> Result<Answer, CallError> {
         self.predict_on(input, true).await
     }
 
     /// Runs one prediction on the deployment in force, never a canary (for
     /// retries: a request that already faulted goes to the known-good version).
-    pub async fn predict_stable(&self, input: Input) -> Result<Vec<u8>, CallError> {
+    pub async fn predict_stable(&self, input: Input) -> Result<Answer, CallError> {
         self.predict_on(input, false).await
     }
 
@@ -387,7 +450,7 @@ impl Instance {
     /// force: a fault through the caller's retry, anything else (a refusal,
     /// a model failure) here, and it counts against the canary unless the
     /// version in force refuses the request too (bad input is the client's).
-    async fn predict_on(&self, body: Input, canary: bool) -> Result<Vec<u8>, CallError> {
+    async fn predict_on(&self, body: Input, canary: bool) -> Result<Answer, CallError> {
         // One read of what the instance serves: the version in force, and
         // the canary if this request goes to it.
         let (deployment, chosen) = {
@@ -429,8 +492,10 @@ impl Instance {
         slot: &Arc<Mutex<Option<Live>>>,
         deployment: Arc<Deployment>,
         input: Input,
-    ) -> Result<Vec<u8>, CallError> {
-        let body = input.for_deployment(&deployment);
+    ) -> Result<Answer, CallError> {
+        // Input that does not fit this version's model is the client's
+        // error: refused before the sandbox, and counted nowhere.
+        let body = input.for_deployment(&deployment)?;
         let mut slot = slot.clone().lock_owned().await;
         let started = Instant::now();
         let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
@@ -456,19 +521,25 @@ impl Instance {
         }
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
         self.broken.store(broken, Ordering::Relaxed);
-        let outcome = outcome.and_then(|answer| {
-            let origin = predict_core::Origin {
-                model: &deployment.model.name,
-                instance: self.name(),
-                version: &deployment.version,
-            };
-            Ok(predict_core::with_origin(origin, &answer)?)
+        let outcome = outcome.and_then(|reply| match reply {
+            Reply::Json(answer) => {
+                let origin = predict_core::Origin {
+                    model: &deployment.model.name,
+                    instance: self.name(),
+                    version: &deployment.version,
+                };
+                Ok(Answer::Json(predict_core::with_origin(origin, &answer)?))
+            }
+            Reply::Tensors(outputs) => Ok(Answer::Tensors {
+                outputs,
+                version: deployment.version.clone(),
+            }),
         });
         self.record(&outcome, started.elapsed());
         outcome
     }
 
-    fn record(&self, outcome: &Result<Vec<u8>, CallError>, took: Duration) {
+    fn record(&self, outcome: &Result<Answer, CallError>, took: Duration) {
         let us = took.as_micros() as u64;
         let old = self.cost_us.load(Ordering::Relaxed);
         self.cost_us
@@ -477,7 +548,7 @@ impl Instance {
             Ok(_) => {
                 self.served.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) if e.is_bad_input() => {}
+            Err(e) if e.is_bad_input() || matches!(e, CallError::NoTensors) => {}
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 if matches!(e, CallError::Trap(_) | CallError::Deadline(_)) {
@@ -565,17 +636,20 @@ async fn call(
     deployment: &Arc<Deployment>,
     runtime: &Arc<HostRuntime>,
     name: &str,
-    body: &[u8],
-) -> (Result<Vec<u8>, CallError>, bool) {
+    input: &Prepared,
+) -> (Result<Reply, CallError>, bool) {
     let live = match live(slot, deployment, runtime, name).await {
         Ok(live) => live,
         Err(e) => return (Err(e), false),
     };
-    let outcome = live.predict(body).await;
+    let outcome = match input {
+        Prepared::Body(body) => live.predict(body).await.map(Reply::Json),
+        Prepared::Tensors(tensors) => live.infer(tensors).await.map(Reply::Tensors),
+    };
     let Err(e) = &outcome else {
         return (outcome, false);
     };
-    if matches!(e, CallError::Rejected(_)) {
+    if !e.poisons_the_store() {
         return (outcome, false);
     }
     let faulted = Instant::now();

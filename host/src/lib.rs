@@ -56,7 +56,20 @@ pub mod bindings {
         path: "../wit",
         world: "hadr:predictor/predictor",
         exports: { default: async },
+        additional_derives: [PartialEq],
     });
+
+    /// The optional `tensors` export (the Open Inference Protocol's
+    /// `infer`), bound apart so that a guest without it is still a
+    /// predictor; its types are the predictor's.
+    pub mod tensors {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "hadr:predictor/tensor-predictor",
+            exports: { default: async },
+            with: { "hadr:predictor/types": crate::bindings::hadr::predictor::types },
+        });
+    }
 
     /// The optional `chaos` export, bound apart so that a guest without it
     /// is still a predictor.
@@ -79,6 +92,7 @@ pub mod instance;
 pub mod loadtest;
 pub mod metrics;
 pub mod nn;
+pub mod oip;
 pub mod persistence;
 pub mod policy;
 pub mod recovery;

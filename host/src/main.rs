@@ -318,6 +318,14 @@ struct LoadtestArgs {
     /// Payload: one JSON file sent as every request's body.
     #[arg(long)]
     body: Option<PathBuf>,
+    /// How cases are sent: `predict` (hadr's /predict body), `v2-json` or
+    /// `v2-binary` (Open Inference Protocol infer requests; point the URL at
+    /// /v2/models/NAME/infer).
+    #[arg(long, value_enum, default_value = "predict", conflicts_with = "body")]
+    protocol: loadtest::payload::Protocol,
+    /// The model input v2 requests fill with rows (records go to `records`).
+    #[arg(long, default_value = "float_input")]
+    v2_input: String,
     /// Print the report as JSON (the timeline included).
     #[arg(long)]
     json: bool,
@@ -566,15 +574,16 @@ fn report(
 
 async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
     let bodies = match &args.body {
-        Some(path) => vec![std::fs::read(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .into()],
+        Some(path) => vec![bytes::Bytes::from(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        )
+        .into()],
         None => {
             let path = args
                 .cases
                 .clone()
                 .unwrap_or_else(|| repo_defaults().model.with_extension("cases.json"));
-            loadtest::payload::from_cases(&path, args.rows)?
+            loadtest::payload::requests(&path, args.rows, args.protocol, &args.v2_input)?
         }
     };
     let model = match args.rate {

@@ -21,6 +21,27 @@ pub struct Router {
     state: Option<Arc<StateSync>>,
 }
 
+/// Which instances a request may go to: all of them for `/predict`; for
+/// the Open Inference Protocol, those serving a model name (and a version,
+/// when the URL names one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want<'a> {
+    /// The model name (the topology entry's model file stem).
+    pub model: Option<&'a str>,
+    /// The deployment version in force.
+    pub version: Option<&'a str>,
+}
+
+impl Want<'_> {
+    /// Whether `instance` may take the request.
+    pub fn admits(&self, instance: &Instance) -> bool {
+        self.model.is_none_or(|m| instance.serves_model(m))
+            && self
+                .version
+                .is_none_or(|v| instance.deployment().version == v)
+    }
+}
+
 /// No instance can take the request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("every instance is saturated or unavailable")]
@@ -61,12 +82,19 @@ impl Router {
     /// Like [`Router::acquire`], but never picks `excluded` (the instance a
     /// request just failed on).
     pub fn acquire_excluding(&self, excluded: Option<&str>) -> Result<Lease, Saturated> {
+        self.acquire_where(excluded, Want::default())
+    }
+
+    /// Like [`Router::acquire_excluding`], among the instances `want`
+    /// admits: the others are neither routed to nor promoted, so each model
+    /// keeps its own actives and standby.
+    pub fn acquire_where(&self, excluded: Option<&str>, want: Want) -> Result<Lease, Saturated> {
         // Each round routes, promotes one standby, or loses one race; a few
         // more rounds than instances is plenty.
         let mut promoted = false;
         for _ in 0..self.instances.len() * 2 + 2 {
             let start = self.next.fetch_add(1, Ordering::Relaxed);
-            match decide(&self.snapshot(excluded), start) {
+            match decide(&self.snapshot(excluded, want), start) {
                 Decision::Route(i) => {
                     if let Some(mut lease) = self.instances[i].try_lease() {
                         if promoted {
@@ -94,14 +122,15 @@ impl Router {
         Err(Saturated)
     }
 
-    /// Roles and loads now; an excluded instance reads as a saturated active
-    /// so the policy neither routes to it nor promotes it.
-    fn snapshot(&self, excluded: Option<&str>) -> Vec<View> {
+    /// Roles and loads now; an excluded instance (or one `want` does not
+    /// admit) reads as a saturated active so the policy neither routes to it
+    /// nor promotes it.
+    fn snapshot(&self, excluded: Option<&str>, want: Want) -> Vec<View> {
         self.instances
             .iter()
             .map(|i| {
                 let max_load = i.spec().max_load;
-                if excluded == Some(i.name()) {
+                if excluded == Some(i.name()) || !want.admits(i) {
                     View {
                         role: Role::Active,
                         load: max_load,

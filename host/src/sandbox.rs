@@ -15,7 +15,8 @@ use wasmtime::Store;
 
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use crate::bindings::drillable::Drillable;
-use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
+use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
+use crate::bindings::tensors::TensorPredictor;
 use crate::bindings::Predictor;
 use crate::guest_log::LogName;
 use crate::runtime::InstanceState;
@@ -43,6 +44,10 @@ pub enum CallError {
     /// fault from outside.
     #[error("this guest does not export hadr:predictor/chaos, so `{0}` cannot be armed in it; the host injects only `trap` and `hang` from outside")]
     NotDrillable(&'static str),
+    /// The guest does not export `tensors`, so it cannot take `/v2` infer
+    /// requests.
+    #[error("this instance's guest does not export hadr:predictor/tensors, so it takes only /predict, not Open Inference Protocol infer requests")]
+    NoTensors,
     /// The guest's answer is not a JSON object the host can add its origin
     /// fields to.
     #[error("{0}")]
@@ -96,6 +101,13 @@ impl CallError {
         )
     }
 
+    /// Whether the store must be dropped after this failure: anything but
+    /// the guest's own refusal, or a call the host refused before entering
+    /// the guest.
+    pub fn poisons_the_store(&self) -> bool {
+        !matches!(self, CallError::Rejected(_) | CallError::NoTensors)
+    }
+
     /// Whether the guest said the request itself was bad (not the instance).
     pub fn is_bad_input(&self) -> bool {
         matches!(self, CallError::Rejected(e)
@@ -109,6 +121,8 @@ pub struct Live {
     predictor: Predictor,
     /// The guest's own fault injection, if it exports `chaos`.
     chaos: Option<Drillable>,
+    /// Its typed `infer`, if it exports `tensors`.
+    tensors: Option<TensorPredictor>,
     /// A fault the host commits in the next call (guests without `chaos`).
     injected: Option<Fault>,
     deadline_ticks: u64,
@@ -121,6 +135,7 @@ impl Live {
         store: Store<InstanceState>,
         predictor: Predictor,
         chaos: Option<Drillable>,
+        tensors: Option<TensorPredictor>,
         deadline_ticks: u64,
         version: String,
         log: LogName,
@@ -129,6 +144,7 @@ impl Live {
             store,
             predictor,
             chaos,
+            tensors,
             injected: None,
             deadline_ticks,
             version,
@@ -176,6 +192,34 @@ impl Live {
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
             Err(e) => Err(CallError::from_wasmtime(
                 "calling predict",
+                e,
+                self.deadline(),
+            )),
+        }
+    }
+
+    /// One typed inference (`/v2/.../infer`), under the same deadline and
+    /// faults as [`Live::predict`].
+    pub async fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CallError> {
+        if self.tensors.is_none() {
+            return Err(CallError::NoTensors);
+        }
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(fault) = self.injected.take() {
+            self.inject(fault);
+        }
+        let Some(tensors) = &self.tensors else {
+            unreachable!("checked above");
+        };
+        match tensors
+            .hadr_predictor_tensors()
+            .call_infer(&mut self.store, inputs)
+            .await
+        {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(refused)) => Err(CallError::Rejected(refused)),
+            Err(e) => Err(CallError::from_wasmtime(
+                "calling infer",
                 e,
                 self.deadline(),
             )),

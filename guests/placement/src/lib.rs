@@ -15,23 +15,31 @@
 //!   values ignored, missing keys 0), runs the forest through wasi-nn, and
 //!   answers with the article's fields.
 //!
-//! It implements only the two exports every predictor must: `init` and
-//! `predict` (see docs/guests.md).
+//! - `infer` (the Open Inference Protocol, through the host's `/v2` routes)
+//!   takes either the model's own feature rows (`float_input`, FP32) or
+//!   candidate records: a BYTES input named `records`, one JSON record per
+//!   element, vectorised as `predict` does. It answers with the model's
+//!   outputs (`label`, `probabilities`).
+//!
+//! It has no `chaos` export (see docs/guests.md): drills inject faults from
+//! the host.
 
 // wit-bindgen's generated wasi:nn bindings take many arguments.
 #![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({
-    world: "predictor-guest",
+    world: "tensor-predictor-guest",
     path: "../../wit",
     generate_all,
 });
 
 mod records;
+#[path = "../../shared/tensors.rs"]
+mod tensors;
 
 use std::cell::RefCell;
 
-use hadr::predictor::types::ErrorKind;
+use hadr::predictor::types::{Datatype, ErrorKind, Tensor as Named};
 use records::{Records, Vocabulary};
 use wasi::nn::errors::Error as NnError;
 use wasi::nn::graph::{self, Graph};
@@ -120,7 +128,51 @@ impl Guest for Placement {
     }
 }
 
+/// The BYTES input `infer` reads as candidate records.
+const RECORDS_INPUT: &str = "records";
+
+impl exports::hadr::predictor::tensors::Guest for Placement {
+    fn infer(inputs: Vec<Named>) -> Result<Vec<Named>, PredictError> {
+        LOADED.with(|l| match l.borrow().as_ref() {
+            Some(loaded) => loaded.infer(inputs),
+            None => Err(internal("infer called before init".into())),
+        })
+    }
+}
+
 impl Loaded {
+    /// Feature rows go to the model as they are; records are vectorised.
+    fn infer(&self, inputs: Vec<Named>) -> Result<Vec<Named>, PredictError> {
+        let [input] = &inputs[..] else {
+            return Err(tensors::invalid(format!(
+                "give one input: the model's feature rows, or `{RECORDS_INPUT}` (BYTES, one JSON record each); the request has {}",
+                inputs.len()
+            )));
+        };
+        if input.datatype != Datatype::Bytes {
+            let tensor = tensors::to_nn(input)?;
+            return tensors::run(&self.context, vec![(input.name.clone(), tensor)]);
+        }
+        if input.name != RECORDS_INPUT {
+            return Err(tensors::invalid(format!(
+                "a BYTES input must be named `{RECORDS_INPUT}` (one JSON record per element), not `{}`",
+                input.name
+            )));
+        }
+        let records = Records::parse(&json_list(&input.data)?, &self.vocabulary).map_err(|e| {
+            tensors::invalid(match e {
+                records::Error::Malformed(m) | records::Error::Invalid(m) => m,
+            })
+        })?;
+        let width = self.vocabulary.len();
+        let tensor = Tensor::new(
+            &[records.rows as u32, width as u32],
+            TensorType::Fp32,
+            bytemuck::cast_slice(&records.data),
+        );
+        tensors::run(&self.context, vec![(String::new(), tensor)])
+    }
+
     fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
         let records = Records::parse(body, &self.vocabulary).map_err(|e| match e {
             records::Error::Malformed(m) => error(ErrorKind::MalformedRequest, m),
@@ -193,6 +245,29 @@ fn answer(probabilities: &[f32]) -> Vec<u8> {
         _ => serde_json::to_vec(&Many { predictions }),
     };
     written.expect("serialising to a Vec cannot fail")
+}
+
+/// The elements of a BYTES tensor (each a 4-byte little-endian length, then
+/// the bytes: one JSON record) as one JSON list of them.
+fn json_list(data: &[u8]) -> Result<Vec<u8>, PredictError> {
+    let mut list = vec![b'['];
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| tensors::invalid("`records` ends inside an element's length".into()))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(tensors::invalid("`records` ends inside an element".into()));
+        }
+        if list.len() > 1 {
+            list.push(b',');
+        }
+        list.extend_from_slice(&tail[..len]);
+        rest = &tail[len..];
+    }
+    list.push(b']');
+    Ok(list)
 }
 
 fn error(kind: ErrorKind, message: String) -> PredictError {

@@ -23,10 +23,13 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+#[path = "../../shared/tensors.rs"]
+mod tensors;
+
 use std::cell::{Cell, RefCell};
 
 use exports::hadr::predictor::chaos::Fault;
-use hadr::predictor::types::{ErrorKind, TensorInfo};
+use hadr::predictor::types::{ErrorKind, Tensor as Named, TensorInfo};
 use wasi::nn::errors::Error as NnError;
 use wasi::nn::graph::{self, Graph};
 use wasi::nn::inference::GraphExecutionContext;
@@ -202,6 +205,46 @@ fn nn_error(kind: ErrorKind, doing: &str, e: NnError) -> PredictError {
         kind,
         format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()),
     )
+}
+
+impl exports::hadr::predictor::tensors::Guest for Predictor {
+    fn infer(inputs: Vec<Named>) -> Result<Vec<Named>, PredictError> {
+        if let Some(fault) = ARMED.with(Cell::take) {
+            fail(fault);
+        }
+        LOADED.with(|l| match l.borrow().as_ref() {
+            Some(loaded) => loaded.infer(inputs),
+            None => Err(error(
+                ErrorKind::Internal,
+                "infer called before init".into(),
+            )),
+        })
+    }
+}
+
+impl Loaded {
+    /// The model's one input, as the host checked and converted it, straight
+    /// to wasi-nn; every output back.
+    fn infer(&self, inputs: Vec<Named>) -> Result<Vec<Named>, PredictError> {
+        let [input] = &inputs[..] else {
+            return Err(tensors::invalid(format!(
+                "this model takes one input; the request has {}",
+                inputs.len()
+            )));
+        };
+        #[cfg(feature = "faulty")]
+        if input.datatype == hadr::predictor::types::Datatype::Fp32 {
+            let values: Vec<f32> = bytemuck::pod_collect_to_vec(&input.data);
+            if values.first() == Some(&HANG_SENTINEL) {
+                fail(Fault::Hang);
+            }
+            if values.iter().map(|v| *v as i64).sum::<i64>() % 3 == 0 {
+                trap();
+            }
+        }
+        let tensor = tensors::to_nn(input)?;
+        tensors::run(&self.context, vec![(input.name.clone(), tensor)])
+    }
 }
 
 impl exports::hadr::predictor::chaos::Guest for Predictor {

@@ -79,3 +79,30 @@ pub fn median_of(results: &[(&str, LoadReport)], name: &str, f: fn(&LoadReport) 
         .collect();
     median(&mut v)
 }
+
+/// Writes the article's 2-active topology (default model and guest) into
+/// `dir` with thresholds `connections` cannot reach, so a benchmark measures
+/// serving, not shedding; returns its path.
+pub fn unsaturable_two_active(dir: &std::path::Path) -> PathBuf {
+    let topology = dir.join("2-active.json");
+    std::fs::write(
+        &topology,
+        serde_json::json!({
+            "predict1": {"status": true, "load": 0, "max_load": 64},
+            "predict2": {"status": true, "load": 0, "max_load": 64},
+            "predict3": {"status": false, "load": 0, "max_load": 64},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    topology
+}
+
+/// The load generator's runtime: one thread, so it takes one core's share
+/// of the machine however many the server has.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -367,7 +367,7 @@ async fn open(
 ) -> Result<LoadReport, loadtest::LoadError> {
     let plan = Plan {
         url: url.clone(),
-        bodies: options.bodies.clone(),
+        bodies: options.bodies.iter().cloned().map(Into::into).collect(),
         model: Model::Open {
             from: rates.0,
             to: rates.1,

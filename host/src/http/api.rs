@@ -4,7 +4,9 @@
 //! `GET /predict`, `GET /topology`, `GET /metrics`, `GET /healthz` and
 //! `GET /readyz`. An instance's own port serves `POST` and `GET /predict`
 //! straight to that instance (like the article's predictor servers),
-//! `GET /healthz` and `GET /readyz`.
+//! `GET /healthz` and `GET /readyz`. Both also speak the Open Inference
+//! Protocol under `/v2` ([`super::v2`]), through the same
+//! [`super::call::call`].
 //!
 //! `GET /predict` predicts the deployment's example (the request its smoke
 //! test sends), as the article's router answered `GET` with a built-in
@@ -31,18 +33,10 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::app::{json, App};
 use super::body::{self, Limit};
+use super::call::{call, readyz, Scope};
 use super::error::ApiError;
-use crate::instance::{CallError, Input, Instance, InstanceReport, Lease};
-use crate::router::Router;
-
-/// Which public listener a request arrived on.
-#[derive(Clone)]
-pub enum Scope {
-    /// The router's listener: requests are routed by load.
-    Router,
-    /// An instance's own port: requests go to that instance.
-    Instance(Arc<Instance>),
-}
+use crate::instance::{Input, Instance, InstanceReport};
+use crate::router::{Router, Want};
 
 /// Answers one request on a public listener; never fails (errors become
 /// JSON answers).
@@ -94,40 +88,14 @@ pub async fn handle(
                 "no route {path}; this listener serves {}",
                 match target {
                     Scope::Router =>
-                        "POST /predict, GET /predict, GET /topology, GET /metrics, GET /healthz, GET /readyz",
+                        "POST /predict, GET /predict, GET /topology, GET /metrics, GET /healthz, GET /readyz and the Open Inference Protocol under /v2",
                     Scope::Instance(_) =>
-                        "POST /predict, GET /predict, GET /healthz, GET /readyz",
+                        "POST /predict, GET /predict, GET /healthz, GET /readyz and the Open Inference Protocol under /v2",
                 }
             ),
         )),
     };
     Ok(response.unwrap_or_else(ApiError::into_response))
-}
-
-/// `/readyz`: whether a request could be taken now.
-fn readyz(app: &App, target: &Scope) -> Result<Response<Full<Bytes>>, ApiError> {
-    let ready = |i: &Arc<Instance>| {
-        let r = i.report();
-        r.status && !r.broken && r.load < r.max_load
-    };
-    let (ready, scope) = match target {
-        Scope::Instance(i) => (ready(i), format!("instance `{}`", i.name())),
-        Scope::Router => (
-            app.router.instances().iter().any(ready),
-            "no instance that takes traffic".to_string(),
-        ),
-    };
-    if ready {
-        Ok(json(StatusCode::OK, &serde_json::json!({"ready": true})))
-    } else {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            format!(
-                "{scope} can take a request now (saturated, standby or without a working sandbox)"
-            ),
-        ))
-    }
 }
 
 /// Answers `POST /predict` (and `GET`, with the deployment's example);
@@ -152,91 +120,12 @@ async fn predict(
             .await?,
         ),
     };
-    let lease = lease(app, target)?;
-    *served_by = Some(lease.instance().clone());
-    if lease.promoted() {
-        // A promotion is acted on by operators: durable before it serves.
-        if let Err(e) = app.state.commit().await {
-            tracing::error!(error = %e, "could not persist a promotion");
-        }
-    }
-    let out = match lease.instance().predict(body.clone()).await {
-        Ok(out) => out,
-        Err(e) if e.is_instance_fault() => retry(app, target, lease, body, e, served_by).await?,
-        Err(e) => return Err(e.into()),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(out)));
+    let out = call(app, target, Want::default(), body, served_by).await?;
+    let mut response = Response::new(Full::new(Bytes::from(out.into_json())));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
-}
-
-/// A request whose instance faulted is tried once more, on the deployment in
-/// force (never a canary): elsewhere when the router can, else on the same
-/// instance (whose sandbox was just replaced).
-/// A second fault is the request's own answer, so a query of death costs
-/// two sandboxes, never the topology.
-async fn retry(
-    app: &App,
-    target: &Scope,
-    failed: Lease,
-    body: Input,
-    first: CallError,
-    served_by: &mut Option<Arc<Instance>>,
-) -> Result<Vec<u8>, ApiError> {
-    let first_instance = failed.instance().clone();
-    drop(failed);
-    let second = match target {
-        Scope::Router => app
-            .router
-            .acquire_excluding(Some(first_instance.name()))
-            .ok()
-            .or_else(|| first_instance.try_lease()),
-        Scope::Instance(instance) => instance.try_lease(),
-    };
-    let Some(second) = second else {
-        return Err(first.into());
-    };
-    tracing::info!(failed = first_instance.name(), retry = second.instance().name(), error = %first,
-        "retrying a request whose instance faulted");
-    *served_by = Some(second.instance().clone());
-    if second.promoted() {
-        if let Err(e) = app.state.commit().await {
-            tracing::error!(error = %e, "could not persist a promotion");
-        }
-    }
-    match second.instance().predict_stable(body).await {
-        Ok(out) => Ok(out),
-        Err(again) if again.is_instance_fault() => {
-            let mut error = ApiError::from(again);
-            error.message = format!(
-                "the request failed on two instances ({} and {}), so it is not retried again: {}",
-                first_instance.name(),
-                second.instance().name(),
-                error.message
-            );
-            Err(error)
-        }
-        Err(again) => Err(again.into()),
-    }
-}
-
-fn lease(app: &App, target: &Scope) -> Result<Lease, ApiError> {
-    match target {
-        Scope::Router => app.router.acquire().map_err(|_| ApiError::saturated()),
-        Scope::Instance(instance) => instance.try_lease().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_capacity",
-                format!(
-                    "instance `{}` is at its load threshold of {}; retry later or use the router",
-                    instance.name(),
-                    instance.spec().max_load
-                ),
-            )
-        }),
-    }
 }
 
 fn not_allowed(allow: &'static str) -> ApiError {

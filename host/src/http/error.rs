@@ -67,6 +67,18 @@ impl ApiError {
             message: &self.message,
         })
         .expect("serialising an error cannot fail");
+        self.with_body(body)
+    }
+
+    /// The response in the Open Inference Protocol's shape,
+    /// `{"error": "<message>"}`, with the same status and headers.
+    pub fn into_v2_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::to_vec(&serde_json::json!({ "error": self.message }))
+            .expect("serialising an error cannot fail");
+        self.with_body(body)
+    }
+
+    fn with_body(self, body: Vec<u8>) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
@@ -105,6 +117,7 @@ impl From<CallError> for ApiError {
                 (S::INTERNAL_SERVER_ERROR, "instance_unavailable")
             }
             CallError::NotDrillable(_) => (S::CONFLICT, "not_drillable"),
+            CallError::NoTensors => (S::NOT_IMPLEMENTED, "not_implemented"),
             CallError::BadAnswer(_) => (S::INTERNAL_SERVER_ERROR, "guest_error"),
         };
         Self::new(status, code, message)

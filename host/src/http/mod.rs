@@ -3,7 +3,9 @@
 //! - [`server`]: accept loops over hyper's HTTP/1 connections, with graceful
 //!   shutdown and `TCP_NODELAY`.
 //! - [`api`]: the public routes (`/predict`, `/topology`, `/metrics`,
-//!   `/healthz`, `/readyz`); [`admin`]: the operator's routes.
+//!   `/healthz`, `/readyz`); [`v2`]: the Open Inference Protocol on the
+//!   same listeners; both run requests through [`call`]; [`admin`]: the
+//!   operator's routes.
 //! - [`body`]: reading a body within its byte limit (enforced before the body
 //!   is read when `Content-Length` says so) and a time limit.
 //! - [`error`]: every failure as a status code and a JSON body
@@ -13,8 +15,10 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod body;
+pub mod call;
 pub mod error;
 pub mod server;
+pub mod v2;
 
 pub use app::{App, Target};
 pub use error::ApiError;

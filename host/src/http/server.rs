@@ -18,8 +18,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use super::api::{self, Scope};
+use super::api;
 use super::app::{App, Target};
+use super::call::Scope;
 use super::error::ApiError;
 use crate::shutdown::Shutdown;
 
@@ -97,7 +98,21 @@ async fn dispatch(
             let response = super::admin::handle(&app, req).await;
             Ok(response.unwrap_or_else(ApiError::into_response))
         }
-        Target::Router => api::handle(app, Scope::Router, req).await,
-        Target::Instance(instance) => api::handle(app, Scope::Instance(instance), req).await,
+        Target::Router => public(app, Scope::Router, req).await,
+        Target::Instance(instance) => public(app, Scope::Instance(instance), req).await,
     }
+}
+
+/// A public listener's request: the Open Inference Protocol under `/v2`,
+/// hadr's own routes elsewhere.
+async fn public(
+    app: Arc<App>,
+    scope: Scope,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    let path = req.uri().path();
+    if path == "/v2" || path.starts_with("/v2/") {
+        return Ok(super::v2::handle(&app, &scope, req).await);
+    }
+    api::handle(app, scope, req).await
 }

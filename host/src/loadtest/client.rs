@@ -13,6 +13,7 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::payload::Payload;
 use super::{Plan, Recorder, NO_ANSWER};
 
 type Sender = SendRequest<Full<Bytes>>;
@@ -36,14 +37,20 @@ async fn send(
     mut sender: Sender,
     plan: &Plan,
     authority: &str,
-    body: Bytes,
+    payload: Payload,
 ) -> (u16, Option<Sender>) {
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::POST)
         .uri(plan.url.path())
-        .header(HOST, authority)
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
+        .header(HOST, authority);
+    request = match payload.header_length {
+        None => request.header(CONTENT_TYPE, "application/json"),
+        Some(n) => request
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header("inference-header-content-length", n),
+    };
+    let request = request
+        .body(Full::new(payload.body))
         .expect("a valid request");
     let exchange = async {
         let response = sender.send_request(request).await.ok()?;

@@ -59,8 +59,8 @@ pub enum Model {
 pub struct Plan {
     /// Where to POST, e.g. `http://127.0.0.1:8000/predict`.
     pub url: Uri,
-    /// Request bodies, sent in turn.
-    pub bodies: Vec<Bytes>,
+    /// Requests, sent in turn.
+    pub bodies: Vec<payload::Payload>,
     /// How load is offered.
     pub model: Model,
     /// How long to measure.
@@ -242,7 +242,7 @@ pub struct LoadSpec {
 pub async fn run(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
     let plan = Plan {
         url: spec.url.clone(),
-        bodies: vec![spec.body.clone()],
+        bodies: vec![spec.body.clone().into()],
         model: Model::Closed {
             users: spec.connections.max(1),
             spawn_rate: 0.0,

@@ -233,6 +233,18 @@ async fn request_raw(
     body: Bytes,
     authorization: Option<&str>,
 ) -> (StatusCode, HeaderMap, Bytes) {
+    let auth = authorization.map(|a| (hyper::header::AUTHORIZATION.as_str(), a.to_string()));
+    request_bytes(addr, method, path, auth.as_slice(), body).await
+}
+
+/// One request on a fresh connection with extra `headers`; the body as bytes.
+pub async fn request_bytes(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> (StatusCode, HeaderMap, Bytes) {
     let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
         .expect("connect timed out")
@@ -244,8 +256,8 @@ async fn request_raw(
         .uri(path)
         .header(HOST, addr.to_string())
         .header(CONTENT_TYPE, "application/json");
-    if let Some(auth) = authorization {
-        req = req.header(hyper::header::AUTHORIZATION, auth);
+    for (name, value) in headers {
+        req = req.header(*name, value);
     }
     let req = req.body(Full::new(body)).unwrap();
     let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(req))
@@ -338,4 +350,29 @@ pub async fn hold_in_flight(host: &Host, instance: &str) -> tokio::task::JoinHan
         tokio::time::sleep(POLL).await;
     }
     in_flight
+}
+
+/// Three models in one topology: digits (active) and breast_cancer (active,
+/// plus a standby) with the generic guest, the article's placement model
+/// with its own; every entry on a free port. `extra` adds fields per entry
+/// (`{"digits1": {"max_load": 1}}`).
+pub fn models_topology(extra: serde_json::Value) -> String {
+    let model = |m: &str| repo().join("models").join(format!("{m}.onnx"));
+    let release = repo().join("guests/target/wasm32-wasip2/release");
+    let generic = release.join("hadr_guest_predictor.wasm");
+    let placement = release.join("hadr_guest_placement.wasm");
+    let mut t = serde_json::json!({
+        "digits1": {"status": true, "load": 0, "port": "0", "model": model("digits"), "module": generic},
+        "cancer1": {"status": true, "load": 0, "port": "0", "model": model("breast_cancer"), "module": generic},
+        "cancer2": {"status": false, "load": 0, "port": "0", "model": model("breast_cancer"), "module": generic},
+        "placement1": {"status": true, "load": 0, "port": "0", "model": model("placement"), "module": placement},
+    });
+    if let serde_json::Value::Object(extra) = extra {
+        for (name, fields) in extra {
+            for (k, v) in fields.as_object().unwrap() {
+                t[&name][k] = v.clone();
+            }
+        }
+    }
+    t.to_string()
 }
