@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cases, free_ports, get, inputs, post, request, Host};
+use common::{cases, free_ports, get, inputs, post, raw_exchange, request, Host};
 use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -95,19 +95,6 @@ async fn a_chunked_body_over_the_limit_is_refused() {
     }
     let text = raw_exchange(host.router, req.as_bytes()).await;
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
-}
-
-/// Writes raw bytes on a fresh connection and returns the first answer bytes
-/// (within 5 s), without sending anything more.
-async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
-        .await
-        .expect("no answer")
-        .unwrap();
-    String::from_utf8_lossy(&answer[..n]).into_owned()
 }
 
 /// Resident memory of a process, in KiB (Linux).

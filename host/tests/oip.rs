@@ -412,6 +412,21 @@ async fn bad_requests_get_their_status_and_the_host_keeps_serving() {
         error.contains("binary_data_size is 256, but only 16 bytes"),
         "{answer}"
     );
+    // Binary data counts against --max-body like any body: 413 from the
+    // headers, before a byte of it is read.
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ninference-header-content-length: 100\r\ncontent-length: 1073741824\r\n\r\n");
+    let text = common::raw_exchange(host.router, head.as_bytes()).await;
+    assert!(
+        text.starts_with("HTTP/1.1 413") && text.contains("\"error\""),
+        "{text}"
+    );
+    let (status, answer) = infer_json(host.router, path, &json!({"inputs": []})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"].as_str().unwrap().contains("no inputs"),
+        "{answer}"
+    );
+
     let headers = [("inference-header-content-length", "many".to_string())];
     let (status, _, _) = v2(host.router, Method::POST, path, &headers, "{}").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

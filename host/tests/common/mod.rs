@@ -376,3 +376,17 @@ pub fn models_topology(extra: serde_json::Value) -> String {
     }
     t.to_string()
 }
+
+/// Writes raw bytes on a fresh connection and returns the first answer bytes
+/// (within 5 s), without sending anything more.
+pub async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
