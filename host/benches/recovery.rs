@@ -129,6 +129,7 @@ async fn throughput(
         name: "bench".into(),
         active: true,
         port: None,
+        host: None,
         max_load: 10,
         model: PathBuf::new(),
         module: PathBuf::new(),

@@ -47,7 +47,10 @@
 //! ramped one (the benchmarks and `hadr-host loadtest` use it); [`drill`]
 //! runs topologies through a capacity ramp and real faults and writes the
 //! report and charts; [`admin_client`] is what `hadr-host deploy` and
-//! `rollback` send.
+//! `rollback` send. [`fleet`] spreads a topology over hosts (one `serve
+//! --only <entry>` each) behind HAProxy: its configuration, a deploy rolled
+//! host by host, and a whole fleet on loopback for the drill and tests;
+//! [`spawn`] runs `hadr-host serve` child processes for both.
 
 /// Host bindings for the `hadr:predictor/predictor` world (exports only; the
 /// imports are wired from wasmtime-wasi and wasmtime-wasi-nn).
@@ -86,6 +89,7 @@ pub mod admin_client;
 pub mod compiled_cache;
 pub mod deployment;
 pub mod drill;
+pub mod fleet;
 pub mod guest_log;
 pub mod http;
 pub mod instance;
@@ -103,4 +107,5 @@ pub mod sandbox;
 pub mod serve;
 pub mod serving;
 pub mod shutdown;
+pub mod spawn;
 pub mod topology;

@@ -75,6 +75,7 @@ enum Command {
     /// Examples:
     ///   hadr-host drill --quick                     (digits: topologies/{single,2-active,3-active}.json)
     ///   hadr-host drill --model placement           (the article's own predictor)
+    ///   hadr-host drill --fleet --quick             (one process per entry behind HAProxy)
     ///   hadr-host drill topologies/single.json --cases models/digits.cases.json
     #[command(verbatim_doc_comment)]
     Drill(DrillArgs),
@@ -82,6 +83,59 @@ enum Command {
     ///
     /// Example: hadr-host rollback --to all
     Rollback(RollbackArgs),
+    /// Print configuration for tools around hadr.
+    #[command(subcommand)]
+    Export(ExportCommand),
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// An HAProxy 2.6 configuration that routes a topology spread over hosts
+    /// (each entry served by `hadr-host serve --only <entry>` on its "host")
+    /// with the article's semantics: actives share by least connections, each
+    /// sent at most its max_load at once; the standby takes the overflow when
+    /// no active has a free slot or every active is down; health checks on
+    /// /readyz every 100 ms; failed attempts retried elsewhere (predictions
+    /// have no side effects). See docs/fleet.md.
+    ///
+    /// Example:
+    ///   hadr-host export haproxy topologies/fleet/2-active.json > haproxy.cfg && haproxy -c -f haproxy.cfg
+    #[command(verbatim_doc_comment)]
+    Haproxy(HaproxyArgs),
+}
+
+#[derive(clap::Args)]
+struct HaproxyArgs {
+    /// The topology file; every entry needs a fixed "port" (and a "host"
+    /// unless it runs on 127.0.0.1). Model and module files need not exist here.
+    topology: PathBuf,
+    /// Where HAProxy listens for clients.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// The hosts' --max-body (run them with the same): HAProxy buffers a
+    /// whole request to retry it, and a larger body passes but is never
+    /// retried. Larger buffers cost throughput (docs/fleet.md), so fleets
+    /// run with smaller bodies than a lone host's 1MiB default.
+    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+    max_body: usize,
+    /// Where HAProxy reaches an entry when that is not its host and port
+    /// (a Kubernetes Service name, say): NAME=HOST:PORT, repeatable.
+    #[arg(long = "address", value_parser = parse_address)]
+    addresses: Vec<(String, String)>,
+    /// How long a request may wait for a free server before HAProxy answers
+    /// 503 (everything at max_load).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    queue_timeout: Duration,
+}
+
+fn parse_address(s: &str) -> Result<(String, String), String> {
+    let (name, address) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=HOST:PORT, got `{s}`"))?;
+    if name.is_empty() || !address.contains(':') {
+        return Err(format!("expected NAME=HOST:PORT, got `{s}`"));
+    }
+    Ok((name.to_string(), address.to_string()))
 }
 
 #[derive(clap::Args)]
@@ -153,6 +207,15 @@ struct DeployArgs {
     /// Drop the running canary.
     #[arg(long)]
     abort: bool,
+    /// Roll the deploy across the hosts of this topology file, one host at a
+    /// time (each distinct "host" address, its admin listener there on
+    /// --admin-port, all with the same token), stopping at the first host
+    /// that refuses. Instead of --admin.
+    #[arg(long, conflicts_with_all = ["canary", "promote", "abort", "to"])]
+    fleet: Option<PathBuf>,
+    /// With --fleet: the port of every host's admin listener.
+    #[arg(long, default_value_t = 8001, requires = "fleet")]
+    admin_port: u16,
 }
 
 #[derive(clap::Args)]
@@ -180,6 +243,12 @@ struct DrillArgs {
     /// The per-call deadline the drilled hosts run with (a hang lasts this long).
     #[arg(long, default_value = "250ms")]
     deadline: String,
+    /// Run each topology as a fleet: one `serve --only <entry>` process per
+    /// entry on its own loopback address (127.0.0.2, .3, ...) behind a real
+    /// HAProxy that the drill configures (`export haproxy`) and starts; the
+    /// crash phase kills one whole host. Needs `haproxy` installed.
+    #[arg(long)]
+    fleet: bool,
 }
 
 #[derive(clap::Args)]
@@ -273,6 +342,18 @@ struct ServeArgs {
     /// Largest guest module or model `hadr-host deploy` may upload.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     max_upload: usize,
+    /// Serve only these entries of the topology (comma-separated): one
+    /// process per entry, each on its own machine (the entry's "host"),
+    /// behind a balancer such as HAProxy (`hadr-host export haproxy`). This
+    /// process's router then routes among its own entries only.
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// On SIGTERM, first answer /readyz with 503 for this long while still
+    /// serving, so a balancer's health checks take the host out before it
+    /// stops accepting (behind the generated HAProxy config, 500ms is ample:
+    /// checks every 100 ms, down after 2). 0s: stop at once.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    drain: Duration,
 }
 
 #[derive(clap::Args)]
@@ -373,6 +454,7 @@ fn main() -> ExitCode {
             Command::Deploy(args) => deploy(args).await,
             Command::Drill(args) => drill(args).await.map_err(Failure::Other),
             Command::Rollback(args) => rollback(args).await,
+            Command::Export(ExportCommand::Haproxy(args)) => export_haproxy(args),
         }
     });
     match outcome {
@@ -428,6 +510,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         state_dir: args.state_dir,
         state_interval: args.state_interval,
         max_upload: args.max_upload,
+        only: args.only,
     };
     let host = match Host::start(&options).await {
         Ok(host) => host,
@@ -453,7 +536,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     let shutdown = Shutdown::new();
     shutdown
-        .on_signals()
+        .on_signals(args.drain, host.draining())
         .context("installing signal handlers")
         .map_err(Failure::Other)?;
     let router = host.router_addr();
@@ -472,7 +555,57 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn export_haproxy(args: HaproxyArgs) -> Result<(), Failure> {
+    let topology = hadr_host::topology::Topology::load_shape(&args.topology)
+        .map_err(|e| Failure::Config(e.into()))?;
+    let options = hadr_host::fleet::haproxy::Options {
+        listen: args.listen,
+        max_body: args.max_body,
+        addresses: args.addresses,
+        queue_timeout_ms: args.queue_timeout.as_millis() as u64,
+        server_timeout_ms: 10_000,
+    };
+    let config = hadr_host::fleet::haproxy::config(&topology, &options)
+        .map_err(|e| Failure::Config(e.into()))?;
+    print!("{config}");
+    Ok(())
+}
+
+async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure> {
+    let token = args.admin.client().map_err(Failure::Config)?.token;
+    let topology = hadr_host::topology::Topology::load_shape(&topology)
+        .map_err(|e| Failure::Config(e.into()))?;
+    if args.module.is_none() && args.model.is_none() {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "nothing to deploy: give --module, --model, or both"
+        )));
+    }
+    let plan = DeployPlan {
+        module: args.module,
+        model: args.model,
+        to: Targets::All,
+        canary: None,
+        example: args.example,
+        max_error_rate: None,
+        min_calls: None,
+    };
+    match hadr_host::fleet::rolling::deploy(&topology, args.admin_port, &token, &plan).await {
+        Ok(hosts) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&hosts).expect("outcomes serialise")
+            );
+            Ok(())
+        }
+        Err(e) if e.is_operator_error() => Err(Failure::Config(e.into())),
+        Err(e) => Err(Failure::Other(e.into())),
+    }
+}
+
 async fn deploy(args: DeployArgs) -> Result<(), Failure> {
+    if let Some(topology) = args.fleet.clone() {
+        return deploy_fleet(args, topology).await;
+    }
     let client = args.admin.client().map_err(Failure::Config)?;
     let outcome = if args.promote {
         client
@@ -535,6 +668,7 @@ async fn drill(args: DrillArgs) -> anyhow::Result<()> {
         share: args.share,
         bodies: loadtest::payload::from_cases(&cases, 1)?,
         serve_args: vec!["--deadline".into(), args.deadline],
+        fleet: args.fleet,
     };
     let report = hadr_host::drill::run(&options).await?;
     println!("{}", hadr_host::drill::report::markdown(&report));

@@ -147,6 +147,7 @@ mod tests {
             name: name.into(),
             active,
             port: None,
+            host: None,
             max_load: 10,
             model: PathBuf::from("m.onnx"),
             module: PathBuf::from("g.wasm"),

@@ -61,6 +61,9 @@ pub struct ServeOptions {
     pub state_interval: Duration,
     /// Largest module or model accepted by `PUT /admin/blobs`, in bytes.
     pub max_upload: usize,
+    /// Serve only these entries (`--only`): one process per entry, each on
+    /// its own machine, behind a balancer. `None`: all of them.
+    pub only: Option<Vec<String>>,
 }
 
 /// Why the host could not start.
@@ -139,7 +142,11 @@ pub struct Host {
 impl Host {
     /// Builds every deployment and instance and binds every listener.
     pub async fn start(options: &ServeOptions) -> Result<Self, StartError> {
-        let topology = Topology::load(&options.topology, &options.defaults)?;
+        let mut topology = Topology::load(&options.topology, &options.defaults)?;
+        if let Some(only) = &options.only {
+            topology = topology.only(only)?;
+            tracing::info!(entries = ?only, "serving only these entries of the topology (--only)");
+        }
         let store = Arc::new(open_state(&options.state_dir)?);
         let runtime = Arc::new(
             HostRuntime::new(options.limits, topology.instances.len())
@@ -216,7 +223,8 @@ impl Host {
         let mut instance_listeners = Vec::new();
         for instance in &instances {
             if let Some(port) = instance.spec().port {
-                let addr = SocketAddr::new(options.listen.ip(), port);
+                let ip = instance.spec().host.unwrap_or(options.listen.ip());
+                let addr = SocketAddr::new(ip, port);
                 let listener = bind(addr, format!("instance `{}`", instance.name())).await?;
                 let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
                 instance.set_bound_port(bound);
@@ -235,6 +243,7 @@ impl Host {
             rollouts,
             max_upload: options.max_upload,
             metrics,
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         Ok(Self {
             app,
@@ -245,6 +254,11 @@ impl Host {
             state,
             _runtime: runtime,
         })
+    }
+
+    /// Set while the host drains before stopping (`/readyz` answers 503).
+    pub fn draining(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.app.draining.clone()
     }
 
     /// The router's bound address.

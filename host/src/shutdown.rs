@@ -41,8 +41,15 @@ impl Shutdown {
         let _ = rx.wait_for(|fired| *fired).await;
     }
 
-    /// Fires the signal on SIGINT or SIGTERM.
-    pub fn on_signals(&self) -> std::io::Result<()> {
+    /// Fires the signal on SIGINT or SIGTERM, after draining: `draining` is
+    /// set at once (readiness turns 503, so a balancer stops sending) and
+    /// the host keeps serving for `drain` before it stops accepting. A second
+    /// signal stops it at once.
+    pub fn on_signals(
+        &self,
+        drain: std::time::Duration,
+        draining: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::io::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -52,7 +59,20 @@ impl Shutdown {
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
             };
-            tracing::info!("{name} received: stopping");
+            if !drain.is_zero() {
+                draining.store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(
+                    ?drain,
+                    "{name} received: draining (readiness 503, still serving), then stopping"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(drain) => {}
+                    _ = term.recv() => tracing::info!("second signal: stopping now"),
+                    _ = int.recv() => tracing::info!("second signal: stopping now"),
+                }
+            } else {
+                tracing::info!("{name} received: stopping");
+            }
             this.trigger();
         });
         Ok(())

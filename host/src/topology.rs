@@ -40,6 +40,9 @@ pub struct InstanceSpec {
     pub active: bool,
     /// A direct `POST /predict` port, if any (0: any free port).
     pub port: Option<u16>,
+    /// The address its port listens on (`"host"`); `None`: the router's IP.
+    /// In a fleet (`serve --only`), each entry's machine.
+    pub host: Option<std::net::IpAddr>,
     /// In-flight requests at which the router stops sending it more.
     pub max_load: usize,
     /// The ONNX model it serves.
@@ -106,6 +109,8 @@ struct RawInstance {
     #[serde(default)]
     port: Option<RawPort>,
     #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
     max_load: Option<usize>,
     #[serde(default)]
     model: Option<PathBuf>,
@@ -123,16 +128,53 @@ enum RawPort {
 impl Topology {
     /// Reads and validates a topology file.
     pub fn load(path: &Path, defaults: &Defaults) -> Result<Self, TopologyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
-            file: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path, defaults)
+        Self::parse(&read(path)?, path, defaults)
+    }
+
+    /// Reads a topology's shape only (names, roles, hosts, ports,
+    /// thresholds), without checking that its model and module files exist:
+    /// for tools that run where they do not (`hadr-host export haproxy`).
+    pub fn load_shape(path: &Path) -> Result<Self, TopologyError> {
+        Self::parse_shape(&read(path)?, path)
+    }
+
+    /// [`Topology::load_shape`] from text; `path` names it in errors.
+    pub fn parse_shape(text: &str, path: &Path) -> Result<Self, TopologyError> {
+        Self::parse_with(text, path, None)
     }
 
     /// Validates a topology's text; `path` names it in errors and anchors
     /// relative paths.
     pub fn parse(text: &str, path: &Path, defaults: &Defaults) -> Result<Self, TopologyError> {
+        Self::parse_with(text, path, Some(defaults))
+    }
+
+    /// Keeps only the entries named in `only` (`serve --only`), in file
+    /// order; an unknown name is refused, naming the ones there are.
+    pub fn only(mut self, only: &[String]) -> Result<Self, TopologyError> {
+        if let Some(unknown) = only
+            .iter()
+            .find(|n| !self.instances.iter().any(|i| &i.name == *n))
+        {
+            let names: Vec<&str> = self.instances.iter().map(|i| i.name.as_str()).collect();
+            return Err(TopologyError::Whole {
+                file: self.path.clone(),
+                message: format!(
+                    "--only names `{unknown}`, which the file does not have; its entries are {}",
+                    names.join(", ")
+                ),
+            });
+        }
+        self.instances.retain(|i| only.contains(&i.name));
+        Ok(self)
+    }
+
+    /// With `defaults`, model and module files are resolved and must exist.
+    fn parse_with(
+        text: &str,
+        path: &Path,
+        defaults: Option<&Defaults>,
+    ) -> Result<Self, TopologyError> {
         let file = path.to_owned();
         let entries = entries(text).map_err(|e| TopologyError::Syntax {
             file: file.clone(),
@@ -164,10 +206,11 @@ impl Topology {
                 "no active instance: set `\"status\": true` on at least one".into(),
             ));
         }
-        let mut ports: HashMap<u16, &str> = HashMap::new();
+        // Two entries may share a port only on different hosts.
+        let mut ports: HashMap<(Option<std::net::IpAddr>, u16), &str> = HashMap::new();
         for i in &self.instances {
             if let Some(port) = i.port.filter(|p| *p != 0) {
-                if let Some(other) = ports.insert(port, &i.name) {
+                if let Some(other) = ports.insert((i.host, port), &i.name) {
                     return Err(TopologyError::Instance {
                         file: self.path.clone(),
                         instance: i.name.clone(),
@@ -180,10 +223,17 @@ impl Topology {
     }
 }
 
+fn read(path: &Path) -> Result<String, TopologyError> {
+    std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+        file: path.to_owned(),
+        source,
+    })
+}
+
 fn instance(
     file: &Path,
     base: &Path,
-    defaults: &Defaults,
+    defaults: Option<&Defaults>,
     name: String,
     value: serde_json::Value,
 ) -> Result<InstanceSpec, TopologyError> {
@@ -203,17 +253,29 @@ fn instance(
     }
     let raw: RawInstance = serde_json::from_value(value).map_err(|e| fail(e.to_string()))?;
     let port = raw.port.map(port).transpose().map_err(fail)?;
+    let host = raw
+        .host
+        .map(|h| {
+            h.trim().parse::<std::net::IpAddr>().map_err(|_| {
+                fail(format!(
+                    "field `host`: {h:?} is not an IP address (the address the entry's port listens on, e.g. \"127.0.0.2\")"
+                ))
+            })
+        })
+        .transpose()?;
     let max_load = raw.max_load.unwrap_or(DEFAULT_MAX_LOAD);
     if max_load == 0 {
         return Err(fail("field `max_load`: must be at least 1".into()));
     }
-    let resolve = |field: &str, given: Option<PathBuf>, default: &Path| {
-        let path = match given {
-            Some(p) if p.is_absolute() => p,
-            Some(p) => base.join(p),
-            None => default.to_owned(),
+    let resolve = |field: &str, given: Option<PathBuf>, default: Option<&Path>| {
+        let path = match (given, default) {
+            (Some(p), _) if p.is_absolute() => p,
+            (Some(p), _) => base.join(p),
+            (None, Some(default)) => default.to_owned(),
+            // Shape only: no default to fall back to, and none needed.
+            (None, None) => PathBuf::new(),
         };
-        if path.is_file() {
+        if defaults.is_none() || path.is_file() {
             Ok(path)
         } else {
             Err(fail(format!(
@@ -222,12 +284,13 @@ fn instance(
             )))
         }
     };
-    let model = resolve("model", raw.model, &defaults.model)?;
-    let module = resolve("module", raw.module, &defaults.module)?;
+    let model = resolve("model", raw.model, defaults.map(|d| d.model.as_path()))?;
+    let module = resolve("module", raw.module, defaults.map(|d| d.module.as_path()))?;
     Ok(InstanceSpec {
         name: name.clone(),
         active: raw.status,
         port,
+        host,
         max_load,
         model,
         module,
@@ -368,5 +431,44 @@ mod tests {
             .unwrap();
         let names: Vec<&str> = t.instances.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["z", "a"]);
+    }
+
+    #[test]
+    fn hosts_are_addresses_and_a_port_is_unique_per_host() {
+        let shape = |text: &str| Topology::parse_shape(text, Path::new("t.json"));
+        let t = shape(
+            r#"{"a": {"status": true, "host": "127.0.0.2", "port": 9000},
+                "b": {"status": true, "host": "127.0.0.3", "port": 9000}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.instances[1].host, Some("127.0.0.3".parse().unwrap()));
+        let e = shape(r#"{"a": {"status": true, "host": "node-2"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("instance `a`: field `host`") && e.contains("not an IP address"),
+            "{e}"
+        );
+        let e = shape(
+            r#"{"a": {"status": true, "host": "127.0.0.2", "port": 9000},
+                "b": {"status": true, "host": "127.0.0.2", "port": 9000}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("already the port of `a`"), "{e}");
+    }
+
+    #[test]
+    fn only_keeps_the_named_entries_and_refuses_unknown_names() {
+        let t = Topology::parse_shape(
+            r#"{"a": {"status": true}, "b": {"status": true}, "c": {"status": false}}"#,
+            Path::new("t.json"),
+        )
+        .unwrap();
+        let kept = t.clone().only(&["c".into(), "a".into()]).unwrap();
+        let names: Vec<&str> = kept.instances.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        let e = t.only(&["d".into()]).unwrap_err().to_string();
+        assert!(e.contains("`d`") && e.contains("a, b, c"), "{e}");
     }
 }

@@ -8,14 +8,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
     cases, faulty_guest, free_ports, inputs, post, repo, request_with, safe_and_deadly_rows,
-    try_post, Host, TempDir, ADMIN_TOKEN,
+    try_post, Host, Load, TempDir, ADMIN_TOKEN,
 };
 use hyper::{Method, StatusCode};
 
@@ -59,80 +57,6 @@ fn deploy(host: &Host, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&stdout).unwrap()
 }
 
-/// One answer of the background load.
-#[derive(Debug, Clone)]
-struct Answered {
-    status: StatusCode,
-    /// The version the answer says computed it.
-    version: String,
-    /// When the request was sent and when its answer arrived.
-    sent: Instant,
-    received: Instant,
-}
-
-/// Clients posting one row each, keeping every answer's status and version.
-struct Load {
-    stop: Arc<AtomicBool>,
-    answers: Arc<Mutex<Vec<Answered>>>,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl Load {
-    fn start(host: &Host, clients: usize, bodies: Vec<Bytes>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = tokio::task::JoinSet::new();
-        for c in 0..clients {
-            let (addr, stop, answers, bodies) =
-                (host.router, stop.clone(), answers.clone(), bodies.clone());
-            tasks.spawn(async move {
-                // Bounded: stops when told, or after 20 000 requests.
-                for k in 0..20_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let body = bodies[(c + k) % bodies.len()].clone();
-                    let sent = Instant::now();
-                    let (status, _, b) = post(addr, "/predict", body).await;
-                    let version = b["version"].as_str().unwrap_or("").to_string();
-                    answers.lock().unwrap().push(Answered {
-                        status,
-                        version,
-                        sent,
-                        received: Instant::now(),
-                    });
-                }
-            });
-        }
-        Self {
-            stop,
-            answers,
-            tasks,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.answers.lock().unwrap().len()
-    }
-
-    /// Waits (bounded) for `n` more answers.
-    async fn wait_for(&self, n: usize) {
-        let target = self.count() + n;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.count() < target {
-            assert!(Instant::now() < deadline, "the load stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    async fn stop(mut self) -> Vec<Answered> {
-        self.stop.store(true, Ordering::Relaxed);
-        while self.tasks.join_next().await.is_some() {}
-        let answers = self.answers.lock().unwrap();
-        answers.clone()
-    }
-}
-
 /// `GET /admin/deployments`.
 async fn deployments(host: &Host) -> serde_json::Value {
     let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -170,7 +94,7 @@ async fn deploy_then_rollback_under_load_fails_no_request() {
     let model = repo().join("models/digits-v2.onnx");
     let host = Host::start(&free_ports("2-active.json"), &[]);
     let v1 = versions(&host.topology().await)[0].clone();
-    let load = Load::start(&host, 8, vec![one_row()]);
+    let load = Load::start(host.router, 8, vec![one_row()]);
     load.wait_for(200).await;
 
     let model_arg = format!("digits={}", model.display());
@@ -265,7 +189,7 @@ async fn unfit_versions_are_refused_and_the_old_one_keeps_serving() {
     );
     let host = Host::start(&free_ports("2-active.json"), &[]);
     let before = versions(&host.topology().await);
-    let load = Load::start(&host, 4, vec![one_row()]);
+    let load = Load::start(host.router, 4, vec![one_row()]);
     let model_arg = format!("digits={}", bad_model.display());
     let faulty = faulty_guest();
     let cases: [(Vec<&str>, &str); 4] = [
@@ -395,7 +319,7 @@ async fn a_canary_takes_its_share_and_a_failing_one_is_aborted() {
         .iter()
         .map(|c| Bytes::from(inputs(&[c["input"].clone()])))
         .collect();
-    let load = Load::start(&host, 4, bodies);
+    let load = Load::start(host.router, 4, bodies);
     let deadline = Instant::now() + Duration::from_secs(60);
     let events = loop {
         load.wait_for(10).await;

@@ -9,10 +9,54 @@ use std::process::Command;
 
 use common::{repo, TempDir};
 
+/// The two drills measure capacity: they must not share the cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_quick_drill_reports_consistent_numbers() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = TempDir::new("drill");
     let out = dir.0.join("report");
+    drill(&out, &[]);
+    check(&out, false);
+}
+
+/// The same drill with each topology as a fleet: one process per entry on
+/// its own loopback address behind a real HAProxy. Killing a whole host
+/// with SIGKILL under load fails nothing where the topology has another.
+#[test]
+fn a_quick_fleet_drill_loses_nothing_to_a_host_kill_with_redundancy() {
+    assert!(
+        hadr_host::fleet::local::haproxy_exe().is_some(),
+        "HAProxy is not installed: apt-get install -y haproxy (scripts/test does it as root)"
+    );
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = TempDir::new("fleet-drill");
+    let out = dir.0.join("report");
+    drill(&out, &["--fleet"]);
+    check(&out, true);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    for t in report["topologies"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        assert_eq!(t["fleet"], true);
+        let kill = t["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "kill -9")
+            .unwrap();
+        if name != "single (fleet)" {
+            assert_eq!(
+                kill["failed"], 0,
+                "{name} lost requests to a host kill: {kill}"
+            );
+        }
+    }
+}
+
+/// Runs a quick drill of the article's three topologies into `out`.
+fn drill(out: &std::path::Path, extra: &[&str]) {
     let topologies: Vec<_> = ["single", "2-active", "3-active"]
         .iter()
         .map(|n| repo().join(format!("topologies/{n}.json")))
@@ -20,6 +64,7 @@ fn a_quick_drill_reports_consistent_numbers() {
     let status = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
         .arg("drill")
         .args(&topologies)
+        .args(extra)
         .arg("--quick")
         // A quarter of the measured capacity during the faults: the capacity
         // ramp can end at the load generator's own limit, and on a loaded
@@ -27,10 +72,14 @@ fn a_quick_drill_reports_consistent_numbers() {
         // trap) would fail requests in the trap's window.
         .args(["--share", "0.25"])
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .status()
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The report's numbers agree with each other and with the hosts' counts.
+fn check(out: &std::path::Path, fleet: bool) {
     for chart in ["throughput.svg", "latency.svg"] {
         let svg = std::fs::read_to_string(out.join(chart)).unwrap();
         assert!(
@@ -43,6 +92,7 @@ fn a_quick_drill_reports_consistent_numbers() {
         );
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(md.contains("| 2-active (fleet) |"), fleet, "{md}");
     assert!(
         md.contains("RPS at first failure (article, Flask) | 5.2 | 8.6 | 7.4"),
         "{md}"
@@ -100,7 +150,7 @@ fn a_quick_drill_reports_consistent_numbers() {
             .iter()
             .find(|f| f["kind"] == "trap")
             .unwrap();
-        if name != "single" {
+        if !name.starts_with("single") {
             assert_eq!(
                 trap["failed"], 0,
                 "{name} lost requests to a single instance trap: {trap}"

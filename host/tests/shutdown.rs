@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_ports, hold_in_flight, Host};
+use common::{free_ports, get, hold_in_flight, Host};
 use hyper::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,4 +29,52 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
         .await
         .unwrap();
     assert_eq!(exit.code(), Some(0), "{exit:?}");
+}
+
+/// With `--drain`, SIGTERM first turns `/readyz` to 503 `draining` on the
+/// router and on instance ports while every request is still answered, so a
+/// balancer takes the host out before it stops; then it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_drain_sigterm_turns_readiness_off_while_still_serving() {
+    let mut host = Host::start(&free_ports("2-active.json"), &["--drain", "2s"]);
+    let instance = host.instance_addr("predict1").await;
+    assert_eq!(get(instance, "/readyz").await.0, StatusCode::OK);
+    let pid = host.child.id().to_string();
+    let sent = std::time::Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Draining: readiness off on every listener, predictions still served.
+    let mut seen = false;
+    while sent.elapsed() < std::time::Duration::from_millis(1500) {
+        let (status, _, body) = get(instance, "/readyz").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body["error"], "draining", "{body}");
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(common::POLL).await;
+    }
+    assert!(seen, "/readyz never turned 503 while draining");
+    let (status, _, body) = get(host.router, "/readyz").await;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &"draining".into())
+    );
+    let (status, _, body) = get(host.router, "/predict").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "still serving while draining: {body}"
+    );
+    let exit = tokio::task::spawn_blocking(move || host.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    assert!(
+        sent.elapsed() >= std::time::Duration::from_secs(2),
+        "it drained for --drain"
+    );
 }

@@ -17,6 +17,11 @@
 //! 3. **host crash**: steady load while the host is killed with SIGKILL and
 //!    restarted on the same state directory.
 //!
+//! With `--fleet`, each topology runs as one process per entry on its own
+//! loopback address behind a real HAProxy ([`crate::fleet::local`]): the load
+//! goes through HAProxy, faults are armed on the host of the first active, and
+//! the crash kills that whole host (one machine of the fleet), not all of them.
+//!
 //! For each fault it measures the failed requests in its window and their
 //! share (failure impact), and the recovery time: from the fault to the
 //! last 100 ms bucket with a failure or with throughput below 90% of its
@@ -25,7 +30,6 @@
 //! [`charts`] `throughput.svg` and `latency.svg`.
 
 pub mod charts;
-mod process;
 pub mod report;
 
 use std::collections::BTreeMap;
@@ -36,8 +40,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::admin_client::AdminClient;
+use crate::fleet::local::{FleetOptions, LocalFleet};
 use crate::loadtest::{self, LoadReport, Model, Plan, Tick, BUCKET};
-pub use process::{HostProcess, ProcessError};
+pub use crate::spawn::{HostProcess, ProcessError};
 
 /// How long each phase runs.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -90,6 +95,8 @@ pub struct DrillOptions {
     pub bodies: Vec<bytes::Bytes>,
     /// Extra `serve` options (e.g. `--deadline 200ms`).
     pub serve_args: Vec<String>,
+    /// Run each topology as a fleet behind HAProxy instead of one host.
+    pub fleet: bool,
 }
 
 /// Why a drill could not run.
@@ -98,6 +105,9 @@ pub enum DrillError {
     /// A host could not be started.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// A fleet could not be started.
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::local::FleetError),
     /// The load generator could not run.
     #[error(transparent)]
     Load(#[from] loadtest::LoadError),
@@ -137,6 +147,8 @@ pub struct FaultOutcome {
 pub struct TopologyResult {
     /// Its name (the file stem).
     pub name: String,
+    /// Whether it ran as a fleet (one process per entry behind HAProxy).
+    pub fleet: bool,
     /// The ramp's report.
     pub capacity: LoadReport,
     /// RPS at first failure during the ramp (the article's figure), or the
@@ -208,21 +220,13 @@ async fn drill_one(
 ) -> Result<TopologyResult, DrillError> {
     let dir = options.out.join(name);
     let _ = std::fs::remove_dir_all(&dir);
-    let extra: Vec<&str> = options.serve_args.iter().map(String::as_str).collect();
-    let mut host = HostProcess::start(path, &dir, &extra)?;
-    let url: hyper::Uri = format!("http://{}/predict", host.router)
-        .parse()
-        .expect("a valid URL");
-    let admin = AdminClient {
-        url: format!("http://{}", host.admin)
-            .parse()
-            .expect("a valid URL"),
-        token: host.token().to_string(),
-    };
+    let mut rig = tokio::task::block_in_place(|| Rig::start(options, path, &dir))?;
+    let url = rig.url();
+    let views = rig.views();
     let timing = options.timing;
 
     // 1. Capacity.
-    let watcher = Watcher::start(url.clone());
+    let watcher = Watcher::start(views.clone());
     let ramp = open(
         options,
         &url,
@@ -239,15 +243,16 @@ async fn drill_one(
         100.0 + (timing.ramp_to - 100.0) * f.min(1.0)
     });
     let fault_rps = (capacity * options.share).max(10.0);
-    settle(&url).await;
+    settle(&views).await;
 
     // 2. Instance faults: a trap, then a hang, in the first active instance.
-    let target = first_active(&url)
+    let target = first_active(&views)
         .await
         .unwrap_or_else(|| "predict1".into());
-    let before = served(&url).await;
-    let already_promoted = promoted(&url).await;
-    let watcher = Watcher::start(url.clone());
+    let admin = rig.admin(&target);
+    let before = served(&views).await;
+    let already_promoted = promoted(&views).await;
+    let watcher = Watcher::start(views.clone());
     let phase = timing.faults;
     let injector = {
         let (admin, target) = (admin, target.clone());
@@ -274,7 +279,7 @@ async fn drill_one(
     let promoted_during_faults_s = promoted_later
         .filter(|_| !already_promoted)
         .map(|t| t.as_secs_f64());
-    let after = served(&url).await;
+    let after = served(&views).await;
     let served_during_faults = after
         .iter()
         .map(|(n, s)| (n.clone(), s - before.get(n).copied().unwrap_or(0)))
@@ -300,19 +305,23 @@ async fn drill_one(
     let started = Instant::now();
     tokio::time::sleep(crash_at).await;
     let killed_at = started.elapsed();
-    let ready = tokio::task::block_in_place(|| host.kill_and_restart())?;
+    let ready = tokio::task::block_in_place(|| rig.kill_and_restart(&target))?;
     let host_crash = load.await.map_err(|e| DrillError::Admin(e.to_string()))??;
     faults.extend(outcomes(
         &host_crash.timeline,
         &[("kill -9".to_string(), killed_at)],
         crash_phase,
     ));
-    host.stop();
+    rig.stop();
 
     let ok = instance_faults.ok + host_crash.ok;
     let total = instance_faults.requests + host_crash.requests;
     Ok(TopologyResult {
-        name: name.to_string(),
+        name: match options.fleet {
+            true => format!("{name} (fleet)"),
+            false => name.to_string(),
+        },
+        fleet: options.fleet,
         capacity: ramp,
         rps_at_first_failure,
         peak_load,
@@ -430,9 +439,19 @@ fn outcomes(
     out
 }
 
+/// Every instance's row, from the `/topology` of each process (one host,
+/// or each host of a fleet).
+async fn instances(views: &[hyper::Uri]) -> Vec<loadtest::InstanceRow> {
+    let mut rows = Vec::new();
+    for url in views {
+        rows.extend(loadtest::report::instances(url).await);
+    }
+    rows
+}
+
 /// Served counts per instance, from `/topology`.
-async fn served(url: &hyper::Uri) -> BTreeMap<String, u64> {
-    loadtest::report::instances(url)
+async fn served(views: &[hyper::Uri]) -> BTreeMap<String, u64> {
+    instances(views)
         .await
         .into_iter()
         .map(|i| (i.instance, i.served))
@@ -440,16 +459,13 @@ async fn served(url: &hyper::Uri) -> BTreeMap<String, u64> {
 }
 
 /// Whether a standby has been promoted.
-async fn promoted(url: &hyper::Uri) -> bool {
-    loadtest::report::instances(url)
-        .await
-        .iter()
-        .any(|i| i.role == "promoted")
+async fn promoted(views: &[hyper::Uri]) -> bool {
+    instances(views).await.iter().any(|i| i.role == "promoted")
 }
 
 /// The first instance that takes traffic.
-async fn first_active(url: &hyper::Uri) -> Option<String> {
-    loadtest::report::instances(url)
+async fn first_active(views: &[hyper::Uri]) -> Option<String> {
+    instances(views)
         .await
         .into_iter()
         .find(|i| i.status)
@@ -457,13 +473,103 @@ async fn first_active(url: &hyper::Uri) -> Option<String> {
 }
 
 /// Waits (bounded) until no request is in flight, so the next phase starts clean.
-async fn settle(url: &hyper::Uri) {
+async fn settle(views: &[hyper::Uri]) {
     for _ in 0..100 {
-        let rows = loadtest::report::instances(url).await;
-        if rows.iter().all(|r| r.load == 0) {
+        if instances(views).await.iter().all(|r| r.load == 0) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What a drill runs against.
+enum Rig {
+    /// One host serving the whole topology.
+    One(HostProcess),
+    /// One host per entry behind HAProxy.
+    Fleet(LocalFleet),
+}
+
+impl Rig {
+    fn start(options: &DrillOptions, path: &Path, dir: &Path) -> Result<Self, DrillError> {
+        if !options.fleet {
+            let extra: Vec<&str> = options.serve_args.iter().map(String::as_str).collect();
+            return Ok(Rig::One(HostProcess::start(path, dir, &extra)?));
+        }
+        let exe = std::env::current_exe().map_err(|e| ProcessError::Io(e.to_string()))?;
+        let fleet = LocalFleet::start(
+            path,
+            dir,
+            &FleetOptions {
+                exe,
+                network: 0,
+                drain: Duration::from_millis(500),
+                max_body: 64 << 10,
+                extra: options.serve_args.clone(),
+            },
+        )?;
+        Ok(Rig::Fleet(fleet))
+    }
+
+    /// Where the load goes.
+    fn url(&self) -> hyper::Uri {
+        let addr = match self {
+            Rig::One(host) => host.router,
+            Rig::Fleet(fleet) => fleet.frontend,
+        };
+        format!("http://{addr}/predict")
+            .parse()
+            .expect("a valid URL")
+    }
+
+    /// Each process's router, for `/topology`.
+    fn views(&self) -> Vec<hyper::Uri> {
+        let routers = match self {
+            Rig::One(host) => vec![host.router],
+            Rig::Fleet(fleet) => fleet.hosts.iter().map(|h| h.process.router).collect(),
+        };
+        routers
+            .into_iter()
+            .map(|r| format!("http://{r}/predict").parse().expect("a valid URL"))
+            .collect()
+    }
+
+    /// The admin API of the process serving `instance`.
+    fn admin(&self, instance: &str) -> AdminClient {
+        let host = match self {
+            Rig::One(host) => host,
+            Rig::Fleet(fleet) => fleet
+                .hosts
+                .iter()
+                .find(|h| h.name == instance)
+                .map_or(&fleet.hosts[0].process, |h| &h.process),
+        };
+        AdminClient {
+            url: format!("http://{}", host.admin)
+                .parse()
+                .expect("a valid URL"),
+            token: host.token().to_string(),
+        }
+    }
+
+    /// SIGKILL of the host (of a fleet: the host serving `instance`), then a
+    /// restart; how long the restart took to be ready.
+    fn kill_and_restart(&mut self, instance: &str) -> Result<Duration, DrillError> {
+        match self {
+            Rig::One(host) => Ok(host.kill_and_restart()?),
+            Rig::Fleet(fleet) => {
+                let ready = fleet.host(instance).process.kill_and_restart()?;
+                fleet.wait_up(instance, Duration::from_secs(10))?;
+                Ok(ready)
+            }
+        }
+    }
+
+    fn stop(self) {
+        match self {
+            Rig::One(host) => host.stop(),
+            Rig::Fleet(fleet) => fleet.stop(),
+        }
     }
 }
 
@@ -475,14 +581,14 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(url: hyper::Uri) -> Self {
+    fn start(views: Vec<hyper::Uri>) -> Self {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let peak = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
             let mut promoted = None;
             loop {
-                for row in loadtest::report::instances(&url).await {
+                for row in instances(&views).await {
                     let mut peak = peak.lock().unwrap_or_else(|p| p.into_inner());
                     let seen = peak.entry(row.instance).or_default();
                     *seen = (*seen).max(row.load);

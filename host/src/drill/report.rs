@@ -63,7 +63,7 @@ pub fn markdown(r: &DrillReport) -> String {
     row("RPS at first failure (article, Flask)", &|t| {
         ARTICLE_RPS
             .iter()
-            .find(|(n, _)| *n == t.name)
+            .find(|(n, _)| *n == t.name.trim_end_matches(" (fleet)"))
             .map(|(_, v)| format!("{v}"))
             .unwrap_or_else(|| "–".into())
     });

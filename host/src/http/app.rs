@@ -34,6 +34,9 @@ pub struct App {
     pub max_upload: usize,
     /// `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set on SIGTERM for `--drain`: `/readyz` answers 503 so balancers stop
+    /// sending, while every request that still arrives is served.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Which listener a request arrived on.

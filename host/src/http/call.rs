@@ -25,28 +25,44 @@ pub enum Scope {
     Instance(Arc<Instance>),
 }
 
-/// `/readyz`: whether a request could be taken now.
+/// `/readyz`: whether this listener should be sent requests now. Never
+/// while draining (SIGTERM with `--drain`). On the router: some instance
+/// that takes traffic is under its threshold with a working sandbox. On an
+/// instance's port: the instance has a working sandbox, whatever its load
+/// and role; that is what a balancer health-checks, and a check that failed
+/// under load would take capacity away exactly when it is needed (the
+/// balancer's `maxconn` and hadr's 503 handle saturation).
 pub(super) fn readyz(app: &App, target: &Scope) -> Result<Response<Full<Bytes>>, ApiError> {
-    let ready = |i: &Arc<Instance>| {
-        let r = i.report();
-        r.status && !r.broken && r.load < r.max_load
-    };
     let (ready, scope) = match target {
-        Scope::Instance(i) => (ready(i), format!("instance `{}`", i.name())),
+        Scope::Instance(i) => (
+            !i.report().broken,
+            format!(
+                "instance `{}` has no working sandbox: its last fault could not be repaired yet",
+                i.name()
+            ),
+        ),
         Scope::Router => (
-            app.router.instances().iter().any(ready),
-            "no instance that takes traffic".to_string(),
+            app.router.instances().iter().any(|i| {
+                let r = i.report();
+                r.status && !r.broken && r.load < r.max_load
+            }),
+            "no instance that takes traffic can take a request now (saturated, standby or without a working sandbox)".to_string(),
         ),
     };
+    if app.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the host is draining before it stops (SIGTERM with --drain); it still answers requests that arrive",
+        ));
+    }
     if ready {
         Ok(json(StatusCode::OK, &serde_json::json!({"ready": true})))
     } else {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            format!(
-                "{scope} can take a request now (saturated, standby or without a working sandbox)"
-            ),
+            scope,
         ))
     }
 }

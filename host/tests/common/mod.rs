@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -389,4 +391,87 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
         .expect("no answer")
         .unwrap();
     String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+/// One answer of the background load.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub status: StatusCode,
+    /// The version the answer says computed it.
+    pub version: String,
+    /// The instance that answered (empty for an error).
+    pub instance: String,
+    /// When the request was sent and when its answer arrived.
+    pub sent: Instant,
+    pub received: Instant,
+}
+
+/// Background load: clients posting in a loop (each request on a fresh
+/// connection), keeping every answer's status, version and instance.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<Answered>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize, bodies: Vec<Bytes>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in 0..clients {
+            let (addr, stop, answers, bodies) =
+                (addr, stop.clone(), answers.clone(), bodies.clone());
+            tasks.spawn(async move {
+                // Bounded: stops when told, or after 20 000 requests.
+                for k in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let body = bodies[(c + k) % bodies.len()].clone();
+                    let sent = Instant::now();
+                    let (status, _, b) = post(addr, "/predict", body).await;
+                    let field = |k: &str| b[k].as_str().unwrap_or("").to_string();
+                    answers.lock().unwrap().push(Answered {
+                        status,
+                        version: field("version"),
+                        instance: field("instance"),
+                        sent,
+                        received: Instant::now(),
+                    });
+                }
+            });
+        }
+        Self {
+            stop,
+            answers,
+            tasks,
+        }
+    }
+
+    /// The answers so far.
+    pub fn snapshot(&self) -> Vec<Answered> {
+        self.answers.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.answers.lock().unwrap().len()
+    }
+
+    /// Waits (bounded) for `n` more answers.
+    pub async fn wait_for(&self, n: usize) {
+        let target = self.count() + n;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.count() < target {
+            assert!(Instant::now() < deadline, "the load stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn stop(mut self) -> Vec<Answered> {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.tasks.join_next().await.is_some() {}
+        let answers = self.answers.lock().unwrap();
+        answers.clone()
+    }
 }

@@ -1,5 +1,7 @@
-//! A `hadr-host serve` child process the drill can start, kill with
-//! SIGKILL, and restart on the same state directory and ports.
+//! A `hadr-host serve` child process: started from a [`Launch`], ready once
+//! it prints its ready line, killed with SIGKILL or stopped with SIGTERM,
+//! and restarted on the same state directory and addresses. The drill and
+//! the local fleet ([`crate::fleet::local`]) run hosts through it.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,9 +20,9 @@ pub enum ProcessError {
     NotReady(String, PathBuf),
 }
 
-/// A running host.
+/// A host process (running unless it was killed or terminated).
 pub struct HostProcess {
-    child: Child,
+    child: Option<Child>,
     launch: Launch,
     /// The router's address (fixed across restarts).
     pub router: SocketAddr,
@@ -28,15 +30,25 @@ pub struct HostProcess {
     pub admin: SocketAddr,
 }
 
-/// How to start it, again and again.
-struct Launch {
-    topology: PathBuf,
-    state: PathBuf,
-    log: PathBuf,
-    router: SocketAddr,
-    admin: SocketAddr,
-    token: String,
-    extra: Vec<String>,
+/// How to start a host, again and again.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The `hadr-host` executable.
+    pub exe: PathBuf,
+    /// The topology file.
+    pub topology: PathBuf,
+    /// Its state directory.
+    pub state: PathBuf,
+    /// Where its stderr goes (appended across restarts).
+    pub log: PathBuf,
+    /// `--listen`.
+    pub router: SocketAddr,
+    /// `--admin-listen`.
+    pub admin: SocketAddr,
+    /// The admin token (`HADR_ADMIN_TOKEN`).
+    pub token: String,
+    /// More `serve` options.
+    pub extra: Vec<String>,
 }
 
 /// The token drills use for the admin calls.
@@ -69,20 +81,24 @@ impl HostProcess {
         }
         let copy = dir.join("topology.json");
         std::fs::write(&copy, value.to_string()).map_err(|e| io("writing the topology", e))?;
-        let mut token = [0u8; 16];
-        getrandom::getrandom(&mut token).map_err(|e| ProcessError::Io(e.to_string()))?;
         let launch = Launch {
+            exe: std::env::current_exe().map_err(|e| ProcessError::Io(e.to_string()))?,
             topology: copy,
             state: dir.join("state"),
             log: dir.join("host.log"),
-            router: free_port()?,
-            admin: free_port()?,
-            token: hadr_state::blobs::hex(&token),
+            router: free_port(std::net::Ipv4Addr::LOCALHOST.into())?,
+            admin: free_port(std::net::Ipv4Addr::LOCALHOST.into())?,
+            token: new_token()?,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        Self::launch(launch)
+    }
+
+    /// Starts a host as `launch` says and waits for its ready line.
+    pub fn launch(launch: Launch) -> Result<Self, ProcessError> {
         let child = launch.spawn()?;
         Ok(Self {
-            child,
+            child: Some(child),
             router: launch.router,
             admin: launch.admin,
             launch,
@@ -94,21 +110,44 @@ impl HostProcess {
         &self.launch.token
     }
 
+    /// SIGKILL, and waits for the exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM (the host drains, if told to, then stops), and waits for the
+    /// exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again (after [`HostProcess::kill`] or
+    /// [`HostProcess::terminate`]) on the same state directory and
+    /// addresses; returns how long it took to be ready.
+    pub fn restart(&mut self) -> Result<Duration, ProcessError> {
+        self.kill();
+        let started = Instant::now();
+        self.child = Some(self.launch.spawn()?);
+        Ok(started.elapsed())
+    }
+
     /// SIGKILL, then a restart on the same state directory and ports.
     /// Returns how long the restart took to be ready.
     pub fn kill_and_restart(&mut self) -> Result<Duration, ProcessError> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let started = Instant::now();
-        self.child = self.launch.spawn()?;
-        Ok(started.elapsed())
+        self.kill();
+        self.restart()
     }
 
     /// SIGTERM, and waits for the exit.
     pub fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let _ = self.child.wait();
+        self.terminate();
     }
 }
 
@@ -120,8 +159,7 @@ impl Launch {
             .append(true)
             .open(&self.log)
             .map_err(|e| ProcessError::Io(format!("opening {}: {e}", self.log.display())))?;
-        let exe = std::env::current_exe().map_err(|e| ProcessError::Io(e.to_string()))?;
-        let mut child = Command::new(exe)
+        let mut child = Command::new(&self.exe)
             .arg("serve")
             .arg(&self.topology)
             .args(["--listen", &self.router.to_string()])
@@ -151,16 +189,22 @@ impl Launch {
 
 impl Drop for HostProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> Result<SocketAddr, ProcessError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| ProcessError::Io(format!("finding a free port: {e}")))?;
+/// A port on `ip` that was free a moment ago.
+pub fn free_port(ip: std::net::IpAddr) -> Result<SocketAddr, ProcessError> {
+    let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .map_err(|e| ProcessError::Io(format!("finding a free port on {ip}: {e}")))?;
     listener
         .local_addr()
         .map_err(|e| ProcessError::Io(e.to_string()))
+}
+
+/// A fresh random admin token.
+pub fn new_token() -> Result<String, ProcessError> {
+    let mut token = [0u8; 16];
+    getrandom::getrandom(&mut token).map_err(|e| ProcessError::Io(e.to_string()))?;
+    Ok(hadr_state::blobs::hex(&token))
 }

@@ -1,0 +1,341 @@
+//! Acceptance: a topology spread over processes behind a real HAProxy
+//! (`hadr-host export haproxy`), each entry a `hadr-host serve --only
+//! <entry>` on its own loopback address (127.0.N.2, .3, .4: separate
+//! "machines" with no setup; nothing leaves 127.0.0.0/8). Under steady
+//! load: `kill -9` of one active host, then of the other, fails no request
+//! (the standby serves), and both rejoin; with the actives full the standby
+//! takes the overflow, and with everything full the client gets HAProxy's
+//! JSON 503 within the queue timeout, never a hang; a rolling restart and a
+//! rolling deploy of every host fail nothing.
+//!
+//! HAProxy must be installed (`scripts/test` installs it as root with
+//! apt-get); without it these tests fail and say so.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{cases, inputs, repo, Answered, Load, TempDir};
+use hadr_host::fleet::local::{haproxy_exe, FleetOptions, LocalFleet};
+use hyper::StatusCode;
+
+/// Generous bounds: the fleet shares two cores with the load and HAProxy.
+const WITHIN: Duration = Duration::from_secs(15);
+
+fn fleet(topology: &Path, network: u8, extra: &[&str]) -> (LocalFleet, TempDir) {
+    assert!(
+        haproxy_exe().is_some(),
+        "HAProxy is not installed: apt-get install -y haproxy (scripts/test does it as root)"
+    );
+    let dir = TempDir::new("fleet");
+    let options = FleetOptions {
+        exe: env!("CARGO_BIN_EXE_hadr-host").into(),
+        network,
+        drain: Duration::from_millis(500),
+        max_body: 64 << 10,
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    };
+    let fleet = LocalFleet::start(topology, &dir.0, &options).unwrap_or_else(|e| panic!("{e}"));
+    (fleet, dir)
+}
+
+fn digits_bodies() -> Vec<Bytes> {
+    cases("digits")["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Bytes::from(inputs(&[c["input"].clone()])))
+        .collect()
+}
+
+/// Answers that were not 200, shown.
+fn failures(answers: &[Answered]) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|a| a.status != StatusCode::OK)
+        .map(|a| format!("{} after {:?}", a.status, a.received - a.sent))
+        .collect()
+}
+
+fn served_by(answers: &[Answered], instance: &str) -> usize {
+    answers.iter().filter(|a| a.instance == instance).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_both_active_hosts_fails_no_request_and_they_rejoin() {
+    let (mut fleet, _dir) = fleet(&repo().join("topologies/fleet/2-active.json"), 21, &[]);
+    // Each process serves its own entry only (`--only`).
+    for host in &fleet.hosts {
+        let (_, _, topology) = common::get(host.process.router, "/topology").await;
+        let names: Vec<&String> = topology.as_object().unwrap().keys().collect();
+        assert_eq!(names, [&host.name], "{topology}");
+    }
+    let load = Load::start(fleet.frontend, 3, digits_bodies());
+    load.wait_for(150).await;
+
+    tokio::task::block_in_place(|| fleet.host("predict1").process.kill());
+    let one_down = load.count();
+    load.wait_for(150).await;
+    tokio::task::block_in_place(|| fleet.host("predict2").process.kill());
+    load.wait_for(150).await;
+    let both_down = load.count();
+    load.wait_for(150).await;
+    let restarting = load.count();
+
+    tokio::task::block_in_place(|| {
+        for name in ["predict1", "predict2"] {
+            fleet.host(name).process.restart().unwrap();
+            fleet.wait_up(name, WITHIN).unwrap();
+        }
+    });
+    let rejoined = load.count();
+    load.wait_for(300).await;
+    let answers = load.stop().await;
+    assert_eq!(
+        failures(&answers),
+        Vec::<String>::new(),
+        "no request may fail"
+    );
+    let after_both = &answers[both_down + 20..restarting];
+    assert!(
+        after_both.iter().all(|a| a.instance == "predict3"),
+        "with both actives gone the standby serves everything"
+    );
+    let one_gone = &answers[one_down + 20..both_down];
+    assert!(
+        served_by(one_gone, "predict2") > 0 && served_by(one_gone, "predict1") == 0,
+        "with one active gone the other serves"
+    );
+    let back = &answers[rejoined + 50..];
+    assert!(
+        served_by(back, "predict1") > 0 && served_by(back, "predict2") > 0,
+        "both actives take traffic again"
+    );
+    assert_eq!(
+        served_by(back, "predict3"),
+        0,
+        "and the standby is spare again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_takes_the_overflow_and_a_full_fleet_answers_503_at_once() {
+    // Every entry takes one request at a time. A request is held by a hang
+    // armed through the admin API: the placement guest has no `chaos`
+    // export, so the host commits it, asleep, until the deadline (then the
+    // host retries it once and it succeeds).
+    let dir = TempDir::new("overflow");
+    let placement = repo().join("guests/target/wasm32-wasip2/release/hadr_guest_placement.wasm");
+    let mut topology: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("topologies/fleet/2-active.json")).unwrap(),
+    )
+    .unwrap();
+    for entry in topology.as_object_mut().unwrap().values_mut() {
+        entry["max_load"] = 1.into();
+        entry["model"] = repo()
+            .join("models/placement.onnx")
+            .to_string_lossy()
+            .into_owned()
+            .into();
+        entry["module"] = placement.to_string_lossy().into_owned().into();
+    }
+    let path = dir.write("2-active.json", &topology.to_string());
+    let (fleet, _fleet_dir) = fleet(&path, 22, &["--deadline", "4s"]);
+    let body = Bytes::from(serde_json::to_vec(&cases("placement")["example"]).unwrap());
+    let frontend = fleet.frontend;
+    let post = || {
+        let body = body.clone();
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let (status, _, answer) = common::post(frontend, "/predict", body).await;
+            (status, answer, sent.elapsed())
+        })
+    };
+    let arm = |name: &str| {
+        let host = fleet.hosts.iter().find(|h| h.name == name).unwrap();
+        let (admin, auth) = (host.process.admin, format!("Bearer {}", fleet.token));
+        let body = serde_json::json!({"instance": name, "fault": "hang"}).to_string();
+        async move {
+            let (status, _, answer) = common::request_with(
+                admin,
+                hyper::Method::POST,
+                "/admin/chaos",
+                body.into(),
+                Some(&auth),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+    };
+    arm("predict1").await;
+    arm("predict2").await;
+    let first = post();
+    wait_loads(&fleet, |l| l[0] + l[1] == 1 && l[2] == 0).await;
+    let second = post();
+    wait_loads(&fleet, |l| l == [1, 1, 0]).await;
+
+    // Both actives full: the standby answers.
+    let (status, answer, _) = post().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["instance"], "predict3",
+        "the overflow goes to the standby"
+    );
+
+    // Everything full: HAProxy's JSON 503 after its 1 s queue timeout.
+    arm("predict3").await;
+    let third = post();
+    wait_loads(&fleet, |l| l == [1, 1, 1]).await;
+    let (status, answer, took) = post().await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"], "no_capacity", "{answer}");
+    assert!(
+        took < Duration::from_secs(3),
+        "answered in {took:?}, not held"
+    );
+
+    for held in [first, second, third] {
+        let (status, answer, took) = held.await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "retried by the host after the hang: {answer}"
+        );
+        assert!(took >= Duration::from_secs(3), "it was held: {took:?}");
+    }
+}
+
+/// Each host's load, from its own `/topology`.
+async fn loads(fleet: &LocalFleet) -> Vec<u64> {
+    let mut loads = Vec::new();
+    for h in &fleet.hosts {
+        let (_, _, topology) = common::get(h.process.router, "/topology").await;
+        loads.push(topology[&h.name]["load"].as_u64().unwrap_or(0));
+    }
+    loads
+}
+
+/// Waits (bounded, polling) until the hosts' loads satisfy `done`.
+async fn wait_loads(fleet: &LocalFleet, done: impl Fn(&[u64]) -> bool) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let now = loads(fleet).await;
+        if done(&now) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "loads stayed {now:?}");
+        tokio::time::sleep(common::POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_and_a_rolling_deploy_fail_no_request() {
+    let (mut fleet, _dir) = fleet(&repo().join("topologies/fleet/2-active.json"), 23, &[]);
+    let load = Load::start(fleet.frontend, 3, digits_bodies());
+    load.wait_for(150).await;
+    for name in ["predict1", "predict2", "predict3"] {
+        tokio::task::block_in_place(|| {
+            let host = fleet.host(name);
+            host.process.terminate();
+            host.process.restart().unwrap();
+            fleet.wait_up(name, WITHIN).unwrap();
+        });
+        load.wait_for(100).await;
+    }
+    let before_deploy = load.count();
+    let old = load.snapshot().last().unwrap().version.clone();
+
+    let deploy = tokio::task::spawn_blocking({
+        let topology = fleet.topology.clone();
+        let (port, token) = (fleet.admin_port.to_string(), fleet.token.clone());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+                .args(["deploy", "--fleet"])
+                .arg(&topology)
+                .args(["--admin-port", &port, "--model"])
+                .arg(format!(
+                    "digits={}",
+                    repo().join("models/digits-v2.onnx").display()
+                ))
+                .env("HADR_ADMIN_TOKEN", token)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        deploy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deploy.stderr)
+    );
+    load.wait_for(200).await;
+    let answers = load.stop().await;
+    assert_eq!(
+        failures(&answers),
+        Vec::<String>::new(),
+        "no request may fail"
+    );
+    let last = &answers[answers.len() - 50..];
+    let new_version = &last[0].version;
+    assert_ne!(new_version, &old, "the deploy changed the version");
+    assert!(
+        last.iter().all(|a| &a.version == new_version),
+        "every host serves it"
+    );
+    assert!(answers.len() > before_deploy);
+    let hosts: Vec<String> = String::from_utf8_lossy(&deploy.stdout)
+        .matches("\"admin\"")
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        hosts.len(),
+        3,
+        "one deploy per host: {}",
+        String::from_utf8_lossy(&deploy.stdout)
+    );
+}
+
+#[test]
+fn the_exported_configuration_passes_haproxys_check_for_every_article_topology() {
+    let haproxy = haproxy_exe().expect("HAProxy is not installed: apt-get install -y haproxy");
+    let dir = TempDir::new("export");
+    for topology in [
+        "single",
+        "2-active",
+        "3-active",
+        "fleet/single",
+        "fleet/2-active",
+        "fleet/3-active",
+    ] {
+        let path = repo().join("topologies").join(format!("{topology}.json"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+            .args(["export", "haproxy"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{topology}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cfg = dir.write(
+            &format!("{}.cfg", topology.replace('/', "-")),
+            &String::from_utf8(out.stdout).unwrap(),
+        );
+        let check = std::process::Command::new(&haproxy)
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{topology}: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
