@@ -33,11 +33,18 @@ enum Command {
     /// The router answers POST /predict (the body the entry's guest reads:
     /// {"inputs": [[...], ...]} for the generic guest), GET /predict (the
     /// deployment's example), GET /topology, GET /metrics, GET /healthz and
-    /// GET /readyz. An entry with a "port" also answers /predict, /healthz
+    /// GET /readyz, and the Open Inference Protocol (KServe v2, Triton)
+    /// under /v2. An entry with a "port" also answers /predict, /v2, /healthz
     /// and /readyz on that port directly. Entries with "status": false are
-    /// standbys, promoted when every active is saturated.
+    /// standbys, promoted when every active is saturated. With --only, the
+    /// process serves just those entries: one host of a fleet behind HAProxy
+    /// (`hadr-host export haproxy`).
     ///
-    /// Example: hadr-host serve topologies/2-active.json --listen 127.0.0.1:8000
+    /// Examples:
+    ///   hadr-host serve topologies/2-active.json --listen 127.0.0.1:8000
+    ///   hadr-host serve topologies/fleet/2-active.json --only predict1 --listen 127.0.0.2:8000 \
+    ///     --admin-listen 127.0.0.2:8001 --drain 500ms --max-body 64KiB
+    #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
     /// Load-test a running predictor, in Locust's closed model (--users) or an
     /// open model on a schedule (--rate R or a ramp FROM..TO); prints the RPS
