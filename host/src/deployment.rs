@@ -362,11 +362,12 @@ impl Deployment {
                 .memory_size(limits.max_memory)
                 .trap_on_grow_failure(false)
                 .build(),
+            budget: Default::default(),
         };
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(limits.deadline_ticks());
+        store.epoch_deadline_callback(crate::runtime::on_tick);
+        crate::runtime::start_call(&mut store, limits.deadline_ticks());
         let deadline = ticks_duration(runtime.limits().deadline_ticks());
         let instantiating = |e| CallError::from_wasmtime("instantiating", e, deadline);
         let module = &self.module;
@@ -412,11 +413,11 @@ impl Spare {
         self.log.set(instance);
         let config = instance_config(&deployment.model);
         let ticks = runtime.limits().deadline_ticks();
-        self.store.set_epoch_deadline(ticks);
-        self.predictor
-            .call_init(&mut self.store, &config)
-            .await
-            .map_err(|e| CallError::from_wasmtime("initialising", e, ticks_duration(ticks)))?
+        crate::runtime::start_call(&mut self.store, ticks);
+        let deadline = ticks_duration(ticks);
+        crate::sandbox::within(deadline, self.predictor.call_init(&mut self.store, &config))
+            .await?
+            .map_err(|e| CallError::from_wasmtime("initialising", e, deadline))?
             .map_err(CallError::Init)?;
         Ok(Live::new(
             self.store,

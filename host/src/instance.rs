@@ -551,7 +551,10 @@ impl Instance {
             Err(e) if e.is_bad_input() || matches!(e, CallError::NoTensors) => {}
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                if matches!(e, CallError::Trap(_) | CallError::Deadline(_)) {
+                if matches!(
+                    e,
+                    CallError::Trap(_) | CallError::Deadline(_) | CallError::Unresponsive(_)
+                ) {
                     self.traps.fetch_add(1, Ordering::Relaxed);
                 }
                 let fault = LastFault {

@@ -53,12 +53,56 @@ pub fn ticks_duration(ticks: u64) -> Duration {
 }
 
 /// What every instance's `Store` holds: its WASI context (no capabilities),
-/// its resource table, its wasi-nn context and its memory limiter.
+/// its resource table, its wasi-nn context, its memory limiter and the
+/// running call's deadline.
 pub struct InstanceState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) nn: WasiNnCtx,
     pub(crate) limits: StoreLimits,
+    pub(crate) budget: TickBudget,
+}
+
+/// A call's deadline in epoch ticks that count only while its guest runs:
+/// the epoch callback ([`on_tick`]) fires at the first tick the running
+/// guest observes after its last one, so time the thread spent descheduled
+/// (CPU contention) or the task spent waiting to be polled is not spent.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TickBudget {
+    used: u64,
+    allowed: u64,
+}
+
+/// Starts a guest call on `store` with `ticks` of budget.
+pub(crate) fn start_call(store: &mut wasmtime::Store<InstanceState>, ticks: u64) {
+    store.data_mut().budget = TickBudget {
+        used: 0,
+        allowed: ticks,
+    };
+    store.set_epoch_deadline(1);
+}
+
+/// Every store's epoch callback: each tick a guest is seen running spends
+/// one tick of its call's budget and yields its thread back to the async
+/// runtime (the call resumes when the runtime polls it again), so a
+/// spinning guest never holds a worker thread for longer than a tick; an
+/// exhausted budget interrupts the call (a deadline trap).
+pub(crate) fn on_tick(
+    mut cx: wasmtime::StoreContextMut<'_, InstanceState>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    let budget = &mut cx.data_mut().budget;
+    budget.used += 1;
+    if budget.used >= budget.allowed {
+        return Ok(wasmtime::UpdateDeadline::Interrupt);
+    }
+    Ok(wasmtime::UpdateDeadline::Yield(1))
+}
+
+/// The wall-clock bound on one guest call, whatever it does: a guest
+/// blocked in a host call (a WASI sleep, say) runs no WebAssembly, so no
+/// epoch callback can stop it; the host drops such a call at this bound.
+pub fn hard_limit(deadline: Duration) -> Duration {
+    deadline * 2 + Duration::from_secs(1)
 }
 
 impl WasiView for InstanceState {

@@ -19,7 +19,19 @@ use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
 use crate::bindings::tensors::TensorPredictor;
 use crate::bindings::Predictor;
 use crate::guest_log::LogName;
-use crate::runtime::InstanceState;
+use crate::runtime::{hard_limit, start_call, InstanceState};
+
+/// Runs one guest call bounded in wall time by [`hard_limit`] of its
+/// `deadline`; past it the call is dropped ([`CallError::Unresponsive`]).
+pub(crate) async fn within<T>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, CallError> {
+    let limit = hard_limit(deadline);
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| CallError::Unresponsive(limit))
+}
 
 /// Why a call produced no prediction.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +56,11 @@ pub enum CallError {
     /// fault from outside.
     #[error("this guest does not export hadr:predictor/chaos, so `{0}` cannot be armed in it; the host injects only `trap` and `hang` from outside")]
     NotDrillable(&'static str),
+    /// The call did not return within the host's wall-clock bound (it was
+    /// blocked outside WebAssembly, where its deadline cannot reach it): the
+    /// store was dropped.
+    #[error("the guest did not return within {0:?} (blocked outside WebAssembly, where its deadline cannot interrupt it) and was stopped")]
+    Unresponsive(Duration),
     /// The guest does not export `tensors`, so it cannot take `/v2` infer
     /// requests.
     #[error("this instance's guest does not export hadr:predictor/tensors, so it takes only /predict, not Open Inference Protocol infer requests")]
@@ -96,6 +113,7 @@ impl CallError {
             self,
             CallError::Trap(_)
                 | CallError::Deadline(_)
+                | CallError::Unresponsive(_)
                 | CallError::Instantiate(_)
                 | CallError::Init(_)
         )
@@ -172,29 +190,30 @@ impl Live {
             self.injected = Some(fault);
             return Ok(());
         };
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        chaos
-            .hadr_predictor_chaos()
-            .call_arm(&mut self.store, fault)
-            .await
-            .map_err(|e| CallError::from_wasmtime("arming a fault", e, self.deadline()))
+        start_call(&mut self.store, self.deadline_ticks);
+        let deadline = self.deadline();
+        within(
+            deadline,
+            chaos
+                .hadr_predictor_chaos()
+                .call_arm(&mut self.store, fault),
+        )
+        .await?
+        .map_err(|e| CallError::from_wasmtime("arming a fault", e, deadline))
     }
 
     /// One prediction, interrupted at the deadline. An `Err` other than
     /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
     pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        start_call(&mut self.store, self.deadline_ticks);
         if let Some(fault) = self.injected.take() {
             self.inject(fault);
         }
-        match self.predictor.call_predict(&mut self.store, body).await {
+        let deadline = self.deadline();
+        match within(deadline, self.predictor.call_predict(&mut self.store, body)).await? {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
-            Err(e) => Err(CallError::from_wasmtime(
-                "calling predict",
-                e,
-                self.deadline(),
-            )),
+            Err(e) => Err(CallError::from_wasmtime("calling predict", e, deadline)),
         }
     }
 

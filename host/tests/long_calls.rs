@@ -60,3 +60,105 @@ async fn long_calls_on_every_instance_do_not_stall_the_host() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
+
+/// A row the faulty guest answers with `first` as its first value.
+fn row_starting_with(first: f64) -> serde_json::Value {
+    let (safe, _) = common::safe_and_deadly_rows();
+    let mut row = safe;
+    row[0] = serde_json::json!(first);
+    row
+}
+
+/// Guests spinning in two instances (as many as the host has worker
+/// threads) do not hold those threads: a third instance answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_guests_do_not_hold_the_hosts_threads() {
+    let topology = common::with_fields(
+        "3-active.json",
+        &[(
+            "module",
+            common::faulty_guest().to_string_lossy().into_owned().into(),
+        )],
+    );
+    let host = Host::start(&topology, &["--deadline", "4s"]);
+    let spin = inputs(&[row_starting_with(-7.0)]);
+    let (safe, _) = common::safe_and_deadly_rows();
+    let safe = inputs(&[safe]);
+    let mut spinning = Vec::new();
+    for name in ["predict1", "predict2"] {
+        let addr = host.instance_addr(name).await;
+        let spin = spin.clone();
+        spinning.push(tokio::spawn(
+            async move { post(addr, "/predict", spin).await },
+        ));
+    }
+    let p3 = host.instance_addr("predict3").await;
+    // Both spinning (seen from a /topology that must itself get a thread).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let t = tokio::time::timeout(std::time::Duration::from_secs(5), host.topology())
+            .await
+            .expect("/topology answered while guests spin");
+        if t["predict1"]["load"] == 1 && t["predict2"]["load"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spins never started: {t}"
+        );
+        tokio::time::sleep(common::POLL).await;
+    }
+    for k in 0..10 {
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            post(p3, "/predict", safe.clone()),
+        )
+        .await;
+        let (status, _, body) = answer.unwrap_or_else(|_| {
+            panic!("request {k} to predict3 waited over 500 ms behind the spinning guests")
+        });
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for s in spinning {
+        let (status, _, _) = s.await.unwrap();
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    }
+}
+
+/// A guest blocked in a WASI host call (asleep, outside WebAssembly, where
+/// epochs cannot interrupt it) is stopped by the host's own timeout, its
+/// sandbox replaced, and the instance serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_blocked_outside_webassembly_is_stopped_by_the_host() {
+    let topology = common::with_fields(
+        "single.json",
+        &[(
+            "module",
+            common::faulty_guest().to_string_lossy().into_owned().into(),
+        )],
+    );
+    let host = Host::start(&topology, &["--deadline", "300ms"]);
+    let p1 = host.instance_addr("predict1").await;
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        post(p1, "/predict", inputs(&[row_starting_with(-8.0)])),
+    )
+    .await
+    .expect("the blocked call was never stopped");
+    let (status, _, body) = answer;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("did not return"),
+        "{body}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let (safe, _) = common::safe_and_deadly_rows();
+    let (status, _, body) = post(p1, "/predict", inputs(&[safe])).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let t = host.topology().await;
+    assert_eq!(
+        t["predict1"]["respawns"], 2,
+        "both attempts' sandboxes replaced: {t}"
+    );
+}

@@ -118,6 +118,9 @@ impl Loaded {
             if batch.data[0] == HANG_SENTINEL {
                 fail(Fault::Hang);
             }
+            if batch.data[0] == BLOCK_SENTINEL {
+                block_outside_wasm();
+            }
             if batch.data.iter().map(|v| *v as i64).sum::<i64>() % 3 == 0 {
                 trap();
             }
@@ -256,6 +259,19 @@ impl exports::hadr::predictor::chaos::Guest for Predictor {
 /// The `faulty` fixture spins forever on a request whose first value is this.
 #[cfg(feature = "faulty")]
 const HANG_SENTINEL: f32 = -7.0;
+
+/// ... and blocks in a WASI host call (a sleep: `poll` on a monotonic clock)
+/// on one whose first value is this: outside WebAssembly, where epoch
+/// deadlines cannot reach it.
+#[cfg(feature = "faulty")]
+const BLOCK_SENTINEL: f32 = -8.0;
+
+#[cfg(feature = "faulty")]
+fn block_outside_wasm() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
 
 /// Executes `unreachable`: a wasm trap (an abort when built natively, for
 /// unit tests).

@@ -112,7 +112,9 @@ impl From<CallError> for ApiError {
                 ErrorKind::Internal => (S::INTERNAL_SERVER_ERROR, "guest_error"),
             },
             CallError::Trap(_) => (S::INTERNAL_SERVER_ERROR, "instance_fault"),
-            CallError::Deadline(_) => (S::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            CallError::Deadline(_) | CallError::Unresponsive(_) => {
+                (S::GATEWAY_TIMEOUT, "deadline_exceeded")
+            }
             CallError::Instantiate(_) | CallError::Init(_) => {
                 (S::INTERNAL_SERVER_ERROR, "instance_unavailable")
             }
