@@ -127,6 +127,10 @@ pub struct Instance {
     promotions: AtomicU64,
     /// Its last fault could not be repaired: it has no working sandbox.
     broken: AtomicBool,
+    /// The chaos fault armed in its sandbox and not fired yet (for `/topology`).
+    armed: std::sync::Mutex<Option<&'static str>>,
+    /// Chaos faults that fired (the calls that ran into an armed fault).
+    faults_fired: AtomicU64,
     last_fault: std::sync::Mutex<Option<LastFault>>,
     /// Recent average call time in microseconds (exponentially weighted).
     cost_us: AtomicU64,
@@ -213,6 +217,11 @@ pub struct InstanceReport {
     pub promotions: u64,
     /// Its last fault could not be repaired: the next call rebuilds its sandbox.
     pub broken: bool,
+    /// A chaos fault armed and not fired yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub armed_fault: Option<&'static str>,
+    /// Chaos faults fired since start.
+    pub faults_fired: u64,
     /// The most recent fault, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_fault: Option<LastFault>,
@@ -261,6 +270,8 @@ impl Instance {
             respawns: AtomicU64::new(0),
             promotions: AtomicU64::new(0),
             broken: AtomicBool::new(false),
+            armed: std::sync::Mutex::new(None),
+            faults_fired: AtomicU64::new(0),
             last_fault: std::sync::Mutex::new(None),
             cost_us: AtomicU64::new(0),
             bound_port: AtomicU16::new(0),
@@ -428,8 +439,10 @@ impl Instance {
             .await?
             .arm(fault)
             .await;
-        if matches!(&outcome, Err(e) if e.is_instance_fault()) {
-            *slot = None;
+        match &outcome {
+            Ok(()) => *lock(&self.armed) = Some(crate::sandbox::fault_name(fault)),
+            Err(e) if e.is_instance_fault() => *slot = None,
+            Err(_) => {}
         }
         outcome
     }
@@ -510,14 +523,18 @@ impl Instance {
             .await
             .unwrap_or_else(|e| {
                 let e = CallError::Trap(format!("the call's thread failed: {e}"));
-                (Err(e), false)
+                (Err(e), false, false)
             })
         } else {
             call(&mut slot, &deployment, &self.runtime, self.name(), &body).await
         };
-        let (outcome, replaced) = outcome;
+        let (outcome, replaced, fired) = outcome;
         if replaced {
             self.respawns.fetch_add(1, Ordering::Relaxed);
+        }
+        if fired {
+            self.faults_fired.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.armed) = None;
         }
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
         self.broken.store(broken, Ordering::Relaxed);
@@ -599,6 +616,8 @@ impl Instance {
             respawns: self.respawns.load(Ordering::Relaxed),
             promotions: self.promotions.load(Ordering::Relaxed),
             broken: self.broken.load(Ordering::Relaxed),
+            armed_fault: *lock(&self.armed),
+            faults_fired: self.faults_fired.load(Ordering::Relaxed),
             last_fault: lock(&self.last_fault).clone(),
         }
     }
@@ -633,27 +652,29 @@ async fn live<'a>(
 /// Runs one call in the slot, building the sandbox first if there is none.
 /// A call that poisons its sandbox drops it and puts a replacement in its
 /// place at once: a warm spare (the pool is refilled in the background), or,
-/// with the pool empty, a sandbox built cold. Returns whether it was replaced.
+/// with the pool empty, a sandbox built cold. Returns whether it was
+/// replaced, and whether the call fired an armed chaos fault.
 async fn call(
     slot: &mut Option<Live>,
     deployment: &Arc<Deployment>,
     runtime: &Arc<HostRuntime>,
     name: &str,
     input: &Prepared,
-) -> (Result<Reply, CallError>, bool) {
+) -> (Result<Reply, CallError>, bool, bool) {
     let live = match live(slot, deployment, runtime, name).await {
         Ok(live) => live,
-        Err(e) => return (Err(e), false),
+        Err(e) => return (Err(e), false, false),
     };
+    let fired = live.armed().is_some();
     let outcome = match input {
         Prepared::Body(body) => live.predict(body).await.map(Reply::Json),
         Prepared::Tensors(tensors) => live.infer(tensors).await.map(Reply::Tensors),
     };
     let Err(e) = &outcome else {
-        return (outcome, false);
+        return (outcome, false, fired);
     };
     if !e.poisons_the_store() {
-        return (outcome, false);
+        return (outcome, false, fired);
     }
     let faulted = Instant::now();
     let (replacement, warm) = match deployment.take_spare(name) {
@@ -665,5 +686,5 @@ async fn call(
     let replaced = slot.is_some();
     tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
         replaced_in = ?faulted.elapsed(), "instance faulted; its sandbox was dropped and replaced");
-    (outcome, replaced)
+    (outcome, replaced, fired)
 }

@@ -52,6 +52,10 @@ pub enum CallError {
     /// A fresh instance's `init` refused its configuration.
     #[error("the instance refused its configuration: {}", .0.message)]
     Init(PredictError),
+    /// A fault is already armed in this sandbox and has not fired yet: a
+    /// second one is refused rather than silently replacing it.
+    #[error("a `{0}` fault is already armed in this instance and has not fired yet (its next call fires it); arm the next one after that (see `armed_fault` in /topology)")]
+    AlreadyArmed(&'static str),
     /// The guest does not export `chaos`, and the host cannot inject this
     /// fault from outside.
     #[error("this guest does not export hadr:predictor/chaos, so `{0}` cannot be armed in it; the host injects only `trap` and `hang` from outside")]
@@ -143,6 +147,8 @@ pub struct Live {
     tensors: Option<TensorPredictor>,
     /// A fault the host commits in the next call (guests without `chaos`).
     injected: Option<Fault>,
+    /// The fault armed for the next call (either way), until it fires.
+    armed: Option<Fault>,
     deadline_ticks: u64,
     version: String,
     pub(crate) log: LogName,
@@ -164,6 +170,7 @@ impl Live {
             chaos,
             tensors,
             injected: None,
+            armed: None,
             deadline_ticks,
             version,
             log,
@@ -175,6 +182,11 @@ impl Live {
         &self.version
     }
 
+    /// The fault the next call fires, if one is armed.
+    pub fn armed(&self) -> Option<Fault> {
+        self.armed
+    }
+
     /// How long one call may run.
     fn deadline(&self) -> Duration {
         crate::runtime::ticks_duration(self.deadline_ticks)
@@ -183,11 +195,15 @@ impl Live {
     /// Arms a chaos fault for the next `predict`: inside the guest when it
     /// exports `chaos`, else from the host (trap and hang only).
     pub async fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
+        if let Some(armed) = self.armed {
+            return Err(CallError::AlreadyArmed(fault_name(armed)));
+        }
         let Some(chaos) = &self.chaos else {
             if matches!(fault, Fault::Oom) {
                 return Err(CallError::NotDrillable("oom"));
             }
             self.injected = Some(fault);
+            self.armed = Some(fault);
             return Ok(());
         };
         start_call(&mut self.store, self.deadline_ticks);
@@ -199,13 +215,16 @@ impl Live {
                 .call_arm(&mut self.store, fault),
         )
         .await?
-        .map_err(|e| CallError::from_wasmtime("arming a fault", e, deadline))
+        .map_err(|e| CallError::from_wasmtime("arming a fault", e, deadline))?;
+        self.armed = Some(fault);
+        Ok(())
     }
 
     /// One prediction, interrupted at the deadline. An `Err` other than
     /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
     pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
         start_call(&mut self.store, self.deadline_ticks);
+        self.armed = None;
         if let Some(fault) = self.injected.take() {
             self.inject(fault);
         }
@@ -260,6 +279,15 @@ impl Live {
             Fault::Hang => Ok(wasmtime::UpdateDeadline::Interrupt),
             _ => Err(InjectedTrap.into()),
         });
+    }
+}
+
+/// A fault's name, as the admin API and `/topology` write it.
+pub fn fault_name(fault: Fault) -> &'static str {
+    match fault {
+        Fault::Trap => "trap",
+        Fault::Hang => "hang",
+        Fault::Oom => "oom",
     }
 }
 

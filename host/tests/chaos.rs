@@ -201,6 +201,11 @@ async fn two_hundred_faults_under_load_fail_no_request() {
         &failed[..failed.len().min(3)]
     );
     let t = host.topology().await;
+    let fired: u64 = names
+        .iter()
+        .map(|n| t[n]["faults_fired"].as_u64().unwrap())
+        .sum();
+    assert_eq!(fired, 200, "every armed fault fired: {t}");
     assert_eq!(traps(&t), 200, "{t}");
     for n in names {
         assert_eq!(t[n]["respawns"], t[n]["traps"], "every fault replaced: {t}");
@@ -406,4 +411,72 @@ fn assert_own_error(status: StatusCode, body: &serde_json::Value, expected: Stat
     assert_eq!(status, expected, "{body}");
     let message = body["message"].as_str().unwrap_or_default();
     assert!(message.contains("failed on two instances"), "{body}");
+}
+
+/// A second fault armed before the first has fired is refused with 409, not
+/// lost; `/topology` shows the armed one until a call fires it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_fault_is_refused_until_the_first_fires() {
+    let host = Host::start(&free_ports("single.json"), &[]);
+    let (s, _, b) = chaos(&host, "predict1", "trap").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let t = host.topology().await;
+    assert_eq!(t["predict1"]["armed_fault"], "trap", "{t}");
+    let (s, _, b) = chaos(&host, "predict1", "hang").await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["error"], "fault_armed");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("`trap` fault is already armed"),
+        "{b}"
+    );
+    // One request fires it (and is retried on the replacement: 200).
+    let (s, _, b) = post(host.router, "/predict", row()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let t = host.topology().await;
+    assert_eq!(t["predict1"]["faults_fired"], 1, "{t}");
+    assert!(t["predict1"].get("armed_fault").is_none(), "{t}");
+    let (s, _, b) = chaos(&host, "predict1", "hang").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+/// 200 injections sent at 10 a second into one instance under load: each
+/// refused with 409 while the previous is still armed is sent again, so
+/// exactly 200 faults fire, and the retries on the other instances fail no
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_injections_at_ten_a_second_fire_exactly_two_hundred_faults() {
+    let host = Host::start(&free_ports("3-active.json"), &["--deadline", "250ms"]);
+    let load = common::Load::start(host.router, 4, vec![row().into()]);
+    let faults = ["trap", "hang", "oom"];
+    let started = tokio::time::Instant::now();
+    let mut refused = 0;
+    for k in 0..200u32 {
+        tokio::time::sleep_until(started + std::time::Duration::from_millis(100) * k).await;
+        loop {
+            let (s, _, b) = chaos(&host, "predict1", faults[k as usize % 3]).await;
+            if s == StatusCode::OK {
+                break;
+            }
+            assert_eq!(s, StatusCode::CONFLICT, "{b}");
+            refused += 1;
+            tokio::time::sleep(common::POLL).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while host.topology().await["predict1"]["faults_fired"] != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "armed faults never fired"
+        );
+        tokio::time::sleep(common::POLL).await;
+    }
+    let answers = load.stop().await;
+    assert_eq!(common::failures(&answers), Vec::<String>::new());
+    let t = host.topology().await;
+    assert_eq!(t["predict1"]["faults_fired"], 200, "{t}");
+    assert_eq!(t["predict1"]["traps"], 200, "{t}");
+    eprintln!("200 faults fired; {refused} injections refused while one was armed");
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{cases, inputs, repo, Answered, Load, TempDir};
+use common::{cases, failures, inputs, repo, Answered, Load, TempDir};
 use hadr_host::fleet::local::{haproxy_exe, FleetOptions, LocalFleet};
 use hyper::StatusCode;
 
@@ -47,15 +47,6 @@ fn digits_bodies() -> Vec<Bytes> {
         .unwrap()
         .iter()
         .map(|c| Bytes::from(inputs(&[c["input"].clone()])))
-        .collect()
-}
-
-/// Answers that were not 200, shown.
-fn failures(answers: &[Answered]) -> Vec<String> {
-    answers
-        .iter()
-        .filter(|a| a.status != StatusCode::OK)
-        .map(|a| format!("{} after {:?}", a.status, a.received - a.sent))
         .collect()
 }
 

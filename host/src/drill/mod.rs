@@ -174,6 +174,11 @@ pub struct TopologyResult {
     pub served_during_faults: BTreeMap<String, u64>,
     /// How long the restarted host took to print its ready line.
     pub restart_ready_ms: f64,
+    /// Faults armed in the instance-fault phase.
+    pub faults_armed: u64,
+    /// Faults that fired in it (from `/topology`'s `faults_fired`): the
+    /// faults a failure count can be blamed on.
+    pub faults_fired: u64,
 }
 
 /// The drill's results.
@@ -251,6 +256,7 @@ async fn drill_one(
         .unwrap_or_else(|| "predict1".into());
     let admin = rig.admin(&target);
     let before = served(&views).await;
+    let fired_before = fired(&views).await;
     let already_promoted = promoted(&views).await;
     let watcher = Watcher::start(views.clone());
     let phase = timing.faults;
@@ -263,11 +269,9 @@ async fn drill_one(
                 tokio::time::sleep_until((started + phase * (k as u32 + 1) / 3).into()).await;
                 at.push((fault.to_string(), started.elapsed()));
                 let body = serde_json::json!({"instance": target, "fault": fault});
-                if let Err(e) = admin.post("/admin/chaos", body).await {
-                    return Err(DrillError::Admin(e.to_string()));
-                }
+                arm(&admin, body).await?;
             }
-            Ok(at)
+            Ok::<_, DrillError>(at)
         })
     };
     let instance_faults =
@@ -280,6 +284,7 @@ async fn drill_one(
         .filter(|_| !already_promoted)
         .map(|t| t.as_secs_f64());
     let after = served(&views).await;
+    let faults_fired = fired(&views).await.saturating_sub(fired_before);
     let served_during_faults = after
         .iter()
         .map(|(n, s)| (n.clone(), s - before.get(n).copied().unwrap_or(0)))
@@ -338,6 +343,8 @@ async fn drill_one(
         },
         served_during_faults,
         restart_ready_ms: ready.as_secs_f64() * 1e3,
+        faults_armed: 2,
+        faults_fired,
     })
 }
 
@@ -456,6 +463,38 @@ async fn served(views: &[hyper::Uri]) -> BTreeMap<String, u64> {
         .into_iter()
         .map(|i| (i.instance, i.served))
         .collect()
+}
+
+/// Chaos faults fired so far, over every instance.
+async fn fired(views: &[hyper::Uri]) -> u64 {
+    let mut total = 0;
+    for url in views {
+        if let Some(t) = loadtest::report::topology(url).await {
+            total += t.as_object().map_or(0, |m| {
+                m.values().filter_map(|i| i["faults_fired"].as_u64()).sum()
+            });
+        }
+    }
+    total
+}
+
+/// Arms a fault; while the previous one has not fired (409) tries again a
+/// little later, so every fault the drill counts was really armed.
+async fn arm(admin: &AdminClient, body: serde_json::Value) -> Result<(), DrillError> {
+    for _ in 0..200 {
+        match admin.post("/admin/chaos", body.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(crate::admin_client::ClientError::Refused { status, .. })
+                if status == hyper::StatusCode::CONFLICT =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(DrillError::Admin(e.to_string())),
+        }
+    }
+    Err(DrillError::Admin(
+        "the previous fault never fired: nothing reached the instance for 2 s".into(),
+    ))
 }
 
 /// Whether a standby has been promoted.

@@ -67,6 +67,9 @@ pub fn markdown(r: &DrillReport) -> String {
             .map(|(_, v)| format!("{v}"))
             .unwrap_or_else(|| "–".into())
     });
+    row("chaos faults armed / fired", &|t| {
+        format!("{} / {}", t.faults_armed, t.faults_fired)
+    });
     row("peak goodput (req/s)", &|t| {
         format!("{:.0}", t.capacity.peak_goodput)
     });

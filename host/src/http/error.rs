@@ -119,6 +119,7 @@ impl From<CallError> for ApiError {
                 (S::INTERNAL_SERVER_ERROR, "instance_unavailable")
             }
             CallError::NotDrillable(_) => (S::CONFLICT, "not_drillable"),
+            CallError::AlreadyArmed(_) => (S::CONFLICT, "fault_armed"),
             CallError::NoTensors => (S::NOT_IMPLEMENTED, "not_implemented"),
             CallError::BadAnswer(_) => (S::INTERNAL_SERVER_ERROR, "guest_error"),
         };

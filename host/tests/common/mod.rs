@@ -475,3 +475,12 @@ impl Load {
         answers.clone()
     }
 }
+
+/// The answers that were not 200, shown (status and how long each took).
+pub fn failures(answers: &[Answered]) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|a| a.status != StatusCode::OK)
+        .map(|a| format!("{} after {:?}", a.status, a.received - a.sent))
+        .collect()
+}
