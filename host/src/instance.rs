@@ -366,6 +366,23 @@ impl Instance {
         promoted
     }
 
+    /// Returns a promoted standby to standby; `true` if this call did it.
+    pub fn demote(&self) -> bool {
+        self.role
+            .compare_exchange(
+                Role::Promoted as u8,
+                Role::Standby as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Times it has been promoted since start (and before, as persisted).
+    pub fn promotions(&self) -> u64 {
+        self.promotions.load(Ordering::Relaxed)
+    }
+
     /// Takes up where a previous run left off: `role` as recovery decided,
     /// counters, last fault and deployment date as saved.
     pub fn restore(&self, role: Role, saved: &InstanceRecord) {

@@ -349,6 +349,11 @@ struct ServeArgs {
     /// Largest guest module or model `hadr-host deploy` may upload.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     max_upload: usize,
+    /// A promoted standby returns to standby once the actives have carried
+    /// the load alone (each under its threshold, none broken, no new
+    /// promotion) for this long. POST /admin/demote does it at once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    promotion_cooldown: Duration,
     /// Serve only these entries of the topology (comma-separated): one
     /// process per entry, each on its own machine (the entry's "host"),
     /// behind a balancer such as HAProxy (`hadr-host export haproxy`). This
@@ -518,6 +523,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         state_interval: args.state_interval,
         max_upload: args.max_upload,
         only: args.only,
+        promotion_cooldown: args.promotion_cooldown,
     };
     let host = match Host::start(&options).await {
         Ok(host) => host,

@@ -7,7 +7,10 @@
 //! - send a request to the least loaded instance that takes traffic and is
 //!   under its threshold, breaking ties fairly (round robin from `start`);
 //! - when none can take it, promote a standby;
-//! - when there is no standby left, shed (503).
+//! - when there is no standby left, shed (503);
+//! - once the actives have been calm (each under its threshold, none broken)
+//!   for a cool-down, return promoted standbys to standby ([`demote`]): the
+//!   standby is spare capacity, not a one-way door.
 
 use serde::Serialize;
 
@@ -82,6 +85,33 @@ pub fn decide(views: &[View], start: usize) -> Decision {
         Some(i) => Decision::Promote(i),
         None => Decision::Shed,
     }
+}
+
+/// Whether the actives carry the load alone right now: there is at least
+/// one, and every active (not promoted) instance is under its threshold.
+/// A broken active should read as saturated (`load == max_load`).
+pub fn calm(views: &[View]) -> bool {
+    let mut actives = views.iter().filter(|v| v.role == Role::Active).peekable();
+    actives.peek().is_some() && actives.all(|v| v.load < v.max_load)
+}
+
+/// The promoted instances to return to standby: every one, once the
+/// actives have stayed calm for `cooldown` (`calm_for`, measured by the
+/// caller from its samples); none before.
+pub fn demote(
+    views: &[View],
+    calm_for: std::time::Duration,
+    cooldown: std::time::Duration,
+) -> Vec<usize> {
+    if calm_for < cooldown || !calm(views) {
+        return Vec::new();
+    }
+    views
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.role == Role::Promoted)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 #[cfg(test)]
@@ -197,5 +227,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn promoted_standbys_return_only_after_a_calm_cool_down() {
+        use std::time::Duration;
+        let v = |role, load| View {
+            role,
+            load,
+            max_load: 2,
+        };
+        let cool = Duration::from_secs(30);
+        let promoted = [v(Role::Active, 1), v(Role::Active, 0), v(Role::Promoted, 2)];
+        assert_eq!(demote(&promoted, cool, cool), vec![2]);
+        assert!(demote(&promoted, cool - Duration::from_millis(1), cool).is_empty());
+        // An active at its threshold (or broken) is not calm.
+        let busy = [v(Role::Active, 2), v(Role::Active, 0), v(Role::Promoted, 0)];
+        assert!(!calm(&busy));
+        assert!(demote(&busy, cool * 10, cool).is_empty());
+        // No actives at all: the promoted ones are the topology.
+        assert!(!calm(&[v(Role::Promoted, 0), v(Role::Standby, 0)]));
+        // Nothing promoted: nothing to do; a standby stays a standby.
+        assert!(demote(&[v(Role::Active, 0), v(Role::Standby, 0)], cool, cool).is_empty());
     }
 }

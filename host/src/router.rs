@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use crate::instance::{Instance, Lease};
 use crate::persistence::StateSync;
-use crate::policy::{decide, Decision, Role, View};
+use crate::policy::{decide, demote, Decision, Role, View};
+use crate::shutdown::Shutdown;
 
 /// Routes requests over a topology's instances.
 pub struct Router {
@@ -120,6 +121,85 @@ impl Router {
             }
         }
         Err(Saturated)
+    }
+
+    /// Returns every promoted standby to standby now (`POST /admin/demote`);
+    /// the names it demoted.
+    pub fn demote_all(&self) -> Vec<String> {
+        let demoted: Vec<String> = self
+            .instances
+            .iter()
+            .filter(|i| i.demote())
+            .map(|i| i.name().to_string())
+            .collect();
+        if !demoted.is_empty() {
+            if let Some(state) = &self.state {
+                state.nudge();
+            }
+        }
+        demoted
+    }
+
+    /// Watches the actives until `shutdown`: once they have stayed calm
+    /// (every active under its threshold with a working sandbox, and no new
+    /// promotion) for `cooldown`, promoted standbys return to standby
+    /// ([`crate::policy::demote`]). Sampled every `cooldown / 10` (20 ms to
+    /// 1 s).
+    pub async fn return_standbys(&self, cooldown: std::time::Duration, shutdown: Shutdown) {
+        let every = (cooldown / 10).clamp(
+            std::time::Duration::from_millis(20),
+            std::time::Duration::from_secs(1),
+        );
+        let mut calm_since = tokio::time::Instant::now();
+        let mut promotions = self.promotions();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait() => return,
+            }
+            let views = self.health_snapshot();
+            let now = tokio::time::Instant::now();
+            let seen = self.promotions();
+            if seen != promotions || !crate::policy::calm(&views) {
+                calm_since = now;
+                promotions = seen;
+            }
+            let demoted: Vec<&str> = demote(&views, now - calm_since, cooldown)
+                .into_iter()
+                .filter(|&i| self.instances[i].demote())
+                .map(|i| self.instances[i].name())
+                .collect();
+            if !demoted.is_empty() {
+                tracing::info!(instances = ?demoted, ?cooldown,
+                    "the actives have carried the load alone for the cool-down: promoted standby returned to standby");
+                if let Some(state) = &self.state {
+                    state.nudge();
+                }
+            }
+        }
+    }
+
+    fn promotions(&self) -> u64 {
+        self.instances.iter().map(|i| i.promotions()).sum()
+    }
+
+    /// Roles and loads, a broken instance read as saturated.
+    fn health_snapshot(&self) -> Vec<View> {
+        self.instances
+            .iter()
+            .map(|i| {
+                let report = i.report();
+                View {
+                    role: report.role,
+                    load: if report.broken {
+                        report.max_load
+                    } else {
+                        report.load
+                    },
+                    max_load: report.max_load,
+                }
+            })
+            .collect()
     }
 
     /// Roles and loads now; an excluded instance (or one `want` does not

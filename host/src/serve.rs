@@ -61,6 +61,9 @@ pub struct ServeOptions {
     pub state_interval: Duration,
     /// Largest module or model accepted by `PUT /admin/blobs`, in bytes.
     pub max_upload: usize,
+    /// How long the actives must carry the load alone before a promoted
+    /// standby returns to standby.
+    pub promotion_cooldown: Duration,
     /// Serve only these entries (`--only`): one process per entry, each on
     /// its own machine, behind a balancer. `None`: all of them.
     pub only: Option<Vec<String>>,
@@ -135,6 +138,7 @@ pub struct Host {
     admin_listener: TcpListener,
     instance_listeners: Vec<(Arc<Instance>, TcpListener)>,
     grace: Duration,
+    promotion_cooldown: Duration,
     state: Arc<StateSync>,
     _runtime: Arc<HostRuntime>,
 }
@@ -251,6 +255,7 @@ impl Host {
             admin_listener,
             instance_listeners,
             grace: options.grace,
+            promotion_cooldown: options.promotion_cooldown,
             state,
             _runtime: runtime,
         })
@@ -288,6 +293,8 @@ impl Host {
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StateError> {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(self.state.clone().run(shutdown.clone()));
+        let (app, cooldown, stop) = (self.app.clone(), self.promotion_cooldown, shutdown.clone());
+        tasks.spawn(async move { app.router.return_standbys(cooldown, stop).await });
         for (instance, listener) in self.instance_listeners {
             tasks.spawn(server::serve(
                 listener,

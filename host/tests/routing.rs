@@ -102,3 +102,101 @@ async fn an_instance_port_serves_that_instance_directly() {
         assert_eq!(answer["instance"], name);
     }
 }
+
+/// 2-active with `max_load` 1 and the faulty guest, whose hanging row holds
+/// an instance until the 1 s deadline (twice: the host retries it once).
+fn start_holdable(cooldown: &str) -> Host {
+    let topology = common::with_fields(
+        "2-active.json",
+        &[
+            ("max_load", 1.into()),
+            (
+                "module",
+                common::faulty_guest().to_string_lossy().into_owned().into(),
+            ),
+        ],
+    );
+    Host::start(
+        &topology,
+        &["--deadline", "1s", "--promotion-cooldown", cooldown],
+    )
+}
+
+/// Holds both actives at their threshold with hanging requests on their own
+/// ports, sends one request through the router (which promotes the standby
+/// to take it), and returns the holds (each ends with 504).
+async fn promote_the_standby(host: &Host) -> Vec<tokio::task::JoinHandle<common::Answer>> {
+    let (row, _) = common::safe_and_deadly_rows();
+    let big = bytes::Bytes::from(inputs(&[common::hanging_row(&row)]));
+    let mut held = Vec::new();
+    for name in ["predict1", "predict2"] {
+        let addr = host.instance_addr(name).await;
+        let big = big.clone();
+        held.push(tokio::spawn(
+            async move { post(addr, "/predict", big).await },
+        ));
+    }
+    loop {
+        let t = host.topology().await;
+        if t["predict1"]["load"] == 1 && t["predict2"]["load"] == 1 {
+            break;
+        }
+        assert!(held.iter().all(|h| !h.is_finished()), "a hold ended early");
+        tokio::time::sleep(common::POLL).await;
+    }
+    let (s, _, b) = post(host.router, "/predict", inputs(&[row])).await;
+    assert_eq!(
+        (s, &b["instance"]),
+        (StatusCode::OK, &"predict3".into()),
+        "{b}"
+    );
+    assert_eq!(host.topology().await["predict3"]["role"], "promoted");
+    held
+}
+
+/// The standby is spare capacity, not a one-way door: once the actives have
+/// carried the load alone for the cool-down it is a standby again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_returns_to_standby_after_a_calm_cool_down() {
+    let host = start_holdable("300ms");
+    let held = promote_the_standby(&host).await;
+    // Busy actives: it stays promoted (past the cool-down).
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(host.topology().await["predict3"]["role"], "promoted");
+    for held in held {
+        assert_eq!(held.await.unwrap().0, StatusCode::GATEWAY_TIMEOUT);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let t = host.topology().await;
+        if t["predict3"]["role"] == "standby" {
+            assert_eq!(t["predict3"]["status"], false, "{t}");
+            assert_eq!(t["predict3"]["promotions"], 1, "{t}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never returned: {t}");
+        tokio::time::sleep(common::POLL).await;
+    }
+}
+
+/// `POST /admin/demote` returns it at once, and the demotion is persisted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_returns_a_promoted_standby_at_once() {
+    let host = start_holdable("1h");
+    let held = promote_the_standby(&host).await;
+    let auth = format!("Bearer {}", common::ADMIN_TOKEN);
+    let (s, _, b) = common::request_with(
+        host.admin,
+        hyper::Method::POST,
+        "/admin/demote",
+        bytes::Bytes::new(),
+        Some(&auth),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["demoted"], serde_json::json!(["predict3"]));
+    assert_eq!(host.topology().await["predict3"]["role"], "standby");
+    for h in held {
+        assert_eq!(h.await.unwrap().0, StatusCode::GATEWAY_TIMEOUT);
+    }
+}

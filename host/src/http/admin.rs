@@ -12,6 +12,7 @@
 //!   switches instances to a new version, or starts a canary.
 //! - `POST /admin/deploy/promote`, `POST /admin/deploy/abort`: end a canary.
 //! - `POST /admin/rollback {"to": "all" | [names]}`: back to the previous version.
+//! - `POST /admin/demote`: every promoted standby back to standby, at once.
 //! - `GET /admin/deployments`: what each instance serves, and recent events.
 //!
 //! `hadr-host deploy` and `hadr-host rollback` are clients of these routes.
@@ -42,6 +43,14 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Full<B
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::POST, "/admin/chaos") => chaos(app, req).await,
+        (&Method::POST, "/admin/demote") => {
+            let demoted = app.router.demote_all();
+            if let Err(e) = app.state.commit().await {
+                tracing::error!(error = %e, "could not persist a demotion");
+            }
+            tracing::warn!(instances = ?demoted, "admin: promoted standbys returned to standby");
+            Ok(json(StatusCode::OK, &serde_json::json!({ "demoted": demoted })))
+        }
         (&Method::PUT, p) if p.starts_with("/admin/blobs/") => upload(app, req).await,
         (&Method::POST, "/admin/deploy") => {
             let request: DeployRequest = read_json(req).await?;
@@ -56,7 +65,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Full<B
             outcome(app.rollouts.rollback(&request.to).await)
         }
         (&Method::GET, "/admin/deployments") => deployments(app),
-        (_, "/admin/chaos" | "/admin/deploy" | "/admin/deploy/promote" | "/admin/deploy/abort" | "/admin/rollback") => {
+        (_, "/admin/chaos" | "/admin/demote" | "/admin/deploy" | "/admin/deploy/promote" | "/admin/deploy/abort" | "/admin/rollback") => {
             Err(ApiError::method_not_allowed("POST"))
         }
         (_, "/admin/deployments") => Err(ApiError::method_not_allowed("GET")),
@@ -64,7 +73,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Full<B
         (_, path) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no admin route {path}; this listener serves POST /admin/chaos, PUT /admin/blobs/<sha256>, POST /admin/deploy[/promote|/abort], POST /admin/rollback, GET /admin/deployments"),
+            format!("no admin route {path}; this listener serves POST /admin/chaos, POST /admin/demote, PUT /admin/blobs/<sha256>, POST /admin/deploy[/promote|/abort], POST /admin/rollback, GET /admin/deployments"),
         )),
     }
 }
