@@ -129,6 +129,9 @@ pub enum RolloutError {
     /// The change could not be saved (500).
     #[error("{0}")]
     Storage(String),
+    /// The rollout's own task failed (a panic; 500).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// What a rollout did.

@@ -469,3 +469,51 @@ async fn a_canary_that_refuses_good_requests_is_aborted_and_clients_never_see_it
     let (s, _, b) = post(host.router, "/predict", "{\"inputs\": [[1, 2, 3]]}").await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
 }
+
+/// A deploy whose client hangs up mid-request still completes or undoes as
+/// one unit: here the canary ends up running on every instance with its
+/// event recorded, and `--abort` stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_whose_client_hangs_up_completes_as_one_unit() {
+    use tokio::io::AsyncWriteExt;
+    let host = Host::start(&free_ports("2-active.json"), &[]);
+    let dir = TempDir::new("hangup");
+    let bytes = std::fs::read(variant_guest(&dir)).unwrap();
+    let digest = hadr_state::blobs::digest(&bytes);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let path = format!("/admin/blobs/{digest}");
+    let (s, _, b) = request_with(host.admin, Method::PUT, &path, bytes.into(), Some(&auth)).await;
+    assert!(s.is_success(), "{b}");
+    // The request, then the connection closed before any answer.
+    let body = serde_json::json!({"module": digest, "to": "all", "canary": 50}).to_string();
+    let head = format!(
+        "POST /admin/deploy HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(host.admin).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let d = loop {
+        let d = deployments(&host).await;
+        if has_event(&d, "canary") {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deploy was lost with its client: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for name in ["predict1", "predict2", "predict3"] {
+        assert!(
+            d["instances"][name]["canary"].is_object(),
+            "{name} runs the canary the event records: {d}"
+        );
+    }
+    let (code, _, stderr) = cli(&host, &["deploy", "--abort"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let d = deployments(&host).await;
+    assert!(d["instances"]["predict1"]["canary"].is_null(), "{d}");
+}

@@ -37,6 +37,21 @@ const ADMIN_BODY: Limit = Limit {
     flag: "the admin listener's fixed limit",
 };
 
+/// Runs a rollout in its own task: once its request has been read, it
+/// completes (swap, event, state) whatever the client does; a client that
+/// hangs up only misses the answer. (Run on the connection's task, a hang-up
+/// would drop it halfway: swapped, with no event and no canary watcher.)
+async fn whole<F>(rollout: F) -> Result<RolloutOutcome, RolloutError>
+where
+    F: std::future::Future<Output = Result<RolloutOutcome, RolloutError>> + Send + 'static,
+{
+    tokio::spawn(rollout).await.unwrap_or_else(|e| {
+        Err(RolloutError::Internal(format!(
+            "the rollout's task failed: {e}"
+        )))
+    })
+}
+
 /// Answers one admin request.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     authorize(app, &req)?;
@@ -54,15 +69,21 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Result<Response<Full<B
         (&Method::PUT, p) if p.starts_with("/admin/blobs/") => upload(app, req).await,
         (&Method::POST, "/admin/deploy") => {
             let request: DeployRequest = read_json(req).await?;
-            outcome(app.rollouts.deploy(request).await)
+            let rollouts = app.rollouts.clone();
+            outcome(whole(async move { rollouts.deploy(request).await }).await)
         }
-        (&Method::POST, "/admin/deploy/promote") => outcome(app.rollouts.promote().await),
+        (&Method::POST, "/admin/deploy/promote") => {
+            let rollouts = app.rollouts.clone();
+            outcome(whole(async move { rollouts.promote().await }).await)
+        }
         (&Method::POST, "/admin/deploy/abort") => {
-            outcome(app.rollouts.abort("aborted by an operator").await)
+            let rollouts = app.rollouts.clone();
+            outcome(whole(async move { rollouts.abort("aborted by an operator").await }).await)
         }
         (&Method::POST, "/admin/rollback") => {
             let request: RollbackRequest = read_json(req).await?;
-            outcome(app.rollouts.rollback(&request.to).await)
+            let rollouts = app.rollouts.clone();
+            outcome(whole(async move { rollouts.rollback(&request.to).await }).await)
         }
         (&Method::GET, "/admin/deployments") => deployments(app),
         (_, "/admin/chaos" | "/admin/demote" | "/admin/deploy" | "/admin/deploy/promote" | "/admin/deploy/abort" | "/admin/rollback") => {
@@ -108,6 +129,7 @@ fn outcome(
                 RolloutError::UnknownInstance(_) => (StatusCode::NOT_FOUND, "unknown_instance"),
                 RolloutError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
                 RolloutError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved"),
+                RolloutError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             };
             tracing::warn!(error = %e, "rollout refused");
             Err(ApiError::new(status, code, e.to_string()))
