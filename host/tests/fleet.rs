@@ -277,6 +277,24 @@ async fn a_rolling_restart_and_a_rolling_deploy_fail_no_request() {
         "every host serves it"
     );
     assert!(answers.len() > before_deploy);
+    // A version the first host refuses stops the roll there: nothing changes.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+        .args(["deploy", "--fleet"])
+        .arg(&fleet.topology)
+        .args(["--admin-port", &fleet.admin_port.to_string(), "--model"])
+        .arg(format!("digits={}", repo().join("README.md").display()))
+        .env("HADR_ADMIN_TOKEN", &fleet.token)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the deploy stopped at host 127.0.23.2")
+            && stderr.contains("hosts already switched: []")
+            && stderr.contains("127.0.23.3")
+            && stderr.contains("127.0.23.4"),
+        "{stderr}"
+    );
     let hosts: Vec<String> = String::from_utf8_lossy(&deploy.stdout)
         .matches("\"admin\"")
         .map(String::from)
