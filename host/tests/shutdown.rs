@@ -8,27 +8,19 @@ use hyper::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
-    let mut host = Host::start(
+    let host = Host::start(
         &free_ports("single.json"),
         &["--max-body", "32MiB", "--deadline", "60s"],
     );
     let in_flight = hold_in_flight(&host, "predict1").await;
-    let pid = host.child.id().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&host);
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!(
         status,
         StatusCode::OK,
         "the request in flight was cut off: {body}"
     );
-    let exit = tokio::task::spawn_blocking(move || host.child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    exits_0(host).await;
 }
 
 /// With `--drain`, SIGTERM first turns `/readyz` to 503 `draining` on the
@@ -36,16 +28,11 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
 /// balancer takes the host out before it stops; then it exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_drain_sigterm_turns_readiness_off_while_still_serving() {
-    let mut host = Host::start(&free_ports("2-active.json"), &["--drain", "2s"]);
+    let host = Host::start(&free_ports("2-active.json"), &["--drain", "2s"]);
     let instance = host.instance_addr("predict1").await;
     assert_eq!(get(instance, "/readyz").await.0, StatusCode::OK);
-    let pid = host.child.id().to_string();
     let sent = std::time::Instant::now();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&host);
     // Draining: readiness off on every listener, predictions still served.
     let mut seen = false;
     while sent.elapsed() < std::time::Duration::from_millis(1500) {
@@ -69,12 +56,26 @@ async fn with_drain_sigterm_turns_readiness_off_while_still_serving() {
         StatusCode::OK,
         "still serving while draining: {body}"
     );
-    let exit = tokio::task::spawn_blocking(move || host.child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    exits_0(host).await;
     assert!(
         sent.elapsed() >= std::time::Duration::from_secs(2),
         "it drained for --drain"
     );
+}
+
+fn sigterm(host: &Host) {
+    let pid = host.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
+/// Waits for the host to exit, and checks it exited 0.
+async fn exits_0(mut host: Host) {
+    let exit = tokio::task::spawn_blocking(move || host.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
 }

@@ -164,13 +164,17 @@ impl Loaded {
                 records::Error::Malformed(m) | records::Error::Invalid(m) => m,
             })
         })?;
+        tensors::run(&self.context, vec![(String::new(), self.rows(&records))])
+    }
+
+    /// Vectorised records as the model's `[rows, width]` f32 input.
+    fn rows(&self, records: &Records) -> Tensor {
         let width = self.vocabulary.len();
-        let tensor = Tensor::new(
+        Tensor::new(
             &[records.rows as u32, width as u32],
             TensorType::Fp32,
             bytemuck::cast_slice(&records.data),
-        );
-        tensors::run(&self.context, vec![(String::new(), tensor)])
+        )
     }
 
     fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
@@ -178,15 +182,9 @@ impl Loaded {
             records::Error::Malformed(m) => error(ErrorKind::MalformedRequest, m),
             records::Error::Invalid(m) => error(ErrorKind::InvalidInput, m),
         })?;
-        let width = self.vocabulary.len();
-        let input = Tensor::new(
-            &[records.rows as u32, width as u32],
-            TensorType::Fp32,
-            bytemuck::cast_slice(&records.data),
-        );
         let outputs = self
             .context
-            .compute(vec![(String::new(), input)])
+            .compute(vec![(String::new(), self.rows(&records))])
             .map_err(|e| nn_error(ErrorKind::ModelFailure, "running the model", e))?;
         let probabilities = self.positive_probabilities(&outputs, records.rows)?;
         Ok(answer(&probabilities))

@@ -343,7 +343,7 @@ async fn drill_one(
         },
         served_during_faults,
         restart_ready_ms: ready.as_secs_f64() * 1e3,
-        faults_armed: 2,
+        faults_armed: injected.len() as u64,
         faults_fired,
     })
 }
