@@ -45,7 +45,11 @@ fn time_calls(calls: usize, mut f: impl FnMut()) -> (f64, f64) {
 /// One row and 64 rows through the shared plan, as in `bench_onnxruntime.py`.
 fn model_part() {
     let iters = env("HADR_BENCH_ITERS", 20_000) as usize;
-    let model = LoadedModel::from_file(&repo().join("models/placement.onnx")).unwrap();
+    let model = LoadedModel::from_file(
+        &repo().join("models/placement.onnx"),
+        hadr_host::nn::DEFAULT_MODEL_BUDGET,
+    )
+    .unwrap();
     let doc = cases("placement");
     let vectors: Vec<Vec<f32>> = doc["cases"]
         .as_array()

@@ -46,7 +46,9 @@ fn native(model: &LoadedModel, body: &[u8]) -> Vec<u8> {
 fn predictions(c: &mut Criterion) {
     let defaults = repo_defaults();
     let runtime = HostRuntime::new(Limits::default(), 1).unwrap();
-    let model = Arc::new(LoadedModel::from_file(&defaults.model).unwrap());
+    let model = Arc::new(
+        LoadedModel::from_file(&defaults.model, hadr_host::nn::DEFAULT_MODEL_BUDGET).unwrap(),
+    );
     let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module, None).unwrap());
     let deployment = Deployment::new(module, model.clone(), 0, None);
     // Guest calls are async (WASI's blocking calls must not block_on inside a

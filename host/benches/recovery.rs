@@ -57,7 +57,9 @@ fn line(what: &str, h: &Histogram<u64>) {
 fn main() {
     let defaults = repo_defaults();
     let runtime = Arc::new(HostRuntime::new(Limits::default(), 4).unwrap());
-    let model = Arc::new(LoadedModel::from_file(&defaults.model).unwrap());
+    let model = Arc::new(
+        LoadedModel::from_file(&defaults.model, hadr_host::nn::DEFAULT_MODEL_BUDGET).unwrap(),
+    );
     let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module, None).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -74,6 +74,35 @@ impl CompiledCache {
         Ok((component, outcome))
     }
 
+    /// Removes what an interrupted write left (`.tmp` files) and every entry
+    /// for a module not in `keep` or for another engine build. Returns how
+    /// many files were removed.
+    pub fn retain(&self, keep: &std::collections::HashSet<String>) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let stale = name.strip_suffix(".cwasm").is_some_and(|key| {
+                let ours = key.split_once('-').is_some_and(|(digest, engine)| {
+                    engine == self.engine_key && keep.contains(digest)
+                });
+                !ours
+            });
+            if name.ends_with(".tmp") || stale {
+                std::fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// A checked entry, `None` if there is none, or why it is unusable.
     fn load(
         &self,

@@ -351,7 +351,10 @@ impl Deployment {
             .allow_ip_name_lookup(false)
             .build();
         let nn = WasiNnCtx::new(
-            [Backend::from(TractBackend)],
+            [Backend::from(TractBackend {
+                budget: limits.max_model_bytes,
+                guest_loads: limits.guest_models,
+            })],
             Registry::from(self.registry.clone()),
         );
         let state = InstanceState {
@@ -363,6 +366,7 @@ impl Deployment {
                 .trap_on_grow_failure(false)
                 .build(),
             budget: Default::default(),
+            tensors: crate::nn::tensors::GuestTensors::new(limits.max_memory),
         };
         let mut store = Store::new(runtime.engine(), state);
         store.limiter(|s| &mut s.limits);

@@ -4,10 +4,12 @@
 //! line is the best clue an operator gets, so it is logged under the
 //! instance's name instead of being dropped or interleaved raw with the
 //! host's own output. Output is split into lines, each line is capped, and
-//! each stream stops logging after 64 KiB per instance so a
-//! chatty guest cannot flood the host's log.
+//! each stream stops logging after 64 KiB per sandbox, counted over every
+//! handle the guest opens on it, so a chatty guest cannot flood the host's
+//! log.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -17,7 +19,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// Longest line logged as one record.
 const MAX_LINE: usize = 4096;
-/// Bytes one stream of one instance may log in its lifetime.
+/// Bytes one stream of one sandbox may log in its lifetime.
 const MAX_LOGGED: usize = 64 * 1024;
 
 /// The instance name a sandbox logs under; a warm spare gets its name when
@@ -46,19 +48,25 @@ impl LogName {
 pub struct GuestLog {
     instance: LogName,
     stream: &'static str,
+    /// Bytes logged from this stream so far, shared by all its handles: a
+    /// guest reopening stdout does not get a fresh allowance.
+    logged: Arc<AtomicUsize>,
 }
 
 impl GuestLog {
     /// A log sink for the sandbox named by `instance`, stream `"stdout"` or `"stderr"`.
     pub fn new(instance: LogName, stream: &'static str) -> Self {
-        Self { instance, stream }
+        Self {
+            instance,
+            stream,
+            logged: Arc::default(),
+        }
     }
 
     fn writer(&self) -> LineWriter {
         LineWriter {
             log: self.clone(),
             line: Vec::new(),
-            logged: 0,
         }
     }
 }
@@ -82,7 +90,6 @@ impl StdoutStream for GuestLog {
 struct LineWriter {
     log: GuestLog,
     line: Vec<u8>,
-    logged: usize,
 }
 
 impl LineWriter {
@@ -104,12 +111,15 @@ impl LineWriter {
     }
 
     fn emit(&mut self) {
-        if self.logged < MAX_LOGGED {
-            self.logged += self.line.len();
+        let before = self
+            .log
+            .logged
+            .fetch_add(self.line.len(), Ordering::Relaxed);
+        if before < MAX_LOGGED {
             let text = String::from_utf8_lossy(&self.line);
             let instance = self.log.instance.get();
             tracing::warn!(instance = %instance, stream = self.log.stream, "guest: {text}");
-            if self.logged >= MAX_LOGGED {
+            if before + self.line.len() >= MAX_LOGGED {
                 tracing::warn!(instance = %instance, stream = self.log.stream,
                     "guest wrote more than {MAX_LOGGED} bytes; the rest of this stream is dropped");
             }
@@ -162,5 +172,55 @@ impl tokio::io::AsyncWrite for LineWriter {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Log records written while `f` runs, one per line.
+    fn logged_lines(f: impl FnOnce()) -> usize {
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text.lines().filter(|l| l.contains("guest: ")).count()
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reopening_a_stream_does_not_renew_its_allowance() {
+        let log = GuestLog::new(LogName::new("p1"), "stderr");
+        let line = [b'x'; 1023]
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>();
+        let lines = logged_lines(|| {
+            // Each handle writes the whole allowance twice over.
+            for _ in 0..4 {
+                let mut handle = log.writer();
+                for _ in 0..(2 * MAX_LOGGED / line.len()) {
+                    handle.push(&line);
+                }
+            }
+        });
+        // The allowance holds 64 lines of 1 KiB, over all four handles.
+        assert_eq!(lines, MAX_LOGGED / 1023 + 1, "{lines} lines logged");
     }
 }

@@ -150,9 +150,15 @@ struct AdminArgs {
     /// The running host's admin listener.
     #[arg(long, default_value = "http://127.0.0.1:8001", env = "HADR_ADMIN_URL")]
     admin: hyper::Uri,
-    /// The admin token. [default: HADR_ADMIN_TOKEN, else <state-dir>/admin-token]
+    /// The admin token. A command line is visible to every user of the
+    /// machine (`ps`): prefer HADR_ADMIN_TOKEN or --token-file.
+    /// [default: HADR_ADMIN_TOKEN, else <state-dir>/admin-token]
     #[arg(long, env = "HADR_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the admin token (e.g. a copy of the host's
+    /// <state-dir>/admin-token), read instead of --token.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// The host's state directory, where its generated admin token lives.
     #[arg(long, default_value = "state-data", env = "HADR_STATE_DIR")]
     state_dir: PathBuf,
@@ -160,21 +166,22 @@ struct AdminArgs {
 
 impl AdminArgs {
     fn client(&self) -> anyhow::Result<AdminClient> {
-        let token = match &self.token {
-            Some(t) if !t.is_empty() => t.clone(),
-            _ => {
-                let path = self.state_dir.join("admin-token");
-                std::fs::read_to_string(&path)
-                    .with_context(|| {
-                        format!(
-                            "no --token or HADR_ADMIN_TOKEN, and cannot read {}",
-                            path.display()
-                        )
-                    })?
-                    .trim()
-                    .to_string()
-            }
+        let read = |path: &std::path::Path, missing: &str| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("{missing}cannot read {}", path.display()))
+                .map(|t| t.trim().to_string())
         };
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => read(path, "--token-file: ")?,
+            (None, Some(t)) if !t.is_empty() => t.clone(),
+            _ => read(
+                &self.state_dir.join("admin-token"),
+                "no --token, --token-file or HADR_ADMIN_TOKEN, and ",
+            )?,
+        };
+        if token.is_empty() {
+            anyhow::bail!("the admin token is empty");
+        }
         Ok(AdminClient {
             url: self.admin.clone(),
             token,
@@ -338,11 +345,38 @@ struct ServeArgs {
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     state_interval: Duration,
     /// Open connections allowed over the router's and the instances' listeners
-    /// (the admin listener has its own cap of 64); at the cap the host stops
-    /// accepting until one closes (clients wait in the kernel's backlog).
-    /// Worst-case request-body memory is this times --max-body.
+    /// (the admin listener has its own cap of 64, 16 per client address); at
+    /// the cap the host stops accepting until one closes (clients wait in the
+    /// kernel's backlog). Lowered at start, with a warning, to fit the
+    /// open-file limit (the soft RLIMIT_NOFILE is first raised to the hard
+    /// one), so the admin listener always has its descriptors. Worst-case
+    /// request-body memory is this times --max-body.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Host memory one model may claim: each constant it carries, their
+    /// sum, and each tensor whose size the file fixes (a symbolic batch
+    /// counts as 1). Checked on the ONNX graph before tract folds anything,
+    /// at start and at every deploy; a model over it is refused (422 on
+    /// deploy) with the tensor named.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    max_model_bytes: usize,
+    /// Let guests give wasi-nn model bytes of their own (`load`). Off by
+    /// default: guests serve the models deployed by the operator, by name,
+    /// and a guest's own model would reach the ONNX parser unchecked by a
+    /// deploy. Even allowed, it is held to --max-model-bytes.
+    #[arg(long)]
+    allow_guest_models: bool,
+    /// Open connections one client address may hold on the public listeners;
+    /// further connections from it are closed at once, so one slow or
+    /// hostile client cannot take every place. Behind a balancer every
+    /// connection comes from its address: raise this to --max-connections.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_client: usize,
+    /// Closes a connection whose client reads nothing of an answer for this
+    /// long (a client pipelining requests without reading the answers would
+    /// otherwise hold its place forever).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    write_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
@@ -510,10 +544,14 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         listen: args.listen,
         max_body: args.max_body,
         max_connections: args.max_connections,
+        max_connections_per_client: args.max_connections_per_client,
+        write_timeout: args.write_timeout,
         limits: Limits {
             deadline: args.deadline,
             max_memory: args.max_memory,
             offload_above: args.offload_above,
+            max_model_bytes: args.max_model_bytes as u64,
+            guest_models: args.allow_guest_models,
         },
         defaults: defaults.clone(),
         grace: args.grace,

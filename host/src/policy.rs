@@ -251,3 +251,6 @@ mod tests {
         assert!(demote(&[v(Role::Active, 0), v(Role::Standby, 0)], cool, cool).is_empty());
     }
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -387,7 +387,8 @@ impl Rollouts {
         let bytes = self.blob(&m.digest, "model")?;
         let name = m.name.clone();
         let path = PathBuf::from(format!("upload {} (served as `{name}`)", short(&m.digest)));
-        tokio::task::spawn_blocking(move || LoadedModel::from_bytes(name, &path, &bytes))
+        let budget = self.runtime.limits().max_model_bytes;
+        tokio::task::spawn_blocking(move || LoadedModel::from_bytes(name, &path, &bytes, budget))
             .await
             .map_err(|e| RolloutError::Storage(format!("the model loader failed: {e}")))?
             .map(Arc::new)

@@ -27,6 +27,11 @@ pub struct Limits {
     /// Calls whose recent average takes longer than this run on the blocking
     /// pool instead of the request's task (zero: always).
     pub offload_above: Duration,
+    /// Host memory one model may claim (its constants, and each tensor whose
+    /// size it fixes), in bytes.
+    pub max_model_bytes: u64,
+    /// Whether a guest may give wasi-nn model bytes of its own.
+    pub guest_models: bool,
 }
 
 impl Default for Limits {
@@ -35,6 +40,8 @@ impl Default for Limits {
             deadline: Duration::from_secs(1),
             max_memory: 64 << 20,
             offload_above: Duration::from_millis(1),
+            max_model_bytes: crate::nn::DEFAULT_MODEL_BUDGET,
+            guest_models: false,
         }
     }
 }
@@ -61,6 +68,8 @@ pub struct InstanceState {
     pub(crate) nn: WasiNnCtx,
     pub(crate) limits: StoreLimits,
     pub(crate) budget: TickBudget,
+    /// The wasi-nn tensors the guest created, held to `--max-memory` bytes.
+    pub(crate) tensors: crate::nn::tensors::GuestTensors,
 }
 
 /// A call's deadline in epoch ticks that count only while its guest runs:
@@ -82,20 +91,37 @@ pub(crate) fn start_call(store: &mut wasmtime::Store<InstanceState>, ticks: u64)
     store.set_epoch_deadline(1);
 }
 
+/// Running ticks after which a call is a long one: predictions take
+/// microseconds to a few milliseconds, a hung guest takes its whole budget.
+pub const LONG_CALL_TICKS: u64 = 20;
+
 /// Every store's epoch callback: each tick a guest is seen running spends
 /// one tick of its call's budget and yields its thread back to the async
 /// runtime (the call resumes when the runtime polls it again), so a
 /// spinning guest never holds a worker thread for longer than a tick; an
 /// exhausted budget interrupts the call (a deadline trap).
+///
+/// A long call ([`LONG_CALL_TICKS`] of running) also sleeps a tick before
+/// it runs again, so it takes at most half a core: a hung guest on a
+/// busy machine cannot take the CPU its healthy neighbours need. Its budget
+/// counts running ticks only, so the sleep costs it no budget.
 pub(crate) fn on_tick(
     mut cx: wasmtime::StoreContextMut<'_, InstanceState>,
 ) -> wasmtime::Result<wasmtime::UpdateDeadline> {
     let budget = &mut cx.data_mut().budget;
     budget.used += 1;
+    Ok(next_step(*budget))
+}
+
+/// What a call does at a tick, given its budget after spending the tick.
+fn next_step(budget: TickBudget) -> wasmtime::UpdateDeadline {
     if budget.used >= budget.allowed {
-        return Ok(wasmtime::UpdateDeadline::Interrupt);
+        wasmtime::UpdateDeadline::Interrupt
+    } else if budget.used >= LONG_CALL_TICKS {
+        wasmtime::UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep(EPOCH_TICK)))
+    } else {
+        wasmtime::UpdateDeadline::Yield(1)
     }
-    Ok(wasmtime::UpdateDeadline::Yield(1))
 }
 
 /// The wall-clock bound on one guest call, whatever it does: a guest
@@ -134,6 +160,7 @@ impl HostRuntime {
         wasmtime_wasi_nn::wit::add_to_linker(&mut linker, |s: &mut InstanceState| {
             WasiNnView::new(&mut s.table, &mut s.nn)
         })?;
+        capped_tensor_constructor(&mut linker)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
             engine,
@@ -183,6 +210,35 @@ fn engine_config(limits: Limits, instances: usize) -> Config {
     config
 }
 
+/// Replaces wasi-nn's `tensor` constructor with one that holds the guest's
+/// tensors to its byte cap ([`GuestTensors`](crate::nn::tensors::GuestTensors)):
+/// over it, the call traps like a refused memory grow.
+fn capped_tensor_constructor(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi_nn::wit::TensorType;
+    use wasmtime_wasi_nn::Tensor;
+    linker.allow_shadowing(true);
+    linker
+        .instance("wasi:nn/tensor@0.2.0-rc-2024-10-28")?
+        .func_wrap(
+            "[constructor]tensor",
+            |mut store: wasmtime::StoreContextMut<'_, InstanceState>,
+             (dimensions, ty, data): (Vec<u32>, TensorType, Vec<u8>)| {
+                let state = store.data_mut();
+                let bytes = data.len();
+                state.tensors.admit(&state.table, bytes)?;
+                let tensor = state.table.push(Tensor {
+                    dimensions,
+                    ty,
+                    data,
+                })?;
+                state.tensors.record(tensor.rep(), bytes);
+                Ok((tensor,))
+            },
+        )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// Advances the engine's epoch every [`EPOCH_TICK`] on its own thread, so a
 /// guest stuck in a loop is interrupted at its deadline.
 struct EpochTicker {
@@ -216,5 +272,31 @@ impl Drop for EpochTicker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::UpdateDeadline;
+
+    fn step(used: u64, allowed: u64) -> UpdateDeadline {
+        next_step(TickBudget { used, allowed })
+    }
+
+    #[tokio::test]
+    async fn short_calls_yield_long_ones_also_sleep_and_a_spent_budget_interrupts() {
+        assert!(matches!(step(1, 200), UpdateDeadline::Yield(1)));
+        assert!(matches!(
+            step(LONG_CALL_TICKS - 1, 200),
+            UpdateDeadline::Yield(1)
+        ));
+        assert!(matches!(
+            step(LONG_CALL_TICKS, 200),
+            UpdateDeadline::YieldCustom(1, _)
+        ));
+        assert!(matches!(step(199, 200), UpdateDeadline::YieldCustom(1, _)));
+        assert!(matches!(step(200, 200), UpdateDeadline::Interrupt));
+        assert!(matches!(step(1, 1), UpdateDeadline::Interrupt));
     }
 }

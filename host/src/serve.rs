@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::compiled_cache::{CacheOutcome, CompiledCache};
 use crate::deployment::{example_beside, CompiledModule, Deployment, ModuleError};
+use crate::http::admission::{self, Admission};
 use crate::http::{server, App, Target};
 use crate::instance::{CallError, InForce, Instance, Serving, Source};
 use crate::nn::registry::model_name;
@@ -42,8 +43,14 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
-    /// Open connections allowed over every listener.
+    /// Open connections allowed over the public listeners (lowered at start
+    /// to fit the open-file limit).
     pub max_connections: usize,
+    /// Open connections one client address may hold on the public listeners.
+    pub max_connections_per_client: usize,
+    /// How long an answer's write may make no progress (the client is not
+    /// reading) before its connection is closed.
+    pub write_timeout: Duration,
     /// Per-instance limits.
     pub limits: Limits,
     /// Model and module for entries that name none.
@@ -109,6 +116,20 @@ pub enum StartError {
     /// The state directory cannot be used.
     #[error(transparent)]
     State(#[from] StateError),
+    /// More instances than one process can reserve sandboxes for.
+    #[error(
+        "{file}: {count} instances; one process serves at most {max} (each reserves WebAssembly \
+         address space for its sandboxes and spares): spread the topology over hosts with \
+         \"host\" and `serve --only`"
+    )]
+    TooManyInstances {
+        /// The topology file.
+        file: PathBuf,
+        /// Its instances (after `--only`).
+        count: usize,
+        /// The most one process serves.
+        max: usize,
+    },
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0:#}")]
     Engine(wasmtime::Error),
@@ -150,6 +171,13 @@ impl Host {
         if let Some(only) = &options.only {
             topology = topology.only(only)?;
             tracing::info!(entries = ?only, "serving only these entries of the topology (--only)");
+        }
+        if topology.instances.len() > MAX_INSTANCES {
+            return Err(StartError::TooManyInstances {
+                file: topology.path.clone(),
+                count: topology.instances.len(),
+                max: MAX_INSTANCES,
+            });
         }
         let store = Arc::new(open_state(&options.state_dir)?);
         let runtime = Arc::new(
@@ -208,6 +236,7 @@ impl Host {
             options.state_interval,
         ));
         state.commit_all().await?;
+        collect_garbage(&store, &library);
         let applied = Arc::new(crate::metrics::RolloutCount::default());
         let metrics = Arc::new(crate::metrics::Metrics::new(
             instances.clone(),
@@ -236,11 +265,14 @@ impl Host {
             }
         }
         let admin_listener = bind(options.admin_listen, "admin".into()).await?;
+        warn_if_exposed(admin_listener.local_addr().ok());
+        let max_connections = connection_cap(options.max_connections, instance_listeners.len() + 2);
         let app = Arc::new(App {
             router: Router::new(instances).with_state(state.clone()),
             max_body: options.max_body,
-            connections: Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1))),
-            admin_connections: Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS)),
+            connections: Admission::new(max_connections, options.max_connections_per_client),
+            admin_connections: Admission::new(ADMIN_CONNECTIONS, ADMIN_CONNECTIONS_PER_CLIENT),
+            write_timeout: options.write_timeout,
             admin_token: admin_token(&options.state_dir)?,
             state: state.clone(),
             generation,
@@ -325,8 +357,85 @@ impl Host {
     }
 }
 
+/// Removes from `blobs/` and `compiled/` what no instance's deployment (in
+/// force or kept for rollback) uses, and what a `kill -9` left half
+/// written. Runs at start, before any rollout can upload.
+fn collect_garbage(store: &StateStore, library: &Library) {
+    let records = match store.instances() {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(error = %e, "garbage collection skipped: cannot read the instances' records");
+            return;
+        }
+    };
+    let deployments: Vec<&DeploymentRecord> = records
+        .iter()
+        .flat_map(|(_, r)| r.deployment.iter().chain(&r.previous))
+        .collect();
+    let modules = deployments
+        .iter()
+        .map(|d| d.module_digest.clone())
+        .collect();
+    let blobs: std::collections::HashSet<String> = deployments
+        .iter()
+        .flat_map(|d| [d.module_digest.clone(), d.model_digest.clone()])
+        .collect();
+    match (library.blobs.retain(&blobs), library.cache.retain(&modules)) {
+        (Ok(0), Ok(0)) => {}
+        (Ok(b), Ok(c)) => tracing::info!(
+            blobs = b,
+            compiled = c,
+            "removed unused and half-written files from the state directory"
+        ),
+        (b, c) => {
+            tracing::warn!(blobs = ?b.err(), compiled = ?c.err(), "garbage collection failed; the files stay")
+        }
+    }
+}
+
+/// The most instances one process serves. The pooling allocator reserves
+/// address space for four sandboxes per instance (serving, its replacement,
+/// spares) up front, about 8 GiB each; past about 3,000 instances the
+/// reservation fails with an `mmap` error, so the limit is a configuration
+/// error well below that.
+pub const MAX_INSTANCES: usize = 1024;
+
 /// Open connections allowed on the admin listener, apart from the public cap.
 const ADMIN_CONNECTIONS: usize = 64;
+
+/// Admin connections one address may hold: a stranger without the token
+/// cannot take the operator's places.
+const ADMIN_CONNECTIONS_PER_CLIENT: usize = 16;
+
+/// `--max-connections`, lowered if needed so that every connection the host
+/// may hold, the admin listener's included, fits under the open-file limit
+/// (raised to its hard limit first): the operator then still gets in when
+/// the public listeners are full.
+fn connection_cap(wanted: usize, listeners: usize) -> usize {
+    let open_files = admission::raise_open_files();
+    let cap = admission::fitting_cap(wanted, open_files, ADMIN_CONNECTIONS, listeners);
+    if cap < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            lowered_to = cap,
+            open_files,
+            "--max-connections lowered to fit the open-file limit (RLIMIT_NOFILE); raise the hard limit to allow more"
+        );
+    }
+    cap
+}
+
+/// The admin API is plain HTTP with a bearer token: say so when it listens
+/// beyond loopback.
+fn warn_if_exposed(admin: Option<SocketAddr>) {
+    if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            %addr,
+            "the admin listener is not on loopback: its bearer token crosses the network in clear; \
+             reach it through a tunnel or an encrypting mesh"
+        );
+    }
+}
 
 /// Opens the sled database in `<state_dir>/db`, creating it on first start.
 fn open_state(state_dir: &Path) -> Result<StateStore, StartError> {
@@ -457,7 +566,8 @@ impl Library {
             .blobs
             .path(&record.model_digest)
             .map_err(|e| e.to_string())?;
-        let model = LoadedModel::from_bytes(record.model.clone(), &path, &model_bytes)
+        let budget = self.runtime.limits().max_model_bytes;
+        let model = LoadedModel::from_bytes(record.model.clone(), &path, &model_bytes, budget)
             .map_err(|e| e.to_string())?;
         tracing::info!(version = %record.version, cache = ?module.cache, "deployed version rebuilt from the blob store");
         let deployment = Arc::new(Deployment::new(
@@ -598,8 +708,9 @@ fn load_model(
             source,
         })
     })?;
-    let model =
-        LoadedModel::from_bytes(model_name(&spec.model), &spec.model, &bytes).map_err(fail)?;
+    let budget = library.runtime.limits().max_model_bytes;
+    let model = LoadedModel::from_bytes(model_name(&spec.model), &spec.model, &bytes, budget)
+        .map_err(fail)?;
     keep_copy(library, &bytes, &spec.model);
     tracing::info!(model = %model.name, path = %spec.model.display(), features = model.graph.features(),
         outputs = ?model.graph.info().outputs.iter().map(|o| &o.name).collect::<Vec<_>>(), took = ?started.elapsed(), "model loaded");

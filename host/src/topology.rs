@@ -472,3 +472,6 @@ mod tests {
         assert!(e.contains("`d`") && e.contains("a, b, c"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod fuzz;

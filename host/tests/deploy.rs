@@ -191,8 +191,15 @@ async fn unfit_versions_are_refused_and_the_old_one_keeps_serving() {
     let before = versions(&host.topology().await);
     let load = Load::start(host.router, 4, vec![one_row()]);
     let model_arg = format!("digits={}", bad_model.display());
+    let hostile = dir.0.join("hostile.onnx");
+    std::fs::write(&hostile, hostile_model()).unwrap();
+    let hostile_arg = format!("digits={}", hostile.display());
     let faulty = faulty_guest();
-    let cases: [(Vec<&str>, &str); 4] = [
+    let cases: [(Vec<&str>, &str); 5] = [
+        (
+            vec!["--model", &hostile_arg],
+            "would take 536870912 bytes of host memory, over the model budget of 268435456 bytes (--max-model-bytes)",
+        ),
         (
             vec!["--module", not_wasm.to_str().unwrap()],
             "is not a WebAssembly component",
@@ -230,6 +237,10 @@ async fn unfit_versions_are_refused_and_the_old_one_keeps_serving() {
     assert!(answers
         .iter()
         .all(|a| a.status == StatusCode::OK && a.version == before[0]));
+    // The hostile model's 512 MiB were never allocated: the host's peak
+    // resident memory stayed far below them.
+    let peak = peak_rss_kib(host.child.id());
+    assert!(peak < 300 * 1024, "peak RSS {peak} KiB");
 
     // The same refusals straight at the route: 422 with a JSON reason.
     let auth = format!("Bearer {ADMIN_TOKEN}");
@@ -516,4 +527,49 @@ async fn a_deploy_whose_client_hangs_up_completes_as_one_unit() {
     assert_eq!(code, Some(0), "{stderr}");
     let d = deployments(&host).await;
     assert!(d["instances"]["predict1"]["canary"].is_null(), "{d}");
+}
+
+/// A 200-byte ONNX model whose `ConstantOfShape` declares 128M floats
+/// (512 MiB), the audit's hostile model.
+fn hostile_model() -> Vec<u8> {
+    use prost::Message;
+    use tract_onnx::pb::tensor_proto::DataType;
+    use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto};
+    let shape = TensorProto {
+        name: "shape".into(),
+        dims: vec![1],
+        data_type: DataType::Int64 as i32,
+        int64_data: vec![128 << 20],
+        ..Default::default()
+    };
+    let node = NodeProto {
+        op_type: "ConstantOfShape".into(),
+        input: vec!["shape".into()],
+        output: vec!["y".into()],
+        ..Default::default()
+    };
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(GraphProto {
+            node: vec![node],
+            initializer: vec![shape],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+/// The peak resident memory of process `pid`, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
 }

@@ -248,3 +248,38 @@ fn a_damaged_state_directory_is_refused_with_a_way_out() {
         "the damaged directory must be left for inspection"
     );
 }
+
+/// What a `kill -9` leaves half written in `blobs/` and `compiled/`, and
+/// blobs no deployment uses, are removed at the next start; what is in force
+/// stays and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_removes_half_written_and_unused_files() {
+    let state = TempDir::new("garbage");
+    let topology = with_fields("2-active.json", &[]);
+    let host = Host::start_in(&topology, Some(&state.0), &[]);
+    drop(host); // kill -9
+    let (blobs, compiled) = (state.0.join("blobs"), state.0.join("compiled"));
+    let in_force = |dir: &Path| std::fs::read_dir(dir).unwrap().count();
+    let (kept_blobs, kept_compiled) = (in_force(&blobs), in_force(&compiled));
+    assert!(
+        kept_blobs >= 2 && kept_compiled >= 1,
+        "{kept_blobs} blobs, {kept_compiled} compiled"
+    );
+    let junk = [
+        blobs.join(format!(".{}.4242.0.tmp", "a".repeat(64))),
+        blobs.join("b".repeat(64)),
+        compiled.join(format!("{}-0123456789abcdef.4242.tmp", "c".repeat(64))),
+        compiled.join(format!("{}-0123456789abcdef.cwasm", "d".repeat(64))),
+    ];
+    for path in &junk {
+        std::fs::write(path, b"left over").unwrap();
+    }
+    let host = Host::start_in(&topology, Some(&state.0), &[]);
+    for path in &junk {
+        assert!(!path.exists(), "{} is still there", path.display());
+    }
+    assert_eq!(in_force(&blobs), kept_blobs);
+    assert_eq!(in_force(&compiled), kept_compiled);
+    let (status, _, body) = post(host.router, "/predict", one_row()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -57,6 +57,21 @@ fn invalid_topologies_exit_2_naming_file_instance_and_field() {
     }
 }
 
+/// Past what one process can reserve sandboxes for, start-up is a
+/// configuration error, not an `mmap` failure.
+#[test]
+fn more_instances_than_a_process_serves_is_a_configuration_error() {
+    let entries: Vec<String> = (0..1025)
+        .map(|i| format!("\"p{i}\": {{\"status\": true}}"))
+        .collect();
+    let (code, stderr) = refused(&format!("{{{}}}", entries.join(", ")));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("1025 instances; one process serves at most 1024"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_file_that_is_not_a_model_or_not_a_guest_is_refused_by_name() {
     let dir = TempDir::new("startup-files");

@@ -53,6 +53,12 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Maps an I/O error on `path` to [`BlobError::Io`].
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError {
+    let path = path.to_owned();
+    move |source| BlobError::Io { path, source }
+}
+
 impl BlobStore {
     /// A store in `dir` (created on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -68,10 +74,6 @@ impl BlobStore {
             return Ok(digest);
         }
         let path = self.dir.join(&digest);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| BlobError::Io { path, source }
-        };
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         // A name of its own per writer: two uploads of the same bytes at
         // once never share a half-written file.
@@ -104,6 +106,30 @@ impl BlobStore {
             return Err(BlobError::Damaged { path, actual });
         }
         Ok(Some(bytes))
+    }
+
+    /// Removes what an interrupted write left (`.tmp` files) and every blob
+    /// whose digest is not in `keep`; other files are left alone. Returns how
+    /// many files were removed.
+    pub fn retain(&self, keep: &std::collections::HashSet<String>) -> Result<usize, BlobError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry.map_err(io(&self.dir))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let unused = self.path(name).is_ok() && !keep.contains(name);
+            if name.ends_with(".tmp") || unused {
+                std::fs::remove_file(&path).map_err(io(&path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Where `digest` lives (whether or not it exists).
@@ -141,5 +167,22 @@ mod tests {
             Err(BlobError::BadDigest(_))
         ));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retain_removes_leftovers_and_unused_blobs_only() {
+        let dir = std::env::temp_dir().join(format!("hadr-blobs-gc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = BlobStore::new(&dir);
+        let kept = store.put(b"kept").unwrap();
+        let unused = store.put(b"unused").unwrap();
+        std::fs::write(dir.join(format!(".{unused}.7.0.tmp")), b"half").unwrap();
+        std::fs::write(dir.join("README"), b"not a blob").unwrap();
+        let keep = std::collections::HashSet::from([kept.clone()]);
+        assert_eq!(store.retain(&keep).unwrap(), 2);
+        assert_eq!(store.get(&kept).unwrap().as_deref(), Some(&b"kept"[..]));
+        assert_eq!(store.get(&unused).unwrap(), None);
+        assert!(dir.join("README").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

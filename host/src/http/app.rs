@@ -18,10 +18,15 @@ pub struct App {
     pub router: Router,
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
-    /// Open connections allowed over the public listeners.
-    pub connections: Arc<tokio::sync::Semaphore>,
-    /// Open connections allowed on the admin listener.
-    pub admin_connections: Arc<tokio::sync::Semaphore>,
+    /// Open connections allowed over the public listeners, in all and per
+    /// client address.
+    pub connections: Arc<super::admission::Admission>,
+    /// Open connections allowed on the admin listener, apart from the public
+    /// ones so that a flood there cannot lock the operator out.
+    pub admin_connections: Arc<super::admission::Admission>,
+    /// How long an answer's write may make no progress before the
+    /// connection is closed (the client is not reading).
+    pub write_timeout: std::time::Duration,
     /// The bearer token admin requests must carry.
     pub admin_token: String,
     /// Where runtime facts are persisted.

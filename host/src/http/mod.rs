@@ -1,7 +1,8 @@
 //! HTTP: listeners, request handling and the error → status mapping.
 //!
 //! - [`server`]: accept loops over hyper's HTTP/1 connections, with graceful
-//!   shutdown and `TCP_NODELAY`.
+//!   shutdown and `TCP_NODELAY`; [`admission`]: the connection caps (per
+//!   listener group and per client address) and the write timeout.
 //! - [`api`]: the public routes (`/predict`, `/topology`, `/metrics`,
 //!   `/healthz`, `/readyz`); [`v2`]: the Open Inference Protocol on the
 //!   same listeners; both run requests through [`call`]; [`admin`]: the
@@ -12,6 +13,7 @@
 //!   `{"error": "<code>", "message": "<what was wrong>"}`.
 
 pub mod admin;
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod body;

@@ -1,13 +1,20 @@
 //! Accept loops: one per listener, HTTP/1.1 with keep-alive.
 //!
-//! Each connection runs on its own task. Open connections are capped
-//! (`--max-connections`, shared by the public listeners; the admin listener
-//! has its own small cap, so a flood cannot lock the operator out): at the
-//! cap a loop stops
-//! accepting until one closes, and further clients wait in the kernel's
-//! backlog, so memory stays bounded by connections × `--max-body`. On
-//! shutdown the loop stops accepting and every open connection is asked to
-//! close after its in-flight request, bounded by a grace period.
+//! Each connection runs on its own task, admitted by its listener group's
+//! [`Admission`](super::admission::Admission): the public listeners share
+//! `--max-connections` (fitted under the open-file limit at start), the admin
+//! listener has its own small cap, and each client address may hold at most
+//! `--max-connections-per-client` of a group's places. A place is taken
+//! before `accept`: at the cap, clients wait in the kernel's backlog, so
+//! memory stays bounded by connections × `--max-body`.
+//!
+//! A connection ends when its client sends no complete headers for 10 s
+//! (idle keep-alive included), or reads nothing of an answer for
+//! `--write-timeout`. hyper answers one request at a time and reads ahead at
+//! most its read buffer, so pipelining cannot queue unbounded work. A refused
+//! admin request (401) closes its connection. On shutdown the loop stops
+//! accepting and every open connection is asked to close after its in-flight
+//! request, bounded by a grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use super::admission::{Admission, WriteDeadline};
 use super::api;
 use super::app::{App, Target};
 use super::call::Scope;
@@ -41,40 +49,49 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .keep_alive(true);
+    let admission: &Arc<Admission> = match target {
+        Target::Admin => &app.admin_connections,
+        Target::Router | Target::Instance(_) => &app.connections,
+    };
+    let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
-        let stream = tokio::select! {
+        // A place first, then accept: at the cap, clients wait in the backlog.
+        let place = tokio::select! {
+            place = admission.place() => place,
+            _ = shutdown.wait() => break,
+        };
+        let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning, and
+                    // say so at most once a second.
+                    let now = tokio::time::Instant::now();
+                    if last_warning.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "accept failed");
+                        last_warning = Some(now);
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             },
             _ = shutdown.wait() => break,
         };
-        // Wait for a place before serving, and before accepting again.
-        let places = match target {
-            Target::Admin => &app.admin_connections,
-            Target::Router | Target::Instance(_) => &app.connections,
-        };
-        let permit = tokio::select! {
-            permit = places.clone().acquire_owned() => {
-                permit.expect("the connection semaphore is never closed")
-            }
-            _ = shutdown.wait() => break,
+        let Some(place) = admission.admit(place, client.ip()) else {
+            tracing::debug!(%client, "connection closed: its address holds its share of connections");
+            continue;
         };
         let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(WriteDeadline::new(stream, app.write_timeout));
         let app = app.clone();
         let target = target.clone();
         let service = service_fn(move |req| dispatch(app.clone(), target.clone(), req));
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
+            drop(place);
         });
     }
     drop(listener);
@@ -96,7 +113,16 @@ async fn dispatch(
     match target {
         Target::Admin => {
             let response = super::admin::handle(&app, req).await;
-            Ok(response.unwrap_or_else(ApiError::into_response))
+            let mut response = response.unwrap_or_else(ApiError::into_response);
+            if response.status() == hyper::StatusCode::UNAUTHORIZED {
+                // Whoever lacks the token gets one answer per connection: it
+                // cannot keep an operator's place with pipelined requests.
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(response)
         }
         Target::Router => public(app, Scope::Router, req).await,
         Target::Instance(instance) => public(app, Scope::Instance(instance), req).await,

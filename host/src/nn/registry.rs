@@ -25,6 +25,14 @@ pub enum ModelError {
         /// Why.
         source: std::io::Error,
     },
+    /// A tensor the model declares is over the model budget.
+    #[error("model {path} refused: {source}")]
+    OverBudget {
+        /// The model file.
+        path: PathBuf,
+        /// The tensor and its size.
+        source: Box<super::budget::OverBudget>,
+    },
     /// tract could not load or optimise it.
     #[error("cannot load model {path} as ONNX: {message}")]
     Load {
@@ -49,22 +57,37 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Reads, parses and optimises an ONNX file; named by its file stem.
-    pub fn from_file(path: &Path) -> Result<Self, ModelError> {
+    /// Reads, parses and optimises an ONNX file within `budget` bytes;
+    /// named by its file stem.
+    pub fn from_file(path: &Path, budget: u64) -> Result<Self, ModelError> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_bytes(model_name(path), path, &bytes)
+        Self::from_bytes(model_name(path), path, &bytes, budget)
     }
 
-    /// Parses and optimises ONNX bytes served as `name`; `path` names them
-    /// in errors.
-    pub fn from_bytes(name: String, path: &Path, bytes: &[u8]) -> Result<Self, ModelError> {
-        let graph = TractBackend::load_onnx(bytes).map_err(|e| ModelError::Load {
-            path: path.to_owned(),
-            message: format!("{e:#}"),
-        })?;
+    /// Parses and optimises ONNX bytes served as `name`, within `budget`
+    /// bytes of host memory; `path` names them in errors.
+    pub fn from_bytes(
+        name: String,
+        path: &Path,
+        bytes: &[u8],
+        budget: u64,
+    ) -> Result<Self, ModelError> {
+        let graph =
+            TractBackend::load_onnx(bytes, budget).map_err(|e| match e
+                .downcast_ref::<super::budget::OverBudget>()
+            {
+                Some(over) => ModelError::OverBudget {
+                    path: path.to_owned(),
+                    source: Box::new(over.clone()),
+                },
+                None => ModelError::Load {
+                    path: path.to_owned(),
+                    message: format!("{e:#}"),
+                },
+            })?;
         Ok(Self {
             name,
             path: path.to_owned(),

@@ -22,16 +22,43 @@ use wasmtime_wasi_nn::{ExecutionContext, Graph, Tensor};
 type Plan = Arc<TypedRunnableModel>;
 
 /// The ONNX backend: loads ONNX bytes into a [`TractGraph`].
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TractBackend;
+///
+/// As a guest's wasi-nn backend it refuses `load` of guest-supplied bytes
+/// unless the host allows it (`--allow-guest-models`): guests serve the
+/// models the operator deployed, by name.
+#[derive(Debug, Clone, Copy)]
+pub struct TractBackend {
+    /// Host memory one model may claim, in bytes.
+    pub budget: u64,
+    /// Whether a guest may `load` model bytes of its own.
+    pub guest_loads: bool,
+}
+
+/// The default `--max-model-bytes`: 256 MiB.
+pub const DEFAULT_MODEL_BUDGET: u64 = 256 << 20;
+
+impl Default for TractBackend {
+    fn default() -> Self {
+        Self {
+            budget: DEFAULT_MODEL_BUDGET,
+            guest_loads: false,
+        }
+    }
+}
 
 impl TractBackend {
     /// Parses and optimises an ONNX model (`[batch, features]` f32 input),
     /// with hadr's own tree-ensemble operators in place of tract's.
-    pub fn load_onnx(bytes: &[u8]) -> Result<TractGraph, TractError> {
-        let mut model = hadr_trees::onnx()
-            .with_ignore_value_info(true)
-            .model_for_read(&mut std::io::Cursor::new(bytes))?;
+    ///
+    /// Every size the file fixes is checked against `budget` bytes first
+    /// ([`budget`](super::budget)), and every tensor tract types before it
+    /// folds constants: a model over the budget fails with
+    /// [`OverBudget`](super::budget::OverBudget) having allocated nothing of it.
+    pub fn load_onnx(bytes: &[u8], budget: u64) -> Result<TractGraph, TractError> {
+        let onnx = hadr_trees::onnx().with_ignore_value_info(true);
+        let proto = onnx.proto_model_for_read(&mut std::io::Cursor::new(bytes))?;
+        super::budget::check_model(&proto, budget)?;
+        let mut model = onnx.model_for_proto_model(&proto)?;
         if model.input_outlets()?.len() != 1 {
             bail!(
                 "the model has {} inputs; hadr serves models with one [batch, features] input",
@@ -43,7 +70,9 @@ impl TractBackend {
         let batch = model.symbols.sym("batch");
         model.set_input_fact(0, f32::fact(&[batch.to_dim(), features.to_dim()]).into())?;
         let metadata = metadata(&model);
-        let typed = model.into_optimized()?;
+        let typed = model.into_typed()?;
+        check_typed(&typed, budget)?;
+        let typed = typed.into_optimized()?;
         let outputs = output_infos(&typed)?;
         let inputs = vec![TensorInfo {
             name: input_name,
@@ -61,6 +90,27 @@ impl TractBackend {
             }),
         })
     }
+}
+
+/// Sizes every tensor tract typed (a symbolic batch as 1) against `budget`.
+fn check_typed(typed: &TypedModel, budget: u64) -> TractResult<()> {
+    for node in typed.nodes() {
+        for output in &node.outputs {
+            let fact = &output.fact;
+            let volume = fact
+                .shape
+                .iter()
+                .map(|d| d.to_i64().map_or(1, |v| v.max(1) as u64))
+                .fold(1u64, u64::saturating_mul);
+            super::budget::check_fact(
+                &node.name,
+                volume,
+                fact.datum_type.size_of() as u64,
+                budget,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The feature count the ONNX file declares for its single input.
@@ -183,7 +233,14 @@ impl BackendInner for TractBackend {
                 "tract runs on the CPU only, not {target:?}"
             )));
         }
-        let graph = Self::load_onnx(builders[0]).map_err(from_tract)?;
+        if !self.guest_loads {
+            return Err(backend_error(
+                "this host serves the models its operator deployed: load them with load-by-name \
+                 (guest-supplied model bytes need `hadr-host serve --allow-guest-models`)"
+                    .to_string(),
+            ));
+        }
+        let graph = Self::load_onnx(builders[0], self.budget).map_err(from_tract)?;
         Ok(Graph::from(Box::new(graph) as Box<dyn BackendGraph>))
     }
 
@@ -458,6 +515,16 @@ mod tests {
         }
     }
 
+    /// The int64 constant `[7]`.
+    fn seven() -> TensorProto {
+        TensorProto {
+            dims: vec![1],
+            data_type: DataType::Int64 as i32,
+            int64_data: vec![7],
+            ..Default::default()
+        }
+    }
+
     /// A model taking `[N, 2]` floats whose one output is the constant
     /// `value`, named `out`, with `metadata_props`.
     fn model(value: TensorProto, elem: DataType, metadata: &[(&str, &str)]) -> Vec<u8> {
@@ -510,8 +577,9 @@ mod tests {
             string_data: vec![b"placed".to_vec()],
             ..Default::default()
         };
-        let error = TractBackend::load_onnx(&model(strings, DataType::String, &[]))
-            .expect_err("a string output cannot cross wasi-nn");
+        let error =
+            TractBackend::load_onnx(&model(strings, DataType::String, &[]), DEFAULT_MODEL_BUDGET)
+                .expect_err("a string output cannot cross wasi-nn");
         let message = format!("{error:#}");
         assert!(
             message.contains("output `out`") && message.contains("wasi-nn cannot carry"),
@@ -521,14 +589,8 @@ mod tests {
 
     #[test]
     fn the_guest_is_told_the_models_tensors_and_metadata() {
-        let ints = TensorProto {
-            dims: vec![1],
-            data_type: DataType::Int64 as i32,
-            int64_data: vec![7],
-            ..Default::default()
-        };
-        let bytes = model(ints, DataType::Int64, &[("b", "2"), ("a", "{\"x\": 1}")]);
-        let graph = TractBackend::load_onnx(&bytes).unwrap();
+        let bytes = model(seven(), DataType::Int64, &[("b", "2"), ("a", "{\"x\": 1}")]);
+        let graph = TractBackend::load_onnx(&bytes, DEFAULT_MODEL_BUDGET).unwrap();
         let info = graph.info();
         assert_eq!(
             info.inputs,
@@ -546,5 +608,31 @@ mod tests {
         );
         let outputs = graph.run(3, &[0.0; 6]).unwrap();
         assert_eq!(outputs[0].1.data, 7i64.to_le_bytes());
+    }
+
+    #[test]
+    fn a_guest_cannot_load_model_bytes_of_its_own_unless_allowed() {
+        let bytes = model(seven(), DataType::Int64, &[]);
+        let mut refusing = TractBackend::default();
+        let error = refusing
+            .load(&[&bytes], ExecutionTarget::Cpu)
+            .err()
+            .expect("guest-supplied bytes are refused by default");
+        assert!(
+            format!("{error:?}").contains("--allow-guest-models"),
+            "{error:?}"
+        );
+        let mut allowing = TractBackend {
+            guest_loads: true,
+            ..TractBackend::default()
+        };
+        assert!(allowing.load(&[&bytes], ExecutionTarget::Cpu).is_ok());
+        // Allowed, a guest's model is still held to the budget.
+        let mut tight = TractBackend {
+            guest_loads: true,
+            budget: 4,
+        };
+        let error = tight.load(&[&bytes], ExecutionTarget::Cpu).err().unwrap();
+        assert!(format!("{error:?}").contains("model budget"), "{error:?}");
     }
 }

@@ -103,10 +103,31 @@ impl Host {
         log: Option<&Path>,
         extra: &[&str],
     ) -> Host {
+        Self::launch(&[], topology, state, log, extra)
+    }
+
+    /// Like [`Host::start_with`], run through `wrapper` (a command and its
+    /// arguments that end by executing the rest, e.g. `prlimit ... --`).
+    pub fn launch(
+        wrapper: &[&str],
+        topology: &str,
+        state: Option<&Path>,
+        log: Option<&Path>,
+        extra: &[&str],
+    ) -> Host {
         let dir = TempDir::new("host");
         let path = dir.write("topology.json", topology);
         let state = state.map_or_else(|| dir.0.join("state"), Path::to_path_buf);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+        let bin = env!("CARGO_BIN_EXE_hadr-host");
+        let mut command = match wrapper {
+            [] => Command::new(bin),
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+        };
+        let mut child = command
             .arg("serve")
             .arg(&path)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])

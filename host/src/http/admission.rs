@@ -1,0 +1,290 @@
+//! Who may hold a connection, and for how long a stalled write may hold it.
+//!
+//! A listener group (the public listeners together, or the admin listener
+//! alone) has an [`Admission`]: a cap on open connections, taken *before*
+//! `accept` so that at the cap new clients wait in the kernel's backlog, and a
+//! cap per client address, checked after `accept` so that one address (a
+//! slow reader, a half-open reconnect loop) cannot take every place. A
+//! connection over its address's cap is closed at once.
+//!
+//! [`WriteDeadline`] closes a connection whose peer stops reading: hyper has
+//! no write timeout, and a client that pipelines requests without reading
+//! the answers would otherwise hold its place forever.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+
+/// The connection caps of one listener group.
+#[derive(Debug)]
+pub struct Admission {
+    /// Places for open connections over the group.
+    places: Arc<Semaphore>,
+    /// Connections one client address may hold at once.
+    per_client: usize,
+    /// Open connections by client address (absent: none).
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A held place: an open connection, returned when dropped.
+#[derive(Debug)]
+pub struct Place {
+    _permit: OwnedSemaphorePermit,
+    /// The client's count to decrement, once the connection is admitted.
+    client: Option<(Arc<Admission>, IpAddr)>,
+}
+
+impl Admission {
+    /// At most `total` open connections, `per_client` of them from one
+    /// address.
+    pub fn new(total: usize, per_client: usize) -> Arc<Self> {
+        Arc::new(Self {
+            places: Arc::new(Semaphore::new(total.max(1))),
+            per_client: per_client.max(1),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Waits for a place in the group; take it before `accept`.
+    pub async fn place(&self) -> Place {
+        let permit = self
+            .places
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the connection semaphore is never closed");
+        Place {
+            _permit: permit,
+            client: None,
+        }
+    }
+
+    /// Gives `place` to a connection from `client`, unless that address
+    /// already holds its cap (then the connection is to be closed).
+    pub fn admit(self: &Arc<Self>, mut place: Place, client: IpAddr) -> Option<Place> {
+        let mut open = self.open.lock().expect("admission lock poisoned");
+        let count = open.entry(client).or_insert(0);
+        if *count >= self.per_client {
+            return None;
+        }
+        *count += 1;
+        place.client = Some((self.clone(), client));
+        Some(place)
+    }
+
+    /// Connections `client` holds now.
+    pub fn held_by(&self, client: IpAddr) -> usize {
+        let open = self.open.lock().expect("admission lock poisoned");
+        open.get(&client).copied().unwrap_or(0)
+    }
+
+    fn release(&self, client: IpAddr) {
+        let mut open = self.open.lock().expect("admission lock poisoned");
+        if let Some(count) = open.get_mut(&client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&client);
+            }
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some((admission, client)) = self.client.take() {
+            admission.release(client);
+        }
+    }
+}
+
+/// A stream whose writes fail with `TimedOut` once one has made no progress
+/// for `limit`: the peer is not reading.
+pub struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Armed while a write is pending; cleared by any progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// Maps a write's outcome: progress disarms the timer, a pending write
+    /// arms it, and an expired timer turns pending into `TimedOut`.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer read nothing for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Raises the soft limit on open files to the hard one and returns the soft
+/// limit in force: every connection is a descriptor, so the connection caps
+/// must fit under it.
+pub fn raise_open_files() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit to the hard limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Descriptors kept back from connections: listeners, the state database,
+/// compiled guests, the log, with room to spare.
+pub const RESERVED_FILES: usize = 128;
+
+/// The public connection cap that fits beside the admin listener's cap, the
+/// listeners and [`RESERVED_FILES`] under `open_files`.
+pub fn fitting_cap(wanted: usize, open_files: u64, admin: usize, listeners: usize) -> usize {
+    let open_files = usize::try_from(open_files).unwrap_or(usize::MAX);
+    let room = open_files.saturating_sub(RESERVED_FILES + admin + listeners);
+    wanted.min(room).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_more_than_its_share() {
+        let admission = Admission::new(10, 2);
+        let a1 = admission.admit(admission.place().await, ip(2)).unwrap();
+        let _a2 = admission.admit(admission.place().await, ip(2)).unwrap();
+        assert!(admission.admit(admission.place().await, ip(2)).is_none());
+        assert!(admission.admit(admission.place().await, ip(3)).is_some());
+        drop(a1);
+        assert_eq!(admission.held_by(ip(2)), 1);
+        assert!(admission.admit(admission.place().await, ip(2)).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_returns_its_place() {
+        let admission = Admission::new(1, 1);
+        let held = admission.admit(admission.place().await, ip(2)).unwrap();
+        drop(held);
+        let again = tokio::time::timeout(Duration::from_secs(1), admission.place()).await;
+        assert!(again.is_ok(), "the place came back");
+    }
+
+    #[test]
+    fn the_cap_fits_under_the_open_file_limit() {
+        assert_eq!(
+            fitting_cap(1024, 1024, 64, 4),
+            1024 - RESERVED_FILES - 64 - 4
+        );
+        assert_eq!(fitting_cap(100, 1_000_000, 64, 4), 100);
+        assert_eq!(fitting_cap(100, 10, 64, 4), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_never_progresses_times_out() {
+        let (client, _server_side_unread) = tokio::io::duplex(16);
+        let mut stream = WriteDeadline::new(client, Duration::from_millis(200));
+        use tokio::io::AsyncWriteExt;
+        let err = stream.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_slow_but_reading_peer_is_not_cut() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = tokio::io::duplex(16);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let mut total = 0;
+            while total < 64 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                total += server.read(&mut buf).await.unwrap();
+            }
+            total
+        });
+        // Each write waits about 50 ms for the reader, well inside 2 s.
+        let mut stream = WriteDeadline::new(client, Duration::from_secs(2));
+        stream.write_all(&[0u8; 64]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), 64);
+    }
+}
