@@ -133,6 +133,7 @@ async fn throughput(
         port: None,
         host: None,
         max_load: 10,
+        concurrency: None,
         model: PathBuf::new(),
         module: PathBuf::new(),
     };

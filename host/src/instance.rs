@@ -1,14 +1,16 @@
-//! The instance lifetime: one topology entry, one sandbox.
+//! The instance lifetime: one topology entry, up to `concurrency` sandboxes.
 //!
 //! An [`Instance`] is what the router sees: a name, a role (active, standby,
-//! promoted), a live load counter and a threshold. Inside it sits at most one
-//! [`Live`] sandbox: a wasmtime `Store` with the bound predictor. A store runs
-//! one call at a time, so requests for an instance wait their turn on its
-//! slot; the load counter counts them from the moment the router picks the
-//! instance, exactly like the article's per-server `load`.
+//! promoted), a live load counter and a threshold. Inside it sit its
+//! [`Sandboxes`]: [`Live`] wasmtime stores with the bound predictor, each
+//! running one call at a time, up to `concurrency` at once, taken from the
+//! warm pool on demand and dropped after idling. Requests beyond that wait
+//! their turn; the load counter counts them from the moment the router picks
+//! the instance, exactly like the article's per-server `load`.
 //!
-//! After a trap the whole store is poisoned, so it is dropped and replaced
-//! at once from the deployment's warm pool.
+//! After a trap the faulted store is poisoned, so it alone is dropped and
+//! replaced at once from the deployment's warm pool; calls running in the
+//! instance's other sandboxes go on.
 //!
 //! What an instance serves is one immutable [`Serving`] value behind an
 //! `ArcSwap`: the deployment in force, the one before it (for rollback) and
@@ -30,7 +32,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hadr_state::{FaultRecord, InstanceRecord};
 use tokio::runtime::Handle;
-use tokio::sync::Mutex;
 
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
@@ -39,6 +40,7 @@ use crate::oip;
 use crate::policy::Role;
 use crate::runtime::HostRuntime;
 pub use crate::sandbox::{CallError, Live};
+use crate::sandboxes::{Elasticity, Sandboxes};
 use crate::serving::now_rfc3339;
 pub use crate::serving::{InForce, Serving, Source};
 use crate::topology::InstanceSpec;
@@ -135,9 +137,10 @@ pub struct Instance {
     /// Recent average call time in microseconds (exponentially weighted).
     cost_us: AtomicU64,
     bound_port: AtomicU16,
-    slot: Arc<Mutex<Option<Live>>>,
-    /// The canary's sandbox, while a canary runs.
-    canary_slot: Arc<Mutex<Option<Live>>>,
+    /// The sandboxes of the version in force.
+    sandboxes: Sandboxes,
+    /// The canary's sandboxes, while a canary runs.
+    canary_sandboxes: Sandboxes,
 }
 
 impl std::fmt::Debug for Instance {
@@ -217,6 +220,8 @@ pub struct InstanceReport {
     pub promotions: u64,
     /// Its last fault could not be repaired: the next call rebuilds its sandbox.
     pub broken: bool,
+    /// Its sandboxes: how many may run at once, and how many do now.
+    pub sandboxes: SandboxReport,
     /// A chaos fault armed and not fired yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub armed_fault: Option<&'static str>,
@@ -225,6 +230,17 @@ pub struct InstanceReport {
     /// The most recent fault, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_fault: Option<LastFault>,
+}
+
+/// An instance's sandboxes as `/topology` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SandboxReport {
+    /// Most calls running at once.
+    pub concurrency: usize,
+    /// Sandboxes in a call now (the canary's included).
+    pub busy: usize,
+    /// Sandboxes ready and waiting for a call (the canary's included).
+    pub idle: usize,
 }
 
 /// A canary as `/topology` shows it.
@@ -254,6 +270,12 @@ impl Instance {
         } else {
             Role::Standby
         };
+        let limits = runtime.limits();
+        let elasticity = Elasticity {
+            concurrency: spec.concurrency.unwrap_or(limits.concurrency).max(1),
+            keep_idle: limits.keep_idle,
+            idle_after: limits.idle_after,
+        };
         Self {
             spec,
             runtime,
@@ -275,8 +297,8 @@ impl Instance {
             last_fault: std::sync::Mutex::new(None),
             cost_us: AtomicU64::new(0),
             bound_port: AtomicU16::new(0),
-            slot: Arc::new(Mutex::new(None)),
-            canary_slot: Arc::new(Mutex::new(None)),
+            sandboxes: Sandboxes::new(elasticity),
+            canary_sandboxes: Sandboxes::new(elasticity),
         }
     }
 
@@ -317,26 +339,41 @@ impl Instance {
         self.serving.store(Arc::new(serving));
     }
 
-    /// Builds the sandboxes for what it serves now, so the first requests
-    /// after a swap find them ready. Waits for a call in progress.
+    /// Builds a sandbox for what it serves now, so the first requests after
+    /// a swap find one ready. Waits for a place if every one is busy.
     pub async fn refresh(&self) -> Result<(), CallError> {
         let serving = self.serving();
-        let main = {
-            let mut slot = self.slot.lock().await;
-            let deployment = &serving.current.deployment;
-            live(&mut slot, deployment, &self.runtime, self.name())
-                .await
-                .map(drop)
-        };
-        // The canary slot follows the canary whatever became of the main one.
-        let mut canary = self.canary_slot.lock().await;
+        let main = self
+            .ready(&self.sandboxes, &serving.current.deployment)
+            .await;
+        // The canary's sandboxes follow the canary whatever became of the
+        // main ones.
         match &serving.canary {
-            Some(c) => {
-                live(&mut canary, &c.deployment, &self.runtime, self.name()).await?;
-            }
-            None => *canary = None,
+            Some(c) => self.ready(&self.canary_sandboxes, &c.deployment).await?,
+            None => self.canary_sandboxes.clear(),
         }
         main
+    }
+
+    /// One sandbox of `deployment` in `set`, built if none is idle.
+    async fn ready(&self, set: &Sandboxes, deployment: &Arc<Deployment>) -> Result<(), CallError> {
+        let mut taken = set.take(&deployment.version).await;
+        let built = live(&mut taken.live, deployment, &self.runtime, self.name())
+            .await
+            .map(drop);
+        set.put_back(taken);
+        built
+    }
+
+    /// How long a sandbox beyond the one it keeps may idle.
+    pub fn idle_after(&self) -> Duration {
+        self.runtime.limits().idle_after
+    }
+
+    /// Drops the sandboxes that idled past their time (see
+    /// [`Sandboxes::trim`]); returns how many.
+    pub fn trim_idle(&self, now: Instant) -> usize {
+        self.sandboxes.trim(now) + self.canary_sandboxes.trim(now)
     }
 
     /// Its current role.
@@ -447,20 +484,25 @@ impl Instance {
         self.refresh().await
     }
 
-    /// Arms a fault in the guest: its next call fails inside the sandbox
-    /// (chaos drills). Builds the sandbox first if there is none.
+    /// Arms a fault in one of its sandboxes (chaos drills): the next call
+    /// takes that sandbox and fails inside it. Builds a sandbox first if
+    /// none is idle; one fault at a time per instance.
     pub async fn arm(&self, fault: Fault) -> Result<(), CallError> {
+        if let Some(armed) = *lock(&self.armed) {
+            return Err(CallError::AlreadyArmed(armed));
+        }
         let deployment = self.deployment();
-        let mut slot = self.slot.lock().await;
-        let outcome = live(&mut slot, &deployment, &self.runtime, self.name())
-            .await?
-            .arm(fault)
-            .await;
+        let mut taken = self.sandboxes.take(&deployment.version).await;
+        let outcome = match live(&mut taken.live, &deployment, &self.runtime, self.name()).await {
+            Ok(live) => live.arm(fault).await,
+            Err(e) => Err(e),
+        };
         match &outcome {
             Ok(()) => *lock(&self.armed) = Some(crate::sandbox::fault_name(fault)),
-            Err(e) if e.is_instance_fault() => *slot = None,
+            Err(e) if e.is_instance_fault() => taken.live = None,
             Err(_) => {}
         }
+        self.sandboxes.put_back(taken);
         outcome
     }
 
@@ -493,20 +535,24 @@ impl Instance {
             (serving.current.deployment.clone(), chosen)
         };
         let Some(canary) = chosen else {
-            return self.run(&self.slot, deployment, body).await;
+            return self.run(&self.sandboxes, deployment, body).await;
         };
         let outcome = self
-            .run(&self.canary_slot, canary.deployment.clone(), body.clone())
+            .run(
+                &self.canary_sandboxes,
+                canary.deployment.clone(),
+                body.clone(),
+            )
             .await;
         if self.serving.load().canary.is_none() {
-            // The canary ended while this call ran: free its sandbox.
-            *self.canary_slot.lock().await = None;
+            // The canary ended while this call ran: free its sandboxes.
+            self.canary_sandboxes.clear();
         }
         match &outcome {
             Ok(_) => canary.record(false),
             Err(e) if e.is_instance_fault() => canary.record(true),
             Err(refused) => {
-                let stable = self.run(&self.slot, self.deployment(), body).await;
+                let stable = self.run(&self.sandboxes, self.deployment(), body).await;
                 let both_bad_input =
                     refused.is_bad_input() && matches!(&stable, Err(e) if e.is_bad_input());
                 canary.record(!both_bad_input);
@@ -516,17 +562,17 @@ impl Instance {
         outcome
     }
 
-    /// One call on `slot`'s sandbox of `deployment`, waiting for its turn.
+    /// One call in a sandbox of `deployment` from `set`, waiting for a place.
     async fn run(
         &self,
-        slot: &Arc<Mutex<Option<Live>>>,
+        set: &Sandboxes,
         deployment: Arc<Deployment>,
         input: Input,
     ) -> Result<Answer, CallError> {
         // Input that does not fit this version's model is the client's
         // error: refused before the sandbox, and counted nowhere.
         let body = input.for_deployment(&deployment)?;
-        let mut slot = slot.clone().lock_owned().await;
+        let mut taken = set.take(&deployment.version).await;
         let started = Instant::now();
         let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
         let outcome = if self.cost_us.load(Ordering::Relaxed) >= offload_above {
@@ -534,16 +580,33 @@ impl Instance {
             let name = self.spec.name.clone();
             let handle = Handle::current();
             let deployment = deployment.clone();
-            tokio::task::spawn_blocking(move || {
-                handle.block_on(call(&mut slot, &deployment, &runtime, &name, &body))
+            let offloaded = tokio::task::spawn_blocking(move || {
+                let outcome =
+                    handle.block_on(call(&mut taken.live, &deployment, &runtime, &name, &body));
+                (taken, outcome)
             })
-            .await
-            .unwrap_or_else(|e| {
-                let e = CallError::Trap(format!("the call's thread failed: {e}"));
-                (Err(e), false, false)
-            })
+            .await;
+            match offloaded {
+                Ok((back, outcome)) => {
+                    set.put_back(back);
+                    outcome
+                }
+                Err(e) => {
+                    let e = CallError::Trap(format!("the call's thread failed: {e}"));
+                    (Err(e), false, false)
+                }
+            }
         } else {
-            call(&mut slot, &deployment, &self.runtime, self.name(), &body).await
+            let outcome = call(
+                &mut taken.live,
+                &deployment,
+                &self.runtime,
+                self.name(),
+                &body,
+            )
+            .await;
+            set.put_back(taken);
+            outcome
         };
         let (outcome, replaced, fired) = outcome;
         if replaced {
@@ -633,6 +696,11 @@ impl Instance {
             respawns: self.respawns.load(Ordering::Relaxed),
             promotions: self.promotions.load(Ordering::Relaxed),
             broken: self.broken.load(Ordering::Relaxed),
+            sandboxes: SandboxReport {
+                concurrency: self.sandboxes.concurrency(),
+                busy: self.sandboxes.busy() + self.canary_sandboxes.busy(),
+                idle: self.sandboxes.idle() + self.canary_sandboxes.idle(),
+            },
             armed_fault: *lock(&self.armed),
             faults_fired: self.faults_fired.load(Ordering::Relaxed),
             last_fault: lock(&self.last_fault).clone(),
@@ -646,12 +714,13 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The sandbox in `slot`, built first if there is none or if it was built
-/// from another version. (The warm pool is kept for faults.)
+/// The sandbox in `slot`, taken first if there is none (or it was built
+/// from another version): a warm spare from the deployment's pool when it
+/// has one (refilled in the background), else one built now.
 async fn live<'a>(
     slot: &'a mut Option<Live>,
-    deployment: &Deployment,
-    runtime: &HostRuntime,
+    deployment: &Arc<Deployment>,
+    runtime: &Arc<HostRuntime>,
     name: &str,
 ) -> Result<&'a mut Live, CallError> {
     if slot
@@ -662,7 +731,16 @@ async fn live<'a>(
     }
     match slot {
         Some(live) => Ok(live),
-        None => Ok(slot.insert(deployment.instantiate(runtime, name).await?)),
+        None => {
+            let built = match deployment.take_spare(name) {
+                Some(spare) => {
+                    deployment.refill_in_background(runtime);
+                    spare
+                }
+                None => deployment.instantiate(runtime, name).await?,
+            };
+            Ok(slot.insert(built))
+        }
     }
 }
 

@@ -104,6 +104,7 @@ pub mod rollout;
 pub mod router;
 pub mod runtime;
 pub mod sandbox;
+pub mod sandboxes;
 pub mod serve;
 pub mod serving;
 pub mod shutdown;

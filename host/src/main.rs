@@ -360,6 +360,22 @@ struct ServeArgs {
     /// deploy) with the tensor named.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     max_model_bytes: usize,
+    /// Most calls one instance runs at once, each in its own sandbox (own
+    /// store, memory and deadline), where its topology entry does not set
+    /// "concurrency". Default: the machine's cores, so one instance alone
+    /// can use all of them. `max_load` still counts requests in flight or
+    /// waiting, as in the article.
+    #[arg(long, default_value_t = hadr_host::runtime::default_concurrency())]
+    concurrency: usize,
+    /// Sandboxes beyond the one an instance keeps are dropped after idling
+    /// this long (they come back from the warm pool on demand).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    sandbox_idle: Duration,
+    /// An instance that idles past --sandbox-idle keeps no sandbox at all;
+    /// its next request pays one instantiation (from the warm pool, about
+    /// 0.1 ms; see `cargo bench --bench recovery`).
+    #[arg(long)]
+    scale_to_zero: bool,
     /// Let guests give wasi-nn model bytes of their own (`load`). Off by
     /// default: guests serve the models deployed by the operator, by name,
     /// and a guest's own model would reach the ONNX parser unchecked by a
@@ -552,6 +568,9 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             offload_above: args.offload_above,
             max_model_bytes: args.max_model_bytes as u64,
             guest_models: args.allow_guest_models,
+            concurrency: args.concurrency.max(1),
+            keep_idle: usize::from(!args.scale_to_zero),
+            idle_after: args.sandbox_idle,
         },
         defaults: defaults.clone(),
         grace: args.grace,

@@ -6,7 +6,8 @@
 //!   one histogram observation per `/predict` answer;
 //! - read at scrape time from what the instances already count (so
 //!   `/metrics` and `/topology` can never disagree): load, threshold, role,
-//!   served, failed, traps, respawns, promotions, version in force, and the
+//!   busy and idle sandboxes, served, failed, traps, respawns, promotions,
+//!   version in force, and the
 //!   warm pool of each deployment in force; plus the rollouts applied.
 
 use std::collections::HashMap;
@@ -152,7 +153,7 @@ impl Collector for InstanceCollector {
         let label = |name: &String| InstanceLabels {
             instance: name.clone(),
         };
-        let gauges: [Series<i64>; 3] = [
+        let gauges: [Series<i64>; 6] = [
             (
                 "hadr_instance_load",
                 "Requests in flight or waiting for the instance (the article's load)",
@@ -167,6 +168,21 @@ impl Collector for InstanceCollector {
                 "hadr_instance_broken",
                 "1 while the instance has no working sandbox",
                 |r| i64::from(r.broken),
+            ),
+            (
+                "hadr_instance_sandboxes_busy",
+                "The instance's sandboxes in a call now",
+                |r| r.sandboxes.busy as i64,
+            ),
+            (
+                "hadr_instance_sandboxes_idle",
+                "The instance's sandboxes ready and waiting for a call",
+                |r| r.sandboxes.idle as i64,
+            ),
+            (
+                "hadr_instance_concurrency",
+                "Most calls the instance runs at once",
+                |r| r.sandboxes.concurrency as i64,
             ),
         ];
         for (name, help, value) in gauges {

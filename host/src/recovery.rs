@@ -149,6 +149,7 @@ mod tests {
             port: None,
             host: None,
             max_load: 10,
+            concurrency: None,
             model: PathBuf::from("m.onnx"),
             module: PathBuf::from("g.wasm"),
         }

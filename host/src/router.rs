@@ -179,6 +179,36 @@ impl Router {
         }
     }
 
+    /// Drops the sandboxes that idled past `--sandbox-idle` in every
+    /// instance, until `shutdown` (sampled at a quarter of that period, 20 ms
+    /// to 1 s).
+    pub async fn trim_idle_sandboxes(&self, shutdown: Shutdown) {
+        let Some(first) = self.instances.first() else {
+            return;
+        };
+        let every = (first.idle_after() / 4).clamp(
+            std::time::Duration::from_millis(20),
+            std::time::Duration::from_secs(1),
+        );
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait() => return,
+            }
+            let now = std::time::Instant::now();
+            for instance in self.instances.iter() {
+                let dropped = instance.trim_idle(now);
+                if dropped > 0 {
+                    tracing::debug!(
+                        instance = instance.name(),
+                        dropped,
+                        "idle sandboxes released"
+                    );
+                }
+            }
+        }
+    }
+
     fn promotions(&self) -> u64 {
         self.instances.iter().map(|i| i.promotions()).sum()
     }

@@ -32,6 +32,13 @@ pub struct Limits {
     pub max_model_bytes: u64,
     /// Whether a guest may give wasi-nn model bytes of its own.
     pub guest_models: bool,
+    /// Most calls one instance runs at once, each in its own sandbox, where
+    /// its topology entry does not say.
+    pub concurrency: usize,
+    /// Sandboxes an idle instance keeps: 1, or 0 to scale to zero.
+    pub keep_idle: usize,
+    /// How long a sandbox beyond `keep_idle` may idle before it is dropped.
+    pub idle_after: Duration,
 }
 
 impl Default for Limits {
@@ -42,8 +49,17 @@ impl Default for Limits {
             offload_above: Duration::from_millis(1),
             max_model_bytes: crate::nn::DEFAULT_MODEL_BUDGET,
             guest_models: false,
+            concurrency: default_concurrency(),
+            keep_idle: 1,
+            idle_after: Duration::from_secs(30),
         }
     }
+}
+
+/// The default concurrency per instance: the machine's cores, so that one
+/// instance alone can use all of them.
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl Limits {
@@ -93,7 +109,7 @@ pub(crate) fn start_call(store: &mut wasmtime::Store<InstanceState>, ticks: u64)
 
 /// Running ticks after which a call is a long one: predictions take
 /// microseconds to a few milliseconds, a hung guest takes its whole budget.
-pub const LONG_CALL_TICKS: u64 = 20;
+pub const LONG_CALL_TICKS: u64 = 4;
 
 /// Every store's epoch callback: each tick a guest is seen running spends
 /// one tick of its call's budget and yields its thread back to the async
@@ -149,10 +165,11 @@ pub struct HostRuntime {
 }
 
 impl HostRuntime {
-    /// Builds the engine for about `instances` live instances at once (the
-    /// pooling allocator reserves slots for them up front).
-    pub fn new(limits: Limits, instances: usize) -> wasmtime::Result<Self> {
-        let engine = Engine::new(&engine_config(limits, instances))?;
+    /// Builds the engine for about `sandboxes` live sandboxes at once (the
+    /// pooling allocator reserves slots for them up front; see
+    /// [`sandboxes_for`]).
+    pub fn new(limits: Limits, sandboxes: usize) -> wasmtime::Result<Self> {
+        let engine = Engine::new(&engine_config(limits, sandboxes))?;
         let mut linker = Linker::new(&engine);
         // Async WASI: a guest's blocking write (a panic message on stderr) must
         // not block_on inside the request's task, which the sync bindings do.
@@ -186,9 +203,16 @@ impl HostRuntime {
     }
 }
 
-fn engine_config(limits: Limits, instances: usize) -> Config {
-    // Room for every instance, its replacement being built, and spares.
-    let components = u32::try_from(instances.max(1) * 4 + 64).unwrap_or(u32::MAX);
+/// Sandboxes to reserve for instances of these concurrencies: each may run
+/// its concurrency in the version in force and as many in a canary, plus a
+/// replacement being built and a warm spare.
+pub fn sandboxes_for(concurrencies: impl IntoIterator<Item = usize>) -> usize {
+    concurrencies.into_iter().map(|c| 2 * c.max(1) + 2).sum()
+}
+
+fn engine_config(limits: Limits, sandboxes: usize) -> Config {
+    // Room for every sandbox, and a margin for smoke tests and rollouts.
+    let components = u32::try_from(sandboxes.max(4) + 64).unwrap_or(u32::MAX);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(components)
         .total_core_instances(components.saturating_mul(8))

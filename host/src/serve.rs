@@ -116,19 +116,20 @@ pub enum StartError {
     /// The state directory cannot be used.
     #[error(transparent)]
     State(#[from] StateError),
-    /// More instances than one process can reserve sandboxes for.
+    /// More instances, or sandboxes, than one process can reserve.
     #[error(
-        "{file}: {count} instances; one process serves at most {max} (each reserves WebAssembly \
-         address space for its sandboxes and spares): spread the topology over hosts with \
-         \"host\" and `serve --only`"
+        "{file}: {count} instances with {sandboxes} sandboxes (concurrency × 2 + 2 each); one \
+         process serves at most {MAX_INSTANCES} instances and {MAX_SANDBOXES} sandboxes (each \
+         reserves WebAssembly address space up front): lower `concurrency`, or spread the \
+         topology over hosts with \"host\" and `serve --only`"
     )]
     TooManyInstances {
         /// The topology file.
         file: PathBuf,
         /// Its instances (after `--only`).
         count: usize,
-        /// The most one process serves.
-        max: usize,
+        /// The sandboxes they reserve.
+        sandboxes: usize,
     },
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0:#}")]
@@ -172,18 +173,22 @@ impl Host {
             topology = topology.only(only)?;
             tracing::info!(entries = ?only, "serving only these entries of the topology (--only)");
         }
-        if topology.instances.len() > MAX_INSTANCES {
+        let sandboxes = crate::runtime::sandboxes_for(
+            topology
+                .instances
+                .iter()
+                .map(|i| i.concurrency.unwrap_or(options.limits.concurrency)),
+        );
+        if topology.instances.len() > MAX_INSTANCES || sandboxes > MAX_SANDBOXES {
             return Err(StartError::TooManyInstances {
                 file: topology.path.clone(),
                 count: topology.instances.len(),
-                max: MAX_INSTANCES,
+                sandboxes,
             });
         }
         let store = Arc::new(open_state(&options.state_dir)?);
-        let runtime = Arc::new(
-            HostRuntime::new(options.limits, topology.instances.len())
-                .map_err(StartError::Engine)?,
-        );
+        let runtime =
+            Arc::new(HostRuntime::new(options.limits, sandboxes).map_err(StartError::Engine)?);
         let mut library = Library {
             runtime: runtime.clone(),
             blobs: BlobStore::new(options.state_dir.join("blobs")),
@@ -327,6 +332,8 @@ impl Host {
         tasks.spawn(self.state.clone().run(shutdown.clone()));
         let (app, cooldown, stop) = (self.app.clone(), self.promotion_cooldown, shutdown.clone());
         tasks.spawn(async move { app.router.return_standbys(cooldown, stop).await });
+        let (app, stop) = (self.app.clone(), shutdown.clone());
+        tasks.spawn(async move { app.router.trim_idle_sandboxes(stop).await });
         for (instance, listener) in self.instance_listeners {
             tasks.spawn(server::serve(
                 listener,
@@ -393,12 +400,14 @@ fn collect_garbage(store: &StateStore, library: &Library) {
     }
 }
 
-/// The most instances one process serves. The pooling allocator reserves
-/// address space for four sandboxes per instance (serving, its replacement,
-/// spares) up front, about 8 GiB each; past about 3,000 instances the
-/// reservation fails with an `mmap` error, so the limit is a configuration
-/// error well below that.
+/// The most instances one process serves.
 pub const MAX_INSTANCES: usize = 1024;
+
+/// The most sandboxes one process reserves. The pooling allocator reserves
+/// address space for each up front, about 8 GiB; past about 12,000 (3,000
+/// instances of one call at a time) the reservation fails with an `mmap`
+/// error, so the limit is a configuration error well below that.
+pub const MAX_SANDBOXES: usize = 6144;
 
 /// Open connections allowed on the admin listener, apart from the public cap.
 const ADMIN_CONNECTIONS: usize = 64;

@@ -8,8 +8,10 @@
 //! `status: false` marks a standby. `load` is the article's live counter; a
 //! file's value is ignored at start (load is always measured, never trusted).
 //! `port` (string or number, `"0"` for any free port) makes the instance also
-//! serve `POST /predict` directly. Relative `model` and `module` paths are
-//! resolved against the topology file's folder.
+//! serve `POST /predict` directly. `concurrency` is the most calls the entry
+//! runs at once, each in its own sandbox (default: `serve --concurrency`).
+//! Relative `model` and `module` paths are resolved against the topology
+//! file's folder.
 //!
 //! Every error names the file, the instance and the field, so an operator
 //! can fix the file without reading hadr's source.
@@ -45,6 +47,9 @@ pub struct InstanceSpec {
     pub host: Option<std::net::IpAddr>,
     /// In-flight requests at which the router stops sending it more.
     pub max_load: usize,
+    /// Most calls it runs at once, each in its own sandboxes (`None`: the
+    /// host's `--concurrency`).
+    pub concurrency: Option<usize>,
     /// The ONNX model it serves.
     pub model: PathBuf,
     /// The guest component it runs.
@@ -112,6 +117,8 @@ struct RawInstance {
     host: Option<String>,
     #[serde(default)]
     max_load: Option<usize>,
+    #[serde(default)]
+    concurrency: Option<usize>,
     #[serde(default)]
     model: Option<PathBuf>,
     #[serde(default)]
@@ -267,6 +274,11 @@ fn instance(
     if max_load == 0 {
         return Err(fail("field `max_load`: must be at least 1".into()));
     }
+    if raw.concurrency == Some(0) {
+        return Err(fail(
+            "field `concurrency`: must be at least 1 (the calls it runs at once)".into(),
+        ));
+    }
     let resolve = |field: &str, given: Option<PathBuf>, default: Option<&Path>| {
         let path = match (given, default) {
             (Some(p), _) if p.is_absolute() => p,
@@ -292,6 +304,7 @@ fn instance(
         port,
         host,
         max_load,
+        concurrency: raw.concurrency,
         model,
         module,
     })

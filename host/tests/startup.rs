@@ -67,7 +67,8 @@ fn more_instances_than_a_process_serves_is_a_configuration_error() {
     let (code, stderr) = refused(&format!("{{{}}}", entries.join(", ")));
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("1025 instances; one process serves at most 1024"),
+        stderr.contains("1025 instances with")
+            && stderr.contains("one process serves at most 1024 instances"),
         "{stderr}"
     );
 }

@@ -507,3 +507,63 @@ mod tests {
         assert_eq!(argmax(&[]), 0);
     }
 }
+
+/// Property tests: any body parses to a batch that keeps the documented
+/// guarantees, or is refused with a message; nothing panics.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check(body: &[u8], features: usize) {
+        match parse_request(body, features) {
+            Ok(batch) => {
+                assert!(batch.rows >= 1);
+                assert_eq!(batch.features, features);
+                assert_eq!(batch.data.len(), batch.rows * features);
+                assert!(batch.data.iter().all(|v| v.is_finite()));
+            }
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    /// A JSON value that is often a request, or nearly one.
+    fn requestish() -> impl Strategy<Value = serde_json::Value> {
+        let number = prop_oneof![
+            any::<f64>().prop_map(serde_json::Value::from),
+            (-1e6f64..1e6).prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            Just(serde_json::json!("1.0")),
+            Just(serde_json::Value::Null),
+        ];
+        let row = proptest::collection::vec(number, 0..6).prop_map(serde_json::Value::from);
+        let rows = proptest::collection::vec(row, 0..5).prop_map(serde_json::Value::from);
+        let key = prop_oneof![Just("inputs"), Just("input"), Just("rows")];
+        (key, rows, any::<bool>()).prop_map(|(key, rows, extra)| {
+            let mut m = serde_json::Map::new();
+            m.insert(key.to_string(), rows);
+            if extra {
+                m.insert("extra".into(), serde_json::Value::Bool(true));
+            }
+            serde_json::Value::Object(m)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_or_are_refused(body in proptest::collection::vec(any::<u8>(), 0..256),
+                                          features in 1usize..8) {
+            check(&body, features);
+        }
+
+        #[test]
+        fn requestish_json_parses_or_is_refused(value in requestish(), features in 1usize..6,
+                                                cut in proptest::option::of(0usize..200)) {
+            let mut body = serde_json::to_vec(&value).unwrap();
+            if let Some(cut) = cut {
+                body.truncate(cut);
+            }
+            check(&body, features);
+        }
+    }
+}

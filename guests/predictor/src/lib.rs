@@ -118,6 +118,9 @@ impl Loaded {
             if batch.data[0] == HANG_SENTINEL {
                 fail(Fault::Hang);
             }
+            if batch.data[0] == SLOW_SENTINEL {
+                busy_for(std::time::Duration::from_millis(300));
+            }
             if batch.data[0] == BLOCK_SENTINEL {
                 block_outside_wasm();
             }
@@ -265,6 +268,20 @@ const HANG_SENTINEL: f32 = -7.0;
 /// deadlines cannot reach it.
 #[cfg(feature = "faulty")]
 const BLOCK_SENTINEL: f32 = -8.0;
+
+/// ... and computes for 300 ms before it answers normally on one whose
+/// first value is this: a long call that succeeds.
+#[cfg(feature = "faulty")]
+const SLOW_SENTINEL: f32 = -9.0;
+
+/// Spins in WebAssembly (reading the clock) for `how_long` of wall time.
+#[cfg(feature = "faulty")]
+fn busy_for(how_long: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < how_long {
+        std::hint::black_box(());
+    }
+}
 
 #[cfg(feature = "faulty")]
 fn block_outside_wasm() -> ! {

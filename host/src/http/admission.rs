@@ -1,11 +1,14 @@
 //! Who may hold a connection, and for how long a stalled write may hold it.
 //!
 //! A listener group (the public listeners together, or the admin listener
-//! alone) has an [`Admission`]: a cap on open connections, taken *before*
-//! `accept` so that at the cap new clients wait in the kernel's backlog, and a
-//! cap per client address, checked after `accept` so that one address (a
-//! slow reader, a half-open reconnect loop) cannot take every place. A
-//! connection over its address's cap is closed at once.
+//! alone) has an [`Admission`]: a cap per client address, checked as soon as
+//! a connection is accepted so that one address (a slow reader, a half-open
+//! reconnect loop) cannot take every place (a connection over its address's
+//! cap is closed at once), and a cap on open connections over the group: at
+//! it, each listener holds its one accepted connection until a place frees,
+//! and further clients wait in the kernel's backlog. (A place is not taken
+//! before `accept`: with several listeners sharing a cap, each idle accept
+//! would hold a place no client uses.)
 //!
 //! [`WriteDeadline`] closes a connection whose peer stops reading: hyper has
 //! no write timeout, and a client that pipelines requests without reading
@@ -35,12 +38,18 @@ pub struct Admission {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
+/// A client's share, held by one of its connections; returned when dropped.
+#[derive(Debug)]
+pub struct Share {
+    admission: Arc<Admission>,
+    client: IpAddr,
+}
+
 /// A held place: an open connection, returned when dropped.
 #[derive(Debug)]
 pub struct Place {
     _permit: OwnedSemaphorePermit,
-    /// The client's count to decrement, once the connection is admitted.
-    client: Option<(Arc<Admission>, IpAddr)>,
+    _share: Share,
 }
 
 impl Admission {
@@ -54,8 +63,23 @@ impl Admission {
         })
     }
 
-    /// Waits for a place in the group; take it before `accept`.
-    pub async fn place(&self) -> Place {
+    /// Counts a new connection from `client` against its share, unless that
+    /// address already holds its cap (then the connection is to be closed).
+    pub fn share(self: &Arc<Self>, client: IpAddr) -> Option<Share> {
+        let mut open = self.open.lock().expect("admission lock poisoned");
+        let count = open.entry(client).or_insert(0);
+        if *count >= self.per_client {
+            return None;
+        }
+        *count += 1;
+        Some(Share {
+            admission: self.clone(),
+            client,
+        })
+    }
+
+    /// Waits for a place in the group for a connection holding `share`.
+    pub async fn place(&self, share: Share) -> Place {
         let permit = self
             .places
             .clone()
@@ -64,21 +88,8 @@ impl Admission {
             .expect("the connection semaphore is never closed");
         Place {
             _permit: permit,
-            client: None,
+            _share: share,
         }
-    }
-
-    /// Gives `place` to a connection from `client`, unless that address
-    /// already holds its cap (then the connection is to be closed).
-    pub fn admit(self: &Arc<Self>, mut place: Place, client: IpAddr) -> Option<Place> {
-        let mut open = self.open.lock().expect("admission lock poisoned");
-        let count = open.entry(client).or_insert(0);
-        if *count >= self.per_client {
-            return None;
-        }
-        *count += 1;
-        place.client = Some((self.clone(), client));
-        Some(place)
     }
 
     /// Connections `client` holds now.
@@ -98,11 +109,9 @@ impl Admission {
     }
 }
 
-impl Drop for Place {
+impl Drop for Share {
     fn drop(&mut self) {
-        if let Some((admission, client)) = self.client.take() {
-            admission.release(client);
-        }
+        self.admission.release(self.client);
     }
 }
 
@@ -232,21 +241,31 @@ mod tests {
     #[tokio::test]
     async fn one_address_cannot_take_more_than_its_share() {
         let admission = Admission::new(10, 2);
-        let a1 = admission.admit(admission.place().await, ip(2)).unwrap();
-        let _a2 = admission.admit(admission.place().await, ip(2)).unwrap();
-        assert!(admission.admit(admission.place().await, ip(2)).is_none());
-        assert!(admission.admit(admission.place().await, ip(3)).is_some());
+        let a1 = admission.place(admission.share(ip(2)).unwrap()).await;
+        let _a2 = admission.place(admission.share(ip(2)).unwrap()).await;
+        assert!(admission.share(ip(2)).is_none());
+        assert!(admission.share(ip(3)).is_some());
         drop(a1);
         assert_eq!(admission.held_by(ip(2)), 1);
-        assert!(admission.admit(admission.place().await, ip(2)).is_some());
+        assert!(admission.share(ip(2)).is_some());
     }
 
     #[tokio::test]
-    async fn a_refused_connection_returns_its_place() {
-        let admission = Admission::new(1, 1);
-        let held = admission.admit(admission.place().await, ip(2)).unwrap();
+    async fn at_the_cap_a_connection_waits_for_a_place_and_gets_the_freed_one() {
+        let admission = Admission::new(1, 5);
+        let held = admission.place(admission.share(ip(2)).unwrap()).await;
+        let share = admission.share(ip(3)).unwrap();
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(200), admission.place(share)).await;
+        assert!(waiting.is_err(), "no place while one is held at a cap of 1");
+        assert_eq!(
+            admission.held_by(ip(3)),
+            0,
+            "a share waiting for a place is returned"
+        );
         drop(held);
-        let again = tokio::time::timeout(Duration::from_secs(1), admission.place()).await;
+        let share = admission.share(ip(3)).unwrap();
+        let again = tokio::time::timeout(Duration::from_secs(1), admission.place(share)).await;
         assert!(again.is_ok(), "the place came back");
     }
 

@@ -4,9 +4,9 @@
 //! [`Admission`](super::admission::Admission): the public listeners share
 //! `--max-connections` (fitted under the open-file limit at start), the admin
 //! listener has its own small cap, and each client address may hold at most
-//! `--max-connections-per-client` of a group's places. A place is taken
-//! before `accept`: at the cap, clients wait in the kernel's backlog, so
-//! memory stays bounded by connections × `--max-body`.
+//! `--max-connections-per-client` of a group's places. At the cap a loop
+//! waits for a place before it accepts again: clients wait in the kernel's
+//! backlog, so memory stays bounded by connections × `--max-body`.
 //!
 //! A connection ends when its client sends no complete headers for 10 s
 //! (idle keep-alive included), or reads nothing of an answer for
@@ -55,11 +55,6 @@ pub async fn serve(
     };
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
-        // A place first, then accept: at the cap, clients wait in the backlog.
-        let place = tokio::select! {
-            place = admission.place() => place,
-            _ = shutdown.wait() => break,
-        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -77,9 +72,15 @@ pub async fn serve(
             },
             _ = shutdown.wait() => break,
         };
-        let Some(place) = admission.admit(place, client.ip()) else {
+        let Some(share) = admission.share(client.ip()) else {
             tracing::debug!(%client, "connection closed: its address holds its share of connections");
             continue;
+        };
+        // At the cap, wait for a place before serving, and before accepting
+        // again: further clients wait in the kernel's backlog.
+        let place = tokio::select! {
+            place = admission.place(share) => place,
+            _ = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(WriteDeadline::new(stream, app.write_timeout));

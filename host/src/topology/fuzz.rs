@@ -527,6 +527,7 @@ impl Entry {
             port,
             host,
             max_load,
+            concurrency: None,
             model: model?,
             module: module?,
         })
