@@ -8,8 +8,9 @@
 //! ## How a request flows
 //! listener ([`http::server`], body limit in [`http::body`]) → router
 //! ([`router`], deciding with the pure rules in [`policy`]) → instance
-//! ([`instance`], reading what it serves from [`serving`]) → its sandbox
-//! ([`sandbox`]: one wasmtime `Store`) → guest `predict`
+//! ([`instance`], reading what it serves from [`serving`]) → one of its
+//! sandboxes ([`sandboxes`]; [`sandbox`]: one wasmtime `Store`) → guest
+//! `predict`
 //! (the request → tensor → wasi:nn → tract with hadr-trees' ensemble ops, in
 //! [`nn`]) → the guest's JSON answer, to which the instance adds who answered.
 //!
@@ -18,10 +19,12 @@
 //!   plus wasi:nn) and the epoch ticker; once per process.
 //! - **Deployment** ([`deployment`]): one compiled guest module paired with
 //!   one loaded model; immutable, shared by every instance that serves it.
-//! - **Instance** ([`instance`]): one [`sandbox`] per topology entry, serving
-//!   what its [`serving`] value says (in force, previous, canary). When it
-//!   traps (panic, refused memory grow, deadline) its `Store` is dropped, a
-//!   warm spare from the deployment's pool takes its place at once, and the
+//! - **Instance** ([`instance`]): one topology entry, running up to
+//!   `concurrency` calls at once, each in its own [`sandbox`] ([`sandboxes`]:
+//!   taken on demand, released after idling), serving what its [`serving`]
+//!   value says (in force, previous, canary). When a sandbox traps (panic,
+//!   refused memory grow, deadline) its `Store` alone is dropped, a warm
+//!   spare from the deployment's pool takes its place at once, and the
 //!   request is retried once on another instance ([`http::api`]).
 //!
 //! Chaos drills arm real faults through the admin listener ([`http::admin`],

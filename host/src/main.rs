@@ -362,11 +362,13 @@ struct ServeArgs {
     max_model_bytes: usize,
     /// Most calls one instance runs at once, each in its own sandbox (own
     /// store, memory and deadline), where its topology entry does not set
-    /// "concurrency". Default: the machine's cores, so one instance alone
-    /// can use all of them. `max_load` still counts requests in flight or
-    /// waiting, as in the article.
-    #[arg(long, default_value_t = hadr_host::runtime::default_concurrency())]
-    concurrency: usize,
+    /// "concurrency". Default: the machine's cores shared among the active
+    /// entries served here, rounded up, and at least 2 (so the actives
+    /// together use every core, and one hung call never holds a whole
+    /// instance). `max_load` still counts requests in flight or waiting, as
+    /// in the article.
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Sandboxes beyond the one an instance keeps are dropped after idling
     /// this long (they come back from the warm pool on demand).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -561,6 +563,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_body: args.max_body,
         max_connections: args.max_connections,
         max_connections_per_client: args.max_connections_per_client,
+        concurrency: args.concurrency.map(|c| c.max(1)),
         write_timeout: args.write_timeout,
         limits: Limits {
             deadline: args.deadline,
@@ -568,7 +571,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             offload_above: args.offload_above,
             max_model_bytes: args.max_model_bytes as u64,
             guest_models: args.allow_guest_models,
-            concurrency: args.concurrency.max(1),
+            concurrency: 1,
             keep_idle: usize::from(!args.scale_to_zero),
             idle_after: args.sandbox_idle,
         },

@@ -51,8 +51,12 @@ pub struct ServeOptions {
     /// How long an answer's write may make no progress (the client is not
     /// reading) before its connection is closed.
     pub write_timeout: Duration,
-    /// Per-instance limits.
+    /// Per-instance limits (`limits.concurrency` is set at start from
+    /// `concurrency`).
     pub limits: Limits,
+    /// Calls one instance runs at once where its entry does not say;
+    /// `None`: the cores shared among the actives served here.
+    pub concurrency: Option<usize>,
     /// Model and module for entries that name none.
     pub defaults: Defaults,
     /// How long in-flight requests may take to finish on shutdown.
@@ -173,11 +177,20 @@ impl Host {
             topology = topology.only(only)?;
             tracing::info!(entries = ?only, "serving only these entries of the topology (--only)");
         }
+        let mut limits = options.limits;
+        limits.concurrency = options.concurrency.unwrap_or_else(|| {
+            let actives = topology.instances.iter().filter(|i| i.active).count();
+            crate::runtime::default_concurrency(actives)
+        });
+        tracing::info!(
+            concurrency = limits.concurrency,
+            "calls each instance runs at once (where its entry does not say)"
+        );
         let sandboxes = crate::runtime::sandboxes_for(
             topology
                 .instances
                 .iter()
-                .map(|i| i.concurrency.unwrap_or(options.limits.concurrency)),
+                .map(|i| i.concurrency.unwrap_or(limits.concurrency)),
         );
         if topology.instances.len() > MAX_INSTANCES || sandboxes > MAX_SANDBOXES {
             return Err(StartError::TooManyInstances {
@@ -187,8 +200,7 @@ impl Host {
             });
         }
         let store = Arc::new(open_state(&options.state_dir)?);
-        let runtime =
-            Arc::new(HostRuntime::new(options.limits, sandboxes).map_err(StartError::Engine)?);
+        let runtime = Arc::new(HostRuntime::new(limits, sandboxes).map_err(StartError::Engine)?);
         let mut library = Library {
             runtime: runtime.clone(),
             blobs: BlobStore::new(options.state_dir.join("blobs")),

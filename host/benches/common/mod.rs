@@ -15,6 +15,13 @@ pub struct Server {
     pub url: String,
 }
 
+impl Server {
+    /// Its process id (for `/proc/<pid>/stat`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,201 @@
+//! How serving scales with cores and concurrency: the single and 2-active
+//! topologies (digits, 1 row per request, thresholds out of reach) with one
+//! call at a time per instance (`--concurrency 1`) and with two, against the
+//! native baseline, on 1 and 2 cores (`taskset`) and at 16 and 64
+//! connections, all in the same run.
+//!
+//! Each server is a separate process pinned with `taskset`; its CPU time per
+//! request comes from `/proc/<pid>/stat` (user + system) over the round, so
+//! machines with more cores can extrapolate. The load generator is one
+//! thread, unpinned: on the 1-core runs it has the other core to itself, on
+//! the 2-core runs it shares them with the server, as in `benches/http.rs`.
+//!
+//! Run: `scripts/build-guest && cargo build --release -p hadr-native-baseline &&
+//!       cargo bench -p hadr-host --bench scaling`
+//! Knobs (env): HADR_BENCH_ROUNDS (1), HADR_BENCH_SECONDS (4).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{env, median_of, start, Server};
+use hadr_host::loadtest::{run, LoadReport, LoadSpec};
+
+/// A server under test: its name in the table and how to start it.
+struct Contender {
+    name: String,
+    command: Command,
+    ready: &'static str,
+}
+
+/// CPU time (user + system) process `pid` has used, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+fn topology(dir: &Path, name: &str, entries: &[(&str, bool)]) -> PathBuf {
+    let path = dir.join(format!("{name}.json"));
+    let map: serde_json::Map<String, serde_json::Value> = entries
+        .iter()
+        .map(|(n, active)| {
+            (
+                n.to_string(),
+                serde_json::json!({"status": active, "load": 0, "max_load": 256}),
+            )
+        })
+        .collect();
+    std::fs::write(&path, serde_json::Value::Object(map).to_string()).unwrap();
+    path
+}
+
+fn main() {
+    let rounds = env("HADR_BENCH_ROUNDS", 1) as usize;
+    let seconds = env("HADR_BENCH_SECONDS", 4);
+    let hadr_exe = PathBuf::from(env!("CARGO_BIN_EXE_hadr-host"));
+    let native_exe = hadr_exe.with_file_name("hadr-native-baseline");
+    assert!(
+        native_exe.is_file(),
+        "build the baseline first: cargo build --release -p hadr-native-baseline"
+    );
+    let dir = std::env::temp_dir().join(format!("hadr-scaling-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let single = topology(&dir, "single", &[("predict1", true)]);
+    let two_active = topology(
+        &dir,
+        "2-active",
+        &[("predict1", true), ("predict2", true), ("predict3", false)],
+    );
+
+    let mut contenders = Vec::new();
+    for cpus in ["0", "0,1"] {
+        let cores = cpus.split(',').count();
+        for (label, path) in [("single", &single), ("2-active", &two_active)] {
+            for concurrency in ["1", "2"] {
+                let mut command = Command::new("taskset");
+                command
+                    .args(["-c", cpus])
+                    .arg(&hadr_exe)
+                    .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+                    .args([
+                        "--admin-listen",
+                        "127.0.0.1:0",
+                        "--concurrency",
+                        concurrency,
+                    ])
+                    .arg("--state-dir")
+                    .arg(dir.join(format!("state-{cores}-{label}-{concurrency}")))
+                    .env("HADR_LOG", "warn");
+                contenders.push(Contender {
+                    name: format!("{cores} core(s) | hadr {label}, concurrency {concurrency}"),
+                    command,
+                    ready: "hadr-host ready: router ",
+                });
+            }
+        }
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", cpus])
+            .arg(&native_exe)
+            .args(["--listen", "127.0.0.1:0"]);
+        contenders.push(Contender {
+            name: format!("{cores} core(s) | native baseline"),
+            command,
+            ready: "native baseline ready: ",
+        });
+    }
+    let servers: Vec<(String, Server)> = contenders
+        .into_iter()
+        .map(|c| (c.name, start(c.command, c.ready)))
+        .collect();
+
+    let cases = common::cases("digits");
+    let body: bytes::Bytes =
+        serde_json::to_vec(&serde_json::json!({"inputs": [cases["cases"][0]["input"]]}))
+            .unwrap()
+            .into();
+    let client = common::client_runtime();
+    let mut results: Vec<(String, LoadReport, f64)> = Vec::new();
+    for round in 0..rounds {
+        for connections in [16usize, 64] {
+            for (name, server) in &servers {
+                let spec = LoadSpec {
+                    url: server.url.parse().unwrap(),
+                    body: body.clone(),
+                    connections,
+                    duration: Duration::from_secs(seconds),
+                    warmup: Duration::from_secs(1),
+                };
+                let pid = server.pid();
+                let before = cpu_seconds(pid);
+                let report = client.block_on(run(&spec)).unwrap();
+                let cpu = cpu_seconds(pid) - before;
+                // The warm-up's requests are not in the report: count its
+                // CPU share at the report's rate.
+                let total = report.requests as f64 * (seconds as f64 + 1.0) / seconds as f64;
+                let cpu_us = cpu * 1e6 / total.max(1.0);
+                let key = format!("{name} | {connections}");
+                eprintln!(
+                    "round {round} {key}: {:>7.0} req/s p99 {:>6} µs cpu {cpu_us:.1} µs/req {:?}",
+                    report.rps, report.p99_us, report.by_status
+                );
+                assert_eq!(report.ok, report.requests, "{key} answered non-200s");
+                results.push((key, report, cpu_us));
+            }
+        }
+    }
+    let reports: Vec<(&str, LoadReport)> = results
+        .iter()
+        .map(|(k, r, _)| (k.as_str(), r.clone()))
+        .collect();
+    let cpu_of = |key: &str| {
+        let mut v: Vec<f64> = results
+            .iter()
+            .filter(|(k, _, _)| k == key)
+            .map(|(_, _, c)| *c)
+            .collect();
+        common::median(&mut v)
+    };
+    println!(
+        "\nPOST /predict, 1 row, {rounds} x {seconds} s rounds (medians); ratio = req/s over the native baseline's on the same cores and connections\n"
+    );
+    println!(
+        "| cores | server | connections | req/s | ratio | p99 µs | p99 ratio | CPU µs/request |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, _) in &servers {
+        let cores = name.split(" |").next().unwrap();
+        for connections in [16usize, 64] {
+            let key = format!("{name} | {connections}");
+            let native = format!("{cores} | native baseline | {connections}");
+            let rps = median_of(&reports, &key, |r| r.rps);
+            let p99 = median_of(&reports, &key, |r| r.p99_us as f64);
+            let n_rps = median_of(&reports, &native, |r| r.rps);
+            let n_p99 = median_of(&reports, &native, |r| r.p99_us as f64);
+            println!(
+                "| {name} | {connections} | {rps:.0} | {:.2} | {p99:.0} | {:.2} | {:.1} |",
+                rps / n_rps,
+                p99 / n_p99,
+                cpu_of(&key)
+            );
+        }
+    }
+    for label in ["single", "2-active"] {
+        for connections in [16usize, 64] {
+            let at = |cores: &str| {
+                let key = format!("{cores} core(s) | hadr {label}, concurrency 2 | {connections}");
+                median_of(&reports, &key, |r| r.rps)
+            };
+            println!(
+                "\n{label}, concurrency 2, {connections} connections: 2 cores / 1 core = {:.2}",
+                at("2") / at("1")
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
