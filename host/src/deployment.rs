@@ -241,6 +241,22 @@ impl Deployment {
         Some(spare)
     }
 
+    /// A sandbox for `instance`: a warm spare when the pool has one, else
+    /// one built now; either way the pool is topped up in the background.
+    /// Says whether it came from the pool.
+    pub async fn sandbox_for(
+        self: &Arc<Self>,
+        runtime: &Arc<HostRuntime>,
+        instance: &str,
+    ) -> (Result<Live, CallError>, bool) {
+        let taken = match self.take_spare(instance) {
+            Some(spare) => (Ok(spare), true),
+            None => (self.instantiate(runtime, instance).await, false),
+        };
+        self.refill_in_background(runtime);
+        taken
+    }
+
     /// Runs its example through a fresh sandbox: instantiation, `init` and
     /// one prediction must all succeed, with an answer the host can send (a
     /// JSON object not writing the fields the host adds). Says why when not.

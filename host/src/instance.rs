@@ -731,16 +731,7 @@ async fn live<'a>(
     }
     match slot {
         Some(live) => Ok(live),
-        None => {
-            let built = match deployment.take_spare(name) {
-                Some(spare) => {
-                    deployment.refill_in_background(runtime);
-                    spare
-                }
-                None => deployment.instantiate(runtime, name).await?,
-            };
-            Ok(slot.insert(built))
-        }
+        None => Ok(slot.insert(deployment.sandbox_for(runtime, name).await.0?)),
     }
 }
 
@@ -772,12 +763,8 @@ async fn call(
         return (outcome, false, fired);
     }
     let faulted = Instant::now();
-    let (replacement, warm) = match deployment.take_spare(name) {
-        Some(live) => (Some(live), true),
-        None => (deployment.instantiate(runtime, name).await.ok(), false),
-    };
-    *slot = replacement;
-    deployment.refill_in_background(runtime);
+    let (replacement, warm) = deployment.sandbox_for(runtime, name).await;
+    *slot = replacement.ok();
     let replaced = slot.is_some();
     tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
         replaced_in = ?faulted.elapsed(), "instance faulted; its sandbox was dropped and replaced");

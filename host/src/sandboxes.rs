@@ -12,7 +12,6 @@
 //! ([`Sandboxes::trim`]), down to `keep_idle` (1, or 0 to scale to zero: the
 //! next call then pays one instantiation).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,8 +67,6 @@ pub struct Sandboxes<T = Live> {
     places: Arc<Semaphore>,
     /// Sandboxes waiting for a call, least recently used first.
     idle: Mutex<Vec<Idle<T>>>,
-    /// Sandboxes in a call now.
-    busy: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -84,13 +81,6 @@ pub struct Taken<T = Live> {
     /// The sandbox: `None` to be built by the call.
     pub live: Option<T>,
     _place: OwnedSemaphorePermit,
-    busy: Arc<AtomicUsize>,
-}
-
-impl<T> Drop for Taken<T> {
-    fn drop(&mut self) {
-        self.busy.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl<T: Pooled> Sandboxes<T> {
@@ -100,7 +90,6 @@ impl<T: Pooled> Sandboxes<T> {
             elasticity,
             places: Arc::new(Semaphore::new(elasticity.concurrency.max(1))),
             idle: Mutex::new(Vec::new()),
-            busy: Arc::default(),
         }
     }
 
@@ -114,7 +103,6 @@ impl<T: Pooled> Sandboxes<T> {
             .acquire_owned()
             .await
             .expect("the sandbox semaphore is never closed");
-        self.busy.fetch_add(1, Ordering::AcqRel);
         let live = {
             let mut idle = lock(&self.idle);
             idle.retain(|i| i.live.version() == version);
@@ -126,7 +114,6 @@ impl<T: Pooled> Sandboxes<T> {
         Taken {
             live,
             _place: place,
-            busy: self.busy.clone(),
         }
     }
 
@@ -167,9 +154,10 @@ impl<T: Pooled> Sandboxes<T> {
         lock(&self.idle).clear();
     }
 
-    /// Sandboxes in a call now.
+    /// Sandboxes in a call now: the places taken.
     pub fn busy(&self) -> usize {
-        self.busy.load(Ordering::Acquire)
+        self.concurrency()
+            .saturating_sub(self.places.available_permits())
     }
 
     /// Sandboxes waiting for a call.
@@ -179,7 +167,7 @@ impl<T: Pooled> Sandboxes<T> {
 
     /// Most calls running at once.
     pub fn concurrency(&self) -> usize {
-        self.elasticity.concurrency
+        self.elasticity.concurrency.max(1)
     }
 }
 

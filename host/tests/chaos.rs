@@ -332,13 +332,12 @@ async fn a_generated_admin_token_is_private_and_kept() {
 /// respawned), and other clients keep getting 200 throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_of_death_gets_its_own_error_and_the_others_keep_serving() {
-    use common::{faulty_guest, hanging_row, safe_and_deadly_rows, with_fields};
+    use common::{hanging_row, safe_and_deadly_rows};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    let module = faulty_guest().to_string_lossy().into_owned();
-    let topology = with_fields("3-active.json", &[("module", module.into())]);
+    let topology = common::with_faulty_guest("3-active.json", &[]);
     let deadline = Duration::from_millis(250);
     let host = Host::start(&topology, &["--deadline", "250ms"]);
     let (safe, deadly) = safe_and_deadly_rows();

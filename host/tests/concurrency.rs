@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cases, faulty_guest, inputs, post, with_fields, Host, POLL};
+use common::{cases, inputs, post, with_fields, Host, POLL};
 use hyper::StatusCode;
 
 /// A digits row the faulty guest computes on for 300 ms before answering
@@ -21,13 +21,7 @@ fn slow_row() -> serde_json::Value {
 }
 
 fn faulty_single() -> String {
-    with_fields(
-        "single.json",
-        &[(
-            "module",
-            faulty_guest().to_string_lossy().into_owned().into(),
-        )],
-    )
+    common::with_faulty_guest("single.json", &[])
 }
 
 /// Polls `/topology` (every [`POLL`], up to `within`) until `done` holds for

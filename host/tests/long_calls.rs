@@ -76,13 +76,7 @@ fn row_starting_with(first: f64) -> serde_json::Value {
 /// are what a spinning guest could hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spinning_guests_do_not_hold_the_hosts_threads() {
-    let topology = common::with_fields(
-        "3-active.json",
-        &[(
-            "module",
-            common::faulty_guest().to_string_lossy().into_owned().into(),
-        )],
-    );
+    let topology = common::with_faulty_guest("3-active.json", &[]);
     let host = Host::start(&topology, &["--deadline", "4s", "--offload-above", "1h"]);
     let spin = inputs(&[row_starting_with(-7.0)]);
     let (safe, _) = common::safe_and_deadly_rows();
@@ -133,13 +127,7 @@ async fn spinning_guests_do_not_hold_the_hosts_threads() {
 /// sandbox replaced, and the instance serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_blocked_outside_webassembly_is_stopped_by_the_host() {
-    let topology = common::with_fields(
-        "single.json",
-        &[(
-            "module",
-            common::faulty_guest().to_string_lossy().into_owned().into(),
-        )],
-    );
+    let topology = common::with_faulty_guest("single.json", &[]);
     let host = Host::start(&topology, &["--deadline", "300ms"]);
     let p1 = host.instance_addr("predict1").await;
     let started = std::time::Instant::now();

@@ -106,16 +106,7 @@ async fn an_instance_port_serves_that_instance_directly() {
 /// 2-active with `max_load` 1 and the faulty guest, whose hanging row holds
 /// an instance until the 1 s deadline (twice: the host retries it once).
 fn start_holdable(cooldown: &str) -> Host {
-    let topology = common::with_fields(
-        "2-active.json",
-        &[
-            ("max_load", 1.into()),
-            (
-                "module",
-                common::faulty_guest().to_string_lossy().into_owned().into(),
-            ),
-        ],
-    );
+    let topology = common::with_faulty_guest("2-active.json", &[("max_load", 1.into())]);
     Host::start(
         &topology,
         &["--deadline", "1s", "--promotion-cooldown", cooldown],

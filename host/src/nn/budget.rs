@@ -50,10 +50,14 @@ pub fn check_model(model: &ModelProto, budget: u64) -> Result<(), OverBudget> {
 
 /// Checks one tensor tract typed: `volume` elements of `size` bytes.
 pub fn check_fact(name: &str, volume: u64, size: u64, budget: u64) -> Result<(), OverBudget> {
-    let bytes = volume.saturating_mul(size);
+    fit("the tensor", name, volume.saturating_mul(size), budget)
+}
+
+/// `bytes` of `what` `name`, refused over `budget`.
+fn fit(what: &str, name: &str, bytes: u64, budget: u64) -> Result<(), OverBudget> {
     if bytes > budget {
         return Err(OverBudget {
-            what: "the tensor".into(),
+            what: what.into(),
             name: name.into(),
             bytes,
             budget,
@@ -160,16 +164,9 @@ impl Walk {
     /// small integer list.
     fn constant(&mut self, what: &str, name: &str, t: &TensorProto) -> Result<(), OverBudget> {
         let bytes = volume(&t.dims).saturating_mul(elem_size(t.data_type));
-        self.sized(what, name, volume(&t.dims), elem_size(t.data_type))?;
+        fit(what, name, bytes, self.budget)?;
         self.constants = self.constants.saturating_add(bytes);
-        if self.constants > self.budget {
-            return Err(OverBudget {
-                what: "the constants, with".into(),
-                name: name.into(),
-                bytes: self.constants,
-                budget: self.budget,
-            });
-        }
+        fit("the constants, with", name, self.constants, self.budget)?;
         if let Some(values) = small_ints(t) {
             let key = if t.name.is_empty() { name } else { &t.name };
             self.ints.insert(key.to_string(), values);
@@ -178,16 +175,7 @@ impl Walk {
     }
 
     fn sized(&self, what: &str, name: &str, elements: u64, size: u64) -> Result<(), OverBudget> {
-        let bytes = elements.saturating_mul(size);
-        if bytes > self.budget {
-            return Err(OverBudget {
-                what: what.into(),
-                name: name.into(),
-                bytes,
-                budget: self.budget,
-            });
-        }
-        Ok(())
+        fit(what, name, elements.saturating_mul(size), self.budget)
     }
 }
 

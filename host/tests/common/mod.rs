@@ -72,6 +72,19 @@ pub fn with_fields(topology: &str, fields: &[(&str, serde_json::Value)]) -> Stri
     value.to_string()
 }
 
+/// `topology` (see [`with_fields`]) running the faulty test guest, with
+/// `fields` too.
+pub fn with_faulty_guest(topology: &str, fields: &[(&str, serde_json::Value)]) -> String {
+    let module = (
+        "module",
+        faulty_guest().to_string_lossy().into_owned().into(),
+    );
+    let all: Vec<_> = std::iter::once(module)
+        .chain(fields.iter().cloned())
+        .collect();
+    with_fields(topology, &all)
+}
+
 /// The admin token tests start hosts with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
