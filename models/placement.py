@@ -22,7 +22,6 @@ Writes, next to this script:
 Everything is deterministic: a rerun writes the same bytes.
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -33,6 +32,8 @@ import warnings
 
 import numpy as np
 import sklearn
+
+from export_common import as_number, clean_header, cli, dump_cases, save_onnx, sklearn_to_onnx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -89,11 +90,6 @@ def load_pickle(path):
 def sha256(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def as_number(v):
-    """A float32-representable value written as a plain JSON number, exactly."""
-    return float(np.float32(v))
 
 
 def categories(dv):
@@ -179,29 +175,11 @@ def case(dv, model, record, note=None):
 def export_onnx(dv, model, pkl_path):
     import onnx
     import skl2onnx
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
 
-    n_features = len(dv.feature_names_)
-    onx = to_onnx(
-        model,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-        options={id(model): {"zipmap": False}},
-        target_opset=TARGET_OPSET,
-    )
-    # Only header changes: one opset entry per domain, and a named batch dimension
-    # (skl2onnx leaves it blank). The outputs stay as skl2onnx writes them.
-    opsets = {}
-    for o in onx.opset_import:
-        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
-    del onx.opset_import[:]
-    for domain in sorted(opsets):
-        entry = onx.opset_import.add()
-        entry.domain, entry.version = domain, opsets[domain]
-    for vi in list(onx.graph.input) + list(onx.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value") and not dims[0].dim_param:
-            dims[0].dim_param = "N"
+    onx = sklearn_to_onnx(model, len(dv.feature_names_), INPUT_NAME, TARGET_OPSET)
+    # Only header changes (one opset entry per domain, a named batch dimension);
+    # the outputs stay as skl2onnx writes them.
+    clean_header(onx)
     onx.graph.name = NAME
     onx.doc_string = (f"hadr model '{NAME}': the article's RandomForestClassifier, converted by "
                       f"models/placement.py with scikit-learn {sklearn.__version__} and "
@@ -216,10 +194,7 @@ def export_onnx(dv, model, pkl_path):
         "hadr.source": f"{SOURCE}, sha256 {sha256(pkl_path)}",
     }
     onnx.helper.set_model_props(onx, props)
-    path = os.path.join(HERE, f"{NAME}.onnx")
-    with open(path, "wb") as f:
-        f.write(onx.SerializeToString())
-    return path
+    return save_onnx(NAME, onx)
 
 
 def build(pkl_path):
@@ -249,10 +224,7 @@ def build(pkl_path):
         "cases": cases,
     }
     onnx_path = export_onnx(dv, model, pkl_path)
-    cases_path = os.path.join(HERE, f"{NAME}.cases.json")
-    with open(cases_path, "w") as f:
-        json.dump(doc, f, separators=(",", ":"), allow_nan=False)
-        f.write("\n")
+    cases_path = dump_cases(NAME, doc)
     for p in (onnx_path, cases_path):
         print(f"  wrote {os.path.relpath(p)} ({os.path.getsize(p)} bytes)")
 
@@ -314,20 +286,11 @@ def verify():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("pkl", nargs="?", default=DEFAULT_PKL,
-                    help="the article's project_one_model.pkl (default: %(default)s)")
-    ap.add_argument("--verify", action="store_true",
-                    help="after writing the files, check them with onnxruntime")
-    ap.add_argument("--verify-only", action="store_true",
-                    help="only check the files already written, with onnxruntime")
-    args = ap.parse_args()
-    if not args.verify_only:
-        build(os.path.normpath(args.pkl))
-    if args.verify or args.verify_only:
-        if not verify():
-            sys.exit(1)
-        print("verify: OK")
+    def pkl_argument(ap):
+        ap.add_argument("pkl", nargs="?", default=DEFAULT_PKL,
+                        help="the article's project_one_model.pkl (default: %(default)s)")
+
+    cli(__doc__, lambda args: build(os.path.normpath(args.pkl)), verify, pkl_argument)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ Writes, next to this script:
     xgb_diabetes.onnx, xgb_diabetes.cases.json            (XGBoost, onnxmltools)
 """
 
-import argparse
-import json
 import os
 import sys
 
@@ -30,8 +28,9 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, loa
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
-from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
+
+from export_common import (as_number, clean_header, cli, dump_cases, load_checked, save_onnx,
+                           sklearn_to_onnx)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,31 +60,33 @@ def digits_split():
 
 
 def build_digits():
-    X_train, X_test, y_train, y_test = digits_split()
     model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=1000, random_state=0)
-    model.fit(X_train, y_train)
-    return "digits", model, X_test, y_test, 0.95
+    return fitted("digits", model, digits_split(), 0.95)
 
 
 def build_digits_v2():
     """A second version of `digits` (same data, split, inputs and outputs, a wider
     network), for demonstrating a hot-swapped model upgrade."""
-    X_train, X_test, y_train, y_test = digits_split()
     model = MLPClassifier(hidden_layer_sizes=(128,), max_iter=1000, random_state=1)
+    return fitted("digits-v2", model, digits_split(), 0.95)
+
+
+def float32_split(ds):
+    # Cast to float32 up front: training, predict_proba and the cases file all use
+    # exactly the float32 values that the ONNX model sees.
+    return split(ds.data.astype(np.float32), ds.target.astype(np.int64))
+
+
+def fitted(name, model, data, min_score):
+    """`model` fitted on the training part of `data`: what every build_* returns."""
+    X_train, X_test, y_train, y_test = data
     model.fit(X_train, y_train)
-    return "digits-v2", model, X_test, y_test, 0.95
+    return name, model, X_test, y_test, min_score
 
 
 def build_breast_cancer():
-    ds = load_breast_cancer()
-    # Cast to float32 up front: training, predict_proba and the cases file all use
-    # exactly the float32 values that the ONNX model sees.
-    X = ds.data.astype(np.float32)
-    y = ds.target.astype(np.int64)
-    X_train, X_test, y_train, y_test = split(X, y)
     model = RandomForestClassifier(n_estimators=20, max_depth=6, random_state=0)
-    model.fit(X_train, y_train)
-    return "breast_cancer", model, X_test, y_test, 0.90
+    return fitted("breast_cancer", model, float32_split(load_breast_cancer()), 0.90)
 
 
 def lgbm_classifier():
@@ -99,23 +100,11 @@ def lgbm_classifier():
 
 
 def build_lgbm_cancer():
-    ds = load_breast_cancer()
-    X = ds.data.astype(np.float32)  # float32 up front, as for breast_cancer
-    y = ds.target.astype(np.int64)
-    X_train, X_test, y_train, y_test = split(X, y)
-    model = lgbm_classifier()
-    model.fit(X_train, y_train)
-    return "lgbm_cancer", model, X_test, y_test, 0.90
+    return fitted("lgbm_cancer", lgbm_classifier(), float32_split(load_breast_cancer()), 0.90)
 
 
 def build_lgbm_wine():
-    ds = load_wine()
-    X = ds.data.astype(np.float32)
-    y = ds.target.astype(np.int64)
-    X_train, X_test, y_train, y_test = split(X, y)
-    model = lgbm_classifier()
-    model.fit(X_train, y_train)
-    return "lgbm_wine", model, X_test, y_test, 0.90
+    return fitted("lgbm_wine", lgbm_classifier(), float32_split(load_wine()), 0.90)
 
 
 def build_xgb_diabetes():
@@ -179,34 +168,8 @@ def label_from_probabilities(onx):
             onx.opset_import.remove(o)
 
 
-def clean_header(onx):
-    """The only changes made to a converter's graph besides label_from_probabilities."""
-    # skl2onnx may list the same opset twice (it does for the forest); keep one
-    # entry per domain, the highest version, so every loader sees a clean header.
-    opsets = {}
-    for o in onx.opset_import:
-        opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
-    del onx.opset_import[:]
-    for domain in sorted(opsets):
-        entry = onx.opset_import.add()
-        entry.domain, entry.version = domain, opsets[domain]
-    # Name the batch dimension: skl2onnx leaves it blank (no value, no name), and
-    # tract then wants the caller to give an input fact; with "N" it can load the
-    # model as it is, with a symbolic batch. A fixed first dimension is left as it is
-    # (onnxmltools declares LightGBM's `label` output as int64 [1]).
-    for vi in list(onx.graph.input) + list(onx.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value") and not dims[0].dim_param:
-            dims[0].dim_param = "N"
-
-
 def export_onnx(name, model, n_features):
-    onx = to_onnx(
-        model,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-        options={id(model): {"zipmap": False}},
-        target_opset=TARGET_OPSET,
-    )
+    onx = sklearn_to_onnx(model, n_features, INPUT_NAME, TARGET_OPSET)
     label_from_probabilities(onx)
     clean_header(onx)
     onx.graph.name = name
@@ -214,10 +177,7 @@ def export_onnx(name, model, n_features):
         f"hadr example model '{name}': {type(model).__name__} trained by models/train.py "
         f"with scikit-learn {sklearn.__version__}"
     )
-    path = os.path.join(HERE, f"{name}.onnx")
-    with open(path, "wb") as f:
-        f.write(onx.SerializeToString())
-    return path
+    return save_onnx(name, onx)
 
 
 def export_boosted(name, model, n_features):
@@ -240,50 +200,12 @@ def export_boosted(name, model, n_features):
     clean_header(onx)
     onx.graph.name = name
     onx.doc_string = doc
-    path = os.path.join(HERE, f"{name}.onnx")
-    with open(path, "wb") as f:
-        f.write(onx.SerializeToString())
-    return path
+    return save_onnx(name, onx)
 
 
-def as_number(v):
-    """A float32-representable value written as a plain JSON number, exactly."""
-    return float(np.float32(v))
-
-
-def write_cases(name, model, X_test, y_test, accuracy):
-    proba = model.predict_proba(X_test)  # float64
-    labels = model.predict(X_test)
-    n_features = X_test.shape[1]
-    doc = {
-        "model": name,
-        "features": int(n_features),
-        "classes": int(len(model.classes_)),
-        "sklearn_version": sklearn.__version__,
-        "heldout_accuracy": float(accuracy),
-        "example": {"inputs": [[as_number(v) for v in X_test[0]]]},
-        "cases": [
-            {
-                "input": [as_number(v) for v in row],
-                "target": int(t),
-                "probabilities": [float(p) for p in pr],
-                "label": int(lab),
-            }
-            for row, t, pr, lab in zip(X_test, y_test, proba, labels)
-        ],
-    }
-    return dump_cases(name, doc)
-
-
-def dump_cases(name, doc):
-    path = os.path.join(HERE, f"{name}.cases.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, separators=(",", ":"), allow_nan=False)
-        f.write("\n")
-    return path
-
-
-def write_boosted_classifier_cases(name, model, X_test, y_test, accuracy):
+def write_cases(name, model, X_test, y_test, accuracy, **extra):
+    """A classifier's cases file: every held-out row with the library's own
+    probabilities and label (`extra`: more header fields, e.g. the library)."""
     proba = model.predict_proba(X_test)  # float64, the library's own
     labels = model.predict(X_test)
     doc = {
@@ -291,7 +213,7 @@ def write_boosted_classifier_cases(name, model, X_test, y_test, accuracy):
         "features": int(X_test.shape[1]),
         "classes": int(len(model.classes_)),
         "sklearn_version": sklearn.__version__,
-        "library": library_version(model),
+        **extra,
         "heldout_accuracy": float(accuracy),
         "example": {"inputs": [[as_number(v) for v in X_test[0]]]},
         "cases": [
@@ -347,7 +269,8 @@ def train_all():
             score = model.score(X_test, y_test)
             print(f"{name}: {type(model).__name__} ({library_version(model)}), held-out "
                   f"accuracy {score:.4f} on {len(y_test)} rows")
-            write = write_boosted_classifier_cases
+            def write(*args, model=model):
+                return write_cases(*args, library=library_version(model))
         else:
             score = model.score(X_test, y_test)  # r2
             print(f"{name}: {type(model).__name__} ({library_version(model)}), held-out "
@@ -405,19 +328,9 @@ def verify_all():
     """Run every case through onnxruntime and compare with the training library's
     output: probabilities to MAX_ABS_DIFF and identical labels for the classifiers,
     predictions to MAX_REL_DIFF for the regressor. Prints each graph's ops and outputs."""
-    import onnx
-    import onnxruntime as ort
-
     ok = True
     for name in SKLEARN_MODELS + BOOSTED_CLASSIFIERS:
-        onnx_path = os.path.join(HERE, f"{name}.onnx")
-        with open(os.path.join(HERE, f"{name}.cases.json")) as f:
-            doc = json.load(f)
-        m = onnx.load(onnx_path)
-        onnx.checker.check_model(m, full_check=True)
-        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-        X = np.array([c["input"] for c in doc["cases"]], dtype=np.float32)
-        assert X.shape[1] == doc["features"]
+        doc, m, sess, X = load_checked(name, INPUT_NAME)
         expected_proba = np.array([c["probabilities"] for c in doc["cases"]])
         expected_label = np.array([c["label"] for c in doc["cases"]])
         targets = np.array([c["target"] for c in doc["cases"]])
@@ -438,14 +351,7 @@ def verify_all():
             print(f"  FAIL: {name} does not reproduce {doc.get('library', 'sklearn')}", file=sys.stderr)
             ok = False
     for name in BOOSTED_REGRESSORS:
-        onnx_path = os.path.join(HERE, f"{name}.onnx")
-        with open(os.path.join(HERE, f"{name}.cases.json")) as f:
-            doc = json.load(f)
-        m = onnx.load(onnx_path)
-        onnx.checker.check_model(m, full_check=True)
-        sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-        X = np.array([c["input"] for c in doc["cases"]], dtype=np.float32)
-        assert X.shape[1] == doc["features"]
+        doc, m, sess, X = load_checked(name, INPUT_NAME)
         expected = np.array([c["prediction"] for c in doc["cases"]])
         targets = np.array([c["target"] for c in doc["cases"]])
         assert len(sess.get_outputs()) == 1, [o.name for o in sess.get_outputs()]
@@ -468,18 +374,7 @@ def verify_all():
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--verify", action="store_true",
-                    help="after writing the files, check them with onnxruntime")
-    ap.add_argument("--verify-only", action="store_true",
-                    help="only check the files already written, with onnxruntime")
-    args = ap.parse_args()
-    if not args.verify_only:
-        train_all()
-    if args.verify or args.verify_only:
-        if not verify_all():
-            sys.exit(1)
-        print("verify: OK")
+    cli(__doc__, lambda args: train_all(), verify_all)
 
 
 if __name__ == "__main__":

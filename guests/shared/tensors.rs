@@ -1,9 +1,11 @@
-//! Between the protocol's tensors (`hadr:predictor/types.tensor`, what the
-//! host's `/v2/.../infer` hands a guest) and wasi-nn's. Both guests include
-//! this one file (`#[path]`), each compiling it against its own bindings.
+//! wasi-nn for both guests: opening the model, and converting between the
+//! protocol's tensors (`hadr:predictor/types.tensor`, what the host's
+//! `/v2/.../infer` hands a guest) and wasi-nn's. Both guests include this one
+//! file (`#[path]`), each compiling it against its own bindings.
 
 use crate::hadr::predictor::types::{Datatype, ErrorKind, PredictError, Tensor as Named};
 use crate::wasi::nn::errors::Error as NnError;
+use crate::wasi::nn::graph::{self, Graph};
 use crate::wasi::nn::inference::GraphExecutionContext;
 use crate::wasi::nn::tensor::{Tensor, TensorType};
 
@@ -62,15 +64,29 @@ pub fn run(
     context: &GraphExecutionContext,
     inputs: Vec<(String, Tensor)>,
 ) -> Result<Vec<Named>, PredictError> {
-    let outputs = context.compute(inputs).map_err(|e: NnError| PredictError {
-        kind: ErrorKind::ModelFailure,
-        message: format!(
-            "wasi-nn failed running the model: {:?}: {}",
-            e.code(),
-            e.data()
-        ),
-    })?;
+    let outputs = context
+        .compute(inputs)
+        .map_err(|e| nn_error(ErrorKind::ModelFailure, "running the model", e))?;
     outputs.iter().map(|(n, t)| from_nn(n.clone(), t)).collect()
+}
+
+/// The model the host loaded under `name`, and an execution context for it
+/// (the graph is kept alive beside its context).
+pub fn open(name: &str) -> Result<(Graph, GraphExecutionContext), PredictError> {
+    let graph = graph::load_by_name(name)
+        .map_err(|e| nn_error(ErrorKind::Internal, "loading the model", e))?;
+    let context = graph
+        .init_execution_context()
+        .map_err(|e| nn_error(ErrorKind::Internal, "creating an execution context", e))?;
+    Ok((graph, context))
+}
+
+/// A wasi-nn failure while `doing` something, as a guest error of `kind`.
+pub fn nn_error(kind: ErrorKind, doing: &str, e: NnError) -> PredictError {
+    PredictError {
+        kind,
+        message: format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()),
+    }
 }
 
 /// The client's tensors do not fit the model (HTTP 400).

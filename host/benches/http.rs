@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{env, median_of, repo, start};
-use hadr_host::loadtest::{run, LoadReport, LoadSpec};
+use hadr_tools::loadtest::{run, LoadReport, LoadSpec};
 
 fn body(rows: usize) -> Vec<u8> {
     let cases: serde_json::Value =
@@ -89,11 +89,7 @@ fn main() {
             ("hadr-offload", &hadr_offload),
         ] {
             let report = client.block_on(run(&spec(&server.url))).unwrap();
-            eprintln!(
-                "round {round} {name:>6}: {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  statuses {:?}",
-                report.rps, report.p50_us, report.p99_us, report.by_status
-            );
-            assert_eq!(report.ok, report.requests, "{name} answered non-200s");
+            common::checked(round, name, &report);
             results.push((name, report));
         }
     }

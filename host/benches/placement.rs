@@ -23,8 +23,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{cases, env, median, median_of, repo, start, Server};
-use hadr_host::loadtest::{run, LoadReport, LoadSpec};
-use hadr_host::nn::LoadedModel;
+use hadr_server::sandbox::nn::LoadedModel;
+use hadr_tools::loadtest::{run, LoadReport, LoadSpec};
 
 /// Median and mean of `calls` timed calls of `f`, after a warm-up, in µs.
 fn time_calls(calls: usize, mut f: impl FnMut()) -> (f64, f64) {
@@ -47,7 +47,7 @@ fn model_part() {
     let iters = env("HADR_BENCH_ITERS", 20_000) as usize;
     let model = LoadedModel::from_file(
         &repo().join("models/placement.onnx"),
-        hadr_host::nn::DEFAULT_MODEL_BUDGET,
+        hadr_server::sandbox::nn::DEFAULT_MODEL_BUDGET,
     )
     .unwrap();
     let doc = cases("placement");
@@ -140,11 +140,7 @@ fn http_part() {
                 warmup: Duration::from_secs(1),
             };
             let report = client.block_on(run(&spec)).unwrap();
-            eprintln!(
-                "round {round} {name:>9}: {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  statuses {:?}",
-                report.rps, report.p50_us, report.p99_us, report.by_status
-            );
-            assert_eq!(report.ok, report.requests, "{name} answered non-200s");
+            common::checked(round, name, &report);
             results.push((name, report));
         }
     }

@@ -3,14 +3,14 @@
 //!
 //! Run: `cargo bench -p hadr-host --bench predict` (after scripts/build-guest).
 
+mod common;
+
 use std::path::Path;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hadr_host::deployment::{CompiledModule, Deployment};
-use hadr_host::nn::LoadedModel;
-use hadr_host::runtime::{HostRuntime, Limits};
-use hadr_host::serve::repo_defaults;
+use hadr_server::sandbox::deployment::Deployment;
+use hadr_server::sandbox::engine::{HostRuntime, Limits};
+use hadr_server::sandbox::nn::LoadedModel;
 
 fn body(rows: usize) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/digits.cases.json");
@@ -44,12 +44,8 @@ fn native(model: &LoadedModel, body: &[u8]) -> Vec<u8> {
 }
 
 fn predictions(c: &mut Criterion) {
-    let defaults = repo_defaults();
     let runtime = HostRuntime::new(Limits::default(), 1).unwrap();
-    let model = Arc::new(
-        LoadedModel::from_file(&defaults.model, hadr_host::nn::DEFAULT_MODEL_BUDGET).unwrap(),
-    );
-    let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module, None).unwrap());
+    let (model, module) = common::default_model_and_guest(&runtime);
     let deployment = Deployment::new(module, model.clone(), 0, None);
     // Guest calls are async (WASI's blocking calls must not block_on inside a
     // task); a current-thread runtime drives them, as a request task would.

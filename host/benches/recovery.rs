@@ -12,18 +12,19 @@
 //! Env: `HADR_BENCH_FAULTS` (default 2000), `HADR_BENCH_ROUNDS` (3),
 //! `HADR_BENCH_SECONDS` (2).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hadr_host::bindings::drillable::exports::hadr::predictor::chaos::Fault;
-use hadr_host::deployment::{CompiledModule, Deployment};
-use hadr_host::instance::{InForce, Input, Instance, Source};
-use hadr_host::nn::LoadedModel;
-use hadr_host::runtime::{HostRuntime, Limits};
-use hadr_host::serve::repo_defaults;
-use hadr_host::topology::InstanceSpec;
+use hadr_server::bindings::drillable::exports::hadr::predictor::chaos::Fault;
+use hadr_server::instance::{InForce, Input, Instance, Source};
+use hadr_server::sandbox::deployment::{CompiledModule, Deployment};
+use hadr_server::sandbox::engine::{HostRuntime, Limits};
+use hadr_server::sandbox::nn::LoadedModel;
+use hadr_server::topology::InstanceSpec;
 use hdrhistogram::Histogram;
 
 fn env(name: &str, default: u64) -> u64 {
@@ -55,12 +56,8 @@ fn line(what: &str, h: &Histogram<u64>) {
 }
 
 fn main() {
-    let defaults = repo_defaults();
     let runtime = Arc::new(HostRuntime::new(Limits::default(), 4).unwrap());
-    let model = Arc::new(
-        LoadedModel::from_file(&defaults.model, hadr_host::nn::DEFAULT_MODEL_BUDGET).unwrap(),
-    );
-    let module = Arc::new(CompiledModule::from_file(&runtime, &defaults.module, None).unwrap());
+    let (model, module) = common::default_model_and_guest(&runtime);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

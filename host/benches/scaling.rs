@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{env, median_of, start, Server};
-use hadr_host::loadtest::{run, LoadReport, LoadSpec};
+use hadr_tools::loadtest::{run, LoadReport, LoadSpec};
 
 /// A server under test: its name in the table and how to start it.
 struct Contender {

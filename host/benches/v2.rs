@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{env, median_of, repo, start};
-use hadr_host::loadtest::payload::{requests, Protocol};
-use hadr_host::loadtest::{run_plan, LoadReport, Model, Plan};
+use hadr_tools::loadtest::payload::{requests, Protocol};
+use hadr_tools::loadtest::{run_plan, LoadReport, Model, Plan};
 
 fn main() {
     let rounds = env("HADR_BENCH_ROUNDS", 3) as usize;
@@ -74,11 +74,7 @@ fn main() {
                 timeout: Duration::from_secs(30),
             };
             let report = client.block_on(run_plan(&plan, None)).unwrap();
-            eprintln!(
-                "round {round} {name:>14}: {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  statuses {:?}",
-                report.rps, report.p50_us, report.p99_us, report.by_status
-            );
-            assert_eq!(report.ok, report.requests, "{name} answered non-200s");
+            common::checked(round, name, &report);
             results.push((name, report));
         }
     }

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hadr_host::admin_client::{AdminClient, DeployPlan};
-use hadr_host::loadtest::{self, Model, Plan};
-use hadr_host::rollout::Targets;
-use hadr_host::runtime::Limits;
-use hadr_host::serve::{repo_defaults, Host, ServeOptions, DEFAULT_GUEST};
-use hadr_host::shutdown::Shutdown;
-use hadr_host::topology::Defaults;
+use hadr_server::rollout::Targets;
+use hadr_server::serve::args::{parse_size, ServeArgs};
+use hadr_server::serve::{repo_defaults, Host, DEFAULT_GUEST};
+use hadr_server::shutdown::Shutdown;
+use hadr_tools::admin_client::{AdminClient, DeployPlan};
+use hadr_tools::loadtest::{self, Model, Plan};
 
 /// hadr: serve ML predictors as sandboxed WebAssembly instances in
 /// high-availability topologies.
@@ -293,134 +292,6 @@ fn targets(to: &str) -> Targets {
 }
 
 #[derive(clap::Args)]
-struct ServeArgs {
-    /// The topology file (the article's format; see topologies/).
-    topology: PathBuf,
-    /// Address of the router's listener. Instance ports bind on the same IP.
-    #[arg(long, default_value = "127.0.0.1:8000", env = "HADR_LISTEN")]
-    listen: SocketAddr,
-    /// Largest request body accepted (e.g. 1MiB, 512KiB); larger bodies get 413
-    /// before they are read.
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
-    max_body: usize,
-    /// Longest one prediction may run in its sandbox before it is stopped (504).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    deadline: Duration,
-    /// Most linear memory one instance may use (e.g. 64MiB).
-    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
-    max_memory: usize,
-    /// Predictions that have recently taken longer than this run on a blocking
-    /// thread instead of the request's task, so they cannot stall other
-    /// requests; shorter ones stay on the task (a thread hop costs about as
-    /// much as a small prediction). 0s: always offload.
-    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
-    offload_above: Duration,
-    /// Model for entries that name none. [default: models/digits.onnx in this repository]
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Guest component for entries that name none.
-    /// [default: the generic guest built from guests/predictor/ in this repository]
-    #[arg(long)]
-    module: Option<PathBuf>,
-    /// Warm spare instances kept ready per deployment: a faulted instance is
-    /// replaced by one at once, and the pool is refilled in the background.
-    #[arg(long, default_value_t = 2)]
-    warm_pool: usize,
-    /// Address of the admin listener (POST /admin/chaos), which needs
-    /// `Authorization: Bearer <token>`.
-    #[arg(long, default_value = "127.0.0.1:8001", env = "HADR_ADMIN_LISTEN")]
-    admin_listen: SocketAddr,
-    /// State directory: runtime facts in a sled database (<state-dir>/db:
-    /// roles, promotions, counters, last faults, deployments), so a restart,
-    /// even after kill -9, continues where the last run stopped. The topology
-    /// file decides the shape (instances, active or standby); the state keeps
-    /// the facts (a promoted standby stays promoted); conflicts are logged at
-    /// start. The admin token is read from HADR_ADMIN_TOKEN, or from
-    /// <state-dir>/admin-token, generated there (mode 0600) at first start.
-    /// One host per state directory.
-    #[arg(long, default_value = "state-data", env = "HADR_STATE_DIR")]
-    state_dir: PathBuf,
-    /// How often per-request counters are written to the state directory
-    /// (promotions and chaos faults are written at once).
-    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
-    state_interval: Duration,
-    /// Open connections allowed over the router's and the instances' listeners
-    /// (the admin listener has its own cap of 64, 16 per client address); at
-    /// the cap the host stops accepting until one closes (clients wait in the
-    /// kernel's backlog). Lowered at start, with a warning, to fit the
-    /// open-file limit (the soft RLIMIT_NOFILE is first raised to the hard
-    /// one), so the admin listener always has its descriptors. Worst-case
-    /// request-body memory is this times --max-body.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
-    /// Host memory one model may claim: each constant it carries, their
-    /// sum, and each tensor whose size the file fixes (a symbolic batch
-    /// counts as 1). Checked on the ONNX graph before tract folds anything,
-    /// at start and at every deploy; a model over it is refused (422 on
-    /// deploy) with the tensor named.
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
-    max_model_bytes: usize,
-    /// Most calls one instance runs at once, each in its own sandbox (own
-    /// store, memory and deadline), where its topology entry does not set
-    /// "concurrency". Default: the machine's cores shared among the active
-    /// entries served here, rounded up, and at least 2 (so the actives
-    /// together use every core, and one hung call never holds a whole
-    /// instance). `max_load` still counts requests in flight or waiting, as
-    /// in the article.
-    #[arg(long)]
-    concurrency: Option<usize>,
-    /// Sandboxes beyond the one an instance keeps are dropped after idling
-    /// this long (they come back from the warm pool on demand).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    sandbox_idle: Duration,
-    /// An instance that idles past --sandbox-idle keeps no sandbox at all;
-    /// its next request pays one instantiation (from the warm pool, about
-    /// 0.1 ms; see `cargo bench --bench recovery`).
-    #[arg(long)]
-    scale_to_zero: bool,
-    /// Let guests give wasi-nn model bytes of their own (`load`). Off by
-    /// default: guests serve the models deployed by the operator, by name,
-    /// and a guest's own model would reach the ONNX parser unchecked by a
-    /// deploy. Even allowed, it is held to --max-model-bytes.
-    #[arg(long)]
-    allow_guest_models: bool,
-    /// Open connections one client address may hold on the public listeners;
-    /// further connections from it are closed at once, so one slow or
-    /// hostile client cannot take every place. Behind a balancer every
-    /// connection comes from its address: raise this to --max-connections.
-    #[arg(long, default_value_t = 256)]
-    max_connections_per_client: usize,
-    /// Closes a connection whose client reads nothing of an answer for this
-    /// long (a client pipelining requests without reading the answers would
-    /// otherwise hold its place forever).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    write_timeout: Duration,
-    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    grace: Duration,
-    /// Largest guest module or model `hadr-host deploy` may upload.
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
-    max_upload: usize,
-    /// A promoted standby returns to standby once the actives have carried
-    /// the load alone (each under its threshold, none broken, no new
-    /// promotion) for this long. POST /admin/demote does it at once.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    promotion_cooldown: Duration,
-    /// Serve only these entries of the topology (comma-separated): one
-    /// process per entry, each on its own machine (the entry's "host"),
-    /// behind a balancer such as HAProxy (`hadr-host export haproxy`). This
-    /// process's router then routes among its own entries only.
-    #[arg(long, value_delimiter = ',')]
-    only: Option<Vec<String>>,
-    /// On SIGTERM, first answer /readyz with 503 for this long while still
-    /// serving, so a balancer's health checks take the host out before it
-    /// stops accepting (behind the generated HAProxy config, 500ms is ample:
-    /// checks every 100 ms, down after 2). 0s: stop at once.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    drain: Duration,
-}
-
-#[derive(clap::Args)]
 struct LoadtestArgs {
     /// URL to POST to, e.g. http://127.0.0.1:8000/predict.
     url: hyper::Uri,
@@ -493,11 +364,6 @@ fn parse_rate(s: &str) -> Result<(f64, f64), String> {
     }
 }
 
-fn parse_size(s: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = s.parse().map_err(|e: String| e)?;
-    usize::try_from(size.as_u64()).map_err(|e| e.to_string())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -552,39 +418,9 @@ fn init_logging() {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let repo = repo_defaults();
-    let defaults = Defaults {
-        model: args.model.unwrap_or(repo.model),
-        module: args.module.unwrap_or(repo.module),
-    };
-    let options = ServeOptions {
-        topology: args.topology,
-        listen: args.listen,
-        max_body: args.max_body,
-        max_connections: args.max_connections,
-        max_connections_per_client: args.max_connections_per_client,
-        concurrency: args.concurrency.map(|c| c.max(1)),
-        write_timeout: args.write_timeout,
-        limits: Limits {
-            deadline: args.deadline,
-            max_memory: args.max_memory,
-            offload_above: args.offload_above,
-            max_model_bytes: args.max_model_bytes as u64,
-            guest_models: args.allow_guest_models,
-            concurrency: 1,
-            keep_idle: usize::from(!args.scale_to_zero),
-            idle_after: args.sandbox_idle,
-        },
-        defaults: defaults.clone(),
-        grace: args.grace,
-        admin_listen: args.admin_listen,
-        warm_pool: args.warm_pool,
-        state_dir: args.state_dir,
-        state_interval: args.state_interval,
-        max_upload: args.max_upload,
-        only: args.only,
-        promotion_cooldown: args.promotion_cooldown,
-    };
+    let defaults = args.defaults();
+    let drain = args.drain;
+    let options = args.options();
     let host = match Host::start(&options).await {
         Ok(host) => host,
         Err(e) => {
@@ -598,7 +434,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
                 ));
             }
             let config = err
-                .downcast_ref::<hadr_host::serve::StartError>()
+                .downcast_ref::<hadr_server::serve::StartError>()
                 .is_none_or(|e| e.is_config());
             return Err(if config {
                 Failure::Config(err)
@@ -609,7 +445,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     let shutdown = Shutdown::new();
     shutdown
-        .on_signals(args.drain, host.draining())
+        .on_signals(drain, host.draining())
         .context("installing signal handlers")
         .map_err(Failure::Other)?;
     let router = host.router_addr();
@@ -629,16 +465,16 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
 }
 
 fn export_haproxy(args: HaproxyArgs) -> Result<(), Failure> {
-    let topology = hadr_host::topology::Topology::load_shape(&args.topology)
+    let topology = hadr_server::topology::Topology::load_shape(&args.topology)
         .map_err(|e| Failure::Config(e.into()))?;
-    let options = hadr_host::fleet::haproxy::Options {
+    let options = hadr_tools::fleet::haproxy::Options {
         listen: args.listen,
         max_body: args.max_body,
         addresses: args.addresses,
         queue_timeout_ms: args.queue_timeout.as_millis() as u64,
         server_timeout_ms: 10_000,
     };
-    let config = hadr_host::fleet::haproxy::config(&topology, &options)
+    let config = hadr_tools::fleet::haproxy::config(&topology, &options)
         .map_err(|e| Failure::Config(e.into()))?;
     print!("{config}");
     Ok(())
@@ -646,7 +482,7 @@ fn export_haproxy(args: HaproxyArgs) -> Result<(), Failure> {
 
 async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure> {
     let token = args.admin.client().map_err(Failure::Config)?.token;
-    let topology = hadr_host::topology::Topology::load_shape(&topology)
+    let topology = hadr_server::topology::Topology::load_shape(&topology)
         .map_err(|e| Failure::Config(e.into()))?;
     if args.module.is_none() && args.model.is_none() {
         return Err(Failure::Config(anyhow::anyhow!(
@@ -662,7 +498,7 @@ async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure
         max_error_rate: None,
         min_calls: None,
     };
-    match hadr_host::fleet::rolling::deploy(&topology, args.admin_port, &token, &plan).await {
+    match hadr_tools::fleet::rolling::deploy(&topology, args.admin_port, &token, &plan).await {
         Ok(hosts) => {
             println!(
                 "{}",
@@ -730,21 +566,21 @@ async fn drill(args: DrillArgs) -> anyhow::Result<()> {
         root.join("models")
             .join(format!("{}.cases.json", args.model))
     });
-    let options = hadr_host::drill::DrillOptions {
+    let options = hadr_tools::drill::DrillOptions {
         topologies,
         out: args.out.clone(),
         timing: if args.quick {
-            hadr_host::drill::Timing::quick()
+            hadr_tools::drill::Timing::quick()
         } else {
-            hadr_host::drill::Timing::full()
+            hadr_tools::drill::Timing::full()
         },
         share: args.share,
         bodies: loadtest::payload::from_cases(&cases, 1)?,
         serve_args: vec!["--deadline".into(), args.deadline],
         fleet: args.fleet,
     };
-    let report = hadr_host::drill::run(&options).await?;
-    println!("{}", hadr_host::drill::report::markdown(&report));
+    let report = hadr_tools::drill::run(&options).await?;
+    println!("{}", hadr_tools::drill::report::markdown(&report));
     eprintln!("wrote {}", args.out.join("report.md").display());
     Ok(())
 }
@@ -764,7 +600,7 @@ async fn rollback(args: RollbackArgs) -> Result<(), Failure> {
 
 /// Prints an admin answer; a refusal is exit code 2, an unreachable host 1.
 fn report(
-    outcome: Result<serde_json::Value, hadr_host::admin_client::ClientError>,
+    outcome: Result<serde_json::Value, hadr_tools::admin_client::ClientError>,
 ) -> Result<(), Failure> {
     match outcome {
         Ok(value) => {

@@ -1,13 +1,60 @@
-//! The host's modules depend on each other one way: no cycles. Reads
-//! `host/src` and fails naming the cycle when a change adds one (a module
-//! using another through `crate::` or, within a folder, `super::`; comments
-//! do not count).
+//! The map in `server/src/lib.rs`, enforced: each module uses only the
+//! layers its table row allows, and no two files use each other through a
+//! cycle. Reads the sources of `hadr-server` and `hadr-tools` and fails
+//! naming the offending use (a module using another through `crate::` or,
+//! within a folder, `super::`; comments do not count).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Module name of a source file: `instance` for `instance.rs`, `http::api`
-/// for `http/api.rs`, `http` for `http/mod.rs`.
+/// `hadr-server`'s layers: each top-level module and the modules it may use.
+/// Same table as the map in `server/src/lib.rs`.
+const SERVER: &[(&str, &[&str])] = &[
+    ("topology", &[]),
+    ("shutdown", &[]),
+    ("sandbox", &["topology", "shutdown"]),
+    ("oip", &["sandbox"]),
+    ("serving", &["sandbox"]),
+    ("instance", &["serving", "sandbox", "oip", "topology"]),
+    ("routing", &["instance", "state", "shutdown"]),
+    (
+        "state",
+        &["instance", "serving", "sandbox", "topology", "shutdown"],
+    ),
+    ("metrics", &["instance", "routing", "serving", "sandbox"]),
+    (
+        "rollout",
+        &[
+            "metrics", "instance", "serving", "sandbox", "state", "topology", "shutdown",
+        ],
+    ),
+    (
+        "http",
+        &[
+            "rollout", "metrics", "state", "routing", "instance", "serving", "sandbox", "oip",
+            "shutdown",
+        ],
+    ),
+    (
+        "serve",
+        &[
+            "http", "rollout", "metrics", "state", "routing", "instance", "serving", "sandbox",
+            "topology", "shutdown",
+        ],
+    ),
+];
+
+/// `hadr-tools`' layers.
+const TOOLS: &[(&str, &[&str])] = &[
+    ("spawn", &[]),
+    ("loadtest", &[]),
+    ("admin_client", &[]),
+    ("fleet", &["admin_client", "spawn"]),
+    ("drill", &["fleet", "admin_client", "loadtest", "spawn"]),
+];
+
+/// Module name of a source file: `instance` for `instance/mod.rs`,
+/// `sandbox::nn` for `sandbox/nn/budget.rs`, `http::api` for `http/api.rs`.
 fn module_of(relative: &Path) -> Option<String> {
     let mut parts: Vec<String> = relative
         .with_extension("")
@@ -19,13 +66,12 @@ fn module_of(relative: &Path) -> Option<String> {
     }
     match parts.first().map(String::as_str) {
         None | Some("lib" | "main") => None,
-        // Only the http folder is split into layers of its own.
-        Some("http") => Some(parts[..parts.len().min(2)].join("::")),
-        Some(_) => Some(parts[0].clone()),
+        Some(_) => Some(parts[..parts.len().min(2)].join("::")),
     }
 }
 
-/// The modules `code` (of module `me`) uses.
+/// The paths `code` (of module `me`) names: `a::b` for `crate::a::b::X`,
+/// resolved against the known modules later.
 fn uses(me: &str, code: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let parent = me.rsplit_once("::").map(|(p, _)| p);
@@ -35,39 +81,37 @@ fn uses(me: &str, code: &str) -> BTreeSet<String> {
             continue;
         }
         for (prefix, base) in [("crate::", None), ("super::", parent)] {
+            if prefix == "super::" && base.is_none() {
+                continue;
+            }
             for (at, _) in line.match_indices(prefix) {
-                let rest = &line[at + prefix.len()..];
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                let after = &rest[name.len()..];
-                let module = match base {
-                    Some(base) => format!("{base}::{name}"),
-                    None if name == "http" && after.starts_with("::") => {
-                        let sub: String = after[2..]
-                            .chars()
-                            .take_while(|c| c.is_alphanumeric() || *c == '_')
-                            .collect();
-                        format!("http::{sub}")
-                    }
-                    None => name,
-                };
-                if prefix == "super::" && base.is_none() {
+                if line[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
                     continue;
                 }
-                found.insert(module);
+                let words: Vec<String> = line[at + prefix.len()..]
+                    .split("::")
+                    .take(2)
+                    .map(|w| {
+                        w.chars()
+                            .take_while(|c| c.is_alphanumeric() || *c == '_')
+                            .collect()
+                    })
+                    .collect();
+                let path = match base {
+                    Some(base) => format!("{base}::{}", words[0]),
+                    None => words.join("::"),
+                };
+                found.insert(path);
             }
         }
     }
-    found.remove(me);
     found
 }
 
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut stack = vec![src.clone()];
+/// Each module of the crate in `src` and the modules it uses.
+fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut raw: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut stack = vec![src.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
@@ -75,25 +119,35 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                 stack.push(path);
                 continue;
             }
-            let Some(me) = module_of(path.strip_prefix(&src).unwrap()) else {
+            let Some(me) = module_of(path.strip_prefix(src).unwrap()) else {
                 continue;
             };
             let code = std::fs::read_to_string(&path).unwrap();
             let used = uses(&me, &code);
-            graph.entry(me).or_default().extend(used);
+            raw.entry(me).or_default().extend(used);
         }
     }
-    let known: BTreeSet<String> = graph.keys().cloned().collect();
-    for deps in graph.values_mut() {
-        deps.retain(|d| known.contains(d));
-    }
-    graph
+    let known: BTreeSet<String> = raw.keys().cloned().collect();
+    raw.iter()
+        .map(|(me, used)| {
+            let resolved = used
+                .iter()
+                .filter_map(|path| {
+                    let top = path.split("::").next().unwrap();
+                    [path.as_str(), top]
+                        .into_iter()
+                        .find(|m| known.contains(*m))
+                        .map(str::to_string)
+                })
+                .filter(|m| m != me)
+                .collect();
+            (me.clone(), resolved)
+        })
+        .collect()
 }
 
 /// A cycle through `start`, if any, as the path that closes it.
 fn cycle_from(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option<Vec<String>> {
-    let mut path = vec![start.to_string()];
-    let mut seen = BTreeSet::new();
     fn walk(
         graph: &BTreeMap<String, BTreeSet<String>>,
         start: &str,
@@ -116,28 +170,72 @@ fn cycle_from(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option
         }
         false
     }
-    walk(graph, start, &mut path, &mut seen).then_some(path)
+    let mut path = vec![start.to_string()];
+    walk(graph, start, &mut path, &mut BTreeSet::new()).then_some(path)
+}
+
+/// Every use that breaks `layers` or closes a cycle, as a message.
+fn violations(
+    graph: &BTreeMap<String, BTreeSet<String>>,
+    layers: &[(&str, &[&str])],
+) -> Vec<String> {
+    let top = |m: &str| m.split("::").next().unwrap().to_string();
+    let allowed: BTreeMap<&str, &[&str]> = layers.iter().copied().collect();
+    let mut found = Vec::new();
+    for (me, used) in graph {
+        let Some(may) = allowed.get(top(me).as_str()) else {
+            found.push(format!("`{me}` is in no layer of the table"));
+            continue;
+        };
+        for other in used {
+            let layer = top(other);
+            if layer != top(me) && !may.contains(&layer.as_str()) {
+                found.push(format!("`{me}` uses `{other}`, which its layer may not"));
+            }
+        }
+    }
+    found.extend(
+        graph
+            .keys()
+            .filter_map(|m| cycle_from(graph, m))
+            .map(|c| format!("cycle: {}", c.join(" -> "))),
+    );
+    found
+}
+
+fn crate_src(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(name)
+        .join("src")
 }
 
 #[test]
-fn modules_depend_on_each_other_one_way() {
-    let graph = graph();
+fn the_server_follows_its_map() {
+    let graph = graph(&crate_src("server"));
     assert!(
-        graph.contains_key("instance") && graph.contains_key("http::api"),
+        graph["http::api"].contains("routing::router") && graph.contains_key("sandbox::live"),
         "the source tree was not read: {graph:?}"
     );
-    let cycles: Vec<String> = graph
-        .keys()
-        .filter_map(|m| cycle_from(&graph, m))
-        .map(|c| c.join(" -> "))
-        .collect();
-    assert!(cycles.is_empty(), "module cycles:\n{}", cycles.join("\n"));
+    let found = violations(&graph, SERVER);
+    assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
 #[test]
-fn the_checker_finds_a_cycle() {
-    let a = uses("a", "use crate::b::X;\n// crate::c is only mentioned");
-    assert_eq!(a, BTreeSet::from(["b".to_string()]));
+fn the_tools_follow_their_map() {
+    let graph = graph(&crate_src("tools"));
+    assert!(graph["drill"].contains("loadtest"), "{graph:?}");
+    let found = violations(&graph, TOOLS);
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+#[test]
+fn the_checker_finds_what_breaks_a_map() {
+    let a = uses(
+        "a",
+        "use crate::b::X;\n// crate::c is only mentioned\nhadr_server::d::Y",
+    );
+    assert_eq!(a, BTreeSet::from(["b::X".to_string()]));
     let api = uses("http::api", "use super::app::App;\nuse crate::http::body;");
     assert_eq!(
         api,
@@ -146,6 +244,23 @@ fn the_checker_finds_a_cycle() {
     let graph = BTreeMap::from([
         ("a".to_string(), BTreeSet::from(["b".to_string()])),
         ("b".to_string(), BTreeSet::from(["a".to_string()])),
+        ("c".to_string(), BTreeSet::new()),
     ]);
     assert_eq!(cycle_from(&graph, "a").unwrap(), ["a", "b", "a"]);
+    let layers: &[(&str, &[&str])] = &[("a", &["b"]), ("b", &[])];
+    let found = violations(&graph, layers);
+    assert!(
+        found
+            .iter()
+            .any(|f| f == "`b` uses `a`, which its layer may not"),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|f| f == "`c` is in no layer of the table"),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|f| f.starts_with("cycle: a -> b")),
+        "{found:?}"
+    );
 }

@@ -107,14 +107,15 @@ fn rss_kib(pid: u32) -> u64 {
 /// A client that keeps pushing a 1 GiB body gets 413 and the host's memory
 /// does not grow with what it sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: measures a hadr-host process"]
 async fn a_1_gib_upload_does_not_grow_the_host() {
-    let host = Host::start(&free_ports("single.json"), &[]);
+    let host = Host::process(&free_ports("single.json"), &[]);
     // Warm the host up so the baseline includes its normal working set.
     let row = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
     for _ in 0..50 {
         post(host.router, "/predict", row.clone()).await;
     }
-    let before = rss_kib(host.child.id());
+    let before = rss_kib(host.pid());
     let mut stream = tokio::net::TcpStream::connect(host.router).await.unwrap();
     let head = "POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: 1073741824\r\n\r\n";
     stream.write_all(head.as_bytes()).await.unwrap();
@@ -137,7 +138,7 @@ async fn a_1_gib_upload_does_not_grow_the_host() {
             _ => break,
         }
     }
-    let after = rss_kib(host.child.id());
+    let after = rss_kib(host.pid());
     eprintln!(
         "RSS before {before} KiB, after pushing {} MiB: {after} KiB",
         sent >> 20

@@ -20,7 +20,7 @@ use hyper::{Method, StatusCode};
 /// The default guest, with a custom section appended: a different digest
 /// (so a different version), the same behaviour.
 fn variant_guest(dir: &TempDir) -> PathBuf {
-    let mut bytes = std::fs::read(repo().join(hadr_host::serve::DEFAULT_GUEST)).unwrap();
+    let mut bytes = std::fs::read(repo().join(hadr_server::serve::DEFAULT_GUEST)).unwrap();
     let name = b"hadr-test-variant";
     let payload = b"v2";
     // Custom section: id 0, size, name (length-prefixed), payload.
@@ -176,6 +176,7 @@ async fn deploy_then_rollback_under_load_fails_no_request() {
 /// Acceptance 2: each unfit version is refused with 422 and its reason, no
 /// request fails meanwhile, and the old version keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: measures or restarts a hadr-host process"]
 async fn unfit_versions_are_refused_and_the_old_one_keeps_serving() {
     let dir = TempDir::new("refusals");
     let not_wasm = dir.write("notes.wasm", "this is not WebAssembly");
@@ -187,7 +188,7 @@ async fn unfit_versions_are_refused_and_the_old_one_keeps_serving() {
         "deadly.json",
         &String::from_utf8(inputs(&[deadly])).unwrap(),
     );
-    let host = Host::start(&free_ports("2-active.json"), &[]);
+    let host = Host::process(&free_ports("2-active.json"), &[]);
     let before = versions(&host.topology().await);
     let load = Load::start(host.router, 4, vec![one_row()]);
     let model_arg = format!("digits={}", bad_model.display());
@@ -239,7 +240,7 @@ async fn unfit_versions_are_refused_and_the_old_one_keeps_serving() {
         .all(|a| a.status == StatusCode::OK && a.version == before[0]));
     // The hostile model's 512 MiB were never allocated: the host's peak
     // resident memory stayed far below them.
-    let peak = peak_rss_kib(host.child.id());
+    let peak = peak_rss_kib(host.pid());
     assert!(peak < 300 * 1024, "peak RSS {peak} KiB");
 
     // The same refusals straight at the route: 422 with a JSON reason.
@@ -390,6 +391,7 @@ fn start_timed(topology: &str, state: &Path, log: &Path) -> (Host, Duration) {
 /// from process start to the first 200 is reported against a cold start. A
 /// damaged cache entry is ignored and rebuilt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: measures or restarts a hadr-host process"]
 async fn a_restart_serves_the_deployed_version_from_the_compiled_cache() {
     let dir = TempDir::new("restart");
     let guest = variant_guest(&dir);

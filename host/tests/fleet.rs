@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{cases, failures, inputs, repo, Answered, Load, TempDir};
-use hadr_host::fleet::local::{haproxy_exe, FleetOptions, LocalFleet};
+use hadr_tools::fleet::local::{haproxy_exe, FleetOptions, LocalFleet};
 use hyper::StatusCode;
 
 /// Generous bounds: the fleet shares two cores with the load and HAProxy.
@@ -55,6 +55,7 @@ fn served_by(answers: &[Answered], instance: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: hadr-host processes behind a real HAProxy"]
 async fn losing_both_active_hosts_fails_no_request_and_they_rejoin() {
     let (mut fleet, _dir) = fleet(&repo().join("topologies/fleet/2-active.json"), 21, &[]);
     // Each process serves its own entry only (`--only`).
@@ -112,6 +113,7 @@ async fn losing_both_active_hosts_fails_no_request_and_they_rejoin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: hadr-host processes behind a real HAProxy"]
 async fn the_standby_takes_the_overflow_and_a_full_fleet_answers_503_at_once() {
     // Every entry takes one request at a time. A request is held by a hang
     // armed through the admin API: the placement guest has no `chaos`
@@ -222,6 +224,7 @@ async fn wait_loads(fleet: &LocalFleet, done: impl Fn(&[u64]) -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: hadr-host processes behind a real HAProxy"]
 async fn a_rolling_restart_and_a_rolling_deploy_fail_no_request() {
     let (mut fleet, _dir) = fleet(&repo().join("topologies/fleet/2-active.json"), 23, &[]);
     let load = Load::start(fleet.frontend, 3, digits_bodies());
@@ -308,6 +311,7 @@ async fn a_rolling_restart_and_a_rolling_deploy_fail_no_request() {
 }
 
 #[test]
+#[ignore = "full suite: hadr-host processes behind a real HAProxy"]
 fn the_exported_configuration_passes_haproxys_check_for_every_article_topology() {
     let haproxy = haproxy_exe().expect("HAProxy is not installed: apt-get install -y haproxy");
     let dir = TempDir::new("export");

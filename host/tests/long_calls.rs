@@ -7,8 +7,9 @@ use common::{cases, free_ports, get, inputs, post, Host};
 use hyper::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: hadr-host processes with calls of seconds"]
 async fn long_calls_on_every_instance_do_not_stall_the_host() {
-    let host = Host::start(
+    let host = Host::process(
         &free_ports("2-active.json"),
         &["--max-body", "32MiB", "--deadline", "60s"],
     );
@@ -75,9 +76,10 @@ fn row_starting_with(first: f64) -> serde_json::Value {
 /// cost), as a fast instance's calls do: the runtime's own worker threads
 /// are what a spinning guest could hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: hadr-host processes with calls of seconds"]
 async fn spinning_guests_do_not_hold_the_hosts_threads() {
     let topology = common::with_faulty_guest("3-active.json", &[]);
-    let host = Host::start(&topology, &["--deadline", "4s", "--offload-above", "1h"]);
+    let host = Host::process(&topology, &["--deadline", "4s", "--offload-above", "1h"]);
     let spin = inputs(&[row_starting_with(-7.0)]);
     let (safe, _) = common::safe_and_deadly_rows();
     let safe = inputs(&[safe]);
@@ -126,9 +128,10 @@ async fn spinning_guests_do_not_hold_the_hosts_threads() {
 /// epochs cannot interrupt it) is stopped by the host's own timeout, its
 /// sandbox replaced, and the instance serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: hadr-host processes with calls of seconds"]
 async fn a_guest_blocked_outside_webassembly_is_stopped_by_the_host() {
     let topology = common::with_faulty_guest("single.json", &[]);
-    let host = Host::start(&topology, &["--deadline", "300ms"]);
+    let host = Host::process(&topology, &["--deadline", "300ms"]);
     let p1 = host.instance_addr("predict1").await;
     let started = std::time::Instant::now();
     let answer = tokio::time::timeout(

@@ -117,6 +117,7 @@ async fn first_ok(host: &Host, since: Instant) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: kills and restarts hadr-host processes"]
 async fn kill_9_under_load_five_times_loses_no_persisted_state() {
     let state = TempDir::new("recovery");
     let topology = topology();
@@ -155,8 +156,8 @@ async fn kill_9_under_load_five_times_loses_no_persisted_state() {
         assert_eq!(status, StatusCode::OK, "{body}");
         floor = counters(&snapshot);
         load.wait_for(30).await;
-        host.child.kill().unwrap();
-        host.child.wait().unwrap();
+        host.child().kill().unwrap();
+        host.child().wait().unwrap();
         load.stop().await;
         let served: u64 = floor.values().map(|c| c.0).sum();
         eprintln!(
@@ -167,6 +168,7 @@ async fn kill_9_under_load_five_times_loses_no_persisted_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: kills and restarts hadr-host processes"]
 async fn a_clean_stop_saves_every_counter() {
     let state = TempDir::new("clean-stop");
     let topology = with_fields("2-active.json", &[]);
@@ -175,13 +177,13 @@ async fn a_clean_stop_saves_every_counter() {
         let (status, _, body) = post(host.router, "/predict", one_row()).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
-    let pid = host.child.id().to_string();
+    let pid = host.pid().to_string();
     let term = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(term.success());
-    assert_eq!(host.child.wait().unwrap().code(), Some(0));
+    assert_eq!(host.child().wait().unwrap().code(), Some(0));
     // With an hour between periodic writes, only the final flush can have
     // saved these.
     let host = Host::start_in(&topology, Some(&state.0), &[]);
@@ -194,6 +196,7 @@ async fn a_clean_stop_saves_every_counter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: kills and restarts hadr-host processes"]
 async fn the_file_wins_a_role_conflict_and_the_log_says_so() {
     let state = TempDir::new("conflict");
     let host = Host::start_in(&with_fields("2-active.json", &[]), Some(&state.0), &[]);
@@ -220,6 +223,7 @@ async fn the_file_wins_a_role_conflict_and_the_log_says_so() {
 }
 
 #[test]
+#[ignore = "full suite: kills and restarts hadr-host processes"]
 fn a_damaged_state_directory_is_refused_with_a_way_out() {
     let dir = TempDir::new("damaged");
     let state = dir.0.join("state");
@@ -253,6 +257,7 @@ fn a_damaged_state_directory_is_refused_with_a_way_out() {
 /// blobs no deployment uses, are removed at the next start; what is in force
 /// stays and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: kills and restarts hadr-host processes"]
 async fn a_restart_removes_half_written_and_unused_files() {
     let state = TempDir::new("garbage");
     let topology = with_fields("2-active.json", &[]);

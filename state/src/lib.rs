@@ -100,6 +100,16 @@ pub enum Source {
     Deploy,
 }
 
+impl Source {
+    /// Its name, as serialised (`topology`, `deploy`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Topology => "topology",
+            Source::Deploy => "deploy",
+        }
+    }
+}
+
 /// What an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -453,6 +463,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hadr-state-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn a_sources_name_is_its_serialised_form() {
+        for source in [Source::Topology, Source::Deploy] {
+            assert_eq!(serde_json::to_value(source).unwrap(), source.as_str());
+        }
     }
 
     #[test]

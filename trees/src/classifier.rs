@@ -7,8 +7,6 @@
 //! ties, which agrees with onnxruntime's own label logic in the binary and
 //! multiclass layouts and fixes tract 0.23's binary label (always class 0).
 
-use std::sync::Arc;
-
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
@@ -17,7 +15,8 @@ use tract_onnx::tract_hir::internal::*;
 use crate::attrs::Attrs;
 use crate::error::TreeError;
 use crate::forest::{Accumulator, Counter, Forest, SumFold, BLOCK};
-use crate::io::{batch_dim, batch_rules, Rows};
+use crate::io::{batch_dim, Rows};
+use crate::op::{Ensemble, Expanded, Shared};
 use crate::table::{NodeTable, VoteTable, CLASS_VOTES};
 use crate::transform::{logistic, probit, PostTransform};
 
@@ -282,80 +281,39 @@ pub(crate) fn build(
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let model = ClassifierModel::parse(ctx, node)?;
     Ok((
-        expand(ClassifierExpansion {
-            model: Arc::new(model),
-        }),
+        expand(Expanded(ClassifierOp {
+            model: Shared::new(model),
+        })),
         vec![],
     ))
 }
 
-/// The inference-time op: shape and type rules, then wires [`ClassifierOp`].
-#[derive(Debug, Clone)]
-struct ClassifierExpansion {
-    model: Arc<ClassifierModel>,
+/// The typed op: one pass computes both outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClassifierOp {
+    model: Shared<ClassifierModel>,
 }
 
-impl Expansion for ClassifierExpansion {
-    fn name(&self) -> StaticName {
-        "HadrTreeEnsembleClassifier".into()
-    }
+impl Ensemble for ClassifierOp {
+    const NAME: &'static str = "HadrTreeEnsembleClassifier";
+    const OUTPUTS: usize = 2;
 
-    fn nboutputs(&self) -> TractResult<usize> {
-        Ok(2)
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
+    fn output_rules<'r, 'p: 'r, 's: 'r>(
         &'s self,
         s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 2)?;
         s.equals(&outputs[0].datum_type, self.model.labels.datum_type())?;
         s.equals(&outputs[1].datum_type, f32::datum_type())?;
         s.equals(&outputs[0].rank, 1)?;
         s.equals(&outputs[1].rank, 2)?;
-        s.equals(&outputs[1].shape[1], self.model.width().to_dim())?;
-        batch_rules(s, &inputs[0], outputs)
-    }
-
-    fn wire(
-        &self,
-        prefix: &str,
-        model: &mut TypedModel,
-        inputs: &[OutletId],
-    ) -> TractResult<TVec<OutletId>> {
-        model.wire_node(
-            prefix,
-            ClassifierOp {
-                model: self.model.clone(),
-            },
-            inputs,
-        )
+        s.equals(&outputs[1].shape[1], self.model.width().to_dim())
     }
 }
-
-/// The typed op: one pass computes both outputs.
-#[derive(Debug, Clone)]
-pub(crate) struct ClassifierOp {
-    model: Arc<ClassifierModel>,
-}
-
-/// Ops compare equal only when they share one parsed model: comparing forests
-/// field by field would cost a walk of every node for what tract uses only to
-/// merge duplicate nodes, which two tree ensembles never are in practice.
-impl PartialEq for ClassifierOp {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.model, &other.model)
-    }
-}
-
-impl Eq for ClassifierOp {}
 
 impl Op for ClassifierOp {
     fn name(&self) -> StaticName {
-        "HadrTreeEnsembleClassifier".into()
+        Self::NAME.into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {

@@ -25,6 +25,7 @@ mod error;
 mod flatten;
 mod forest;
 mod io;
+mod op;
 mod regressor;
 mod table;
 mod transform;

@@ -5,8 +5,6 @@
 //! vote for the target take no part; with no vote at all the target is
 //! `base`). Accumulated in f64, output f32 `[N, n_targets]`.
 
-use std::sync::Arc;
-
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
@@ -15,7 +13,8 @@ use tract_onnx::tract_hir::internal::*;
 use crate::attrs::Attrs;
 use crate::error::TreeError;
 use crate::forest::{Accumulator, Counter, Forest, MaxFold, MinFold, SumFold, BLOCK};
-use crate::io::{batch_dim, batch_rules, Rows};
+use crate::io::{batch_dim, Rows};
+use crate::op::{Ensemble, Expanded, Shared};
 use crate::table::{NodeTable, VoteTable, TARGET_VOTES};
 use crate::transform::PostTransform;
 
@@ -185,72 +184,37 @@ pub(crate) fn build(
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let model = RegressorModel::parse(ctx, node)?;
     Ok((
-        expand(RegressorExpansion {
-            model: Arc::new(model),
-        }),
+        expand(Expanded(RegressorOp {
+            model: Shared::new(model),
+        })),
         vec![],
     ))
 }
 
-/// The inference-time op: shape and type rules, then wires [`RegressorOp`].
-#[derive(Debug, Clone)]
-struct RegressorExpansion {
-    model: Arc<RegressorModel>,
+/// The typed op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegressorOp {
+    model: Shared<RegressorModel>,
 }
 
-impl Expansion for RegressorExpansion {
-    fn name(&self) -> StaticName {
-        "HadrTreeEnsembleRegressor".into()
-    }
+impl Ensemble for RegressorOp {
+    const NAME: &'static str = "HadrTreeEnsembleRegressor";
+    const OUTPUTS: usize = 1;
 
-    fn rules<'r, 'p: 'r, 's: 'r>(
+    fn output_rules<'r, 'p: 'r, 's: 'r>(
         &'s self,
         s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
         s.equals(&outputs[0].rank, 2)?;
-        s.equals(&outputs[0].shape[1], self.model.n_targets().to_dim())?;
-        batch_rules(s, &inputs[0], outputs)
-    }
-
-    fn wire(
-        &self,
-        prefix: &str,
-        model: &mut TypedModel,
-        inputs: &[OutletId],
-    ) -> TractResult<TVec<OutletId>> {
-        model.wire_node(
-            prefix,
-            RegressorOp {
-                model: self.model.clone(),
-            },
-            inputs,
-        )
+        s.equals(&outputs[0].shape[1], self.model.n_targets().to_dim())
     }
 }
-
-/// The typed op.
-#[derive(Debug, Clone)]
-pub(crate) struct RegressorOp {
-    model: Arc<RegressorModel>,
-}
-
-/// Equal only when sharing one parsed model (see `ClassifierOp`'s `PartialEq`).
-impl PartialEq for RegressorOp {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.model, &other.model)
-    }
-}
-
-impl Eq for RegressorOp {}
 
 impl Op for RegressorOp {
     fn name(&self) -> StaticName {
-        "HadrTreeEnsembleRegressor".into()
+        Self::NAME.into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {

@@ -41,8 +41,7 @@ use std::cell::RefCell;
 
 use hadr::predictor::types::{Datatype, ErrorKind, Tensor as Named};
 use records::{Records, Vocabulary};
-use wasi::nn::errors::Error as NnError;
-use wasi::nn::graph::{self, Graph};
+use wasi::nn::graph::Graph;
 use wasi::nn::inference::GraphExecutionContext;
 use wasi::nn::tensor::{Tensor, TensorType};
 
@@ -104,11 +103,7 @@ impl Guest for Placement {
                 ))
             })?,
         };
-        let graph = graph::load_by_name(&config.model)
-            .map_err(|e| nn_error(ErrorKind::Internal, "loading the model", e))?;
-        let context = graph
-            .init_execution_context()
-            .map_err(|e| nn_error(ErrorKind::Internal, "creating an execution context", e))?;
+        let (graph, context) = tensors::open(&config.model)?;
         LOADED.with(|l| {
             *l.borrow_mut() = Some(Loaded {
                 vocabulary,
@@ -185,7 +180,7 @@ impl Loaded {
         let outputs = self
             .context
             .compute(vec![(String::new(), self.rows(&records))])
-            .map_err(|e| nn_error(ErrorKind::ModelFailure, "running the model", e))?;
+            .map_err(|e| tensors::nn_error(ErrorKind::ModelFailure, "running the model", e))?;
         let probabilities = self.positive_probabilities(&outputs, records.rows)?;
         Ok(answer(&probabilities))
     }
@@ -278,13 +273,6 @@ fn internal(message: String) -> PredictError {
 
 fn model_failure(message: String) -> PredictError {
     error(ErrorKind::ModelFailure, message)
-}
-
-fn nn_error(kind: ErrorKind, doing: &str, e: NnError) -> PredictError {
-    error(
-        kind,
-        format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()),
-    )
 }
 
 export!(Placement);

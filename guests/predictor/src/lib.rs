@@ -30,8 +30,7 @@ use std::cell::{Cell, RefCell};
 
 use exports::hadr::predictor::chaos::Fault;
 use hadr::predictor::types::{ErrorKind, Tensor as Named, TensorInfo};
-use wasi::nn::errors::Error as NnError;
-use wasi::nn::graph::{self, Graph};
+use wasi::nn::graph::Graph;
 use wasi::nn::inference::GraphExecutionContext;
 use wasi::nn::tensor::{Tensor, TensorType};
 
@@ -54,11 +53,7 @@ struct Predictor;
 impl Guest for Predictor {
     fn init(config: InstanceConfig) -> Result<(), PredictError> {
         let features = row_width(&config.inputs)?;
-        let graph = graph::load_by_name(&config.model)
-            .map_err(|e| nn_error(ErrorKind::Internal, "loading the model", e))?;
-        let context = graph
-            .init_execution_context()
-            .map_err(|e| nn_error(ErrorKind::Internal, "creating an execution context", e))?;
+        let (graph, context) = tensors::open(&config.model)?;
         LOADED.with(|l| {
             *l.borrow_mut() = Some(Loaded {
                 features,
@@ -137,7 +132,7 @@ impl Loaded {
         let outputs = self
             .context
             .compute(vec![(String::new(), input)])
-            .map_err(|e| nn_error(ErrorKind::ModelFailure, "running the model", e))?;
+            .map_err(|e| tensors::nn_error(ErrorKind::ModelFailure, "running the model", e))?;
         let scores = Scores::pick(&outputs, batch.rows)?;
         let given = scores.labels.as_deref().map(predict_core::Labels::Given);
         let labels = given.unwrap_or(if scores.classifier {
@@ -204,13 +199,6 @@ impl Scores {
 
 fn error(kind: ErrorKind, message: String) -> PredictError {
     PredictError { kind, message }
-}
-
-fn nn_error(kind: ErrorKind, doing: &str, e: NnError) -> PredictError {
-    error(
-        kind,
-        format!("wasi-nn failed {doing}: {:?}: {}", e.code(), e.data()),
-    )
 }
 
 impl exports::hadr::predictor::tensors::Guest for Predictor {

@@ -3,11 +3,10 @@
 
 #![allow(dead_code, reason = "each benchmark uses a different subset")]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use hadr_host::loadtest::LoadReport;
+use hadr_tools::loadtest::LoadReport;
 
 /// A server process, killed when dropped; `url` is its `/predict`.
 pub struct Server {
@@ -36,10 +35,7 @@ pub fn start(mut command: Command, ready_prefix: &str) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting a server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = hadr_tools::spawn::first_line(&mut child);
     let base = line
         .trim()
         .strip_prefix(ready_prefix)
@@ -112,4 +108,36 @@ pub fn client_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Checks a round's report (every request answered 200) and prints it.
+pub fn checked(round: usize, name: &str, report: &LoadReport) {
+    eprintln!(
+        "round {round} {name:>14}: {:>8.0} req/s  p50 {:>5} µs  p99 {:>6} µs  statuses {:?}",
+        report.rps, report.p50_us, report.p99_us, report.by_status
+    );
+    assert_eq!(report.ok, report.requests, "{name} answered non-200s");
+}
+
+/// The repository's default model and guest, loaded and compiled for
+/// `runtime` (the in-process benchmarks build deployments from them).
+pub fn default_model_and_guest(
+    runtime: &hadr_server::sandbox::engine::HostRuntime,
+) -> (
+    std::sync::Arc<hadr_server::sandbox::nn::LoadedModel>,
+    std::sync::Arc<hadr_server::sandbox::deployment::CompiledModule>,
+) {
+    let defaults = hadr_server::serve::repo_defaults();
+    let model = hadr_server::sandbox::nn::LoadedModel::from_file(
+        &defaults.model,
+        hadr_server::sandbox::nn::DEFAULT_MODEL_BUDGET,
+    )
+    .unwrap();
+    let module = hadr_server::sandbox::deployment::CompiledModule::from_file(
+        runtime,
+        &defaults.module,
+        None,
+    )
+    .unwrap();
+    (std::sync::Arc::new(model), std::sync::Arc::new(module))
 }

@@ -1,8 +1,9 @@
-//! Test helpers: start the real `hadr-host` binary on loopback, talk HTTP to it.
+//! Test helpers: start a host on loopback (inside the test process, or the
+//! real `hadr-host` binary where a test needs a process of its own), talk
+//! HTTP to it.
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -88,23 +89,131 @@ pub fn with_faulty_guest(topology: &str, fields: &[(&str, serde_json::Value)]) -
 /// The admin token tests start hosts with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-/// A running `hadr-host serve`, killed on drop.
+/// A running host: in this process, or a `hadr-host serve` child. Stopped
+/// on drop (the child with SIGKILL).
 pub struct Host {
-    pub child: Child,
+    run: Run,
     pub router: SocketAddr,
     pub admin: SocketAddr,
     pub dir: TempDir,
 }
 
+/// What runs a [`Host`].
+enum Run {
+    /// A `hadr-host serve` child process.
+    Child(Child),
+    /// `hadr_server::serve::Host` on a runtime of its own, in a thread of
+    /// the test process (as mini-redis's tests run their server): no
+    /// process to start and no ready line to read.
+    InProcess(InProcess),
+}
+
+/// A host served in a thread of the test process.
+struct InProcess {
+    /// Fired on drop: the listeners stop and open requests finish.
+    shutdown: hadr_server::shutdown::Shutdown,
+    /// The thread that runs the host's runtime.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The `serve` flags, parsed the way `hadr-host serve` parses them.
+#[derive(clap::Parser)]
+struct ServeCli {
+    #[command(flatten)]
+    args: hadr_server::serve::args::ServeArgs,
+}
+
 impl Host {
-    /// Starts `hadr-host serve` on a topology given as text, router on a free
-    /// port, with a fresh state directory.
+    /// Serves a topology given as text inside this process: router and
+    /// admin on free ports, a fresh state directory, `extra` as `serve`
+    /// flags. For tests that need no process of their own (no signal, kill,
+    /// pid or stderr); the rest use [`Host::start_in`] and its kin.
     pub fn start(topology: &str, extra: &[&str]) -> Host {
+        use clap::Parser;
+        let dir = TempDir::new("host");
+        let path = dir.write("topology.json", topology);
+        let state = dir.0.join("state");
+        write_token(&state);
+        let mut argv: Vec<String> = ["serve", path.to_str().unwrap()]
+            .into_iter()
+            .chain(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .chain(["--state-dir", state.to_str().unwrap()])
+            .map(String::from)
+            .collect();
+        if !extra.contains(&"--grace") {
+            // Dropping the host waits for open requests at most this long.
+            argv.extend(["--grace".into(), "2s".into()]);
+        }
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let options = ServeCli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("bad serve flags {extra:?}: {e}"))
+            .args
+            .options();
+        let shutdown = hadr_server::shutdown::Shutdown::new();
+        let stop = shutdown.clone();
+        let (ready, addresses) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime for the host");
+            runtime.block_on(async move {
+                match hadr_server::serve::Host::start(&options).await {
+                    Ok(host) => {
+                        let _ = ready.send(Ok((host.router_addr(), host.admin_addr())));
+                        host.run(stop).await.expect("the host's state is saved");
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("{e:#}")));
+                    }
+                }
+            });
+        });
+        let (router, admin) = match addresses.recv() {
+            Ok(Ok(addresses)) => addresses,
+            Ok(Err(e)) => panic!("the host did not start: {e}"),
+            Err(_) => panic!("the host's thread ended before it was ready"),
+        };
+        Host {
+            run: Run::InProcess(InProcess {
+                shutdown,
+                thread: Some(thread),
+            }),
+            router,
+            admin,
+            dir,
+        }
+    }
+
+    /// The host's process (for its pid, or to signal or kill it).
+    /// Panics for an in-process host: start those tests with
+    /// [`Host::start_in`].
+    pub fn child(&mut self) -> &mut Child {
+        match &mut self.run {
+            Run::Child(child) => child,
+            Run::InProcess(_) => panic!("an in-process host has no process of its own"),
+        }
+    }
+
+    /// The host's process id. Panics for an in-process host.
+    pub fn pid(&self) -> u32 {
+        match &self.run {
+            Run::Child(child) => child.id(),
+            Run::InProcess(_) => panic!("an in-process host has no process of its own"),
+        }
+    }
+
+    /// Like [`Host::start`], as a `hadr-host serve` child process: for tests
+    /// that signal, kill or measure the host.
+    pub fn process(topology: &str, extra: &[&str]) -> Host {
         Self::start_in(topology, None, extra)
     }
 
-    /// Like [`Host::start`], with the state directory `state` when given
-    /// (kept after the host is gone, so another host can recover from it).
+    /// Starts `hadr-host serve` as a child process on a topology given as
+    /// text, router on a free port, with the state directory `state` when
+    /// given (kept after the host is gone, so another host can recover from
+    /// it), else a fresh one.
     pub fn start_in(topology: &str, state: Option<&Path>, extra: &[&str]) -> Host {
         Self::start_with(topology, state, None, extra)
     }
@@ -154,18 +263,14 @@ impl Host {
             }))
             .spawn()
             .expect("starting hadr-host");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let [_, "ready:", "router", router, "admin", admin] = words[..] else {
+        let line = hadr_tools::spawn::first_line(&mut child);
+        let Some((router, admin)) = hadr_tools::spawn::ready_addresses(&line) else {
             panic!("hadr-host did not start; it printed {line:?}");
         };
-        let addr = |url: &str| url.trim_start_matches("http://").parse().unwrap();
         Host {
-            router: addr(router),
-            admin: addr(admin),
-            child,
+            run: Run::Child(child),
+            router,
+            admin,
             dir,
         }
     }
@@ -187,9 +292,33 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &mut self.run {
+            Run::Child(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Run::InProcess(host) => {
+                host.shutdown.trigger();
+                if let Some(thread) = host.thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
     }
+}
+
+/// The admin token an in-process host reads from its state directory
+/// (a child gets it from `HADR_ADMIN_TOKEN`).
+fn write_token(state: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(state).unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(state.join("admin-token"))
+        .unwrap();
+    std::io::Write::write_all(&mut file, ADMIN_TOKEN.as_bytes()).unwrap();
 }
 
 /// One `POST /predict` that reports a failed connection as `None` instead of

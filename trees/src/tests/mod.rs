@@ -17,7 +17,8 @@ use crate::transform::{logistic, probit};
 /// A regressor stump: `x0 <mode> 1.0` gives 1, otherwise 2.
 fn stump(mode: &str, missing_true: bool) -> Trees {
     Trees::default()
-        .branch_nan(0, 0, 0, mode, 1.0, 1, 2, missing_true)
+        .branch(0, 0, 0, mode, 1.0, 1, 2)
+        .missing_goes_true(missing_true)
         .leaf(0, 1, &[(0, 1.0)])
         .leaf(0, 2, &[(0, 2.0)])
 }
@@ -77,7 +78,8 @@ fn mixed_modes_in_one_forest() {
         .branch(0, 0, 0, "BRANCH_LEQ", 0.0, 1, 2)
         .leaf(0, 1, &[(0, 1.0)])
         .leaf(0, 2, &[(0, 2.0)])
-        .branch_nan(1, 0, 1, "BRANCH_GT", 0.0, 1, 2, true)
+        .branch(1, 0, 1, "BRANCH_GT", 0.0, 1, 2)
+        .missing_goes_true(true)
         .leaf(1, 1, &[(0, 10.0)])
         .leaf(1, 2, &[(0, 20.0)]);
     let rows = vec![vec![-1.0, 1.0], vec![1.0, -1.0], vec![f32::NAN, f32::NAN]];

@@ -19,24 +19,10 @@ pub struct Trees {
 }
 
 impl Trees {
-    /// A branch `feature <mode> value` of `tree`, children by node id.
+    /// A branch `feature <mode> value` of `tree`, children by node id; a
+    /// missing value goes the false way (see [`Trees::missing_goes_true`]).
     #[allow(clippy::too_many_arguments)] // one per node attribute, like the ONNX columns
     pub fn branch(
-        self,
-        tree: i64,
-        node: i64,
-        feature: i64,
-        mode: &str,
-        value: f64,
-        t: i64,
-        f: i64,
-    ) -> Self {
-        self.branch_nan(tree, node, feature, mode, value, t, f, false)
-    }
-
-    /// A branch with an explicit missing-value flag.
-    #[allow(clippy::too_many_arguments)] // one per node attribute, like the ONNX columns
-    pub fn branch_nan(
         mut self,
         tree: i64,
         node: i64,
@@ -45,7 +31,6 @@ impl Trees {
         value: f64,
         t: i64,
         f: i64,
-        missing_true: bool,
     ) -> Self {
         let n = &mut self.nodes;
         n.tree.push(tree);
@@ -55,7 +40,13 @@ impl Trees {
         n.value.push(value);
         n.true_id.push(t);
         n.false_id.push(f);
-        n.missing_true.push(missing_true);
+        n.missing_true.push(false);
+        self
+    }
+
+    /// Sends a missing value down the last branch's true side when `yes`.
+    pub fn missing_goes_true(mut self, yes: bool) -> Self {
+        *self.nodes.missing_true.last_mut().expect("a branch first") = yes;
         self
     }
 
@@ -386,28 +377,21 @@ pub fn tree_error(e: &TractError) -> TreeError {
         .unwrap_or_else(|| panic!("not a TreeError: {e:?}"))
 }
 
-/// Loads a classifier expecting a [`TreeError`].
-pub fn classifier_error(attrs: Vec<AttributeProto>, width: usize) -> TreeError {
-    let proto = model(
-        "TreeEnsembleClassifier",
-        attrs,
-        width,
-        tensor_proto::DataType::Float,
-    );
+/// Loads an `op` node expecting a [`TreeError`].
+fn refused(op: &str, attrs: Vec<AttributeProto>, width: usize) -> TreeError {
+    let proto = model(op, attrs, width, tensor_proto::DataType::Float);
     let err = load(&proto).expect_err("the model should be refused");
     tree_error(&err)
 }
 
+/// Loads a classifier expecting a [`TreeError`].
+pub fn classifier_error(attrs: Vec<AttributeProto>, width: usize) -> TreeError {
+    refused("TreeEnsembleClassifier", attrs, width)
+}
+
 /// Loads a regressor expecting a [`TreeError`].
 pub fn regressor_error(attrs: Vec<AttributeProto>, width: usize) -> TreeError {
-    let proto = model(
-        "TreeEnsembleRegressor",
-        attrs,
-        width,
-        tensor_proto::DataType::Float,
-    );
-    let err = load(&proto).expect_err("the model should be refused");
-    tree_error(&err)
+    refused("TreeEnsembleRegressor", attrs, width)
 }
 
 /// Asserts two score rows agree to `tol` (absolute).

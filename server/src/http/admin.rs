@@ -1,0 +1,317 @@
+//! The admin listener: operator actions, behind a bearer token.
+//!
+//! Only `--admin-listen` serves these routes; the public listeners have none.
+//! Every admin request must carry `Authorization: Bearer <token>`; anything
+//! else gets 401 and changes nothing.
+//!
+//! - `POST /admin/chaos {"instance": "predict1", "fault": "trap" | "hang" | "oom"}`
+//!   arms a real fault inside that instance's guest for its next call.
+//! - `PUT /admin/blobs/<sha256>`: uploads a guest module or a model; the body
+//!   must hash to the digest in the path.
+//! - `POST /admin/deploy` ([`crate::rollout::DeployRequest`]): validates and
+//!   switches instances to a new version, or starts a canary.
+//! - `POST /admin/deploy/promote`, `POST /admin/deploy/abort`: end a canary.
+//! - `POST /admin/rollback {"to": "all" | [names]}`: back to the previous version.
+//! - `POST /admin/demote`: every promoted standby back to standby, at once.
+//! - `GET /admin/deployments`: what each instance serves, and recent events.
+//!
+//! `hadr-host deploy` and `hadr-host rollback` are clients of these routes.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::app::{json, AdminApp};
+use super::body::{self, Limit};
+use super::error::ApiError;
+use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
+use crate::rollout::{DeployRequest, RolloutError, RolloutOutcome, Targets};
+
+/// Admin requests other than uploads are small JSON documents.
+const ADMIN_BODY: Limit = Limit {
+    bytes: 64 * 1024,
+    flag: "the admin listener's fixed limit",
+};
+
+/// Runs a rollout in its own task: once its request has been read, it
+/// completes (swap, event, state) whatever the client does; a client that
+/// hangs up only misses the answer. (Run on the connection's task, a hang-up
+/// would drop it halfway: swapped, with no event and no canary watcher.)
+async fn whole<F>(rollout: F) -> Result<RolloutOutcome, RolloutError>
+where
+    F: std::future::Future<Output = Result<RolloutOutcome, RolloutError>> + Send + 'static,
+{
+    tokio::spawn(rollout)
+        .await
+        .unwrap_or_else(|e| Err(RolloutError::Task("rollout's task", e)))
+}
+
+/// Answers one admin request.
+pub async fn handle(
+    app: &AdminApp,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    authorize(app, &req)?;
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::POST, "/admin/chaos") => chaos(app, req).await,
+        (&Method::POST, "/admin/demote") => {
+            let demoted = app.router.demote_all();
+            if let Err(e) = app.state.commit().await {
+                tracing::error!(error = %e, "could not persist a demotion");
+            }
+            tracing::warn!(instances = ?demoted, "admin: promoted standbys returned to standby");
+            Ok(json(StatusCode::OK, &serde_json::json!({ "demoted": demoted })))
+        }
+        (&Method::PUT, p) if p.starts_with("/admin/blobs/") => upload(app, req).await,
+        (&Method::POST, "/admin/deploy") => {
+            let request: DeployRequest = read_json(req).await?;
+            let rollouts = app.rollouts.clone();
+            outcome(whole(async move { rollouts.deploy(request).await }).await)
+        }
+        (&Method::POST, "/admin/deploy/promote") => {
+            let rollouts = app.rollouts.clone();
+            outcome(whole(async move { rollouts.promote().await }).await)
+        }
+        (&Method::POST, "/admin/deploy/abort") => {
+            let rollouts = app.rollouts.clone();
+            outcome(whole(async move { rollouts.abort("aborted by an operator").await }).await)
+        }
+        (&Method::POST, "/admin/rollback") => {
+            let request: RollbackRequest = read_json(req).await?;
+            let rollouts = app.rollouts.clone();
+            outcome(whole(async move { rollouts.rollback(&request.to).await }).await)
+        }
+        (&Method::GET, "/admin/deployments") => deployments(app),
+        (_, "/admin/chaos" | "/admin/demote" | "/admin/deploy" | "/admin/deploy/promote" | "/admin/deploy/abort" | "/admin/rollback") => {
+            Err(ApiError::method_not_allowed("POST"))
+        }
+        (_, "/admin/deployments") => Err(ApiError::method_not_allowed("GET")),
+        (_, p) if p.starts_with("/admin/blobs/") => Err(ApiError::method_not_allowed("PUT")),
+        (_, path) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no admin route {path}; this listener serves POST /admin/chaos, POST /admin/demote, PUT /admin/blobs/<sha256>, POST /admin/deploy[/promote|/abort], POST /admin/rollback, GET /admin/deployments"),
+        )),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    #[serde(default)]
+    to: Targets,
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let body = body::read(req, ADMIN_BODY).await?;
+    let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            e.to_string(),
+        )
+    })
+}
+
+fn outcome(
+    result: Result<RolloutOutcome, RolloutError>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match result {
+        Ok(done) => Ok(json(StatusCode::OK, &done)),
+        Err(e) => {
+            let (status, code) = match &e {
+                RolloutError::Invalid(_)
+                | RolloutError::NotUploaded { .. }
+                | RolloutError::Blob { .. }
+                | RolloutError::Module(_)
+                | RolloutError::Model(_)
+                | RolloutError::SmokeTest { .. }
+                | RolloutError::WarmPool(_)
+                | RolloutError::PreviousCannotStart(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "refused")
+                }
+                RolloutError::UnknownInstance(_) => (StatusCode::NOT_FOUND, "unknown_instance"),
+                RolloutError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                RolloutError::Storage(_) | RolloutError::Unsaved(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved")
+                }
+                RolloutError::Task(..) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            let message = with_causes(&e);
+            tracing::warn!(error = %message, "rollout refused");
+            Err(ApiError::new(status, code, message))
+        }
+    }
+}
+
+/// `PUT /admin/blobs/<sha256>`: stores the body if it hashes to the digest.
+async fn upload(app: &AdminApp, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let digest = req
+        .uri()
+        .path()
+        .trim_start_matches("/admin/blobs/")
+        .to_string();
+    app.rollouts
+        .blobs()
+        .path(&digest)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", e.to_string()))?;
+    let limit = Limit {
+        bytes: app.max_upload,
+        flag: "--max-upload",
+    };
+    let body = body::read(req, limit).await?;
+    let actual = hadr_state::blobs::digest(&body);
+    if actual != digest {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "digest_mismatch",
+            format!("the body's SHA-256 is {actual}, not {digest}: the upload was damaged"),
+        ));
+    }
+    let store = app.rollouts.blobs().clone();
+    tokio::task::spawn_blocking(move || store.put(&body))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "state_not_saved",
+                e.to_string(),
+            )
+        })?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "digest": digest }),
+    ))
+}
+
+/// `GET /admin/deployments`.
+fn deployments(app: &AdminApp) -> Result<Response<Full<Bytes>>, ApiError> {
+    let instances: serde_json::Map<String, serde_json::Value> = app
+        .router
+        .instances()
+        .iter()
+        .map(|i| {
+            let r = i.report();
+            let value = serde_json::json!({
+                "version": r.version,
+                "source": r.source,
+                "since": r.since,
+                "previous_version": r.previous_version,
+                "canary": r.canary,
+            });
+            (i.name().to_string(), value)
+        })
+        .collect();
+    let events = app.rollouts.events(50).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state_unreadable",
+            e.to_string(),
+        )
+    })?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "instances": instances, "events": events }),
+    ))
+}
+
+fn authorize(app: &AdminApp, req: &Request<Incoming>) -> Result<(), ApiError> {
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compare digests so the time taken does not depend on where they differ.
+    let matches = given.is_some_and(|given| {
+        Sha256::digest(given.as_bytes()) == Sha256::digest(app.admin_token.as_bytes())
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin routes need `Authorization: Bearer <token>` (HADR_ADMIN_TOKEN, or the admin-token file in the state directory)",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChaosRequest {
+    instance: String,
+    fault: FaultName,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum FaultName {
+    Trap,
+    Hang,
+    Oom,
+}
+
+async fn chaos(app: &AdminApp, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let body = body::read(req, ADMIN_BODY).await?;
+    let request: ChaosRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            format!("expected {{\"instance\": \"<name>\", \"fault\": \"trap\" | \"hang\" | \"oom\"}}: {e}"),
+        )
+    })?;
+    let instance = app.router.get(&request.instance).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_instance",
+            format!("no instance `{}` in this topology", request.instance),
+        )
+    })?;
+    let (fault, name) = match request.fault {
+        FaultName::Trap => (Fault::Trap, "trap"),
+        FaultName::Hang => (Fault::Hang, "hang"),
+        FaultName::Oom => (Fault::Oom, "oom"),
+    };
+    instance.arm(fault).await?;
+    // Acknowledged only once the state as of now is durable: an operator
+    // reading the answer can rely on the counters the drill starts from.
+    app.state.commit().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state_not_saved",
+            format!("the fault was armed, but the state could not be saved: {e}"),
+        )
+    })?;
+    tracing::warn!(
+        instance = instance.name(),
+        fault = name,
+        "chaos: fault armed for the next call"
+    );
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"instance": instance.name(), "armed": name}),
+    ))
+}
+
+/// An error and its causes, outermost first, as one line: `a: b: c` (a
+/// cause whose text its outer error already printed is not repeated).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}

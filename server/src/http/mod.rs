@@ -1,0 +1,30 @@
+//! HTTP: listeners, request handling and the error → status mapping.
+//!
+//! - [`server`]: accept loops over hyper's HTTP/1 connections, with graceful
+//!   shutdown and `TCP_NODELAY`; [`admission`]: the connection caps (per
+//!   listener group and per client address) and the write timeout.
+//! - [`api`]: the public routes (`/predict`, `/topology`, `/metrics`,
+//!   `/healthz`, `/readyz`); [`v2`]: the Open Inference Protocol on the
+//!   same listeners; both run requests through [`call`]; [`admin`]: the
+//!   operator's routes.
+//! - [`body`]: reading a body within its byte limit (enforced before the body
+//!   is read when `Content-Length` says so) and a time limit.
+//! - [`error`]: every failure as a status code and a JSON body
+//!   `{"error": "<code>", "message": "<what was wrong>"}`.
+//!
+//! Owns both listeners' apps. May use every layer below it: `rollout`,
+//! `metrics`, `state`, `routing`, `instance`, `serving`, `sandbox`, `oip`,
+//! `shutdown`.
+
+pub mod admin;
+pub mod admission;
+pub mod api;
+pub mod app;
+pub mod body;
+pub mod call;
+pub mod error;
+pub mod server;
+pub mod v2;
+
+pub use app::{AdminApp, Connections, PublicApp, Service};
+pub use error::ApiError;

@@ -1,0 +1,131 @@
+//! Accept loops: one per listener, HTTP/1.1 with keep-alive.
+//!
+//! Each connection runs on its own task, admitted by its listener group's
+//! [`Admission`](super::admission::Admission): the public listeners share
+//! `--max-connections` (fitted under the open-file limit at start), the admin
+//! listener has its own small cap, and each client address may hold at most
+//! `--max-connections-per-client` of a group's places. At the cap a loop
+//! waits for a place before it accepts again: clients wait in the kernel's
+//! backlog, so memory stays bounded by connections × `--max-body`.
+//!
+//! A connection ends when its client sends no complete headers for 10 s
+//! (idle keep-alive included), or reads nothing of an answer for
+//! `--write-timeout`. hyper answers one request at a time and reads ahead at
+//! most its read buffer, so pipelining cannot queue unbounded work. A refused
+//! admin request (401) closes its connection. On shutdown the loop stops
+//! accepting and every open connection is asked to close after its in-flight
+//! request, bounded by a grace period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use super::admission::{Admission, WriteDeadline};
+use super::api;
+use super::app::{Connections, Service};
+use super::error::ApiError;
+use crate::shutdown::Shutdown;
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `listener` until `shutdown` fires, then lets open connections
+/// finish their in-flight requests for at most `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    connections: Connections,
+    service: Service,
+    shutdown: Shutdown,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    let admission: &Arc<Admission> = &connections.admission;
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning, and
+                    // say so at most once a second.
+                    let now = tokio::time::Instant::now();
+                    if last_warning.is_none_or(|t| now - t >= Duration::from_secs(1)) {
+                        tracing::warn!(error = %e, "accept failed");
+                        last_warning = Some(now);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        let Some(share) = admission.share(client.ip()) else {
+            tracing::debug!(%client, "connection closed: its address holds its share of connections");
+            continue;
+        };
+        // At the cap, wait for a place before serving, and before accepting
+        // again: further clients wait in the kernel's backlog.
+        let place = tokio::select! {
+            place = admission.place(share) => place,
+            _ = shutdown.wait() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(WriteDeadline::new(stream, connections.write_timeout));
+        let service = service.clone();
+        let handler = service_fn(move |req| dispatch(service.clone(), req));
+        let conn = graceful.watch(http.serve_connection(io, handler));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(place);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {grace:?}; closing them");
+    }
+}
+
+/// Sends a request to its listener's app: the admin and public routes never
+/// see each other's requests.
+async fn dispatch(
+    service: Service,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    match service {
+        Service::Admin(app) => {
+            let response = super::admin::handle(&app, req).await;
+            let mut response = response.unwrap_or_else(ApiError::into_response);
+            if response.status() == hyper::StatusCode::UNAUTHORIZED {
+                // Whoever lacks the token gets one answer per connection: it
+                // cannot keep an operator's place with pipelined requests.
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(response)
+        }
+        Service::Public(app, scope) => {
+            // The Open Inference Protocol under `/v2`, hadr's own routes elsewhere.
+            let path = req.uri().path();
+            if path == "/v2" || path.starts_with("/v2/") {
+                return Ok(super::v2::handle(&app, &scope, req).await);
+            }
+            api::handle(app, scope, req).await
+        }
+    }
+}

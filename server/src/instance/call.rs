@@ -1,0 +1,140 @@
+//! One call in one sandbox slot: what a call is asked ([`Input`], made
+//! ready for a deployment as `Prepared`), what it gives back ([`Answer`]),
+//! and the slot's repair after a fault. Knows nothing of the instance's
+//! counters or role; [`super::Instance`] records what happened.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
+use crate::oip;
+use crate::sandbox::deployment::Deployment;
+use crate::sandbox::engine::HostRuntime;
+use crate::sandbox::live::{CallError, Live};
+
+/// What a prediction is asked for.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The client's request body.
+    Body(bytes::Bytes),
+    /// The example of whichever deployment answers (`GET /predict`): the
+    /// request that deployment's smoke test proved it takes, so a canary or
+    /// a retry on another version is asked its own example.
+    Example,
+    /// Open Inference Protocol tensors as the client sent them: fitted to
+    /// the model of whichever deployment answers, like the example.
+    Tensors(Arc<[Tensor]>),
+}
+
+/// An input made ready for one deployment.
+pub(super) enum Prepared {
+    Body(bytes::Bytes),
+    Tensors(Vec<Tensor>),
+}
+
+impl Input {
+    pub(super) fn for_deployment(self, deployment: &Deployment) -> Result<Prepared, CallError> {
+        match self {
+            Input::Body(body) => Ok(Prepared::Body(body)),
+            Input::Example => Ok(Prepared::Body(deployment.example.clone())),
+            Input::Tensors(tensors) => oip::fit(&tensors, deployment.model.graph.info())
+                .map(Prepared::Tensors)
+                .map_err(|e| {
+                    CallError::Rejected(PredictError {
+                        kind: ErrorKind::InvalidInput,
+                        message: e.0,
+                    })
+                }),
+        }
+    }
+}
+
+/// What a call gives back.
+#[derive(Debug)]
+pub enum Answer {
+    /// For `/predict`: the guest's JSON, with `model`, `instance` and
+    /// `version` added.
+    Json(Vec<u8>),
+    /// For `/v2/.../infer`: the model's outputs, and the version that ran
+    /// them (a canary's, when the canary answered).
+    Tensors {
+        /// The outputs, in the model's order.
+        outputs: Vec<Tensor>,
+        /// The deployment version.
+        version: String,
+    },
+}
+
+impl Answer {
+    /// The JSON of a `/predict` answer (an infer answer is empty JSON: it
+    /// is never asked of one).
+    pub fn into_json(self) -> Vec<u8> {
+        match self {
+            Answer::Json(json) => json,
+            Answer::Tensors { .. } => b"{}".to_vec(),
+        }
+    }
+}
+
+/// A guest's answer before the host adds who answered.
+pub(super) enum Reply {
+    Json(Vec<u8>),
+    Tensors(Vec<Tensor>),
+}
+
+/// The sandbox in `slot`, taken first if there is none (or it was built
+/// from another version): a warm spare from the deployment's pool when it
+/// has one (refilled in the background), else one built now.
+pub(super) async fn live<'a>(
+    slot: &'a mut Option<Live>,
+    deployment: &Arc<Deployment>,
+    runtime: &Arc<HostRuntime>,
+    name: &str,
+) -> Result<&'a mut Live, CallError> {
+    if slot
+        .as_ref()
+        .is_some_and(|l| l.version() != deployment.version)
+    {
+        *slot = None;
+    }
+    match slot {
+        Some(live) => Ok(live),
+        None => Ok(slot.insert(deployment.sandbox_for(runtime, name).await.0?)),
+    }
+}
+
+/// Runs one call in the slot, building the sandbox first if there is none.
+/// A call that poisons its sandbox drops it and puts a replacement in its
+/// place at once: a warm spare (the pool is refilled in the background), or,
+/// with the pool empty, a sandbox built cold. Returns whether it was
+/// replaced, and whether the call fired an armed chaos fault.
+pub(super) async fn call(
+    slot: &mut Option<Live>,
+    deployment: &Arc<Deployment>,
+    runtime: &Arc<HostRuntime>,
+    name: &str,
+    input: &Prepared,
+) -> (Result<Reply, CallError>, bool, bool) {
+    let live = match live(slot, deployment, runtime, name).await {
+        Ok(live) => live,
+        Err(e) => return (Err(e), false, false),
+    };
+    let fired = live.armed().is_some();
+    let outcome = match input {
+        Prepared::Body(body) => live.predict(body).await.map(Reply::Json),
+        Prepared::Tensors(tensors) => live.infer(tensors).await.map(Reply::Tensors),
+    };
+    let Err(e) = &outcome else {
+        return (outcome, false, fired);
+    };
+    if !e.poisons_the_store() {
+        return (outcome, false, fired);
+    }
+    let faulted = Instant::now();
+    let (replacement, warm) = deployment.sandbox_for(runtime, name).await;
+    *slot = replacement.ok();
+    let replaced = slot.is_some();
+    tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
+        replaced_in = ?faulted.elapsed(), "instance faulted; its sandbox was dropped and replaced");
+    (outcome, replaced, fired)
+}

@@ -1,0 +1,494 @@
+//! The instance lifetime: one topology entry, up to `concurrency` sandboxes.
+//!
+//! An [`Instance`] is what the router sees: a name, a role (active, standby,
+//! promoted), a live load counter and a threshold. Inside it sit its
+//! [`Sandboxes`]: [`Live`] wasmtime stores with the bound predictor, each
+//! running one call at a time, up to `concurrency` at once, taken from the
+//! warm pool on demand and dropped after idling. Requests beyond that wait
+//! their turn; the load counter counts them from the moment the router picks
+//! the instance, exactly like the article's per-server `load`.
+//!
+//! After a trap the faulted store is poisoned, so it alone is dropped and
+//! replaced at once from the deployment's warm pool; calls running in the
+//! instance's other sandboxes go on.
+//!
+//! What an instance serves is one immutable [`Serving`] value behind an
+//! `ArcSwap`: the deployment in force, the one before it (for rollback) and
+//! a canary, if any. A request reads it once, without a lock; a deploy swaps
+//! in a new value, and a sandbox built from an older version is replaced
+//! the next time its slot is taken, so calls already running finish on the
+//! version they started on.
+//!
+//! Short calls run on the request's own task: on two cores a hop to another
+//! thread costs as much as a small prediction. Calls that have been taking
+//! longer than `offload_above` (see [`crate::sandbox::engine::Limits`], default 1 ms)
+//! move to the blocking pool so they cannot stall the accept loop or other
+//! instances.
+//!
+//! Owns the instance lifetime. May use: `serving`, `sandbox`, `oip`,
+//! `topology`.
+
+mod call;
+pub mod load;
+pub mod report;
+mod stats;
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hadr_state::InstanceRecord;
+use tokio::runtime::Handle;
+
+use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
+use crate::sandbox::deployment::Deployment;
+use crate::sandbox::engine::HostRuntime;
+use crate::sandbox::sandboxes::{Elasticity, Sandboxes};
+use crate::topology::InstanceSpec;
+use call::{call, live, Reply};
+use load::Load;
+use stats::Stats;
+
+pub use crate::sandbox::live::{CallError, Live};
+pub use crate::serving::{InForce, Serving, Source};
+pub use call::{Answer, Input};
+pub use load::Role;
+pub use report::{CanaryReport, InstanceReport, LastFault, SandboxReport};
+
+/// A topology entry at run time.
+///
+/// Its fields, by lifetime: the entry as configured (fixed); what it serves
+/// (swapped whole by rollouts); its sandboxes (taken and put back per
+/// call); what the router reads (role and load); its counters (kept across
+/// restarts by the state store).
+pub struct Instance {
+    /// Its topology entry.
+    spec: InstanceSpec,
+    /// The host's engine and limits, to build sandboxes.
+    runtime: Arc<HostRuntime>,
+    /// The port its direct listener bound (0 until bound).
+    bound_port: AtomicU16,
+    /// What it serves: read once per call, without a lock.
+    serving: ArcSwap<Serving>,
+    /// The sandboxes of the version in force.
+    sandboxes: Sandboxes,
+    /// The canary's sandboxes, while a canary runs.
+    canary_sandboxes: Sandboxes,
+    /// Its role and in-flight load.
+    load: Load,
+    /// Its counters.
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
+/// A counted claim on an instance: load is decremented when it drops.
+pub struct Lease {
+    instance: Arc<Instance>,
+    promoted: bool,
+}
+
+impl Lease {
+    /// The leased instance.
+    pub fn instance(&self) -> &Arc<Instance> {
+        &self.instance
+    }
+
+    /// Whether taking this lease promoted a standby (a change to persist
+    /// before the request is answered).
+    pub fn promoted(&self) -> bool {
+        self.promoted
+    }
+
+    pub(crate) fn mark_promoted(&mut self) {
+        self.promoted = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.instance.load.release();
+    }
+}
+
+impl Instance {
+    /// An instance for `spec`, serving `current`. Its sandbox is built on
+    /// first use or by [`Instance::warm_up`].
+    pub fn new(spec: InstanceSpec, runtime: Arc<HostRuntime>, current: InForce) -> Self {
+        let role = if spec.active {
+            Role::Active
+        } else {
+            Role::Standby
+        };
+        let limits = runtime.limits();
+        let elasticity = Elasticity {
+            concurrency: spec.concurrency.unwrap_or(limits.concurrency).max(1),
+            keep_idle: limits.keep_idle,
+            idle_after: limits.idle_after,
+        };
+        Self {
+            spec,
+            runtime,
+            serving: ArcSwap::from_pointee(Serving {
+                current,
+                previous: None,
+                canary: None,
+            }),
+            load: Load::new(role),
+            stats: Stats::default(),
+            bound_port: AtomicU16::new(0),
+            sandboxes: Sandboxes::new(elasticity),
+            canary_sandboxes: Sandboxes::new(elasticity),
+        }
+    }
+
+    /// Its topology name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Its topology entry.
+    pub fn spec(&self) -> &InstanceSpec {
+        &self.spec
+    }
+
+    /// The model name the Open Inference Protocol lists it under: its
+    /// topology model's file stem, which a deploy does not change.
+    pub fn model_name(&self) -> String {
+        crate::sandbox::nn::registry::model_name(&self.spec.model)
+    }
+
+    /// Whether it serves the model named `name` (see [`Instance::model_name`]).
+    pub fn serves_model(&self, name: &str) -> bool {
+        self.spec.model.file_stem() == Some(std::ffi::OsStr::new(name))
+    }
+
+    /// The deployment in force.
+    pub fn deployment(&self) -> Arc<Deployment> {
+        self.serving.load().current.deployment.clone()
+    }
+
+    /// What it serves now.
+    pub fn serving(&self) -> Arc<Serving> {
+        self.serving.load_full()
+    }
+
+    /// Swaps in what it serves. Requests that already read the old value
+    /// finish on it; the next call on each slot rebuilds a stale sandbox.
+    pub fn set_serving(&self, serving: Serving) {
+        self.serving.store(Arc::new(serving));
+    }
+
+    /// Builds a sandbox for what it serves now, so the first requests after
+    /// a swap find one ready. Waits for a place if every one is busy.
+    pub async fn refresh(&self) -> Result<(), CallError> {
+        let serving = self.serving();
+        let main = self
+            .ready(&self.sandboxes, &serving.current.deployment)
+            .await;
+        // The canary's sandboxes follow the canary whatever became of the
+        // main ones.
+        match &serving.canary {
+            Some(c) => self.ready(&self.canary_sandboxes, &c.deployment).await?,
+            None => self.canary_sandboxes.clear(),
+        }
+        main
+    }
+
+    /// One sandbox of `deployment` in `set`, built if none is idle.
+    async fn ready(&self, set: &Sandboxes, deployment: &Arc<Deployment>) -> Result<(), CallError> {
+        let mut taken = set.take(&deployment.version).await;
+        let built = live(&mut taken.live, deployment, &self.runtime, self.name())
+            .await
+            .map(drop);
+        set.put_back(taken);
+        built
+    }
+
+    /// How long a sandbox beyond the one it keeps may idle.
+    pub fn idle_after(&self) -> Duration {
+        self.runtime.limits().idle_after
+    }
+
+    /// Drops the sandboxes that idled past their time (see
+    /// [`Sandboxes::trim`]); returns how many.
+    pub fn trim_idle(&self, now: Instant) -> usize {
+        self.sandboxes.trim(now) + self.canary_sandboxes.trim(now)
+    }
+
+    /// Its current role.
+    pub fn role(&self) -> Role {
+        self.load.role()
+    }
+
+    /// Requests in flight or waiting for it.
+    pub fn load(&self) -> usize {
+        self.load.load()
+    }
+
+    /// Turns a standby into a promoted active; `true` if this call did it.
+    pub fn promote(&self) -> bool {
+        let promoted = self.load.change_role(Role::Standby, Role::Promoted);
+        if promoted {
+            self.stats.promotions.fetch_add(1, Ordering::Relaxed);
+        }
+        promoted
+    }
+
+    /// Returns a promoted standby to standby; `true` if this call did it.
+    pub fn demote(&self) -> bool {
+        self.load.change_role(Role::Promoted, Role::Standby)
+    }
+
+    /// Times it has been promoted since start (and before, as persisted).
+    pub fn promotions(&self) -> u64 {
+        self.stats.promotions.load(Ordering::Relaxed)
+    }
+
+    /// Takes up where a previous run left off: `role` as recovery decided,
+    /// counters, last fault and deployment date as saved.
+    pub fn restore(&self, role: Role, saved: &InstanceRecord) {
+        self.load.set_role(role);
+        self.stats.restore(saved);
+    }
+
+    /// What the state store keeps of it.
+    pub fn state_record(&self) -> InstanceRecord {
+        let serving = self.serving();
+        let mut record = InstanceRecord {
+            role: match self.role() {
+                Role::Active => hadr_state::Role::Active,
+                Role::Standby => hadr_state::Role::Standby,
+                Role::Promoted => hadr_state::Role::Promoted,
+            },
+            broken: false,
+            served: 0,
+            failed: 0,
+            traps: 0,
+            respawns: 0,
+            promotions: 0,
+            last_fault: None,
+            deployment: Some(serving.current.record()),
+            previous: serving.previous.as_ref().map(InForce::record),
+        };
+        self.stats.fill(&mut record);
+        record
+    }
+
+    /// Records the port its direct listener actually bound.
+    pub fn set_bound_port(&self, port: u16) {
+        self.bound_port.store(port, Ordering::Release);
+    }
+
+    /// Claims one unit of load if it is under its threshold.
+    pub fn try_lease(self: &Arc<Self>) -> Option<Lease> {
+        self.load.try_claim(self.spec.max_load).then(|| Lease {
+            instance: self.clone(),
+            promoted: false,
+        })
+    }
+
+    /// Builds the sandbox now rather than on the first request.
+    pub async fn warm_up(&self) -> Result<(), CallError> {
+        self.refresh().await
+    }
+
+    /// Arms a fault in one of its sandboxes (chaos drills): the next call
+    /// takes that sandbox and fails inside it. Builds a sandbox first if
+    /// none is idle; one fault at a time per instance.
+    pub async fn arm(&self, fault: Fault) -> Result<(), CallError> {
+        if let Some(armed) = self.stats.armed() {
+            return Err(CallError::AlreadyArmed(armed));
+        }
+        let deployment = self.deployment();
+        let mut taken = self.sandboxes.take(&deployment.version).await;
+        let outcome = match live(&mut taken.live, &deployment, &self.runtime, self.name()).await {
+            Ok(live) => live.arm(fault).await,
+            Err(e) => Err(e),
+        };
+        match &outcome {
+            Ok(()) => self
+                .stats
+                .set_armed(crate::sandbox::live::fault_name(fault)),
+            Err(e) if e.is_instance_fault() => taken.live = None,
+            Err(_) => {}
+        }
+        self.sandboxes.put_back(taken);
+        outcome
+    }
+
+    /// Runs one prediction in this instance, waiting for its turn; a
+    /// canary, if one runs, takes its share.
+    pub async fn predict(&self, input: Input) -> Result<Answer, CallError> {
+        self.predict_on(input, true).await
+    }
+
+    /// Runs one prediction on the deployment in force, never a canary (for
+    /// retries: a request that already faulted goes to the known-good version).
+    pub async fn predict_stable(&self, input: Input) -> Result<Answer, CallError> {
+        self.predict_on(input, false).await
+    }
+
+    /// A canary call that fails for any reason is answered by the version in
+    /// force: a fault through the caller's retry, anything else (a refusal,
+    /// a model failure) here, and it counts against the canary unless the
+    /// version in force refuses the request too (bad input is the client's).
+    async fn predict_on(&self, body: Input, canary: bool) -> Result<Answer, CallError> {
+        // One read of what the instance serves: the version in force, and
+        // the canary if this request goes to it.
+        let (deployment, chosen) = {
+            let serving = self.serving.load();
+            let chosen = serving
+                .canary
+                .as_ref()
+                .filter(|c| canary && c.pick())
+                .cloned();
+            (serving.current.deployment.clone(), chosen)
+        };
+        let Some(canary) = chosen else {
+            return self.run(&self.sandboxes, deployment, body).await;
+        };
+        let outcome = self
+            .run(
+                &self.canary_sandboxes,
+                canary.deployment.clone(),
+                body.clone(),
+            )
+            .await;
+        if self.serving.load().canary.is_none() {
+            // The canary ended while this call ran: free its sandboxes.
+            self.canary_sandboxes.clear();
+        }
+        match &outcome {
+            Ok(_) => canary.record(false),
+            Err(e) if e.is_instance_fault() => canary.record(true),
+            Err(refused) => {
+                let stable = self.run(&self.sandboxes, self.deployment(), body).await;
+                let both_bad_input =
+                    refused.is_bad_input() && matches!(&stable, Err(e) if e.is_bad_input());
+                canary.record(!both_bad_input);
+                return stable;
+            }
+        }
+        outcome
+    }
+
+    /// One call in a sandbox of `deployment` from `set`, waiting for a place.
+    async fn run(
+        &self,
+        set: &Sandboxes,
+        deployment: Arc<Deployment>,
+        input: Input,
+    ) -> Result<Answer, CallError> {
+        // Input that does not fit this version's model is the client's
+        // error: refused before the sandbox, and counted nowhere.
+        let body = input.for_deployment(&deployment)?;
+        let mut taken = set.take(&deployment.version).await;
+        let started = Instant::now();
+        let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
+        let outcome = if self.stats.cost_us.load(Ordering::Relaxed) >= offload_above {
+            let runtime = self.runtime.clone();
+            let name = self.spec.name.clone();
+            let handle = Handle::current();
+            let deployment = deployment.clone();
+            let offloaded = tokio::task::spawn_blocking(move || {
+                let outcome =
+                    handle.block_on(call(&mut taken.live, &deployment, &runtime, &name, &body));
+                (taken, outcome)
+            })
+            .await;
+            match offloaded {
+                Ok((back, outcome)) => {
+                    set.put_back(back);
+                    outcome
+                }
+                Err(e) => {
+                    let e = CallError::Trap(format!("the call's thread failed: {e}"));
+                    (Err(e), false, false)
+                }
+            }
+        } else {
+            let outcome = call(
+                &mut taken.live,
+                &deployment,
+                &self.runtime,
+                self.name(),
+                &body,
+            )
+            .await;
+            set.put_back(taken);
+            outcome
+        };
+        let (outcome, replaced, fired) = outcome;
+        let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
+        self.stats.after_call(replaced, fired, broken);
+        let outcome = outcome.and_then(|reply| match reply {
+            Reply::Json(answer) => {
+                let origin = predict_core::Origin {
+                    model: &deployment.model.name,
+                    instance: self.name(),
+                    version: &deployment.version,
+                };
+                Ok(Answer::Json(predict_core::with_origin(origin, &answer)?))
+            }
+            Reply::Tensors(outputs) => Ok(Answer::Tensors {
+                outputs,
+                version: deployment.version.clone(),
+            }),
+        });
+        self.stats
+            .record(outcome.as_ref().map(drop), started.elapsed());
+        outcome
+    }
+
+    /// A snapshot for `/topology`.
+    pub fn report(&self) -> InstanceReport {
+        let role = self.role();
+        let serving = self.serving();
+        let port = match (self.spec.port, self.bound_port.load(Ordering::Acquire)) {
+            (None, _) => None,
+            (Some(p), 0) => Some(p.to_string()),
+            (Some(_), bound) => Some(bound.to_string()),
+        };
+        InstanceReport {
+            status: role.serves(),
+            load: self.load(),
+            port,
+            role,
+            max_load: self.spec.max_load,
+            model: serving.current.deployment.model.name.clone(),
+            version: serving.current.deployment.version.clone(),
+            source: serving.current.source,
+            since: serving.current.since.clone(),
+            previous_version: serving
+                .previous
+                .as_ref()
+                .map(|p| p.deployment.version.clone()),
+            canary: serving.canary.as_ref().map(|c| CanaryReport {
+                version: c.deployment.version.clone(),
+                percent: c.percent,
+            }),
+            served: self.stats.served.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            traps: self.stats.traps.load(Ordering::Relaxed),
+            respawns: self.stats.respawns.load(Ordering::Relaxed),
+            promotions: self.stats.promotions.load(Ordering::Relaxed),
+            broken: self.stats.broken.load(Ordering::Relaxed),
+            sandboxes: SandboxReport {
+                concurrency: self.sandboxes.concurrency(),
+                busy: self.sandboxes.busy() + self.canary_sandboxes.busy(),
+                idle: self.sandboxes.idle() + self.canary_sandboxes.idle(),
+            },
+            armed_fault: self.stats.armed(),
+            faults_fired: self.stats.faults_fired.load(Ordering::Relaxed),
+            last_fault: self.stats.last_fault(),
+        }
+    }
+}

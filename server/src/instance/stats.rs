@@ -1,0 +1,167 @@
+//! An instance's counters: what `/topology` and `/metrics` show and the
+//! state store keeps across restarts. Written after each call, read by
+//! reports; never on the routing decision's path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hadr_state::{FaultRecord, InstanceRecord};
+
+use crate::sandbox::live::CallError;
+use crate::serving::now_rfc3339;
+
+/// A fault as `/topology` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LastFault {
+    /// What happened.
+    pub error: String,
+    /// When, in RFC 3339 (UTC).
+    pub at: String,
+}
+
+/// The counters of one instance.
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    /// Predictions answered with 200.
+    pub(super) served: AtomicU64,
+    /// Calls that failed in the instance (traps, deadlines, model failures).
+    pub(super) failed: AtomicU64,
+    /// Traps, deadlines included.
+    pub(super) traps: AtomicU64,
+    /// Faulted sandboxes replaced.
+    pub(super) respawns: AtomicU64,
+    /// Times it was promoted from standby.
+    pub(super) promotions: AtomicU64,
+    /// Its last fault could not be repaired: it has no working sandbox.
+    pub(super) broken: AtomicBool,
+    /// The chaos fault armed in one of its sandboxes and not fired yet.
+    pub(super) armed: Mutex<Option<&'static str>>,
+    /// Chaos faults that fired (the calls that ran into an armed fault).
+    pub(super) faults_fired: AtomicU64,
+    /// The most recent fault.
+    pub(super) last_fault: Mutex<Option<LastFault>>,
+    /// Recent average call time in microseconds (exponentially weighted):
+    /// decides whether a call moves to the blocking pool.
+    pub(super) cost_us: AtomicU64,
+}
+
+impl Stats {
+    /// Takes up the counters a previous run saved.
+    pub(super) fn restore(&self, saved: &InstanceRecord) {
+        self.served.store(saved.served, Ordering::Relaxed);
+        self.failed.store(saved.failed, Ordering::Relaxed);
+        self.traps.store(saved.traps, Ordering::Relaxed);
+        self.respawns.store(saved.respawns, Ordering::Relaxed);
+        self.promotions.store(saved.promotions, Ordering::Relaxed);
+        *lock(&self.last_fault) = saved.last_fault.as_ref().map(|f| LastFault {
+            error: f.error.clone(),
+            at: f.at.clone(),
+        });
+    }
+
+    /// What a call did to its sandbox: replaced it after a fault, fired an
+    /// armed fault, or left the instance without a working one.
+    pub(super) fn after_call(&self, replaced: bool, fired: bool, broken: bool) {
+        if replaced {
+            self.respawns.fetch_add(1, Ordering::Relaxed);
+        }
+        if fired {
+            self.faults_fired.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.armed) = None;
+        }
+        self.broken.store(broken, Ordering::Relaxed);
+    }
+
+    /// Counts a call's outcome and its time. The client's bad input counts
+    /// nowhere.
+    pub(super) fn record(&self, outcome: Result<(), &CallError>, took: Duration) {
+        let us = took.as_micros() as u64;
+        let old = self.cost_us.load(Ordering::Relaxed);
+        self.cost_us
+            .store(old - old / 8 + us / 8, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => {
+                self.served.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.is_bad_input() || matches!(e, CallError::NoTensors) => {}
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if matches!(
+                    e,
+                    CallError::Trap(_) | CallError::Deadline(_) | CallError::Unresponsive(_)
+                ) {
+                    self.traps.fetch_add(1, Ordering::Relaxed);
+                }
+                let fault = LastFault {
+                    error: e.summary(),
+                    at: now_rfc3339(),
+                };
+                *lock(&self.last_fault) = Some(fault);
+            }
+        }
+    }
+
+    /// The fault armed and not fired yet.
+    pub(super) fn armed(&self) -> Option<&'static str> {
+        *lock(&self.armed)
+    }
+
+    pub(super) fn set_armed(&self, fault: &'static str) {
+        *lock(&self.armed) = Some(fault);
+    }
+
+    pub(super) fn last_fault(&self) -> Option<LastFault> {
+        lock(&self.last_fault).clone()
+    }
+
+    /// The counters the state store keeps, into `record`.
+    pub(super) fn fill(&self, record: &mut InstanceRecord) {
+        record.broken = self.broken.load(Ordering::Relaxed);
+        record.served = self.served.load(Ordering::Relaxed);
+        record.failed = self.failed.load(Ordering::Relaxed);
+        record.traps = self.traps.load(Ordering::Relaxed);
+        record.respawns = self.respawns.load(Ordering::Relaxed);
+        record.promotions = self.promotions.load(Ordering::Relaxed);
+        record.last_fault = self.last_fault().map(|f| FaultRecord {
+            error: f.error,
+            at: f.at,
+        });
+    }
+}
+
+/// Locks a mutex that guards plain data: a panic while it was held cannot
+/// have left it half-written, so poisoning is ignored.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_counts_nowhere_and_a_deadline_is_a_failed_trap() {
+        let stats = Stats::default();
+        stats.record(Ok(()), Duration::from_micros(80));
+        stats.record(
+            Err(&CallError::Deadline(Duration::from_millis(5))),
+            Duration::from_millis(5),
+        );
+        stats.record(Err(&CallError::NoTensors), Duration::ZERO);
+        assert_eq!(stats.served.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.traps.load(Ordering::Relaxed), 1);
+        assert!(stats.last_fault().unwrap().error.contains("deadline"));
+    }
+
+    #[test]
+    fn a_fired_fault_is_no_longer_armed() {
+        let stats = Stats::default();
+        stats.set_armed("trap");
+        stats.after_call(true, true, false);
+        assert_eq!(stats.armed(), None);
+        assert_eq!(stats.faults_fired.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.respawns.load(Ordering::Relaxed), 1);
+    }
+}

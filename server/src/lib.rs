@@ -1,0 +1,79 @@
+//! # hadr-server
+//!
+//! The serving library of hadr: every predictor of a high-availability
+//! topology runs as isolated WebAssembly sandboxes behind a router that
+//! counts each instance's in-flight load, skips saturated ones and promotes
+//! a standby when the actives are full. The `hadr-host` binary (crate
+//! `host/`) wraps it in a CLI; the tooling that talks to a running host over
+//! HTTP (load generator, drill, admin client, fleets) is `hadr-tools`.
+//!
+//! ## The map
+//! Each layer uses only the layers above it in this list (and the leaves);
+//! `host/tests/architecture.rs` holds the same table and fails on a use
+//! that breaks it, and on any cycle between files.
+//!
+//! | layer | owns | lifetime |
+//! |---|---|---|
+//! | leaves: [`bindings`], [`topology`], [`shutdown`] | the WIT contract, the topology file, the stop signal | |
+//! | [`sandbox`] | the engine, wasi-nn on tract, guest logs, the compiled cache, deployments and their warm pools, one sandbox and its call errors | host, deployment |
+//! | [`oip`] | the Open Inference Protocol's tensors (pure codec) | |
+//! | [`serving`] | what an instance serves: in force, previous, canary | swapped whole |
+//! | [`instance`] | one topology entry: its spec, its load lease, its counters, its sandboxes | instance |
+//! | [`routing`], [`state`], [`metrics`] ← [`rollout`] | choosing an instance (pure [`routing::policy`]); persisting and recovering runtime facts; `/metrics`; deploys, canaries, rollbacks | |
+//! | [`http`] | the listeners, the public app and the admin app | |
+//! | [`serve`] | wiring it all from a topology file; the `serve` flags | process |
+//!
+//! ## How a request flows
+//! [`http::server`] (admission in [`http::admission`]) → [`http::api`] →
+//! [`routing::router`] (deciding with [`routing::policy`]) → [`instance`]
+//! (reading what it serves from [`serving`]) → one of its sandboxes
+//! ([`sandbox::sandboxes`]; [`sandbox::live`]: one wasmtime `Store`) → the
+//! guest's `predict` → wasi:nn → tract ([`sandbox::nn`]) → the guest's
+//! answer, to which the instance adds who answered. docs/architecture.md
+//! follows one request and one rollout through these modules.
+
+/// Host bindings for the `hadr:predictor/predictor` world (exports only; the
+/// imports are wired from wasmtime-wasi and wasmtime-wasi-nn).
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "hadr:predictor/predictor",
+        exports: { default: async },
+        additional_derives: [PartialEq],
+    });
+
+    /// The optional `tensors` export (the Open Inference Protocol's
+    /// `infer`), bound apart so that a guest without it is still a
+    /// predictor; its types are the predictor's.
+    pub mod tensors {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "hadr:predictor/tensor-predictor",
+            exports: { default: async },
+            with: { "hadr:predictor/types": crate::bindings::hadr::predictor::types },
+        });
+    }
+
+    /// The optional `chaos` export, bound apart so that a guest without it
+    /// is still a predictor.
+    pub mod drillable {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "hadr:predictor/drillable",
+            exports: { default: async },
+        });
+    }
+}
+
+pub mod http;
+pub mod instance;
+pub mod metrics;
+pub mod oip;
+pub mod rollout;
+pub mod routing;
+pub mod sandbox;
+pub mod serve;
+pub mod serving;
+pub mod shutdown;
+pub mod state;
+pub mod topology;

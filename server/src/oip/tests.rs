@@ -1,0 +1,320 @@
+use super::*;
+use crate::sandbox::nn::{ModelInfo, TensorInfo};
+
+fn model(shape: Vec<i64>, datatype: &'static str) -> ModelInfo {
+    ModelInfo {
+        inputs: vec![TensorInfo {
+            name: "float_input".into(),
+            datatype,
+            shape,
+        }],
+        outputs: vec![],
+        metadata: vec![],
+    }
+}
+
+fn f32s(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn json_request(input: serde_json::Value) -> Result<InferRequest, BadRequest> {
+    let body = serde_json::to_vec(&serde_json::json!({ "inputs": [input] })).unwrap();
+    parse_request(&body, None)
+}
+
+#[test]
+fn nested_and_flat_json_data_give_the_same_packed_tensor() {
+    let nested = json_request(serde_json::json!({
+        "name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2.5], [3, 4]]
+    }))
+    .unwrap();
+    let flat = json_request(serde_json::json!({
+        "name": "x", "shape": [2, 2], "datatype": "FP32", "data": [1, 2.5, 3, 4]
+    }))
+    .unwrap();
+    assert_eq!(nested.inputs, flat.inputs);
+    assert_eq!(f32s(&flat.inputs[0].data), [1.0, 2.5, 3.0, 4.0]);
+    assert_eq!(flat.inputs[0].shape, [2, 2]);
+}
+
+#[test]
+fn binary_inputs_are_cut_from_the_tail_in_input_order() {
+    let header = serde_json::to_vec(&serde_json::json!({
+        "id": "r1",
+        "inputs": [
+            {"name": "a", "shape": [2], "datatype": "INT32", "parameters": {"binary_data_size": 8}},
+            {"name": "b", "shape": [1], "datatype": "FP64", "parameters": {"binary_data_size": 8}}
+        ],
+        "outputs": [{"name": "o", "parameters": {"binary_data": true}}]
+    }))
+    .unwrap();
+    let mut body = header.clone();
+    body.extend_from_slice(&7i32.to_le_bytes());
+    body.extend_from_slice(&(-3i32).to_le_bytes());
+    body.extend_from_slice(&0.5f64.to_le_bytes());
+    let request = parse_request(&body, Some(header.len())).unwrap();
+    assert_eq!(request.id.as_deref(), Some("r1"));
+    assert_eq!(request.inputs[0].data, [7, 0, 0, 0, 253, 255, 255, 255]);
+    assert_eq!(request.inputs[1].data, 0.5f64.to_le_bytes());
+    assert_eq!(request.outputs[0].binary, Some(true));
+}
+
+#[test]
+fn sizes_that_disagree_are_refused_with_what_was_expected() {
+    let header = serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "a", "shape": [3], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]
+    }))
+    .unwrap();
+    let mut body = header.clone();
+    body.extend_from_slice(&[0; 8]);
+    let e = parse_request(&body, Some(header.len())).unwrap_err();
+    assert!(e.0.contains("3 FP32 elements take 12 bytes"), "{e}");
+
+    // A size that overruns the body.
+    let header = serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "a", "shape": [4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]
+    }))
+    .unwrap();
+    let mut body = header.clone();
+    body.extend_from_slice(&[0; 8]);
+    let e = parse_request(&body, Some(header.len())).unwrap_err();
+    assert!(e.0.contains("only 8 bytes of binary data are left"), "{e}");
+
+    // Bytes left over, a header length past the end, a JSON count mismatch.
+    let mut body = header.clone();
+    body.extend_from_slice(&[0; 20]);
+    let e = parse_request(&body, Some(header.len())).unwrap_err();
+    assert!(e.0.contains("4 bytes beyond"), "{e}");
+    let e = parse_request(&header, Some(header.len() + 1)).unwrap_err();
+    assert!(e.0.contains("Inference-Header-Content-Length"), "{e}");
+    let e = json_request(serde_json::json!({
+        "name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5]
+    }))
+    .unwrap_err();
+    assert!(e.0.contains("holds 6 elements, `data` has 5"), "{e}");
+}
+
+#[test]
+fn bad_datatypes_and_values_name_the_input() {
+    let e = json_request(serde_json::json!({
+        "name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]
+    }))
+    .unwrap_err();
+    assert!(
+        e.0.contains("input `x`: unknown datatype `FLOAT`") && e.0.contains("FP32"),
+        "{e}"
+    );
+    let e = json_request(serde_json::json!({
+        "name": "x", "shape": [2], "datatype": "INT8", "data": [1, 300]
+    }))
+    .unwrap_err();
+    assert!(e.0.contains("element 1 is 300, not an INT8"), "{e}");
+    let e = json_request(serde_json::json!({
+        "name": "x", "shape": [-1], "datatype": "INT8", "data": [1]
+    }))
+    .unwrap_err();
+    assert!(e.0.contains("negative dimension"), "{e}");
+    let e = parse_request(br#"{"inputs": []}"#, None).unwrap_err();
+    assert!(e.0.contains("no inputs"), "{e}");
+    let e = parse_request(br#"{"input": []}"#, None).unwrap_err();
+    assert!(e.0.contains("not an inference request"), "{e}");
+}
+
+#[test]
+fn bytes_elements_are_length_prefixed_both_from_json_and_binary() {
+    let request = json_request(serde_json::json!({
+        "name": "records", "shape": [2], "datatype": "BYTES", "data": ["ab", ""]
+    }))
+    .unwrap();
+    assert_eq!(request.inputs[0].data, [2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
+    let header = serde_json::to_vec(&serde_json::json!({
+        "inputs": [{"name": "records", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 7}}]
+    }))
+    .unwrap();
+    let mut body = header.clone();
+    body.extend_from_slice(&[3, 0, 0, 0, b'x', b'y', b'z']);
+    let e = parse_request(&body, Some(header.len())).unwrap_err();
+    assert!(
+        e.0.contains("the shape holds 2 elements, the BYTES data 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fitting_converts_to_the_models_type_and_checks_fixed_dimensions() {
+    let request = json_request(serde_json::json!({
+        "name": "float_input", "shape": [1, 3], "datatype": "INT64", "data": [1, 2, 3]
+    }))
+    .unwrap();
+    let fitted = fit(&request.inputs, &model(vec![-1, 3], "float")).unwrap();
+    assert_eq!(fitted[0].datatype, Datatype::Fp32);
+    assert_eq!(f32s(&fitted[0].data), [1.0, 2.0, 3.0]);
+
+    let e = fit(&request.inputs, &model(vec![-1, 4], "float")).unwrap_err();
+    assert!(
+        e.0.contains("has shape [1, 3]; the model takes [-1, 4]"),
+        "{e}"
+    );
+    let lossy = json_request(serde_json::json!({
+        "name": "float_input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]
+    }))
+    .unwrap();
+    let e = fit(&lossy.inputs, &model(vec![-1, 3], "int64")).unwrap_err();
+    assert!(e.0.contains("is FP32, and the model takes INT64"), "{e}");
+}
+
+#[test]
+fn unknown_and_missing_inputs_are_refused_unless_a_guest_reads_bytes() {
+    let other = json_request(serde_json::json!({
+        "name": "pixels", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]
+    }))
+    .unwrap();
+    let e = fit(&other.inputs, &model(vec![-1, 3], "float")).unwrap_err();
+    assert!(
+        e.0.contains("no input `pixels`; its inputs are `float_input`"),
+        "{e}"
+    );
+    let records = json_request(serde_json::json!({
+        "name": "records", "shape": [1], "datatype": "BYTES", "data": ["{}"]
+    }))
+    .unwrap();
+    let fitted = fit(&records.inputs, &model(vec![-1, 3], "float")).unwrap();
+    assert_eq!(fitted, records.inputs, "passed to the guest as sent");
+    let two = parse_request(
+        br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]},
+                        {"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}]}"#,
+        None,
+    )
+    .unwrap_err();
+    assert!(two.0.contains("given twice"), "{two}");
+}
+
+fn output(name: &str, values: &[f32]) -> Tensor {
+    Tensor {
+        name: name.into(),
+        datatype: Datatype::Fp32,
+        shape: vec![1, values.len() as u64],
+        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+fn label(value: i64) -> Tensor {
+    Tensor {
+        name: "label".into(),
+        datatype: Datatype::Int64,
+        shape: vec![1],
+        data: value.to_le_bytes().to_vec(),
+    }
+}
+
+const ORIGIN: Origin<'static> = Origin {
+    model: "m",
+    version: "v1",
+    id: Some("42"),
+};
+
+#[test]
+fn json_responses_carry_every_output_in_model_order() {
+    let outputs = [label(3), output("probabilities", &[0.25, 0.75])];
+    let encoded = encode_response(ORIGIN, &outputs, &[], false).unwrap();
+    assert_eq!(encoded.header_length, None);
+    let body: serde_json::Value = serde_json::from_slice(&encoded.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "model_name": "m", "model_version": "v1", "id": "42",
+            "outputs": [
+                {"name": "label", "datatype": "INT64", "shape": [1], "data": [3]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}
+            ]
+        })
+    );
+}
+
+#[test]
+fn binary_outputs_follow_the_json_in_its_order_and_the_header_says_where() {
+    let outputs = [label(3), output("probabilities", &[0.25, 0.75])];
+    let asked = [
+        RequestedOutput {
+            name: "probabilities".into(),
+            binary: Some(true),
+        },
+        RequestedOutput {
+            name: "label".into(),
+            binary: Some(false),
+        },
+    ];
+    let encoded = encode_response(ORIGIN, &outputs, &asked, false).unwrap();
+    let n = encoded.header_length.expect("a binary output");
+    let header: serde_json::Value = serde_json::from_slice(&encoded.body[..n]).unwrap();
+    assert_eq!(header["outputs"][0]["data"], serde_json::json!([3]));
+    assert_eq!(
+        header["outputs"][1]["parameters"]["binary_data_size"],
+        serde_json::json!(8)
+    );
+    assert_eq!(f32s(&encoded.body[n..]), [0.25, 0.75]);
+
+    let unknown = [RequestedOutput {
+        name: "scores".into(),
+        binary: None,
+    }];
+    let e = encode_response(ORIGIN, &outputs, &unknown, false).unwrap_err();
+    assert!(
+        e.0.contains("no output `scores`; its outputs are `label`, `probabilities`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_datatype_has_one_name_and_a_size_that_matches_its_bytes() {
+    for (datatype, name) in DATATYPES {
+        assert_eq!(parse_datatype(name).unwrap(), datatype);
+        assert_eq!(datatype_name(datatype), name);
+    }
+    assert_eq!(element_size(Datatype::Fp64), Some(8));
+    assert_eq!(element_size(Datatype::Bytes), None);
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the bytes and the header length, parsing answers (an
+        /// error or a request) without panicking, and an accepted request's
+        /// tensors hold exactly what their shapes say.
+        #[test]
+        fn any_body_parses_or_is_refused(body in proptest::collection::vec(any::<u8>(), 0..512),
+                                         split in proptest::option::of(0usize..600)) {
+            if let Ok(request) = parse_request(&body, split) {
+                for t in &request.inputs {
+                    let n: u64 = t.shape.iter().product();
+                    if let Some(w) = element_size(t.datatype) {
+                        prop_assert_eq!(t.data.len() as u64, n * w as u64);
+                    }
+                }
+            }
+        }
+
+        /// Well-formed JSON requests with random shapes and values either
+        /// parse to the right number of elements or are refused; a fitted
+        /// tensor always has the model's type.
+        #[test]
+        fn json_requests_fit_or_are_refused(rows in 0u64..4, cols in 0u64..4,
+                                            values in proptest::collection::vec(-1e6f64..1e6, 0..20),
+                                            datatype in prop::sample::select(vec!["FP32", "FP64", "INT32", "INT64", "BOOL", "BYTES"])) {
+            let body = serde_json::to_vec(&serde_json::json!({"inputs": [
+                {"name": "float_input", "shape": [rows, cols], "datatype": datatype, "data": values}
+            ]})).unwrap();
+            if let Ok(request) = parse_request(&body, None) {
+                prop_assert_eq!(values.len() as u64, rows * cols);
+                if let Ok(fitted) = fit(&request.inputs, &model(vec![-1, cols as i64], "float")) {
+                    prop_assert_eq!(fitted[0].datatype, Datatype::Fp32);
+                    prop_assert_eq!(fitted[0].data.len() as u64, rows * cols * 4);
+                }
+            }
+        }
+    }
+}

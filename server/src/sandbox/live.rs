@@ -1,0 +1,312 @@
+//! The sandbox: one wasmtime `Store` with a predictor bound in it, and why a
+//! call into it can fail.
+//!
+//! A [`Live`] sandbox runs one call at a time under its epoch deadline. After
+//! any failure but a refusal ([`CallError::Rejected`]) its store is poisoned:
+//! the caller drops it. Faults for drills are armed here: inside a guest that
+//! exports `chaos`, else committed by the host through the deadline.
+//!
+//! It uses only the bindings, the guest log and the host runtime's types;
+//! deployments build sandboxes and instances call them.
+
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+
+use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
+use crate::bindings::drillable::Drillable;
+use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
+use crate::bindings::tensors::TensorPredictor;
+use crate::bindings::Predictor;
+use crate::sandbox::engine::{hard_limit, start_call, InstanceState};
+use crate::sandbox::guest_log::LogName;
+
+/// Runs one guest call bounded in wall time by [`hard_limit`] of its
+/// `deadline`; past it the call is dropped ([`CallError::Unresponsive`]).
+pub(crate) async fn within<T>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, CallError> {
+    let limit = hard_limit(deadline);
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| CallError::Unresponsive(limit))
+}
+
+/// Why a call produced no prediction.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The guest refused the request (bad input) or its model failed; the
+    /// instance is healthy.
+    #[error("{}", .0.message)]
+    Rejected(PredictError),
+    /// The guest trapped (panic, out of memory, bug): the store was dropped.
+    #[error("the instance trapped: {0}")]
+    Trap(String),
+    /// The call ran past its deadline and was interrupted: the store was dropped.
+    #[error("the call ran past its deadline of {0:?} and was stopped")]
+    Deadline(Duration),
+    /// A fresh instance could not be built.
+    #[error("the instance could not start: {0}")]
+    Instantiate(String),
+    /// A fresh instance's `init` refused its configuration.
+    #[error("the instance refused its configuration: {}", .0.message)]
+    Init(PredictError),
+    /// A fault is already armed in this sandbox and has not fired yet: a
+    /// second one is refused rather than silently replacing it.
+    #[error("a `{0}` fault is already armed in this instance and has not fired yet (its next call fires it); arm the next one after that (see `armed_fault` in /topology)")]
+    AlreadyArmed(&'static str),
+    /// The guest does not export `chaos`, and the host cannot inject this
+    /// fault from outside.
+    #[error("this guest does not export hadr:predictor/chaos, so `{0}` cannot be armed in it; the host injects only `trap` and `hang` from outside")]
+    NotDrillable(&'static str),
+    /// The call did not return within the host's wall-clock bound (it was
+    /// blocked outside WebAssembly, where its deadline cannot reach it): the
+    /// store was dropped.
+    #[error("the guest did not return within {0:?} (blocked outside WebAssembly, where its deadline cannot interrupt it) and was stopped")]
+    Unresponsive(Duration),
+    /// The guest does not export `tensors`, so it cannot take `/v2` infer
+    /// requests.
+    #[error("this instance's guest does not export hadr:predictor/tensors, so it takes only /predict, not Open Inference Protocol infer requests")]
+    NoTensors,
+    /// The guest's answer is not a JSON object the host can add its origin
+    /// fields to.
+    #[error("{0}")]
+    BadAnswer(#[from] predict_core::BadAnswer),
+}
+
+/// A fault the host committed in a guest's call (through its epoch
+/// deadline), for a guest without the `chaos` export.
+#[derive(Debug, thiserror::Error)]
+#[error("a trap injected by the host (chaos drill)")]
+struct InjectedTrap;
+
+impl CallError {
+    /// Classifies a failed guest call; `deadline` is the one it ran under
+    /// (an epoch interrupt says only that some deadline passed).
+    pub(crate) fn from_wasmtime(doing: &str, e: wasmtime::Error, deadline: Duration) -> Self {
+        // A trap's message is its reason, then (for the host's log) the
+        // wasm backtrace; see `summary`.
+        if e.is::<InjectedTrap>() {
+            return CallError::Trap(format!("{InjectedTrap}\n{e:#}"));
+        }
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => CallError::Deadline(deadline),
+            Some(trap) => CallError::Trap(format!("wasm trap: {trap}\n{e:#}")),
+            None => CallError::Instantiate(format!("{doing}: {e:#}")),
+        }
+    }
+
+    /// What clients and `/topology` are told: the message without a trap's
+    /// wasm backtrace (which names the guest's internals; the host's log
+    /// keeps it).
+    pub fn summary(&self) -> String {
+        match self {
+            CallError::Trap(full) => {
+                let reason = full.lines().next().unwrap_or_default();
+                format!("the instance trapped: {reason}")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether the instance itself failed (its sandbox was replaced), so the
+    /// request may succeed elsewhere.
+    pub fn is_instance_fault(&self) -> bool {
+        matches!(
+            self,
+            CallError::Trap(_)
+                | CallError::Deadline(_)
+                | CallError::Unresponsive(_)
+                | CallError::Instantiate(_)
+                | CallError::Init(_)
+        )
+    }
+
+    /// Whether the store must be dropped after this failure: anything but
+    /// the guest's own refusal, or a call the host refused before entering
+    /// the guest.
+    pub fn poisons_the_store(&self) -> bool {
+        !matches!(self, CallError::Rejected(_) | CallError::NoTensors)
+    }
+
+    /// Whether the guest said the request itself was bad (not the instance).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, CallError::Rejected(e)
+            if matches!(e.kind, ErrorKind::MalformedRequest | ErrorKind::InvalidInput))
+    }
+}
+
+/// A running sandbox: its store and the predictor bound in it.
+pub struct Live {
+    store: Store<InstanceState>,
+    predictor: Predictor,
+    /// The guest's own fault injection, if it exports `chaos`.
+    chaos: Option<Drillable>,
+    /// Its typed `infer`, if it exports `tensors`.
+    tensors: Option<TensorPredictor>,
+    /// A fault the host commits in the next call (guests without `chaos`).
+    injected: Option<Fault>,
+    /// The fault armed for the next call (either way), until it fires.
+    armed: Option<Fault>,
+    deadline_ticks: u64,
+    version: String,
+    pub(crate) log: LogName,
+}
+
+impl Live {
+    pub(crate) fn new(
+        store: Store<InstanceState>,
+        predictor: Predictor,
+        chaos: Option<Drillable>,
+        tensors: Option<TensorPredictor>,
+        deadline_ticks: u64,
+        version: String,
+        log: LogName,
+    ) -> Self {
+        Self {
+            store,
+            predictor,
+            chaos,
+            tensors,
+            injected: None,
+            armed: None,
+            deadline_ticks,
+            version,
+            log,
+        }
+    }
+
+    /// The deployment version it was built from.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The fault the next call fires, if one is armed.
+    pub fn armed(&self) -> Option<Fault> {
+        self.armed
+    }
+
+    /// How long one call may run.
+    fn deadline(&self) -> Duration {
+        crate::sandbox::engine::ticks_duration(self.deadline_ticks)
+    }
+
+    /// Arms a chaos fault for the next `predict`: inside the guest when it
+    /// exports `chaos`, else from the host (trap and hang only).
+    pub async fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
+        if let Some(armed) = self.armed {
+            return Err(CallError::AlreadyArmed(fault_name(armed)));
+        }
+        let Some(chaos) = &self.chaos else {
+            if matches!(fault, Fault::Oom) {
+                return Err(CallError::NotDrillable("oom"));
+            }
+            self.injected = Some(fault);
+            self.armed = Some(fault);
+            return Ok(());
+        };
+        start_call(&mut self.store, self.deadline_ticks);
+        let deadline = self.deadline();
+        within(
+            deadline,
+            chaos
+                .hadr_predictor_chaos()
+                .call_arm(&mut self.store, fault),
+        )
+        .await?
+        .map_err(|e| CallError::from_wasmtime("arming a fault", e, deadline))?;
+        self.armed = Some(fault);
+        Ok(())
+    }
+
+    /// One prediction, interrupted at the deadline. An `Err` other than
+    /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
+    pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        start_call(&mut self.store, self.deadline_ticks);
+        self.armed = None;
+        if let Some(fault) = self.injected.take() {
+            self.inject(fault);
+        }
+        let deadline = self.deadline();
+        match within(deadline, self.predictor.call_predict(&mut self.store, body)).await? {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(refused)) => Err(CallError::Rejected(refused)),
+            Err(e) => Err(CallError::from_wasmtime("calling predict", e, deadline)),
+        }
+    }
+
+    /// One typed inference (`/v2/.../infer`), under the same deadline and
+    /// faults as [`Live::predict`].
+    pub async fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CallError> {
+        if self.tensors.is_none() {
+            return Err(CallError::NoTensors);
+        }
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(fault) = self.injected.take() {
+            self.inject(fault);
+        }
+        let Some(tensors) = &self.tensors else {
+            unreachable!("checked above");
+        };
+        match tensors
+            .hadr_predictor_tensors()
+            .call_infer(&mut self.store, inputs)
+            .await
+        {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(refused)) => Err(CallError::Rejected(refused)),
+            Err(e) => Err(CallError::from_wasmtime(
+                "calling infer",
+                e,
+                self.deadline(),
+            )),
+        }
+    }
+
+    /// Makes the next call fail at its first epoch check, as a guest that
+    /// trapped or spun would: a trap at once, or a hang that holds the call
+    /// (asleep, not spinning) until its deadline interrupts it. Either way
+    /// the store is dropped afterwards, like any faulted one.
+    fn inject(&mut self, fault: Fault) {
+        let until = Instant::now() + self.deadline();
+        self.store.set_epoch_deadline(0);
+        self.store.epoch_deadline_callback(move |_| match fault {
+            Fault::Hang if Instant::now() < until => Ok(wasmtime::UpdateDeadline::YieldCustom(
+                0,
+                Box::pin(tokio::time::sleep_until(until.into())),
+            )),
+            Fault::Hang => Ok(wasmtime::UpdateDeadline::Interrupt),
+            _ => Err(InjectedTrap.into()),
+        });
+    }
+}
+
+/// A fault's name, as the admin API and `/topology` write it.
+pub fn fault_name(fault: Fault) -> &'static str {
+    match fault {
+        Fault::Trap => "trap",
+        Fault::Hang => "hang",
+        Fault::Oom => "oom",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_call_names_the_deadline_it_ran_under() {
+        let deadline = Duration::from_millis(250);
+        let interrupted = wasmtime::Error::from(wasmtime::Trap::Interrupt);
+        let e = CallError::from_wasmtime("initialising", interrupted, deadline);
+        assert!(matches!(e, CallError::Deadline(d) if d == deadline));
+        assert!(e.to_string().contains("250ms"), "{e}");
+        let injected = wasmtime::Error::from(InjectedTrap);
+        let e = CallError::from_wasmtime("calling predict", injected, deadline);
+        assert!(matches!(&e, CallError::Trap(m) if m.contains("injected by the host")));
+        let other = wasmtime::Error::msg("no such export");
+        let e = CallError::from_wasmtime("instantiating", other, deadline);
+        assert!(matches!(&e, CallError::Instantiate(m) if m.starts_with("instantiating")));
+    }
+}

@@ -1,0 +1,300 @@
+//! The sandboxes of one instance for one deployment: up to `concurrency` run
+//! calls at once, each in its own store with its own memory and deadline.
+//!
+//! A call waits for a place ([`Sandboxes::take`]), takes the most recently
+//! used idle sandbox of its version (or none: the caller builds one, from the
+//! deployment's warm pool when it has a spare), and gives it back after the
+//! call ([`Sandboxes::put_back`]); a call that poisoned its store gives back
+//! its replacement, or nothing. So a trap replaces only the faulted sandbox
+//! and the calls running in the others go on.
+//!
+//! Elasticity: sandboxes idle for longer than `idle_after` are dropped
+//! ([`Sandboxes::trim`]), down to `keep_idle` (1, or 0 to scale to zero: the
+//! next call then pays one instantiation).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::sandbox::live::Live;
+
+/// What the set needs to know of a sandbox.
+pub trait Pooled {
+    /// The deployment version it was built from.
+    fn version(&self) -> &str;
+    /// Whether a chaos fault is armed in it (the next call must take it).
+    fn is_armed(&self) -> bool;
+}
+
+impl Pooled for Live {
+    fn version(&self) -> &str {
+        Live::version(self)
+    }
+
+    fn is_armed(&self) -> bool {
+        self.armed().is_some()
+    }
+}
+
+/// How many sandboxes an instance runs and keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elasticity {
+    /// Most calls running at once (sandboxes busy).
+    pub concurrency: usize,
+    /// Idle sandboxes kept however long they idle: 1, or 0 to scale to zero.
+    pub keep_idle: usize,
+    /// How long a sandbox beyond `keep_idle` may idle before it is dropped.
+    pub idle_after: Duration,
+}
+
+impl Default for Elasticity {
+    fn default() -> Self {
+        Self {
+            concurrency: 1,
+            keep_idle: 1,
+            idle_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An instance's sandboxes for one deployment slot (the version in force,
+/// or the canary).
+#[derive(Debug)]
+pub struct Sandboxes<T = Live> {
+    elasticity: Elasticity,
+    /// One permit per call that may run at once.
+    places: Arc<Semaphore>,
+    /// Sandboxes waiting for a call, least recently used first.
+    idle: Mutex<Vec<Idle<T>>>,
+}
+
+#[derive(Debug)]
+struct Idle<T> {
+    live: T,
+    since: Instant,
+}
+
+/// A place to run one call, with the sandbox it took (if any was idle).
+#[derive(Debug)]
+pub struct Taken<T = Live> {
+    /// The sandbox: `None` to be built by the call.
+    pub live: Option<T>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl<T: Pooled> Sandboxes<T> {
+    /// None yet; up to `elasticity.concurrency` at once.
+    pub fn new(elasticity: Elasticity) -> Self {
+        Self {
+            elasticity,
+            places: Arc::new(Semaphore::new(elasticity.concurrency.max(1))),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Waits for a place to run a call, then takes the idle sandbox with a
+    /// chaos fault armed, else the most recently used one, built from
+    /// `version` (idle ones of other versions are stale and dropped).
+    pub async fn take(&self, version: &str) -> Taken<T> {
+        let place = self
+            .places
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the sandbox semaphore is never closed");
+        let live = {
+            let mut idle = lock(&self.idle);
+            idle.retain(|i| i.live.version() == version);
+            match idle.iter().position(|i| i.live.is_armed()) {
+                Some(armed) => Some(idle.remove(armed).live),
+                None => idle.pop().map(|i| i.live),
+            }
+        };
+        Taken {
+            live,
+            _place: place,
+        }
+    }
+
+    /// Gives back the sandbox a call used (or nothing, when its store was
+    /// poisoned and not replaced), as the most recently used.
+    pub fn put_back(&self, mut taken: Taken<T>) {
+        if let Some(live) = taken.live.take() {
+            lock(&self.idle).push(Idle {
+                live,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops sandboxes idle for longer than `idle_after`, keeping the
+    /// `keep_idle` most recently used and any with a chaos fault armed.
+    /// Returns how many were dropped.
+    pub fn trim(&self, now: Instant) -> usize {
+        let Elasticity {
+            keep_idle,
+            idle_after,
+            ..
+        } = self.elasticity;
+        let mut idle = lock(&self.idle);
+        let spare = idle.len().saturating_sub(keep_idle);
+        let before = idle.len();
+        let mut seen = 0;
+        idle.retain(|i| {
+            seen += 1;
+            let old = now.saturating_duration_since(i.since) > idle_after;
+            !(seen <= spare && old && !i.live.is_armed())
+        });
+        before - idle.len()
+    }
+
+    /// Drops every idle sandbox (a canary ended).
+    pub fn clear(&self) {
+        lock(&self.idle).clear();
+    }
+
+    /// Sandboxes in a call now: the places taken.
+    pub fn busy(&self) -> usize {
+        self.concurrency()
+            .saturating_sub(self.places.available_permits())
+    }
+
+    /// Sandboxes waiting for a call.
+    pub fn idle(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    /// Most calls running at once.
+    pub fn concurrency(&self) -> usize {
+        self.elasticity.concurrency.max(1)
+    }
+}
+
+/// Locks a mutex over plain data, ignoring poisoning (see `instance::lock`).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Fake {
+        id: u32,
+        version: &'static str,
+        armed: bool,
+    }
+
+    impl Pooled for Fake {
+        fn version(&self) -> &str {
+            self.version
+        }
+        fn is_armed(&self) -> bool {
+            self.armed
+        }
+    }
+
+    fn fake(id: u32) -> Fake {
+        Fake {
+            id,
+            version: "v1",
+            armed: false,
+        }
+    }
+
+    fn set(concurrency: usize, keep_idle: usize) -> Sandboxes<Fake> {
+        Sandboxes::new(Elasticity {
+            concurrency,
+            keep_idle,
+            idle_after: Duration::from_millis(100),
+        })
+    }
+
+    /// Runs one call per sandbox at once (the set idle, so each builds
+    /// its own) and gives them back in order.
+    async fn fill(set: &Sandboxes<Fake>, sandboxes: Vec<Fake>) {
+        let mut calls = Vec::new();
+        for _ in 0..sandboxes.len() {
+            let taken = set.take("v1").await;
+            assert!(taken.live.is_none());
+            calls.push(taken);
+        }
+        for (mut taken, sandbox) in calls.into_iter().zip(sandboxes) {
+            taken.live = Some(sandbox);
+            set.put_back(taken);
+        }
+    }
+
+    #[tokio::test]
+    async fn at_most_concurrency_calls_run_and_busy_counts_them() {
+        let set = set(2, 1);
+        let a = set.take("v1").await;
+        let b = set.take("v1").await;
+        assert_eq!(set.busy(), 2);
+        let third = tokio::time::timeout(Duration::from_millis(200), set.take("v1")).await;
+        assert!(third.is_err(), "a third call waited");
+        set.put_back(a);
+        assert_eq!(set.busy(), 1);
+        let c = tokio::time::timeout(Duration::from_secs(5), set.take("v1"))
+            .await
+            .expect("a place came free");
+        drop((b, c));
+        assert_eq!(set.busy(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_most_recent_sandbox_is_reused_and_stale_versions_are_dropped() {
+        let set = set(2, 1);
+        fill(&set, vec![fake(1), fake(2)]).await;
+        assert_eq!(set.idle(), 2);
+        assert_eq!(set.take("v1").await.live.as_ref().map(|f| f.id), Some(2));
+        assert!(
+            set.take("v2").await.live.is_none(),
+            "v1 sandboxes are stale for v2"
+        );
+        assert_eq!(set.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_armed_sandbox_is_taken_first_and_never_trimmed() {
+        let set = set(3, 0);
+        let armed = Fake {
+            armed: true,
+            ..fake(1)
+        };
+        fill(&set, vec![armed, fake(2)]).await;
+        let later = Instant::now() + Duration::from_secs(1);
+        assert_eq!(set.trim(later), 1, "the unarmed one goes");
+        assert_eq!(set.take("v1").await.live.as_ref().map(|f| f.id), Some(1));
+    }
+
+    #[tokio::test]
+    async fn idle_sandboxes_beyond_keep_idle_are_dropped_after_idle_after() {
+        let set = set(4, 1);
+        fill(&set, vec![fake(1), fake(2), fake(3)]).await;
+        assert_eq!(set.trim(Instant::now()), 0, "not idle long enough");
+        let later = Instant::now() + Duration::from_secs(1);
+        assert_eq!(set.trim(later), 2);
+        assert_eq!(
+            set.take("v1").await.live.as_ref().map(|f| f.id),
+            Some(3),
+            "the most recent stays"
+        );
+        let zero = self::set(1, 0);
+        fill(&zero, vec![fake(9)]).await;
+        assert_eq!(zero.trim(later), 1, "scale to zero");
+        assert_eq!(zero.idle(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_sandbox_is_not_given_back() {
+        let set = set(1, 1);
+        fill(&set, vec![fake(1)]).await;
+        let mut taken = set.take("v1").await;
+        taken.live = None; // its call trapped and no replacement was built
+        set.put_back(taken);
+        assert_eq!((set.idle(), set.busy()), (0, 0));
+    }
+}

@@ -1,0 +1,826 @@
+//! `hadr-host serve`: from a topology file to listening sockets.
+//!
+//! Start-up does all the slow and fallible work before the first socket is
+//! bound: parse the topology, load every model once, compile every guest
+//! module once, pair them into deployments, and build every instance's
+//! sandbox. A broken file, model or guest therefore stops start-up with a
+//! message naming it, instead of failing the first request.
+//!
+//! Then it opens the state directory and takes up where the last run left
+//! off (see [`crate::state::recovery`] for which of file and state wins), saves the
+//! reconciled state, and only then binds its sockets.
+//!
+//! Owns the process lifetime of a host. May use every other module.
+
+pub mod args;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hadr_state::{BlobStore, DeploymentRecord, StateError, StateStore};
+use tokio::net::TcpListener;
+
+use crate::http::admission::{self, Admission};
+use crate::http::app::Scope;
+use crate::http::{server, AdminApp, Connections, PublicApp, Service};
+use crate::instance::{CallError, InForce, Instance, Serving, Source};
+use crate::rollout::{RolloutParts, Rollouts};
+use crate::routing::router::Router;
+use crate::sandbox::compiled_cache::{CacheOutcome, CompiledCache};
+use crate::sandbox::deployment::{example_beside, CompiledModule, Deployment, ModuleError};
+use crate::sandbox::engine::{HostRuntime, Limits};
+use crate::sandbox::nn::registry::model_name;
+use crate::sandbox::nn::{LoadedModel, ModelError};
+use crate::shutdown::Shutdown;
+use crate::state::recovery;
+use crate::state::sync::StateSync;
+use crate::topology::{Defaults, Topology, TopologyError};
+
+/// Everything `serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The topology file.
+    pub topology: PathBuf,
+    /// Where the router listens.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+    /// Open connections allowed over the public listeners (lowered at start
+    /// to fit the open-file limit).
+    pub max_connections: usize,
+    /// Open connections one client address may hold on the public listeners.
+    pub max_connections_per_client: usize,
+    /// How long an answer's write may make no progress (the client is not
+    /// reading) before its connection is closed.
+    pub write_timeout: Duration,
+    /// Per-instance limits (`limits.concurrency` is set at start from
+    /// `concurrency`).
+    pub limits: Limits,
+    /// Calls one instance runs at once where its entry does not say;
+    /// `None`: the cores shared among the actives served here.
+    pub concurrency: Option<usize>,
+    /// Model and module for entries that name none.
+    pub defaults: Defaults,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub grace: Duration,
+    /// Warm spares kept ready per deployment.
+    pub warm_pool: usize,
+    /// Where the admin listener listens.
+    pub admin_listen: SocketAddr,
+    /// The state directory: the sled database (`db/`) and the generated
+    /// admin token.
+    pub state_dir: PathBuf,
+    /// How often per-request counters are written to the state store.
+    pub state_interval: Duration,
+    /// Largest module or model accepted by `PUT /admin/blobs`, in bytes.
+    pub max_upload: usize,
+    /// How long the actives must carry the load alone before a promoted
+    /// standby returns to standby.
+    pub promotion_cooldown: Duration,
+    /// Serve only these entries (`--only`): one process per entry, each on
+    /// its own machine, behind a balancer. `None`: all of them.
+    pub only: Option<Vec<String>>,
+}
+
+/// Why the host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The topology file is wrong.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// A model did not load.
+    #[error("{file}: instance `{instance}`: field `model`: {source}")]
+    Model {
+        /// The topology file.
+        file: PathBuf,
+        /// The first instance naming it.
+        instance: String,
+        /// Why it did not load.
+        source: ModelError,
+    },
+    /// Two different model files share a name.
+    #[error("{0}: models {1} and {2} would both be served as `{3}`: rename one of the files")]
+    ModelName(PathBuf, PathBuf, PathBuf, String),
+    /// A guest module was refused.
+    #[error("{file}: instance `{instance}`: field `module`: {source}")]
+    Module {
+        /// The topology file.
+        file: PathBuf,
+        /// The first instance naming it.
+        instance: String,
+        /// Why it was refused.
+        source: ModuleError,
+    },
+    /// An instance's sandbox could not be built.
+    #[error("{0}: instance `{1}` could not start: {2}")]
+    Instance(PathBuf, String, CallError),
+    /// The admin token could not be read or written.
+    #[error(
+        "admin token in {0}: {1} (set HADR_ADMIN_TOKEN, or fix the state directory's permissions)"
+    )]
+    AdminToken(PathBuf, std::io::Error),
+    /// The state directory cannot be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// More instances, or sandboxes, than one process can reserve.
+    #[error(
+        "{file}: {count} instances with {sandboxes} sandboxes (concurrency × 2 + 2 each); one \
+         process serves at most {MAX_INSTANCES} instances and {MAX_SANDBOXES} sandboxes (each \
+         reserves WebAssembly address space up front): lower `concurrency`, or spread the \
+         topology over hosts with \"host\" and `serve --only`"
+    )]
+    TooManyInstances {
+        /// The topology file.
+        file: PathBuf,
+        /// Its instances (after `--only`).
+        count: usize,
+        /// The sandboxes they reserve.
+        sandboxes: usize,
+    },
+    /// The engine could not be created.
+    #[error("cannot create the WebAssembly engine: {0:#}")]
+    Engine(wasmtime::Error),
+    /// A socket could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Whether the operator's input (file, model, guest, address) is at fault.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, StartError::Engine(_))
+    }
+}
+
+/// A host with every listener bound, not yet serving.
+pub struct Host {
+    /// The router both apps share; its background tasks (standby return,
+    /// idle sandbox trimming) run beside the listeners.
+    router: Arc<Router>,
+    /// What the router's listener and each instance's port serve.
+    public: Arc<PublicApp>,
+    /// What the admin listener serves.
+    admin: Arc<AdminApp>,
+    /// The public listeners' shared connection cap.
+    public_connections: Connections,
+    /// The admin listener's own connection cap.
+    admin_connections: Connections,
+    router_listener: TcpListener,
+    admin_listener: TcpListener,
+    instance_listeners: Vec<(Arc<Instance>, TcpListener)>,
+    grace: Duration,
+    promotion_cooldown: Duration,
+    state: Arc<StateSync>,
+    _runtime: Arc<HostRuntime>,
+}
+
+impl Host {
+    /// Builds every deployment and instance and binds every listener.
+    pub async fn start(options: &ServeOptions) -> Result<Self, StartError> {
+        let mut topology = Topology::load(&options.topology, &options.defaults)?;
+        if let Some(only) = &options.only {
+            topology = topology.only(only)?;
+            tracing::info!(entries = ?only, "serving only these entries of the topology (--only)");
+        }
+        let mut limits = options.limits;
+        limits.concurrency = options.concurrency.unwrap_or_else(|| {
+            let actives = topology.instances.iter().filter(|i| i.active).count();
+            crate::sandbox::engine::default_concurrency(actives)
+        });
+        tracing::info!(
+            concurrency = limits.concurrency,
+            "calls each instance runs at once (where its entry does not say)"
+        );
+        let sandboxes = crate::sandbox::engine::sandboxes_for(
+            topology
+                .instances
+                .iter()
+                .map(|i| i.concurrency.unwrap_or(limits.concurrency)),
+        );
+        if topology.instances.len() > MAX_INSTANCES || sandboxes > MAX_SANDBOXES {
+            return Err(StartError::TooManyInstances {
+                file: topology.path.clone(),
+                count: topology.instances.len(),
+                sandboxes,
+            });
+        }
+        let store = Arc::new(open_state(&options.state_dir)?);
+        let runtime = Arc::new(HostRuntime::new(limits, sandboxes).map_err(StartError::Engine)?);
+        let mut library = Library {
+            runtime: runtime.clone(),
+            blobs: BlobStore::new(options.state_dir.join("blobs")),
+            cache: Arc::new(CompiledCache::new(
+                options.state_dir.join("compiled"),
+                store.clone(),
+                runtime.engine(),
+            )),
+            spares: options.warm_pool,
+            by_version: HashMap::new(),
+        };
+        let files = build_deployments(&mut library, &topology)?;
+        let generation = restore_marks(&store, &topology)?;
+        let mut instances = Vec::new();
+        for spec in &topology.instances {
+            let file = files[&(spec.module.clone(), spec.model.clone())].clone();
+            let saved = store.instance(&spec.name)?;
+            let outcome = recovery::reconcile(spec, &file.version, saved.as_ref());
+            for conflict in &outcome.conflicts {
+                tracing::warn!(state = %store.path().display(), "{conflict}");
+            }
+            let serving = library.serving(spec.name.as_str(), file, saved.as_ref(), &outcome);
+            let instance = Instance::new(spec.clone(), runtime.clone(), serving.current.clone());
+            instance.set_serving(serving);
+            instance.restore(outcome.role, &outcome.saved);
+            if saved.is_some() {
+                tracing::info!(instance = instance.name(), role = ?outcome.role,
+                    served = outcome.saved.served, traps = outcome.saved.traps,
+                    version = %instance.deployment().version, "instance state restored");
+            }
+            instances.push(Arc::new(instance));
+        }
+        forget_missing(&store, &instances)?;
+        let mut filled: Vec<Arc<Deployment>> = Vec::new();
+        for instance in &instances {
+            let deployment = instance.deployment();
+            if !filled.iter().any(|d| Arc::ptr_eq(d, &deployment)) {
+                deployment.fill_pool(&runtime).await.map_err(|e| {
+                    StartError::Instance(topology.path.clone(), "(warm pool)".into(), e)
+                })?;
+                filled.push(deployment);
+            }
+            instance.warm_up().await.map_err(|e| {
+                StartError::Instance(topology.path.clone(), instance.name().to_string(), e)
+            })?;
+        }
+        let state = Arc::new(StateSync::new(
+            store.clone(),
+            instances.clone(),
+            options.state_interval,
+        ));
+        state.commit_all().await?;
+        collect_garbage(&store, &library);
+        let applied = Arc::new(crate::metrics::RolloutCount::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            instances.clone(),
+            applied.clone(),
+        ));
+        let rollouts = Arc::new(Rollouts::new(RolloutParts {
+            runtime: runtime.clone(),
+            instances: instances.clone(),
+            blobs: library.blobs.clone(),
+            cache: library.cache.clone(),
+            store,
+            state: state.clone(),
+            warm_pool: options.warm_pool,
+            applied,
+        }));
+        let router_listener = bind(options.listen, "router".into()).await?;
+        let mut instance_listeners = Vec::new();
+        for instance in &instances {
+            if let Some(port) = instance.spec().port {
+                let ip = instance.spec().host.unwrap_or(options.listen.ip());
+                let addr = SocketAddr::new(ip, port);
+                let listener = bind(addr, format!("instance `{}`", instance.name())).await?;
+                let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+                instance.set_bound_port(bound);
+                instance_listeners.push((instance.clone(), listener));
+            }
+        }
+        let admin_listener = bind(options.admin_listen, "admin".into()).await?;
+        warn_if_exposed(admin_listener.local_addr().ok());
+        let max_connections = connection_cap(options.max_connections, instance_listeners.len() + 2);
+        let router = Arc::new(Router::new(instances).with_state(state.clone()));
+        let public = Arc::new(PublicApp {
+            router: router.clone(),
+            max_body: options.max_body,
+            state: state.clone(),
+            generation,
+            metrics,
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        });
+        let admin = Arc::new(AdminApp {
+            router: router.clone(),
+            state: state.clone(),
+            rollouts,
+            max_upload: options.max_upload,
+            admin_token: admin_token(&options.state_dir)?,
+        });
+        let public_connections = Connections {
+            admission: Admission::new(max_connections, options.max_connections_per_client),
+            write_timeout: options.write_timeout,
+        };
+        let admin_connections = Connections {
+            admission: Admission::new(ADMIN_CONNECTIONS, ADMIN_CONNECTIONS_PER_CLIENT),
+            write_timeout: options.write_timeout,
+        };
+        Ok(Self {
+            router,
+            public,
+            admin,
+            public_connections,
+            admin_connections,
+            router_listener,
+            admin_listener,
+            instance_listeners,
+            grace: options.grace,
+            promotion_cooldown: options.promotion_cooldown,
+            state,
+            _runtime: runtime,
+        })
+    }
+
+    /// Set while the host drains before stopping (`/readyz` answers 503).
+    pub fn draining(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.public.draining.clone()
+    }
+
+    /// The router's bound address.
+    pub fn router_addr(&self) -> SocketAddr {
+        self.router_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Each instance listener's name and bound address.
+    pub fn instance_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.instance_listeners
+            .iter()
+            .filter_map(|(i, l)| Some((i.name().to_string(), l.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// Serves until `shutdown` fires and in-flight requests have finished,
+    /// then writes the final state.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), StateError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(self.state.clone().run(shutdown.clone()));
+        let (router, cooldown, stop) = (
+            self.router.clone(),
+            self.promotion_cooldown,
+            shutdown.clone(),
+        );
+        tasks.spawn(async move { router.return_standbys(cooldown, stop).await });
+        let (router, stop) = (self.router.clone(), shutdown.clone());
+        tasks.spawn(async move { router.trim_idle_sandboxes(stop).await });
+        let public = |scope| Service::Public(self.public.clone(), scope);
+        for (instance, listener) in self.instance_listeners {
+            tasks.spawn(server::serve(
+                listener,
+                self.public_connections.clone(),
+                public(Scope::Instance(instance)),
+                shutdown.clone(),
+                self.grace,
+            ));
+        }
+        tasks.spawn(server::serve(
+            self.admin_listener,
+            self.admin_connections,
+            Service::Admin(self.admin.clone()),
+            shutdown.clone(),
+            self.grace,
+        ));
+        tasks.spawn(server::serve(
+            self.router_listener,
+            self.public_connections,
+            public(Scope::Router),
+            shutdown,
+            self.grace,
+        ));
+        while tasks.join_next().await.is_some() {}
+        self.state.commit().await?;
+        tracing::info!("state flushed");
+        Ok(())
+    }
+}
+
+/// Removes from `blobs/` and `compiled/` what no instance's deployment (in
+/// force or kept for rollback) uses, and what a `kill -9` left half
+/// written. Runs at start, before any rollout can upload.
+fn collect_garbage(store: &StateStore, library: &Library) {
+    let records = match store.instances() {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::warn!(error = %e, "garbage collection skipped: cannot read the instances' records");
+            return;
+        }
+    };
+    let deployments: Vec<&DeploymentRecord> = records
+        .iter()
+        .flat_map(|(_, r)| r.deployment.iter().chain(&r.previous))
+        .collect();
+    let modules = deployments
+        .iter()
+        .map(|d| d.module_digest.clone())
+        .collect();
+    let blobs: std::collections::HashSet<String> = deployments
+        .iter()
+        .flat_map(|d| [d.module_digest.clone(), d.model_digest.clone()])
+        .collect();
+    match (library.blobs.retain(&blobs), library.cache.retain(&modules)) {
+        (Ok(0), Ok(0)) => {}
+        (Ok(b), Ok(c)) => tracing::info!(
+            blobs = b,
+            compiled = c,
+            "removed unused and half-written files from the state directory"
+        ),
+        (b, c) => {
+            tracing::warn!(blobs = ?b.err(), compiled = ?c.err(), "garbage collection failed; the files stay")
+        }
+    }
+}
+
+/// The most instances one process serves.
+pub const MAX_INSTANCES: usize = 1024;
+
+/// The most sandboxes one process reserves. The pooling allocator reserves
+/// address space for each up front, about 8 GiB; past about 12,000 (3,000
+/// instances of one call at a time) the reservation fails with an `mmap`
+/// error, so the limit is a configuration error well below that.
+pub const MAX_SANDBOXES: usize = 6144;
+
+/// Open connections allowed on the admin listener, apart from the public cap.
+const ADMIN_CONNECTIONS: usize = 64;
+
+/// Admin connections one address may hold: a stranger without the token
+/// cannot take the operator's places.
+const ADMIN_CONNECTIONS_PER_CLIENT: usize = 16;
+
+/// `--max-connections`, lowered if needed so that every connection the host
+/// may hold, the admin listener's included, fits under the open-file limit
+/// (raised to its hard limit first): the operator then still gets in when
+/// the public listeners are full.
+fn connection_cap(wanted: usize, listeners: usize) -> usize {
+    let open_files = admission::raise_open_files();
+    let cap = admission::fitting_cap(wanted, open_files, ADMIN_CONNECTIONS, listeners);
+    if cap < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            lowered_to = cap,
+            open_files,
+            "--max-connections lowered to fit the open-file limit (RLIMIT_NOFILE); raise the hard limit to allow more"
+        );
+    }
+    cap
+}
+
+/// The admin API is plain HTTP with a bearer token: say so when it listens
+/// beyond loopback.
+fn warn_if_exposed(admin: Option<SocketAddr>) {
+    if let Some(addr) = admin.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            %addr,
+            "the admin listener is not on loopback: its bearer token crosses the network in clear; \
+             reach it through a tunnel or an encrypting mesh"
+        );
+    }
+}
+
+/// Opens the sled database in `<state_dir>/db`, creating it on first start.
+fn open_state(state_dir: &Path) -> Result<StateStore, StartError> {
+    std::fs::create_dir_all(state_dir).map_err(|e| {
+        StartError::State(StateError::Storage {
+            path: state_dir.to_owned(),
+            message: format!("cannot create it: {e}"),
+        })
+    })?;
+    Ok(StateStore::open(&state_dir.join("db"))?)
+}
+
+/// Saves the topology mark; returns the topology generation.
+fn restore_marks(store: &StateStore, topology: &Topology) -> Result<u64, StartError> {
+    let saved = store.topology()?;
+    let mark = recovery::next_mark(topology, saved.as_ref());
+    if saved.as_ref() != Some(&mark) {
+        tracing::info!(
+            generation = mark.generation,
+            "topology shape is new to this state directory"
+        );
+    }
+    store.put_topology(&mark)?;
+    tracing::info!(state = %store.path().display(), generation = mark.generation, "state directory open");
+    Ok(mark.generation)
+}
+
+/// Forgets saved instances the topology file no longer lists.
+fn forget_missing(store: &StateStore, instances: &[Arc<Instance>]) -> Result<(), StartError> {
+    for (name, _) in store.instances()? {
+        if !instances.iter().any(|i| i.name() == name) {
+            tracing::warn!(instance = %name, "the saved state has an instance the topology file no longer lists: its record is dropped");
+            store.remove_instance(&name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds deployments once per version, from files or from saved blobs.
+struct Library {
+    runtime: Arc<HostRuntime>,
+    blobs: BlobStore,
+    cache: Arc<CompiledCache>,
+    spares: usize,
+    by_version: HashMap<String, Arc<Deployment>>,
+}
+
+impl Library {
+    /// What `name` serves after a restart: the deployment a `deploy` put in
+    /// force if its blobs are intact, else the file's; and the one before.
+    fn serving(
+        &mut self,
+        name: &str,
+        file: Arc<Deployment>,
+        saved: Option<&hadr_state::InstanceRecord>,
+        outcome: &recovery::Restored,
+    ) -> Serving {
+        let since = saved
+            .and_then(|s| s.deployment.as_ref())
+            .filter(|d| d.version == file.version)
+            .map(|d| d.since.clone());
+        let from_file = InForce {
+            since: since.unwrap_or_else(|| InForce::now(file.clone(), Source::Topology).since),
+            deployment: file.clone(),
+            source: Source::Topology,
+        };
+        let current = match &outcome.deployed {
+            None => from_file,
+            Some(record) => match self.rebuild(record) {
+                Ok(d) => {
+                    tracing::info!(instance = name, version = %d.version, since = %record.since,
+                        file_version = %file.version,
+                        "serving the version put in force by `hadr-host deploy`, not the topology file's (`hadr-host rollback` returns to the previous one)");
+                    InForce {
+                        deployment: d,
+                        source: Source::Deploy,
+                        since: record.since.clone(),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(instance = name, version = %record.version, error = %e,
+                        "the deployed version cannot be restored; serving the topology file's");
+                    from_file
+                }
+            },
+        };
+        let previous = outcome.previous.as_ref().and_then(|record| {
+            let source = record.source;
+            self.rebuild(record)
+                .map(|d| InForce {
+                    deployment: d,
+                    source,
+                    since: record.since.clone(),
+                })
+                .map_err(|e| {
+                    tracing::warn!(instance = name, version = %record.version, error = %e,
+                    "the previous deployment cannot be restored; rollback will not be possible")
+                })
+                .ok()
+        });
+        Serving {
+            current,
+            previous,
+            canary: None,
+        }
+    }
+
+    /// A deployment rebuilt from its saved module and model blobs.
+    fn rebuild(&mut self, record: &DeploymentRecord) -> Result<Arc<Deployment>, String> {
+        if let Some(d) = self.by_version.get(&record.version) {
+            return Ok(d.clone());
+        }
+        let blob = |digest: &str, what: &str| match self.blobs.get(digest) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(format!("its {what} blob {digest} is missing")),
+            Err(e) => Err(e.to_string()),
+        };
+        let module_bytes = blob(&record.module_digest, "module")?;
+        let model_bytes = blob(&record.model_digest, "model")?;
+        let path = self
+            .blobs
+            .path(&record.module_digest)
+            .map_err(|e| e.to_string())?;
+        let module =
+            CompiledModule::from_bytes(&self.runtime, &module_bytes, &path, Some(&self.cache))
+                .map_err(|e| e.to_string())?;
+        let path = self
+            .blobs
+            .path(&record.model_digest)
+            .map_err(|e| e.to_string())?;
+        let budget = self.runtime.limits().max_model_bytes;
+        let model = LoadedModel::from_bytes(record.model.clone(), &path, &model_bytes, budget)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(version = %record.version, cache = ?module.cache, "deployed version rebuilt from the blob store");
+        let deployment = Arc::new(Deployment::new(
+            Arc::new(module),
+            Arc::new(model),
+            self.spares,
+            None,
+        ));
+        self.by_version
+            .insert(record.version.clone(), deployment.clone());
+        Ok(deployment)
+    }
+}
+
+/// The admin token: `HADR_ADMIN_TOKEN` if set, else the one saved in the
+/// state directory, else a new random one saved there with mode 0600. A
+/// saved token readable by others is refused (anyone who can read it can
+/// deploy); an empty file is replaced. The file is written beside, synced
+/// and renamed into place, so a crash never leaves a half-written token.
+fn admin_token(state_dir: &Path) -> Result<String, StartError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+    if let Some(token) = std::env::var("HADR_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        return Ok(token);
+    }
+    let path = state_dir.join("admin-token");
+    let fail = |e| StartError::AdminToken(path.clone(), e);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => {
+            let mode = std::fs::metadata(&path).map_err(fail)?.mode();
+            if mode & 0o077 != 0 {
+                return Err(fail(std::io::Error::other(format!(
+                    "it is readable by others (mode {:o}); run `chmod 600 {}` or set HADR_ADMIN_TOKEN",
+                    mode & 0o777,
+                    path.display()
+                ))));
+            }
+            return Ok(token.trim().to_string());
+        }
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "the admin token file is empty; writing a new token")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+    let token = hadr_state::blobs::hex(&bytes);
+    std::fs::create_dir_all(state_dir).map_err(fail)?;
+    let temporary = state_dir.join("admin-token.tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(fail)?;
+    std::io::Write::write_all(&mut file, token.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&temporary, &path).map_err(fail)?;
+    std::fs::File::open(state_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(fail)?;
+    tracing::info!(path = %path.display(), "generated the admin token");
+    Ok(token)
+}
+
+async fn bind(addr: SocketAddr, what: String) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
+}
+
+type DeploymentKey = (PathBuf, PathBuf);
+
+/// Loads each distinct model and compiles each distinct module of the file
+/// once (keeping a copy of each in the blob store, so a later rollback to
+/// them survives the files changing), then pairs them as the topology asks.
+fn build_deployments(
+    library: &mut Library,
+    topology: &Topology,
+) -> Result<HashMap<DeploymentKey, Arc<Deployment>>, StartError> {
+    let mut models: HashMap<PathBuf, Arc<LoadedModel>> = HashMap::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    let mut modules: HashMap<PathBuf, Arc<CompiledModule>> = HashMap::new();
+    let mut deployments = HashMap::new();
+    for spec in &topology.instances {
+        if !models.contains_key(&spec.model) {
+            let model = load_model(library, topology, spec)?;
+            if let Some(other) = names.insert(model.name.clone(), spec.model.clone()) {
+                return Err(StartError::ModelName(
+                    topology.path.clone(),
+                    other,
+                    spec.model.clone(),
+                    model.name,
+                ));
+            }
+            models.insert(spec.model.clone(), Arc::new(model));
+        }
+        if !modules.contains_key(&spec.module) {
+            let module = compile_module(library, topology, spec)?;
+            modules.insert(spec.module.clone(), Arc::new(module));
+        }
+        let key = (spec.module.clone(), spec.model.clone());
+        if let std::collections::hash_map::Entry::Vacant(slot) = deployments.entry(key) {
+            let deployment = Arc::new(Deployment::new(
+                modules[&spec.module].clone(),
+                models[&spec.model].clone(),
+                library.spares,
+                example_beside(&spec.model),
+            ));
+            library
+                .by_version
+                .insert(deployment.version.clone(), deployment.clone());
+            slot.insert(deployment);
+        }
+    }
+    Ok(deployments)
+}
+
+fn load_model(
+    library: &Library,
+    topology: &Topology,
+    spec: &crate::topology::InstanceSpec,
+) -> Result<LoadedModel, StartError> {
+    let started = std::time::Instant::now();
+    let fail = |source| StartError::Model {
+        file: topology.path.clone(),
+        instance: spec.name.clone(),
+        source,
+    };
+    let bytes = std::fs::read(&spec.model).map_err(|source| {
+        fail(ModelError::Read {
+            path: spec.model.clone(),
+            source,
+        })
+    })?;
+    let budget = library.runtime.limits().max_model_bytes;
+    let model = LoadedModel::from_bytes(model_name(&spec.model), &spec.model, &bytes, budget)
+        .map_err(fail)?;
+    keep_copy(library, &bytes, &spec.model);
+    tracing::info!(model = %model.name, path = %spec.model.display(), features = model.graph.features(),
+        outputs = ?model.graph.info().outputs.iter().map(|o| &o.name).collect::<Vec<_>>(), took = ?started.elapsed(), "model loaded");
+    Ok(model)
+}
+
+fn compile_module(
+    library: &Library,
+    topology: &Topology,
+    spec: &crate::topology::InstanceSpec,
+) -> Result<CompiledModule, StartError> {
+    let started = std::time::Instant::now();
+    let fail = |source| StartError::Module {
+        file: topology.path.clone(),
+        instance: spec.name.clone(),
+        source,
+    };
+    let bytes = std::fs::read(&spec.module).map_err(|source| {
+        fail(ModuleError::Read {
+            path: spec.module.clone(),
+            source,
+        })
+    })?;
+    let module =
+        CompiledModule::from_bytes(&library.runtime, &bytes, &spec.module, Some(&library.cache))
+            .map_err(fail)?;
+    keep_copy(library, &bytes, &spec.module);
+    let cache = match &module.cache {
+        CacheOutcome::Hit => "hit",
+        CacheOutcome::Miss => "miss (compiled and cached)",
+        CacheOutcome::Rebuilt(_) => "rebuilt",
+        CacheOutcome::Uncached => "off",
+    };
+    tracing::info!(path = %spec.module.display(), digest = &module.digest[..12], cache,
+        took = ?started.elapsed(), "guest module ready");
+    Ok(module)
+}
+
+/// Keeps a copy of a file's bytes in the blob store; a failure only costs
+/// the ability to roll back to it after a restart, so it is logged.
+fn keep_copy(library: &Library, bytes: &[u8], path: &Path) {
+    if let Err(e) = library.blobs.put(bytes) {
+        tracing::warn!(path = %path.display(), error = %e, "could not keep a copy in the blob store");
+    }
+}
+
+/// Where the default guest and model live in this repository.
+pub fn repo_defaults() -> Defaults {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Defaults {
+        model: root.join("models/digits.onnx"),
+        module: root.join(DEFAULT_GUEST),
+    }
+}
+
+/// The default guest, relative to the repository root, as the README's build
+/// step leaves it.
+pub const DEFAULT_GUEST: &str = "guests/target/wasm32-wasip2/release/hadr_guest_predictor.wasm";

@@ -1,0 +1,334 @@
+//! A topology run as a fleet on one machine: one `hadr-host serve --only
+//! <entry>` process per entry, each on its own loopback address
+//! (`127.0.N.2`, `127.0.N.3`, …: separate "machines" that need no setup),
+//! behind a real HAProxy configured by [`super::haproxy`] on `127.0.N.1`.
+//! What `hadr-host drill --fleet` and the fleet tests run.
+//!
+//! Every address is on loopback: nothing here sends a packet off the machine.
+
+use std::io::Read as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::haproxy;
+use crate::spawn::{free_port, new_token, HostProcess, Launch, ProcessError};
+use hadr_server::topology::Topology;
+
+/// Why a fleet could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// A host could not be started.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// HAProxy is not installed.
+    #[error("HAProxy is not installed (no `haproxy` on PATH or in /usr/sbin): apt-get install -y haproxy")]
+    NoHaproxy,
+    /// The topology or the HAProxy configuration is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// HAProxy did not start or did not route.
+    #[error("HAProxy did not come up: {0}")]
+    Haproxy(String),
+}
+
+/// How to run the fleet.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// The `hadr-host` executable.
+    pub exe: PathBuf,
+    /// The third byte of the loopback addresses (`127.N.x.y` is all loopback):
+    /// fleets running at once must differ.
+    pub network: u8,
+    /// `--drain` for every host.
+    pub drain: Duration,
+    /// `--max-body` for every host, and HAProxy's buffer.
+    pub max_body: usize,
+    /// More `serve` options for every host.
+    pub extra: Vec<String>,
+}
+
+/// One entry's host.
+pub struct FleetHost {
+    /// The entry it serves.
+    pub name: String,
+    /// Its entry's port (what HAProxy sends to).
+    pub port: SocketAddr,
+    /// The process.
+    pub process: HostProcess,
+}
+
+/// A running fleet: its hosts and the HAProxy in front of them.
+pub struct LocalFleet {
+    /// One host per entry, in topology order.
+    pub hosts: Vec<FleetHost>,
+    /// Where clients send requests (HAProxy's frontend).
+    pub frontend: SocketAddr,
+    /// HAProxy's statistics page (CSV at `/stats;csv`).
+    pub stats: SocketAddr,
+    /// The topology the hosts run (rewritten with their addresses).
+    pub topology: PathBuf,
+    /// The admin port every host listens on, at its own address.
+    pub admin_port: u16,
+    /// The admin token every host takes.
+    pub token: String,
+    haproxy: Child,
+}
+
+/// The HAProxy executable, if installed.
+pub fn haproxy_exe() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|d| d.join("haproxy"))
+        .find(|p| p.is_file())
+}
+
+impl LocalFleet {
+    /// Starts every entry of `topology` as its own host, then HAProxy; waits
+    /// until HAProxy routes a prediction. State, logs and configuration go
+    /// in `dir`.
+    pub fn start(topology: &Path, dir: &Path, options: &FleetOptions) -> Result<Self, FleetError> {
+        let haproxy_exe = haproxy_exe().ok_or(FleetError::NoHaproxy)?;
+        let io = |what: &str, e: std::io::Error| FleetError::Config(format!("{what}: {e}"));
+        std::fs::create_dir_all(dir).map_err(|e| io("creating the fleet directory", e))?;
+        let ip = |k: u8| IpAddr::V4(Ipv4Addr::new(127, 0, options.network, k));
+        let (copy, ports) = rewrite(topology, dir, options.network)?;
+        let shape = Topology::load_shape(&copy).map_err(|e| FleetError::Config(e.to_string()))?;
+        let admin_port = common_free_port(
+            &(0..ports.len())
+                .map(|k| ip(k as u8 + 2))
+                .collect::<Vec<_>>(),
+        )?;
+        let token = new_token()?;
+        let mut extra = vec![
+            "--drain".to_string(),
+            format!("{}ms", options.drain.as_millis()),
+            "--max-body".to_string(),
+            options.max_body.to_string(),
+        ];
+        extra.extend(options.extra.iter().cloned());
+        let mut hosts = Vec::new();
+        for (k, (spec, port)) in shape.instances.iter().zip(&ports).enumerate() {
+            let host_ip = ip(k as u8 + 2);
+            let own = dir.join(&spec.name);
+            std::fs::create_dir_all(&own).map_err(|e| io("creating a host directory", e))?;
+            let mut args = vec!["--only".to_string(), spec.name.clone()];
+            args.extend(extra.iter().cloned());
+            let process = HostProcess::launch(Launch {
+                exe: options.exe.clone(),
+                topology: copy.clone(),
+                state: own.join("state"),
+                log: own.join("host.log"),
+                router: free_port(host_ip)?,
+                admin: SocketAddr::new(host_ip, admin_port),
+                token: token.clone(),
+                extra: args,
+            })?;
+            hosts.push(FleetHost {
+                name: spec.name.clone(),
+                port: *port,
+                process,
+            });
+        }
+        let frontend = free_port(ip(1))?;
+        let stats = free_port(ip(1))?;
+        let config = haproxy::config(
+            &shape,
+            &haproxy::Options {
+                listen: frontend,
+                max_body: options.max_body,
+                addresses: vec![],
+                queue_timeout_ms: 1000,
+                server_timeout_ms: 10_000,
+            },
+        )
+        .map_err(|e| FleetError::Config(e.to_string()))?;
+        let config = format!(
+            "{config}\n# For the drill and tests: server states.\nlisten stats\n    bind {stats}\n    stats enable\n    stats uri /stats\n"
+        );
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, config).map_err(|e| io("writing haproxy.cfg", e))?;
+        let log = std::fs::File::create(dir.join("haproxy.log"))
+            .map_err(|e| io("creating haproxy.log", e))?;
+        let haproxy = Command::new(haproxy_exe)
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| FleetError::Haproxy(format!("starting it: {e}")))?;
+        let mut fleet = Self {
+            hosts,
+            frontend,
+            stats,
+            topology: copy,
+            admin_port,
+            token,
+            haproxy,
+        };
+        fleet.wait_all_up(Duration::from_secs(10))?;
+        Ok(fleet)
+    }
+
+    /// The host serving entry `name`.
+    pub fn host(&mut self, name: &str) -> &mut FleetHost {
+        self.hosts
+            .iter_mut()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("the fleet has no entry `{name}`"))
+    }
+
+    /// HAProxy's view of each server: `(backend, server, status)`, e.g.
+    /// `("actives", "predict1", "UP")`.
+    pub fn server_states(&self) -> Vec<(String, String, String)> {
+        let Ok(text) = http_get(self.stats, "/stats;csv") else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                let (backend, server, status) = (f.first()?, f.get(1)?, f.get(17)?);
+                (*server != "FRONTEND" && *server != "BACKEND")
+                    .then(|| (backend.to_string(), server.to_string(), status.to_string()))
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until HAProxy has `name` up in every backend it is in.
+    pub fn wait_up(&self, name: &str, within: Duration) -> Result<(), FleetError> {
+        self.wait_until(within, |states| {
+            let mine: Vec<_> = states.iter().filter(|(_, s, _)| s == name).collect();
+            !mine.is_empty() && mine.iter().all(|(_, _, st)| st == "UP")
+        })
+        .map_err(|states| FleetError::Haproxy(format!("`{name}` is not up: {states:?}")))
+    }
+
+    /// Waits (bounded) until HAProxy has `name` down everywhere.
+    pub fn wait_down(&self, name: &str, within: Duration) -> Result<(), FleetError> {
+        self.wait_until(within, |states| {
+            states
+                .iter()
+                .filter(|(_, s, _)| s == name)
+                .all(|(_, _, st)| st.starts_with("DOWN"))
+        })
+        .map_err(|states| FleetError::Haproxy(format!("`{name}` is not down: {states:?}")))
+    }
+
+    fn wait_all_up(&mut self, within: Duration) -> Result<(), FleetError> {
+        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
+        for name in names {
+            if let Err(e) = self.wait_up(&name, within) {
+                let mut log = String::new();
+                if let Ok(Some(status)) = self.haproxy.try_wait() {
+                    log = format!(" (HAProxy exited: {status})");
+                }
+                return Err(FleetError::Haproxy(format!("{e}{log}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_until(
+        &self,
+        within: Duration,
+        done: impl Fn(&[(String, String, String)]) -> bool,
+    ) -> Result<(), Vec<(String, String, String)>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let states = self.server_states();
+            if !states.is_empty() && done(&states) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(states);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops every host (SIGTERM) and HAProxy.
+    pub fn stop(mut self) {
+        for host in &mut self.hosts {
+            host.process.terminate();
+        }
+    }
+}
+
+impl Drop for LocalFleet {
+    fn drop(&mut self) {
+        let _ = self.haproxy.kill();
+        let _ = self.haproxy.wait();
+    }
+}
+
+/// Copies `topology` into `dir` with entry `k` on `127.0.N.(k+2)` at a free
+/// port there, and its `model` and `module` paths made absolute.
+fn rewrite(
+    topology: &Path,
+    dir: &Path,
+    network: u8,
+) -> Result<(PathBuf, Vec<SocketAddr>), FleetError> {
+    let config = |m: String| FleetError::Config(m);
+    let text = std::fs::read_to_string(topology)
+        .map_err(|e| config(format!("reading {}: {e}", topology.display())))?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| config(format!("{}: {e}", topology.display())))?;
+    let folder = std::path::absolute(topology.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| config(e.to_string()))?;
+    let entries = value
+        .as_object_mut()
+        .ok_or_else(|| config(format!("{}: not a topology", topology.display())))?;
+    let mut ports = Vec::new();
+    for (k, entry) in entries.values_mut().enumerate() {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, network, k as u8 + 2));
+        let port = free_port(ip)?;
+        entry["host"] = ip.to_string().into();
+        entry["port"] = port.port().to_string().into();
+        for key in ["model", "module"] {
+            if let Some(path) = entry.get(key).and_then(|v| v.as_str()) {
+                entry[key] = folder.join(path).to_string_lossy().into_owned().into();
+            }
+        }
+        ports.push(port);
+    }
+    let copy = dir.join("topology.json");
+    std::fs::write(&copy, value.to_string())
+        .map_err(|e| config(format!("writing {}: {e}", copy.display())))?;
+    Ok((copy, ports))
+}
+
+/// A port free on every one of `ips` (each host's admin listener takes the
+/// same port at its own address, as on separate machines).
+fn common_free_port(ips: &[IpAddr]) -> Result<u16, FleetError> {
+    for _ in 0..50 {
+        let port = free_port(ips[0])?.port();
+        let free = ips
+            .iter()
+            .all(|ip| std::net::TcpListener::bind(SocketAddr::new(*ip, port)).is_ok());
+        if free {
+            return Ok(port);
+        }
+    }
+    Err(FleetError::Config(
+        "no port is free on every host address".into(),
+    ))
+}
+
+/// A plain HTTP/1.0 GET, for HAProxy's stats page (blocking, bounded).
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default())
+}
