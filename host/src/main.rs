@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hadr_server::errors::with_causes;
 use hadr_server::rollout::Targets;
 use hadr_server::serve::args::{parse_size, ServeArgs};
 use hadr_server::serve::{repo_defaults, Host, DEFAULT_GUEST};
@@ -390,11 +391,11 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
-            eprintln!("hadr-host: {e:#}");
+            eprintln!("hadr-host: {}", with_causes(e.as_ref()));
             ExitCode::from(2)
         }
         Err(Failure::Other(e)) => {
-            eprintln!("hadr-host: {e:#}");
+            eprintln!("hadr-host: {}", with_causes(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -12,6 +12,7 @@ use std::path::Path;
 const SERVER: &[(&str, &[&str])] = &[
     ("topology", &[]),
     ("shutdown", &[]),
+    ("errors", &[]),
     ("sandbox", &["topology", "shutdown"]),
     ("oip", &["sandbox"]),
     ("serving", &["sandbox"]),
@@ -32,7 +33,7 @@ const SERVER: &[(&str, &[&str])] = &[
         "http",
         &[
             "rollout", "metrics", "state", "routing", "instance", "serving", "sandbox", "oip",
-            "shutdown",
+            "shutdown", "errors",
         ],
     ),
     (
@@ -53,9 +54,9 @@ const TOOLS: &[(&str, &[&str])] = &[
     ("drill", &["fleet", "admin_client", "loadtest", "spawn"]),
 ];
 
-/// Module name of a source file: `instance` for `instance/mod.rs`,
-/// `sandbox::nn` for `sandbox/nn/budget.rs`, `http::api` for `http/api.rs`.
-fn module_of(relative: &Path) -> Option<String> {
+/// Module path of a source file: `instance` for `instance/mod.rs`,
+/// `sandbox::nn::budget` for `sandbox/nn/budget.rs`.
+fn path_of(relative: &Path) -> Option<String> {
     let mut parts: Vec<String> = relative
         .with_extension("")
         .iter()
@@ -66,46 +67,85 @@ fn module_of(relative: &Path) -> Option<String> {
     }
     match parts.first().map(String::as_str) {
         None | Some("lib" | "main") => None,
-        Some(_) => Some(parts[..parts.len().min(2)].join("::")),
+        Some(_) => Some(parts.join("::")),
     }
 }
 
-/// The paths `code` (of module `me`) names: `a::b` for `crate::a::b::X`,
-/// resolved against the known modules later.
-fn uses(me: &str, code: &str) -> BTreeSet<String> {
+/// The node a module path belongs to in the graph: its first two parts
+/// (`sandbox::nn::budget` is `sandbox::nn`).
+fn node_of(path: &str) -> String {
+    path.split("::").take(2).collect::<Vec<_>>().join("::")
+}
+
+/// The paths `code` (of the module at `path`) names through `crate::` or
+/// `super::`, grouped imports (`use crate::{a::X, b::Y}`) included, as
+/// `a::X`-like paths resolved against the known modules later. Comment
+/// lines do not count.
+fn uses(path: &str, code: &str) -> BTreeSet<String> {
+    let code: String = code
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let parent = path.rsplit_once("::").map(|(p, _)| p);
     let mut found = BTreeSet::new();
-    let parent = me.rsplit_once("::").map(|(p, _)| p);
-    for line in code.lines() {
-        let line = line.trim_start();
-        if line.starts_with("//") {
+    for (prefix, base) in [("crate::", None), ("super::", parent)] {
+        if prefix == "super::" && base.is_none() {
             continue;
         }
-        for (prefix, base) in [("crate::", None), ("super::", parent)] {
-            if prefix == "super::" && base.is_none() {
+        for (at, _) in code.match_indices(prefix) {
+            if code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
                 continue;
             }
-            for (at, _) in line.match_indices(prefix) {
-                if line[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_') {
-                    continue;
-                }
-                let words: Vec<String> = line[at + prefix.len()..]
-                    .split("::")
-                    .take(2)
-                    .map(|w| {
-                        w.chars()
-                            .take_while(|c| c.is_alphanumeric() || *c == '_')
-                            .collect()
-                    })
-                    .collect();
-                let path = match base {
-                    Some(base) => format!("{base}::{}", words[0]),
-                    None => words.join("::"),
-                };
-                found.insert(path);
+            for item in items(&code[at + prefix.len()..]) {
+                found.insert(match base {
+                    Some(base) => format!("{base}::{item}"),
+                    None => item,
+                });
             }
         }
     }
     found
+}
+
+/// The first two path segments of what follows a `crate::`: one path, or
+/// each path of a `{...}` group.
+fn items(rest: &str) -> Vec<String> {
+    let segments = |s: &str| -> String {
+        s.split("::")
+            .take(2)
+            .map(|w| {
+                w.trim_start()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect::<String>()
+            })
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("::")
+    };
+    let Some(group) = rest.strip_prefix('{') else {
+        return vec![segments(rest)];
+    };
+    // Split the group at its top-level commas, up to its closing brace.
+    let (mut depth, mut start, mut out) = (0usize, 0usize, Vec::new());
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                out.push(segments(&group[start..i]));
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(segments(&group[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.retain(|s| !s.is_empty());
+    out
 }
 
 /// Each module of the crate in `src` and the modules it uses.
@@ -114,17 +154,17 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut stack = vec![src.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
+            let file = entry.unwrap().path();
+            if file.is_dir() {
+                stack.push(file);
                 continue;
             }
-            let Some(me) = module_of(path.strip_prefix(src).unwrap()) else {
+            let Some(path) = path_of(file.strip_prefix(src).unwrap()) else {
                 continue;
             };
-            let code = std::fs::read_to_string(&path).unwrap();
-            let used = uses(&me, &code);
-            raw.entry(me).or_default().extend(used);
+            let code = std::fs::read_to_string(&file).unwrap();
+            let used = uses(&path, &code);
+            raw.entry(node_of(&path)).or_default().extend(used);
         }
     }
     let known: BTreeSet<String> = raw.keys().cloned().collect();
@@ -133,11 +173,9 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             let resolved = used
                 .iter()
                 .filter_map(|path| {
-                    let top = path.split("::").next().unwrap();
-                    [path.as_str(), top]
-                        .into_iter()
-                        .find(|m| known.contains(*m))
-                        .map(str::to_string)
+                    let two = node_of(path);
+                    let top = path.split("::").next().unwrap().to_string();
+                    [two, top].into_iter().find(|m| known.contains(m))
                 })
                 .filter(|m| m != me)
                 .collect();
@@ -239,7 +277,7 @@ fn the_checker_finds_what_breaks_a_map() {
     let api = uses("http::api", "use super::app::App;\nuse crate::http::body;");
     assert_eq!(
         api,
-        BTreeSet::from(["http::app".to_string(), "http::body".to_string()])
+        BTreeSet::from(["http::app::App".to_string(), "http::body".to_string()])
     );
     let graph = BTreeMap::from([
         ("a".to_string(), BTreeSet::from(["b".to_string()])),

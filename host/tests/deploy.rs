@@ -517,7 +517,7 @@ async fn a_deploy_whose_client_hangs_up_completes_as_one_unit() {
             Instant::now() < deadline,
             "the deploy was lost with its client: {d}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(common::POLL).await;
     };
     for name in ["predict1", "predict2", "predict3"] {
         assert!(

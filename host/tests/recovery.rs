@@ -82,7 +82,7 @@ impl Load {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.ok.load(Ordering::Relaxed) < target {
             assert!(Instant::now() < deadline, "the load stopped succeeding");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(common::POLL).await;
         }
     }
 

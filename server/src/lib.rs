@@ -8,18 +8,20 @@
 //! HTTP (load generator, drill, admin client, fleets) is `hadr-tools`.
 //!
 //! ## The map
-//! Each layer uses only the layers above it in this list (and the leaves);
-//! `host/tests/architecture.rs` holds the same table and fails on a use
-//! that breaks it, and on any cycle between files.
+//! Each layer uses only the layers listed before it (and the leaves);
+//! within the fifth row, `routing` and `rollout` also use `state`, and
+//! `rollout` uses `metrics` (its counter). `host/tests/architecture.rs`
+//! holds the same table and fails on a use that breaks it, and on any cycle
+//! between modules (files, with `sandbox/nn/*` counted as one).
 //!
 //! | layer | owns | lifetime |
 //! |---|---|---|
-//! | leaves: [`bindings`], [`topology`], [`shutdown`] | the WIT contract, the topology file, the stop signal | |
+//! | leaves: [`bindings`], [`topology`], [`shutdown`], [`errors`] | the WIT contract, the topology file, the stop signal, errors told with their causes | |
 //! | [`sandbox`] | the engine, wasi-nn on tract, guest logs, the compiled cache, deployments and their warm pools, one sandbox and its call errors | host, deployment |
 //! | [`oip`] | the Open Inference Protocol's tensors (pure codec) | |
 //! | [`serving`] | what an instance serves: in force, previous, canary | swapped whole |
 //! | [`instance`] | one topology entry: its spec, its load lease, its counters, its sandboxes | instance |
-//! | [`routing`], [`state`], [`metrics`] ← [`rollout`] | choosing an instance (pure [`routing::policy`]); persisting and recovering runtime facts; `/metrics`; deploys, canaries, rollbacks | |
+//! | [`state`], [`metrics`], [`routing`], [`rollout`] | choosing an instance (pure [`routing::policy`]); persisting and recovering runtime facts; `/metrics`; deploys, canaries, rollbacks | |
 //! | [`http`] | the listeners, the public app and the admin app | |
 //! | [`serve`] | wiring it all from a topology file; the `serve` flags | process |
 //!
@@ -65,6 +67,7 @@ pub mod bindings {
     }
 }
 
+pub mod errors;
 pub mod http;
 pub mod instance;
 pub mod metrics;

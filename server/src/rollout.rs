@@ -184,13 +184,33 @@ pub enum RolloutError {
 /// What a rollout did.
 #[derive(Debug, Clone, Serialize)]
 pub struct RolloutOutcome {
-    /// What happened: `deployed`, `canary`, `promoted`, `aborted`, `rolled back`.
-    pub action: String,
+    /// What happened.
+    pub action: Action,
     /// Instance name → the version it serves now.
     pub instances: HashMap<String, String>,
     /// The canary's version and share, while one runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<String>,
+}
+
+/// What a rollout did, as its answer names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Action {
+    /// A new version is in force.
+    #[serde(rename = "deployed")]
+    Deployed,
+    /// A canary takes its share.
+    #[serde(rename = "canary")]
+    Canary,
+    /// The canary is in force.
+    #[serde(rename = "promoted")]
+    Promoted,
+    /// The canary was dropped.
+    #[serde(rename = "aborted")]
+    Aborted,
+    /// The previous version is back in force.
+    #[serde(rename = "rolled back")]
+    RolledBack,
 }
 
 /// The running canary.
@@ -489,11 +509,10 @@ impl Rollouts {
         tracing::info!(?kind, %detail, "rollout applied");
         Ok(RolloutOutcome {
             action: match kind {
-                EventKind::Deploy => "deployed",
-                EventKind::Promote => "promoted",
-                _ => "rolled back",
-            }
-            .into(),
+                EventKind::Deploy => Action::Deployed,
+                EventKind::Promote => Action::Promoted,
+                _ => Action::RolledBack,
+            },
             instances,
             canary: None,
         })
@@ -566,7 +585,7 @@ impl Rollouts {
         self.commit(EventKind::Canary, &detail).await?;
         tracing::info!(%detail, "canary started");
         Ok(RolloutOutcome {
-            action: "canary".into(),
+            action: Action::Canary,
             instances: instances
                 .iter()
                 .map(|i| (i.name().to_string(), i.deployment().version.clone()))
@@ -626,7 +645,7 @@ impl Rollouts {
         self.commit(kind, &detail).await?;
         tracing::warn!(%detail, "canary ended");
         Ok(RolloutOutcome {
-            action: "aborted".into(),
+            action: Action::Aborted,
             instances: a
                 .instances
                 .iter()

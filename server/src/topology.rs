@@ -361,6 +361,20 @@ fn entries(text: &str) -> Result<Vec<(String, serde_json::Value)>, serde_json::E
     Ok(entries)
 }
 
+/// The example beside a model file: the `example` request body of
+/// `<stem>.cases.json` (else its first case's input, as `{"inputs": [row]}`),
+/// if that file exists and has one.
+pub fn example_beside(model: &Path) -> Option<bytes::Bytes> {
+    let stem = model.file_stem()?.to_string_lossy();
+    let cases = model.with_file_name(format!("{stem}.cases.json"));
+    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(cases).ok()?).ok()?;
+    let body = match cases.get("example") {
+        Some(example) => example.clone(),
+        None => serde_json::json!({ "inputs": [cases.get("cases")?.get(0)?.get("input")?] }),
+    };
+    serde_json::to_vec(&body).ok().map(bytes::Bytes::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@
 //! (`PUT /admin/blobs/<sha256>`; the host checks the digest), then posts
 //! one [`DeployRequest`] naming them by digest.
 //!
-//! May use: `hadr_server`'s admin request types; no other tool.
+//! May use: `hadr_server`'s admin request types and the example beside a
+//! model (`topology::example_beside`); no other tool.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use hadr_server::rollout::{DeployRequest, ModelRef, Targets};
-use hadr_server::sandbox::deployment::example_beside;
+use hadr_server::topology::example_beside;
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]

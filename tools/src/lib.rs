@@ -2,7 +2,8 @@
 //!
 //! What talks to a running `hadr-host serve` from outside, over HTTP: nothing
 //! here runs a sandbox. It uses `hadr-server` only for the topology reader
-//! and the admin API's request types.
+//! (and the example request beside a model) and the admin API's request
+//! types.
 //!
 //! - [`admin_client`]: what `hadr-host deploy` and `rollback` send
 //!   (uploads by digest, then the deploy request).

@@ -15,8 +15,20 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
     /// Starting, reading or writing failed.
-    #[error("{0}")]
-    Io(String),
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The topology file is not JSON.
+    #[error("{0}: not a topology")]
+    Topology(PathBuf, #[source] serde_json::Error),
+    /// No random token could be made.
+    #[error("cannot make an admin token: {0}")]
+    Token(getrandom::Error),
     /// The host exited or printed something else instead of its ready line.
     #[error("hadr-host did not start ({0}); see {1}")]
     NotReady(String, PathBuf),
@@ -61,12 +73,15 @@ impl HostProcess {
     /// port set to 0 and its relative `model` and `module` paths made absolute
     /// (the copy lives elsewhere), in `dir` (state directory and log there).
     pub fn start(topology: &Path, dir: &Path, extra: &[&str]) -> Result<Self, ProcessError> {
-        let io = |what: &str, e: std::io::Error| ProcessError::Io(format!("{what}: {e}"));
+        let io = |what: &str, source| ProcessError::Io {
+            what: what.to_string(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(|e| io("creating the drill directory", e))?;
         let text = std::fs::read_to_string(topology)
             .map_err(|e| io(&format!("reading {}", topology.display()), e))?;
         let mut value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ProcessError::Io(format!("{}: {e}", topology.display())))?;
+            .map_err(|e| ProcessError::Topology(topology.to_path_buf(), e))?;
         let folder = std::path::absolute(topology.parent().unwrap_or(Path::new(".")))
             .map_err(|e| io("resolving the topology's folder", e))?;
         if let Some(entries) = value.as_object_mut() {
@@ -84,7 +99,7 @@ impl HostProcess {
         let copy = dir.join("topology.json");
         std::fs::write(&copy, value.to_string()).map_err(|e| io("writing the topology", e))?;
         let launch = Launch {
-            exe: std::env::current_exe().map_err(|e| ProcessError::Io(e.to_string()))?,
+            exe: std::env::current_exe().map_err(|e| io("finding this executable", e))?,
             topology: copy,
             state: dir.join("state"),
             log: dir.join("host.log"),
@@ -160,7 +175,10 @@ impl Launch {
             .create(true)
             .append(true)
             .open(&self.log)
-            .map_err(|e| ProcessError::Io(format!("opening {}: {e}", self.log.display())))?;
+            .map_err(|source| ProcessError::Io {
+                what: format!("opening {}", self.log.display()),
+                source,
+            })?;
         let mut child = Command::new(&self.exe)
             .arg("serve")
             .arg(&self.topology)
@@ -173,7 +191,10 @@ impl Launch {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
-            .map_err(|e| ProcessError::Io(format!("starting hadr-host: {e}")))?;
+            .map_err(|source| ProcessError::Io {
+                what: "starting hadr-host".into(),
+                source,
+            })?;
         let line = first_line(&mut child);
         if ready_addresses(&line).is_none() {
             let _ = child.kill();
@@ -216,17 +237,17 @@ pub fn ready_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 
 /// A port on `ip` that was free a moment ago.
 pub fn free_port(ip: std::net::IpAddr) -> Result<SocketAddr, ProcessError> {
-    let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
-        .map_err(|e| ProcessError::Io(format!("finding a free port on {ip}: {e}")))?;
-    listener
-        .local_addr()
-        .map_err(|e| ProcessError::Io(e.to_string()))
+    let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).and_then(|l| l.local_addr());
+    listener.map_err(|source| ProcessError::Io {
+        what: format!("finding a free port on {ip}"),
+        source,
+    })
 }
 
 /// A fresh random admin token.
 pub fn new_token() -> Result<String, ProcessError> {
     let mut token = [0u8; 16];
-    getrandom::getrandom(&mut token).map_err(|e| ProcessError::Io(e.to_string()))?;
+    getrandom::getrandom(&mut token).map_err(ProcessError::Token)?;
     Ok(hadr_state::blobs::hex(&token))
 }
 

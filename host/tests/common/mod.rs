@@ -130,6 +130,17 @@ impl Host {
     /// pid or stderr); the rest use [`Host::start_in`] and its kin.
     pub fn start(topology: &str, extra: &[&str]) -> Host {
         use clap::Parser;
+        assert!(
+            !extra.iter().any(|a| a.starts_with("--drain")),
+            "--drain acts on SIGTERM: start the host with Host::process"
+        );
+        if let Ok(token) = std::env::var("HADR_ADMIN_TOKEN") {
+            // The host would take it over the state directory's token.
+            assert_eq!(
+                token, ADMIN_TOKEN,
+                "unset HADR_ADMIN_TOKEN to run the tests"
+            );
+        }
         let dir = TempDir::new("host");
         let path = dir.write("topology.json", topology);
         let state = dir.0.join("state");
@@ -140,7 +151,7 @@ impl Host {
             .chain(["--state-dir", state.to_str().unwrap()])
             .map(String::from)
             .collect();
-        if !extra.contains(&"--grace") {
+        if !extra.iter().any(|a| a.starts_with("--grace")) {
             // Dropping the host waits for open requests at most this long.
             argv.extend(["--grace".into(), "2s".into()]);
         }
@@ -300,7 +311,13 @@ impl Drop for Host {
             Run::InProcess(host) => {
                 host.shutdown.trigger();
                 if let Some(thread) = host.thread.take() {
-                    let _ = thread.join();
+                    // A host that failed (its final state not saved) fails
+                    // the test, unless the test is failing already.
+                    if let Err(panic) = thread.join() {
+                        if !std::thread::panicking() {
+                            std::panic::resume_unwind(panic);
+                        }
+                    }
                 }
             }
         }
@@ -627,7 +644,7 @@ impl Load {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.count() < target {
             assert!(Instant::now() < deadline, "the load stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 

@@ -128,7 +128,6 @@ fn outcome(
             let (status, code) = match &e {
                 RolloutError::Invalid(_)
                 | RolloutError::NotUploaded { .. }
-                | RolloutError::Blob { .. }
                 | RolloutError::Module(_)
                 | RolloutError::Model(_)
                 | RolloutError::SmokeTest { .. }
@@ -138,12 +137,13 @@ fn outcome(
                 }
                 RolloutError::UnknownInstance(_) => (StatusCode::NOT_FOUND, "unknown_instance"),
                 RolloutError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                RolloutError::Blob { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "blob_unreadable"),
                 RolloutError::Storage(_) | RolloutError::Unsaved(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved")
                 }
                 RolloutError::Task(..) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             };
-            let message = with_causes(&e);
+            let message = crate::errors::with_causes(&e);
             tracing::warn!(error = %message, "rollout refused");
             Err(ApiError::new(status, code, message))
         }
@@ -298,20 +298,4 @@ async fn chaos(app: &AdminApp, req: Request<Incoming>) -> Result<Response<Full<B
         StatusCode::OK,
         &serde_json::json!({"instance": instance.name(), "armed": name}),
     ))
-}
-
-/// An error and its causes, outermost first, as one line: `a: b: c` (a
-/// cause whose text its outer error already printed is not repeated).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = c.source();
-    }
-    line
 }

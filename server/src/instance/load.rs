@@ -44,6 +44,17 @@ impl Role {
     }
 }
 
+/// The state store's record of a role.
+impl From<Role> for hadr_state::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Active => hadr_state::Role::Active,
+            Role::Standby => hadr_state::Role::Standby,
+            Role::Promoted => hadr_state::Role::Promoted,
+        }
+    }
+}
+
 /// An instance's role and load.
 #[derive(Debug)]
 pub(super) struct Load {

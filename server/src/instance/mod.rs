@@ -263,11 +263,7 @@ impl Instance {
     pub fn state_record(&self) -> InstanceRecord {
         let serving = self.serving();
         let mut record = InstanceRecord {
-            role: match self.role() {
-                Role::Active => hadr_state::Role::Active,
-                Role::Standby => hadr_state::Role::Standby,
-                Role::Promoted => hadr_state::Role::Promoted,
-            },
+            role: self.role().into(),
             broken: false,
             served: 0,
             failed: 0,

@@ -5,8 +5,8 @@
 //! [`router`] builds the snapshot from the instances, leases the chosen one
 //! and runs the promotion cool-down.
 //!
-//! May use: `instance` and the layers below it, and `state` (to nudge a
-//! write after a promotion).
+//! May use: `instance` (and what it uses), and `state` (to nudge a write
+//! after a promotion).
 
 pub mod policy;
 pub mod router;

@@ -502,17 +502,3 @@ fn check_answer(answer: &[u8]) -> Result<(), predict_core::BadAnswer> {
 pub fn version(module_digest: &str, model_digest: &str) -> String {
     format!("{}-{}", &module_digest[..8], &model_digest[..8])
 }
-
-/// The example beside a model file: the `example` request body of
-/// `<stem>.cases.json` (else its first case's input, as `{"inputs": [row]}`),
-/// if that file exists and has one.
-pub fn example_beside(model: &Path) -> Option<Bytes> {
-    let stem = model.file_stem()?.to_string_lossy();
-    let cases = model.with_file_name(format!("{stem}.cases.json"));
-    let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(cases).ok()?).ok()?;
-    let body = match cases.get("example") {
-        Some(example) => example.clone(),
-        None => serde_json::json!({ "inputs": [cases.get("cases")?.get(0)?.get("input")?] }),
-    };
-    serde_json::to_vec(&body).ok().map(Bytes::from)
-}

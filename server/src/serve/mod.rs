@@ -30,7 +30,7 @@ use crate::instance::{CallError, InForce, Instance, Serving, Source};
 use crate::rollout::{RolloutParts, Rollouts};
 use crate::routing::router::Router;
 use crate::sandbox::compiled_cache::{CacheOutcome, CompiledCache};
-use crate::sandbox::deployment::{example_beside, CompiledModule, Deployment, ModuleError};
+use crate::sandbox::deployment::{CompiledModule, Deployment, ModuleError};
 use crate::sandbox::engine::{HostRuntime, Limits};
 use crate::sandbox::nn::registry::model_name;
 use crate::sandbox::nn::{LoadedModel, ModelError};
@@ -116,12 +116,12 @@ pub enum StartError {
     },
     /// An instance's sandbox could not be built.
     #[error("{0}: instance `{1}` could not start: {2}")]
-    Instance(PathBuf, String, CallError),
+    Instance(PathBuf, String, #[source] CallError),
     /// The admin token could not be read or written.
     #[error(
         "admin token in {0}: {1} (set HADR_ADMIN_TOKEN, or fix the state directory's permissions)"
     )]
-    AdminToken(PathBuf, std::io::Error),
+    AdminToken(PathBuf, #[source] std::io::Error),
     /// The state directory cannot be used.
     #[error(transparent)]
     State(#[from] StateError),
@@ -735,7 +735,7 @@ fn build_deployments(
                 modules[&spec.module].clone(),
                 models[&spec.model].clone(),
                 library.spares,
-                example_beside(&spec.model),
+                crate::topology::example_beside(&spec.model),
             ));
             library
                 .by_version

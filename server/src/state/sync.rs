@@ -1,4 +1,4 @@
-//! Persistence: the instances' runtime facts, written to the state store
+//! The instances' runtime facts, written to the state store
 //! without putting a disk write on the request path.
 //!
 //! Requests only bump atomics in their [`Instance`]. [`StateSync::run`]

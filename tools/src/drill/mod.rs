@@ -537,7 +537,10 @@ impl Rig {
             let extra: Vec<&str> = options.serve_args.iter().map(String::as_str).collect();
             return Ok(Rig::One(HostProcess::start(path, dir, &extra)?));
         }
-        let exe = std::env::current_exe().map_err(|e| ProcessError::Io(e.to_string()))?;
+        let exe = std::env::current_exe().map_err(|source| ProcessError::Io {
+            what: "finding this executable".into(),
+            source,
+        })?;
         let fleet = LocalFleet::start(
             path,
             dir,
