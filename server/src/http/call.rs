@@ -24,21 +24,23 @@ use crate::routing::router::Want;
 /// under load would take capacity away exactly when it is needed (the
 /// balancer's `maxconn` and hadr's 503 handle saturation).
 pub(super) fn readyz(app: &PublicApp, target: &Scope) -> Result<Response<Full<Bytes>>, ApiError> {
-    let (ready, scope) = match target {
-        Scope::Instance(i) => (
-            !i.report().broken,
-            format!(
-                "instance `{}` has no working sandbox: its last fault could not be repaired yet",
-                i.name()
-            ),
+    let ready = match target {
+        Scope::Instance(i) => !i.is_broken(),
+        Scope::Router => app
+            .router
+            .instances()
+            .iter()
+            .any(|i| i.role().serves() && i.can_take()),
+    };
+    // Written only when it is sent.
+    let why_not = || {
+        match target {
+        Scope::Instance(i) => format!(
+            "instance `{}` has no working sandbox: its last fault could not be repaired yet",
+            i.name()
         ),
-        Scope::Router => (
-            app.router.instances().iter().any(|i| {
-                let r = i.report();
-                r.status && !r.broken && r.load < r.max_load
-            }),
-            "no instance that takes traffic can take a request now (saturated, standby or without a working sandbox)".to_string(),
-        ),
+        Scope::Router => "no instance that takes traffic can take a request now (saturated, standby or without a working sandbox)".to_string(),
+    }
     };
     if app.draining.load(std::sync::atomic::Ordering::Acquire) {
         return Err(ApiError::new(
@@ -53,7 +55,7 @@ pub(super) fn readyz(app: &PublicApp, target: &Scope) -> Result<Response<Full<By
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            scope,
+            why_not(),
         ))
     }
 }

@@ -211,20 +211,14 @@ fn model_metadata(
     ))
 }
 
-/// Whether `instance` could take a request now: under its threshold with a
-/// working sandbox (a standby counts on the router, which would promote it).
-fn can_take(instance: &Instance) -> bool {
-    let r = instance.report();
-    !r.broken && r.load < r.max_load
-}
-
 fn model_ready(
     app: &PublicApp,
     scope: &Scope,
     want: Want,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let instances = serving(app, scope, want)?;
-    if instances.iter().any(|i| can_take(i)) {
+    // Any role counts: on the router a standby would be promoted.
+    if instances.iter().any(|i| i.can_take()) {
         Ok(json(
             StatusCode::OK,
             &serde_json::json!({"name": want.model, "ready": true}),

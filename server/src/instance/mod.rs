@@ -233,6 +233,17 @@ impl Instance {
         self.load.load()
     }
 
+    /// Its last fault could not be repaired: it has no working sandbox.
+    pub fn is_broken(&self) -> bool {
+        self.stats.broken.load(Ordering::Relaxed)
+    }
+
+    /// Whether it could take a request now, whatever its role: under its
+    /// threshold with a working sandbox.
+    pub fn can_take(&self) -> bool {
+        !self.is_broken() && self.load() < self.spec.max_load
+    }
+
     /// Turns a standby into a promoted active; `true` if this call did it.
     pub fn promote(&self) -> bool {
         let promoted = self.load.change_role(Role::Standby, Role::Promoted);

@@ -218,15 +218,11 @@ impl Router {
         self.instances
             .iter()
             .map(|i| {
-                let report = i.report();
+                let max_load = i.spec().max_load;
                 View {
-                    role: report.role,
-                    load: if report.broken {
-                        report.max_load
-                    } else {
-                        report.load
-                    },
-                    max_load: report.max_load,
+                    role: i.role(),
+                    load: if i.is_broken() { max_load } else { i.load() },
+                    max_load,
                 }
             })
             .collect()
