@@ -131,6 +131,7 @@ async fn throughput(
         host: None,
         max_load: 10,
         concurrency: None,
+        batch: None,
         model: PathBuf::new(),
         module: PathBuf::new(),
     };

@@ -1,8 +1,9 @@
 //! How serving scales with cores and concurrency: the single and 2-active
 //! topologies (digits, 1 row per request, thresholds out of reach) with one
-//! call at a time per instance (`--concurrency 1`) and with two, against the
-//! native baseline, on 1 and 2 cores (`taskset`) and at 16 and 64
-//! connections, all in the same run.
+//! call at a time per instance (`--concurrency 1`), with two, and with two
+//! and dynamic batching, against the native baseline (one model call per
+//! request), on 1 and 2 cores (`taskset`) and at 16 and 64 connections, all
+//! in the same run.
 //!
 //! Each server is a separate process pinned with `taskset`; its CPU time per
 //! request comes from `/proc/<pid>/stat` (user + system) over the round, so
@@ -39,15 +40,19 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
-fn topology(dir: &Path, name: &str, entries: &[(&str, bool)]) -> PathBuf {
+/// The dynamic batching the batched contenders run with.
+const BATCH: &str = r#"{"max_requests": 32, "max_delay": "200us"}"#;
+
+fn topology(dir: &Path, name: &str, entries: &[(&str, bool)], batch: bool) -> PathBuf {
     let path = dir.join(format!("{name}.json"));
     let map: serde_json::Map<String, serde_json::Value> = entries
         .iter()
         .map(|(n, active)| {
-            (
-                n.to_string(),
-                serde_json::json!({"status": active, "load": 0, "max_load": 256}),
-            )
+            let mut entry = serde_json::json!({"status": active, "load": 0, "max_load": 256});
+            if batch {
+                entry["batch"] = serde_json::from_str(BATCH).unwrap();
+            }
+            (n.to_string(), entry)
         })
         .collect();
     std::fs::write(&path, serde_json::Value::Object(map).to_string()).unwrap();
@@ -65,38 +70,53 @@ fn main() {
     );
     let dir = std::env::temp_dir().join(format!("hadr-scaling-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let single = topology(&dir, "single", &[("predict1", true)]);
-    let two_active = topology(
-        &dir,
-        "2-active",
-        &[("predict1", true), ("predict2", true), ("predict3", false)],
-    );
+    let two = [("predict1", true), ("predict2", true), ("predict3", false)];
+    let topologies = [
+        (
+            "single",
+            topology(&dir, "single", &[("predict1", true)], false),
+        ),
+        ("2-active", topology(&dir, "2-active", &two, false)),
+    ];
+    let batched = [
+        (
+            "single",
+            topology(&dir, "single-batched", &[("predict1", true)], true),
+        ),
+        ("2-active", topology(&dir, "2-active-batched", &two, true)),
+    ];
 
     let mut contenders = Vec::new();
     for cpus in ["0", "0,1"] {
         let cores = cpus.split(',').count();
-        for (label, path) in [("single", &single), ("2-active", &two_active)] {
-            for concurrency in ["1", "2"] {
-                let mut command = Command::new("taskset");
-                command
-                    .args(["-c", cpus])
-                    .arg(&hadr_exe)
-                    .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-                    .args([
-                        "--admin-listen",
-                        "127.0.0.1:0",
-                        "--concurrency",
-                        concurrency,
-                    ])
-                    .arg("--state-dir")
-                    .arg(dir.join(format!("state-{cores}-{label}-{concurrency}")))
-                    .env("HADR_LOG", "warn");
-                contenders.push(Contender {
-                    name: format!("{cores} core(s) | hadr {label}, concurrency {concurrency}"),
-                    command,
-                    ready: "hadr-host ready: router ",
-                });
-            }
+        let runs = topologies
+            .iter()
+            .flat_map(|(label, path)| [(*label, path, "1", ""), (*label, path, "2", "")])
+            .chain(
+                batched
+                    .iter()
+                    .map(|(label, path)| (*label, path, "2", ", batched")),
+            );
+        for (label, path, concurrency, batched) in runs {
+            let mut command = Command::new("taskset");
+            command
+                .args(["-c", cpus])
+                .arg(&hadr_exe)
+                .args(["serve", path.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+                .args([
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--concurrency",
+                    concurrency,
+                ])
+                .arg("--state-dir")
+                .arg(dir.join(format!("state-{cores}-{label}-{concurrency}{batched}")))
+                .env("HADR_LOG", "warn");
+            contenders.push(Contender {
+                name: format!("{cores} core(s) | hadr {label}, concurrency {concurrency}{batched}"),
+                command,
+                ready: "hadr-host ready: router ",
+            });
         }
         let mut command = Command::new("taskset");
         command
@@ -185,15 +205,37 @@ fn main() {
             );
         }
     }
+    println!();
+    for label in ["single", "2-active"] {
+        for batched in ["", ", batched"] {
+            for connections in [16usize, 64] {
+                let at = |cores: &str| {
+                    let key = format!(
+                        "{cores} core(s) | hadr {label}, concurrency 2{batched} | {connections}"
+                    );
+                    median_of(&reports, &key, |r| r.rps)
+                };
+                println!(
+                    "{label}, concurrency 2{batched}, {connections} connections: 2 cores / 1 core = {:.2}",
+                    at("2") / at("1")
+                );
+            }
+        }
+    }
+    println!("\nBatching ({BATCH}) against the same topology unbatched, concurrency 2, 2 cores:");
     for label in ["single", "2-active"] {
         for connections in [16usize, 64] {
-            let at = |cores: &str| {
-                let key = format!("{cores} core(s) | hadr {label}, concurrency 2 | {connections}");
-                median_of(&reports, &key, |r| r.rps)
+            let key = |batched: &str| {
+                format!("2 core(s) | hadr {label}, concurrency 2{batched} | {connections}")
             };
+            let p99 = |k: &str| median_of(&reports, k, |r| r.p99_us as f64);
+            let rps = |k: &str| median_of(&reports, k, |r| r.rps);
             println!(
-                "\n{label}, concurrency 2, {connections} connections: 2 cores / 1 core = {:.2}",
-                at("2") / at("1")
+                "{label}, {connections} connections: req/s x{:.2}, p99 {:.0} -> {:.0} µs (x{:.2})",
+                rps(&key(", batched")) / rps(&key("")),
+                p99(&key("")),
+                p99(&key(", batched")),
+                p99(&key(", batched")) / p99(&key(""))
             );
         }
     }

@@ -56,6 +56,18 @@ pub mod bindings {
         });
     }
 
+    /// The optional `batch` export (dynamic batching), bound apart so that
+    /// a guest without it still serves an instance that batches (one
+    /// `predict` per request).
+    pub mod batch {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "hadr:predictor/batch-predictor",
+            exports: { default: async },
+            with: { "hadr:predictor/types": crate::bindings::hadr::predictor::types },
+        });
+    }
+
     /// The optional `chaos` export, bound apart so that a guest without it
     /// is still a predictor.
     pub mod drillable {

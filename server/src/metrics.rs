@@ -194,7 +194,7 @@ impl Collector for InstanceCollector {
             }
             family.encode(encoder.encode_descriptor(name, help, None, family.metric_type())?)?;
         }
-        let counters: [Series<u64>; 5] = [
+        let counters: [Series<u64>; 8] = [
             (
                 "hadr_instance_served",
                 "Predictions the instance answered with 200",
@@ -219,6 +219,21 @@ impl Collector for InstanceCollector {
                 "hadr_instance_promotions",
                 "Times the instance was promoted from standby",
                 |r| r.promotions,
+            ),
+            (
+                "hadr_instance_batches",
+                "Merged calls of two requests or more (dynamic batching)",
+                |r| r.batching.map_or(0, |b| b.batches),
+            ),
+            (
+                "hadr_instance_batched_requests",
+                "Requests answered by merged calls",
+                |r| r.batching.map_or(0, |b| b.batched_requests),
+            ),
+            (
+                "hadr_instance_poisoned_batches",
+                "Merged calls that faulted, whose requests then ran on their own",
+                |r| r.batching.map_or(0, |b| b.poisoned),
             ),
         ];
         for (name, help, value) in counters {

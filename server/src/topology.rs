@@ -10,6 +10,8 @@
 //! `port` (string or number, `"0"` for any free port) makes the instance also
 //! serve `POST /predict` directly. `concurrency` is the most calls the entry
 //! runs at once, each in its own sandbox (default: `serve --concurrency`).
+//! `"batch": {"max_requests": 32, "max_delay": "200us"}` turns on dynamic
+//! batching: requests that arrive together are merged into one guest call.
 //! Relative `model` and `module` paths are resolved against the topology
 //! file's folder.
 //!
@@ -25,6 +27,28 @@ use serde::Deserialize;
 
 /// The article's default saturation threshold: in-flight requests per instance.
 pub const DEFAULT_MAX_LOAD: usize = 10;
+
+/// Most requests one merged batch may hold: bounds a batch's memory
+/// (requests × `--max-body`) and its call's length.
+pub const MAX_BATCH_REQUESTS: usize = 1024;
+
+/// Longest `max_delay` a batch may wait: the delay is added to the latency
+/// of a request that arrives alone, so it is meant in microseconds.
+pub const MAX_BATCH_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// An instance's dynamic batching (its `"batch"` entry): requests that
+/// arrive within `max_delay` of the first of a batch are merged into one
+/// guest call, up to `max_requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSpec {
+    /// Most requests merged into one call. Requests, not rows: the host
+    /// does not read bodies (the guest does), and a request may hold
+    /// several rows.
+    pub max_requests: usize,
+    /// How long the first request of a batch waits for others to join it,
+    /// once a sandbox is free to run it.
+    pub max_delay: std::time::Duration,
+}
 
 /// A validated topology: instances in file order.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +76,8 @@ pub struct InstanceSpec {
     /// Most calls it runs at once, each in its own sandboxes (`None`: the
     /// host's `--concurrency`).
     pub concurrency: Option<usize>,
+    /// Dynamic batching, if the entry asks for it.
+    pub batch: Option<BatchSpec>,
     /// The ONNX model it serves.
     pub model: PathBuf,
     /// The guest component it runs.
@@ -122,9 +148,18 @@ struct RawInstance {
     #[serde(default)]
     concurrency: Option<usize>,
     #[serde(default)]
+    batch: Option<RawBatch>,
+    #[serde(default)]
     model: Option<PathBuf>,
     #[serde(default)]
     module: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    max_requests: usize,
+    max_delay: String,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +316,7 @@ fn instance(
             "field `concurrency`: must be at least 1 (the calls it runs at once)".into(),
         ));
     }
+    let batch = raw.batch.map(batch_spec).transpose().map_err(fail)?;
     let resolve = |field: &str, given: Option<PathBuf>, default: Option<&Path>| {
         let path = match (given, default) {
             (Some(p), _) if p.is_absolute() => p,
@@ -307,8 +343,35 @@ fn instance(
         host,
         max_load,
         concurrency: raw.concurrency,
+        batch,
         model,
         module,
+    })
+}
+
+fn batch_spec(raw: RawBatch) -> Result<BatchSpec, String> {
+    if !(2..=MAX_BATCH_REQUESTS).contains(&raw.max_requests) {
+        return Err(format!(
+            "field `batch.max_requests`: {} is out of range: 2 to {MAX_BATCH_REQUESTS} requests merged into one call (leave `batch` out not to batch)",
+            raw.max_requests
+        ));
+    }
+    let max_delay = humantime::parse_duration(raw.max_delay.trim()).map_err(|e| {
+        format!(
+            "field `batch.max_delay`: {:?} is not a duration ({e}); write e.g. \"200us\" or \"1ms\"",
+            raw.max_delay
+        )
+    })?;
+    if max_delay > MAX_BATCH_DELAY {
+        return Err(format!(
+            "field `batch.max_delay`: {} is longer than {}: a request that arrives alone waits this long, so it is meant in microseconds",
+            raw.max_delay.trim(),
+            humantime::format_duration(MAX_BATCH_DELAY)
+        ));
+    }
+    Ok(BatchSpec {
+        max_requests: raw.max_requests,
+        max_delay,
     })
 }
 
@@ -435,6 +498,54 @@ mod tests {
         assert!(e.contains("field `model`: no such file"), "{e}");
         let e = error(r#"{"p1": {"status": true, "max_load": 0}}"#);
         assert!(e.contains("field `max_load`"), "{e}");
+    }
+
+    #[test]
+    fn batching_is_read_and_its_bounds_named() {
+        let t = parse(
+            r#"{"p1": {"status": true, "batch": {"max_requests": 32, "max_delay": "200us"}}}"#,
+        )
+        .unwrap();
+        let want = BatchSpec {
+            max_requests: 32,
+            max_delay: std::time::Duration::from_micros(200),
+        };
+        assert_eq!(t.instances[0].batch, Some(want));
+        assert_eq!(
+            parse(r#"{"p1": {"status": true}}"#).unwrap().instances[0].batch,
+            None
+        );
+        for (entry, says) in [
+            (
+                r#"{"max_requests": 1, "max_delay": "1ms"}"#,
+                "field `batch.max_requests`: 1 is out of range",
+            ),
+            (
+                r#"{"max_requests": 4096, "max_delay": "1ms"}"#,
+                "field `batch.max_requests`: 4096",
+            ),
+            (
+                r#"{"max_requests": 8, "max_delay": "soon"}"#,
+                "field `batch.max_delay`: \"soon\" is not a duration",
+            ),
+            (
+                r#"{"max_requests": 8, "max_delay": "5s"}"#,
+                "field `batch.max_delay`: 5s is longer than 1s",
+            ),
+            (r#"{"max_requests": 8}"#, "missing field `max_delay`"),
+            (
+                r#"{"max_requests": 8, "max_delay": "1ms", "rows": 2}"#,
+                "unknown field `rows`",
+            ),
+        ] {
+            let e = error(&format!(
+                r#"{{"p1": {{"status": true, "batch": {entry}}}}}"#
+            ));
+            assert!(
+                e.contains("instance `p1`") && e.contains(says),
+                "{entry}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -103,6 +103,47 @@ fn row_width(inputs: &[TensorInfo]) -> Result<usize, PredictError> {
 
 impl Loaded {
     fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
+        let batch = self.parse(body)?;
+        let scores = self.run(batch.rows, &batch.data)?;
+        Ok(scores.answer(0..batch.rows))
+    }
+
+    /// Merges the rows of every body it can read into one model call and
+    /// splits the answer again. A body it refuses fails alone; if the merged
+    /// call fails, each body is run on its own, so one input the model
+    /// cannot take fails only its own request.
+    fn predict_batch(&self, bodies: &[Vec<u8>]) -> Vec<Result<Vec<u8>, PredictError>> {
+        let parsed: Vec<_> = bodies.iter().map(|body| self.parse(body)).collect();
+        let readable: Vec<&predict_core::Batch> = parsed.iter().flatten().collect();
+        let rows: usize = readable.iter().map(|b| b.rows).sum();
+        let merged = match readable[..] {
+            [] | [_] => None,
+            _ => {
+                let mut data = Vec::with_capacity(rows * self.features);
+                for batch in &readable {
+                    data.extend_from_slice(&batch.data);
+                }
+                self.run(rows, &data).ok()
+            }
+        };
+        let mut first_row = 0;
+        parsed
+            .into_iter()
+            .map(|batch| {
+                let batch = batch?;
+                let rows = first_row..first_row + batch.rows;
+                first_row = rows.end;
+                match &merged {
+                    Some(scores) => Ok(scores.answer(rows)),
+                    None => Ok(self.run(batch.rows, &batch.data)?.answer(0..batch.rows)),
+                }
+            })
+            .collect()
+    }
+
+    /// Reads one request body into rows (and, in the `faulty` fixture,
+    /// commits the fault its sentinels ask for).
+    fn parse(&self, body: &[u8]) -> Result<predict_core::Batch, PredictError> {
         let batch = predict_core::parse_request(body, self.features).map_err(|e| match e {
             predict_core::RequestError::Malformed(m) => error(ErrorKind::MalformedRequest, m),
             predict_core::RequestError::Invalid(m) => error(ErrorKind::InvalidInput, m),
@@ -123,28 +164,22 @@ impl Loaded {
                 trap();
             }
         }
+        Ok(batch)
+    }
+
+    /// One model call on `rows` rows.
+    fn run(&self, rows: usize, data: &[f32]) -> Result<Scores, PredictError> {
         // wasm is little-endian, as wasi-nn's tensor bytes are: no conversion.
         let input = Tensor::new(
-            &[batch.rows as u32, self.features as u32],
+            &[rows as u32, self.features as u32],
             TensorType::Fp32,
-            bytemuck::cast_slice(&batch.data),
+            bytemuck::cast_slice(data),
         );
         let outputs = self
             .context
             .compute(vec![(String::new(), input)])
             .map_err(|e| tensors::nn_error(ErrorKind::ModelFailure, "running the model", e))?;
-        let scores = Scores::pick(&outputs, batch.rows)?;
-        let given = scores.labels.as_deref().map(predict_core::Labels::Given);
-        let labels = given.unwrap_or(if scores.classifier {
-            predict_core::Labels::Argmax
-        } else {
-            predict_core::Labels::Omitted
-        });
-        Ok(predict_core::write_response(
-            &scores.values,
-            scores.width,
-            labels,
-        ))
+        Scores::pick(&outputs, rows)
     }
 }
 
@@ -164,18 +199,21 @@ impl Scores {
     /// else the first f32 output (a regressor's values); and the model's own
     /// integer labels when it gives one per row (tree ensembles, ArgMax).
     fn pick(outputs: &[(String, Tensor)], rows: usize) -> Result<Self, PredictError> {
+        // Each `ty` and `data` is a call into the host: ask each once.
+        let types: Vec<TensorType> = outputs.iter().map(|(_, t)| t.ty()).collect();
         let probabilities = outputs
             .iter()
-            .find(|(name, t)| name == "probabilities" && t.ty() == TensorType::Fp32);
-        let (_, tensor) = probabilities
-            .or_else(|| outputs.iter().find(|(_, t)| t.ty() == TensorType::Fp32))
+            .zip(&types)
+            .position(|((name, _), ty)| name == "probabilities" && *ty == TensorType::Fp32);
+        let scores = probabilities
+            .or_else(|| types.iter().position(|ty| *ty == TensorType::Fp32))
             .ok_or_else(|| {
                 error(
                     ErrorKind::ModelFailure,
                     "the model gave no f32 output to answer with".into(),
                 )
             })?;
-        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&tensor.data());
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&outputs[scores].1.data());
         if rows == 0 || values.is_empty() || !values.len().is_multiple_of(rows) {
             return Err(error(
                 ErrorKind::ModelFailure,
@@ -184,8 +222,9 @@ impl Scores {
         }
         let labels = outputs
             .iter()
-            .filter(|(_, t)| t.ty() == TensorType::I64)
-            .map(|(_, t)| t.data())
+            .zip(&types)
+            .filter(|(_, ty)| **ty == TensorType::I64)
+            .map(|((_, t), _)| t.data())
             .find(|data| data.len() == rows * 8)
             .map(|data| bytemuck::pod_collect_to_vec(&data));
         Ok(Self {
@@ -194,6 +233,23 @@ impl Scores {
             classifier: probabilities.is_some(),
             labels,
         })
+    }
+}
+
+impl Scores {
+    /// The JSON answer for rows `rows` of the call.
+    fn answer(&self, rows: std::ops::Range<usize>) -> Vec<u8> {
+        let values = &self.values[rows.start * self.width..rows.end * self.width];
+        let given = self
+            .labels
+            .as_deref()
+            .map(|labels| predict_core::Labels::Given(&labels[rows]));
+        let labels = given.unwrap_or(if self.classifier {
+            predict_core::Labels::Argmax
+        } else {
+            predict_core::Labels::Omitted
+        });
+        predict_core::write_response(values, self.width, labels)
     }
 }
 
@@ -238,6 +294,26 @@ impl Loaded {
         }
         let tensor = tensors::to_nn(input)?;
         tensors::run(&self.context, vec![(input.name.clone(), tensor)])
+    }
+}
+
+impl exports::hadr::predictor::batch::Guest for Predictor {
+    fn predict_batch(bodies: Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, PredictError>> {
+        if let Some(fault) = ARMED.with(Cell::take) {
+            fail(fault);
+        }
+        LOADED.with(|l| match l.borrow().as_ref() {
+            Some(loaded) => loaded.predict_batch(&bodies),
+            None => bodies
+                .iter()
+                .map(|_| {
+                    Err(error(
+                        ErrorKind::Internal,
+                        "predict-batch called before init".into(),
+                    ))
+                })
+                .collect(),
+        })
     }
 }
 

@@ -30,6 +30,8 @@ pub enum Input {
 pub(super) enum Prepared {
     Body(bytes::Bytes),
     Tensors(Vec<Tensor>),
+    /// The bodies of a merged batch, in order.
+    Batch(Vec<Vec<u8>>),
 }
 
 impl Input {
@@ -80,6 +82,8 @@ impl Answer {
 pub(super) enum Reply {
     Json(Vec<u8>),
     Tensors(Vec<Tensor>),
+    /// One answer (or refusal) per request of a merged batch, in order.
+    Batch(crate::sandbox::live::BatchReplies),
 }
 
 /// The sandbox in `slot`, taken first if there is none (or it was built
@@ -123,6 +127,7 @@ pub(super) async fn call(
     let outcome = match input {
         Prepared::Body(body) => live.predict(body).await.map(Reply::Json),
         Prepared::Tensors(tensors) => live.infer(tensors).await.map(Reply::Tensors),
+        Prepared::Batch(bodies) => live.predict_batch(bodies).await.map(Reply::Batch),
     };
     let Err(e) = &outcome else {
         return (outcome, false, fired);

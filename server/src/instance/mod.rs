@@ -12,6 +12,10 @@
 //! replaced at once from the deployment's warm pool; calls running in the
 //! instance's other sandboxes go on.
 //!
+//! With a `"batch"` entry, requests to the version in force that arrive
+//! together are merged into one guest call ([`batch`]); each request still
+//! holds its own load, its own answer and its own failure.
+//!
 //! What an instance serves is one immutable [`Serving`] value behind an
 //! `ArcSwap`: the deployment in force, the one before it (for rollback) and
 //! a canary, if any. A request reads it once, without a lock; a deploy swaps
@@ -28,6 +32,7 @@
 //! Owns the instance lifetime. May use: `serving`, `sandbox`, `oip`,
 //! `topology`.
 
+mod batch;
 mod call;
 pub mod load;
 pub mod report;
@@ -44,9 +49,10 @@ use tokio::runtime::Handle;
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use crate::sandbox::deployment::Deployment;
 use crate::sandbox::engine::HostRuntime;
-use crate::sandbox::sandboxes::{Elasticity, Sandboxes};
+use crate::sandbox::sandboxes::{Elasticity, Sandboxes, Taken};
 use crate::topology::InstanceSpec;
-use call::{call, live, Reply};
+use batch::{Batcher, Joined};
+use call::{call, live, Prepared, Reply};
 use load::Load;
 use stats::Stats;
 
@@ -54,7 +60,7 @@ pub use crate::sandbox::live::{CallError, Live};
 pub use crate::serving::{InForce, Serving, Source};
 pub use call::{Answer, Input};
 pub use load::Role;
-pub use report::{CanaryReport, InstanceReport, LastFault, SandboxReport};
+pub use report::{BatchReport, CanaryReport, InstanceReport, LastFault, SandboxReport};
 
 /// A topology entry at run time.
 ///
@@ -75,6 +81,9 @@ pub struct Instance {
     sandboxes: Sandboxes,
     /// The canary's sandboxes, while a canary runs.
     canary_sandboxes: Sandboxes,
+    /// Merges requests to the version in force into batches, when the
+    /// entry asks for it (a canary's requests run one by one).
+    batcher: Option<Batcher>,
     /// Its role and in-flight load.
     load: Load,
     /// Its counters.
@@ -134,6 +143,7 @@ impl Instance {
             idle_after: limits.idle_after,
         };
         Self {
+            batcher: spec.batch.map(Batcher::new),
             spec,
             runtime,
             serving: ArcSwap::from_pointee(Serving {
@@ -360,13 +370,14 @@ impl Instance {
             (serving.current.deployment.clone(), chosen)
         };
         let Some(canary) = chosen else {
-            return self.run(&self.sandboxes, deployment, body).await;
+            return self.run(&self.sandboxes, deployment, body, true).await;
         };
         let outcome = self
             .run(
                 &self.canary_sandboxes,
                 canary.deployment.clone(),
                 body.clone(),
+                false,
             )
             .await;
         if self.serving.load().canary.is_none() {
@@ -377,7 +388,9 @@ impl Instance {
             Ok(_) => canary.record(false),
             Err(e) if e.is_instance_fault() => canary.record(true),
             Err(refused) => {
-                let stable = self.run(&self.sandboxes, self.deployment(), body).await;
+                let stable = self
+                    .run(&self.sandboxes, self.deployment(), body, true)
+                    .await;
                 let both_bad_input =
                     refused.is_bad_input() && matches!(&stable, Err(e) if e.is_bad_input());
                 canary.record(!both_bad_input);
@@ -387,18 +400,134 @@ impl Instance {
         outcome
     }
 
-    /// One call in a sandbox of `deployment` from `set`, waiting for a place.
+    /// One call in a sandbox of `deployment` from `set`, waiting for a
+    /// place; merged into a batch with others when `batched` and the entry
+    /// batches.
     async fn run(
         &self,
         set: &Sandboxes,
         deployment: Arc<Deployment>,
         input: Input,
+        batched: bool,
     ) -> Result<Answer, CallError> {
         // Input that does not fit this version's model is the client's
         // error: refused before the sandbox, and counted nowhere.
-        let body = input.for_deployment(&deployment)?;
-        let mut taken = set.take(&deployment.version).await;
+        let prepared = input.for_deployment(&deployment)?;
+        match (&self.batcher, prepared) {
+            (Some(batcher), Prepared::Body(body)) if batched => {
+                self.run_batched(batcher, set, &deployment, body).await
+            }
+            (_, prepared) => self.run_alone(set, &deployment, prepared).await,
+        }
+    }
+
+    /// One call on its own, waiting for a place.
+    async fn run_alone(
+        &self,
+        set: &Sandboxes,
+        deployment: &Arc<Deployment>,
+        prepared: Prepared,
+    ) -> Result<Answer, CallError> {
+        let taken = set.take(&deployment.version).await;
         let started = Instant::now();
+        let outcome = self
+            .execute(set, taken, deployment, prepared)
+            .await
+            .and_then(|reply| self.answer(deployment, reply));
+        self.stats
+            .record(outcome.as_ref().map(drop), started.elapsed());
+        outcome
+    }
+
+    /// One request through the batcher (see [`batch`]): it leads a batch,
+    /// joins one, or runs on its own; a request whose merged call faulted
+    /// runs again on its own.
+    async fn run_batched(
+        &self,
+        batcher: &Batcher,
+        set: &Sandboxes,
+        deployment: &Arc<Deployment>,
+        body: bytes::Bytes,
+    ) -> Result<Answer, CallError> {
+        let lead = match batcher.join(&deployment.version, body.clone()) {
+            Joined::Leader(lead) => lead,
+            Joined::Follower(answer) => {
+                let Ok((reply, took)) = answer.await else {
+                    return self.run_alone(set, deployment, Prepared::Body(body)).await;
+                };
+                return self.answered(deployment, reply, took);
+            }
+            Joined::Alone => return self.run_alone(set, deployment, Prepared::Body(body)).await,
+        };
+        let taken = set.take(&deployment.version).await;
+        let batch = lead.close().await;
+        let started = Instant::now();
+        if batch.followers.is_empty() {
+            let outcome = self
+                .execute(set, taken, deployment, Prepared::Body(body))
+                .await
+                .and_then(|reply| self.answer(deployment, reply));
+            self.stats
+                .record(outcome.as_ref().map(drop), started.elapsed());
+            return outcome;
+        }
+        let requests = batch.bodies.len();
+        let bodies = batch.bodies.iter().map(|b| b.to_vec()).collect();
+        let reply = self
+            .execute(set, taken, deployment, Prepared::Batch(bodies))
+            .await;
+        let took = started.elapsed();
+        match reply {
+            Ok(Reply::Batch(replies)) => {
+                batcher.count(requests, false);
+                let mut replies = replies.into_iter();
+                let own = replies
+                    .next()
+                    .expect("the sandbox checked one reply per request");
+                for (follower, reply) in batch.followers.into_iter().zip(replies) {
+                    // A follower whose client went away no longer listens.
+                    let _ = follower.send((reply, took));
+                }
+                self.answered(deployment, own, took)
+            }
+            Ok(_) => unreachable!("a batch is answered with a batch"),
+            Err(e) => {
+                batcher.count(requests, true);
+                self.stats.fault(&e);
+                tracing::warn!(instance = self.name(), requests, error = %e,
+                    "a merged batch failed; its requests run again one by one");
+                // Dropping the batch closes its followers' channels.
+                drop(batch);
+                self.run_alone(set, deployment, Prepared::Body(body)).await
+            }
+        }
+    }
+
+    /// A request's answer from a merged call, counted.
+    fn answered(
+        &self,
+        deployment: &Deployment,
+        reply: Result<Vec<u8>, crate::bindings::hadr::predictor::types::PredictError>,
+        took: Duration,
+    ) -> Result<Answer, CallError> {
+        let outcome = reply
+            .map_err(CallError::Rejected)
+            .and_then(|json| self.answer(deployment, Reply::Json(json)));
+        self.stats.record(outcome.as_ref().map(drop), took);
+        outcome
+    }
+
+    /// Runs `prepared` in the sandbox `taken` holds a place for: on this
+    /// task, or on the blocking pool for an instance whose calls have been
+    /// taking longer than `offload_above`. Records what the call did to its
+    /// sandbox and gives the sandbox back.
+    async fn execute(
+        &self,
+        set: &Sandboxes,
+        mut taken: Taken,
+        deployment: &Arc<Deployment>,
+        prepared: Prepared,
+    ) -> Result<Reply, CallError> {
         let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
         let outcome = if self.stats.cost_us.load(Ordering::Relaxed) >= offload_above {
             let runtime = self.runtime.clone();
@@ -406,8 +535,13 @@ impl Instance {
             let handle = Handle::current();
             let deployment = deployment.clone();
             let offloaded = tokio::task::spawn_blocking(move || {
-                let outcome =
-                    handle.block_on(call(&mut taken.live, &deployment, &runtime, &name, &body));
+                let outcome = handle.block_on(call(
+                    &mut taken.live,
+                    &deployment,
+                    &runtime,
+                    &name,
+                    &prepared,
+                ));
                 (taken, outcome)
             })
             .await;
@@ -424,10 +558,10 @@ impl Instance {
         } else {
             let outcome = call(
                 &mut taken.live,
-                &deployment,
+                deployment,
                 &self.runtime,
                 self.name(),
-                &body,
+                &prepared,
             )
             .await;
             set.put_back(taken);
@@ -436,7 +570,13 @@ impl Instance {
         let (outcome, replaced, fired) = outcome;
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
         self.stats.after_call(replaced, fired, broken);
-        let outcome = outcome.and_then(|reply| match reply {
+        outcome
+    }
+
+    /// A guest's reply as the client's answer: `/predict`'s JSON with who
+    /// answered added, or the model's tensors.
+    fn answer(&self, deployment: &Deployment, reply: Reply) -> Result<Answer, CallError> {
+        match reply {
             Reply::Json(answer) => {
                 let origin = predict_core::Origin {
                     model: &deployment.model.name,
@@ -449,10 +589,8 @@ impl Instance {
                 outputs,
                 version: deployment.version.clone(),
             }),
-        });
-        self.stats
-            .record(outcome.as_ref().map(drop), started.elapsed());
-        outcome
+            Reply::Batch(_) => unreachable!("a merged batch is answered request by request"),
+        }
     }
 
     /// A snapshot for `/topology`.
@@ -493,6 +631,17 @@ impl Instance {
                 busy: self.sandboxes.busy() + self.canary_sandboxes.busy(),
                 idle: self.sandboxes.idle() + self.canary_sandboxes.idle(),
             },
+            batching: self.batcher.as_ref().map(|b| {
+                let spec = b.spec();
+                let (batches, batched_requests, poisoned) = b.counters();
+                BatchReport {
+                    max_requests: spec.max_requests,
+                    max_delay_us: spec.max_delay.as_micros() as u64,
+                    batches,
+                    batched_requests,
+                    poisoned,
+                }
+            }),
             armed_fault: self.stats.armed(),
             faults_fired: self.stats.faults_fired.load(Ordering::Relaxed),
             last_fault: self.stats.last_fault(),

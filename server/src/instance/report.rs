@@ -48,6 +48,9 @@ pub struct InstanceReport {
     pub broken: bool,
     /// Its sandboxes: how many may run at once, and how many do now.
     pub sandboxes: SandboxReport,
+    /// Its dynamic batching, if its entry asks for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchReport>,
     /// A chaos fault armed and not fired yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub armed_fault: Option<&'static str>,
@@ -70,6 +73,21 @@ pub struct SandboxReport {
 }
 
 /// A canary as `/topology` shows it.
+/// An instance's dynamic batching: its settings and what it merged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BatchReport {
+    /// Most requests merged into one call.
+    pub max_requests: usize,
+    /// How long a batch waits for requests to join it, in µs.
+    pub max_delay_us: u64,
+    /// Merged calls run (two requests or more).
+    pub batches: u64,
+    /// Requests those calls answered.
+    pub batched_requests: u64,
+    /// Merged calls that faulted; their requests then ran on their own.
+    pub poisoned: u64,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CanaryReport {
     /// Its version.

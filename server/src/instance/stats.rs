@@ -87,19 +87,26 @@ impl Stats {
             Err(e) if e.is_bad_input() || matches!(e, CallError::NoTensors) => {}
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
-                if matches!(
-                    e,
-                    CallError::Trap(_) | CallError::Deadline(_) | CallError::Unresponsive(_)
-                ) {
-                    self.traps.fetch_add(1, Ordering::Relaxed);
-                }
-                let fault = LastFault {
-                    error: e.summary(),
-                    at: now_rfc3339(),
-                };
-                *lock(&self.last_fault) = Some(fault);
+                self.fault(e);
             }
         }
+    }
+
+    /// Counts a failure of the instance (a trap or deadline as a trap) as
+    /// its last fault, whether or not a request failed for it (a merged
+    /// batch's requests run again on their own).
+    pub(super) fn fault(&self, e: &CallError) {
+        if matches!(
+            e,
+            CallError::Trap(_) | CallError::Deadline(_) | CallError::Unresponsive(_)
+        ) {
+            self.traps.fetch_add(1, Ordering::Relaxed);
+        }
+        let fault = LastFault {
+            error: e.summary(),
+            at: now_rfc3339(),
+        };
+        *lock(&self.last_fault) = Some(fault);
     }
 
     /// The fault armed and not fired yet.

@@ -21,6 +21,7 @@ use wasmtime_wasi_nn::{Backend, Registry};
 
 use wasmtime::component::InstancePre;
 
+use crate::bindings::batch::{BatchPredictor, BatchPredictorIndices};
 use crate::bindings::drillable::{Drillable, DrillableIndices};
 use crate::bindings::hadr::predictor::types::{InstanceConfig, TensorInfo};
 use crate::bindings::tensors::{TensorPredictor, TensorPredictorIndices};
@@ -94,6 +95,8 @@ pub struct CompiledModule {
     chaos: Option<DrillableIndices>,
     /// The optional `tensors` export (`/v2/.../infer`), when the guest has one.
     tensors: Option<TensorPredictorIndices>,
+    /// The optional `batch` export (merged batches), when the guest has one.
+    batch: Option<BatchPredictorIndices>,
 }
 
 impl CompiledModule {
@@ -154,6 +157,12 @@ impl CompiledModule {
                     "the guest has no usable hadr:predictor/tensors export: /v2 infer requests to it are answered 501")
             })
             .ok();
+        let batch = BatchPredictorIndices::new(&instance_pre)
+            .inspect_err(|e| {
+                tracing::info!(path = %path.display(), reason = %format!("{e:#}"),
+                    "the guest has no usable hadr:predictor/batch export: an instance that batches calls predict once per request")
+            })
+            .ok();
         Ok(Self {
             path: path.to_owned(),
             digest,
@@ -162,6 +171,7 @@ impl CompiledModule {
             predictor,
             chaos,
             tensors,
+            batch,
         })
     }
 }
@@ -197,6 +207,7 @@ struct Spare {
     predictor: Predictor,
     chaos: Option<Drillable>,
     tensors: Option<TensorPredictor>,
+    batch: Option<BatchPredictor>,
     log: LogName,
 }
 
@@ -429,11 +440,18 @@ impl Deployment {
             .map(|t| t.load(&mut store, &instance))
             .transpose()
             .map_err(instantiating)?;
+        let batch = module
+            .batch
+            .as_ref()
+            .map(|b| b.load(&mut store, &instance))
+            .transpose()
+            .map_err(instantiating)?;
         Ok(Spare {
             store,
             predictor,
             chaos,
             tensors,
+            batch,
             log,
         })
     }
@@ -459,8 +477,11 @@ impl Spare {
         Ok(Live::new(
             self.store,
             self.predictor,
-            self.chaos,
-            self.tensors,
+            crate::sandbox::live::Optional {
+                chaos: self.chaos,
+                tensors: self.tensors,
+                batch: self.batch,
+            },
             ticks,
             deployment.version.clone(),
             self.log,

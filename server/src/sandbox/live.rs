@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
+use crate::bindings::batch::BatchPredictor;
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use crate::bindings::drillable::Drillable;
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
@@ -137,14 +138,22 @@ impl CallError {
     }
 }
 
+/// A guest's optional exports, as bound in one store.
+pub(crate) struct Optional {
+    /// Its own fault injection (`chaos`).
+    pub(crate) chaos: Option<Drillable>,
+    /// Its typed `infer` (`tensors`).
+    pub(crate) tensors: Option<TensorPredictor>,
+    /// Its merged batches (`batch`).
+    pub(crate) batch: Option<BatchPredictor>,
+}
+
 /// A running sandbox: its store and the predictor bound in it.
 pub struct Live {
     store: Store<InstanceState>,
     predictor: Predictor,
-    /// The guest's own fault injection, if it exports `chaos`.
-    chaos: Option<Drillable>,
-    /// Its typed `infer`, if it exports `tensors`.
-    tensors: Option<TensorPredictor>,
+    /// What the guest exports beyond `predict`.
+    optional: Optional,
     /// A fault the host commits in the next call (guests without `chaos`).
     injected: Option<Fault>,
     /// The fault armed for the next call (either way), until it fires.
@@ -154,12 +163,15 @@ pub struct Live {
     pub(crate) log: LogName,
 }
 
+/// A merged batch's answers, one per request in order: each the guest's
+/// answer or its refusal of that request.
+pub type BatchReplies = Vec<Result<Vec<u8>, PredictError>>;
+
 impl Live {
     pub(crate) fn new(
         store: Store<InstanceState>,
         predictor: Predictor,
-        chaos: Option<Drillable>,
-        tensors: Option<TensorPredictor>,
+        optional: Optional,
         deadline_ticks: u64,
         version: String,
         log: LogName,
@@ -167,8 +179,7 @@ impl Live {
         Self {
             store,
             predictor,
-            chaos,
-            tensors,
+            optional,
             injected: None,
             armed: None,
             deadline_ticks,
@@ -198,7 +209,7 @@ impl Live {
         if let Some(armed) = self.armed {
             return Err(CallError::AlreadyArmed(fault_name(armed)));
         }
-        let Some(chaos) = &self.chaos else {
+        let Some(chaos) = &self.optional.chaos else {
             if matches!(fault, Fault::Oom) {
                 return Err(CallError::NotDrillable("oom"));
             }
@@ -236,17 +247,61 @@ impl Live {
         }
     }
 
+    /// Several requests in one call, under one deadline and the same faults
+    /// as [`Live::predict`]: merged into one model call by a guest that
+    /// exports `batch`, else one `predict` each. An `Err` means the store is
+    /// poisoned (no request was answered); a refused request is its own
+    /// `Err` inside the `Ok`.
+    pub async fn predict_batch(&mut self, bodies: &[Vec<u8>]) -> Result<BatchReplies, CallError> {
+        if self.optional.batch.is_none() {
+            let mut replies = Vec::with_capacity(bodies.len());
+            for body in bodies {
+                match self.predict(body).await {
+                    Ok(out) => replies.push(Ok(out)),
+                    Err(CallError::Rejected(refused)) => replies.push(Err(refused)),
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(replies);
+        }
+        start_call(&mut self.store, self.deadline_ticks);
+        self.armed = None;
+        if let Some(fault) = self.injected.take() {
+            self.inject(fault);
+        }
+        let deadline = self.deadline();
+        let Some(batch) = &self.optional.batch else {
+            unreachable!("checked above");
+        };
+        let call = batch
+            .hadr_predictor_batch()
+            .call_predict_batch(&mut self.store, bodies);
+        match within(deadline, call).await? {
+            Ok(replies) if replies.len() == bodies.len() => Ok(replies),
+            Ok(replies) => Err(CallError::Trap(format!(
+                "the guest answered {} of a batch of {} requests",
+                replies.len(),
+                bodies.len()
+            ))),
+            Err(e) => Err(CallError::from_wasmtime(
+                "calling predict-batch",
+                e,
+                deadline,
+            )),
+        }
+    }
+
     /// One typed inference (`/v2/.../infer`), under the same deadline and
     /// faults as [`Live::predict`].
     pub async fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CallError> {
-        if self.tensors.is_none() {
+        if self.optional.tensors.is_none() {
             return Err(CallError::NoTensors);
         }
         self.store.set_epoch_deadline(self.deadline_ticks);
         if let Some(fault) = self.injected.take() {
             self.inject(fault);
         }
-        let Some(tensors) = &self.tensors else {
+        let Some(tensors) = &self.optional.tensors else {
             unreachable!("checked above");
         };
         match tensors

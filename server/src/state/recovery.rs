@@ -150,6 +150,7 @@ mod tests {
             host: None,
             max_load: 10,
             concurrency: None,
+            batch: None,
             model: PathBuf::from("m.onnx"),
             module: PathBuf::from("g.wasm"),
         }

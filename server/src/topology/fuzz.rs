@@ -528,6 +528,7 @@ impl Entry {
             host,
             max_load,
             concurrency: None,
+            batch: None,
             model: model?,
             module: module?,
         })

@@ -5,7 +5,7 @@
 //! the model's input fact before tract sees them: a guest sending the wrong
 //! shape gets a wasi-nn error, never a host panic.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::bail;
 use tract_onnx::prelude::*;
@@ -294,7 +294,26 @@ impl TractGraph {
         &self,
         input: tract_onnx::prelude::Tensor,
     ) -> Result<Vec<(String, Tensor)>, BackendError> {
-        let outputs = self.plan.run(tvec!(input.into())).map_err(from_tract)?;
+        self.run_in(&mut None, input)
+    }
+
+    /// Runs in `state`, tract's run state kept by an execution context
+    /// across its calls (created on first use), so each call reuses its
+    /// buffers and scratch space instead of allocating them. A failed run
+    /// drops it.
+    fn run_in(
+        &self,
+        state: &mut Option<TypedSimpleState>,
+        input: tract_onnx::prelude::Tensor,
+    ) -> Result<Vec<(String, Tensor)>, BackendError> {
+        let running = match state {
+            Some(running) => running,
+            None => state.insert(self.plan.spawn().map_err(from_tract)?),
+        };
+        let outputs = running.run(tvec!(input.into())).map_err(|e| {
+            *state = None;
+            from_tract(e)
+        })?;
         outputs
             .into_iter()
             .zip(self.info.outputs.iter())
@@ -327,12 +346,20 @@ impl TractGraph {
                 self.features
             )));
         }
-        let values: Vec<f32> = tensor
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        tract_onnx::prelude::Tensor::from_shape(&[rows, features], &values).map_err(from_tract)
+        if cfg!(target_endian = "big") {
+            let values: Vec<f32> = tensor
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            return tract_onnx::prelude::Tensor::from_shape(&[rows, features], &values)
+                .map_err(from_tract);
+        }
+        // wasi-nn's bytes are little-endian, as the host's floats: one copy.
+        let mut input =
+            tract_onnx::prelude::Tensor::zero::<f32>(&[rows, features]).map_err(from_tract)?;
+        input.as_bytes_mut().copy_from_slice(&tensor.data);
+        Ok(input)
     }
 }
 
@@ -340,6 +367,7 @@ impl BackendGraph for TractGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
         let context = TractExecutionContext {
             graph: self.clone(),
+            state: Mutex::new(None),
             input: None,
             outputs: Vec::new(),
         };
@@ -353,6 +381,9 @@ impl BackendGraph for TractGraph {
 /// get-output style, the tensors in between.
 struct TractExecutionContext {
     graph: TractGraph,
+    /// tract's run state, reused by every call of this context (a mutex
+    /// only because wasi-nn wants contexts `Sync`; one call runs at a time).
+    state: Mutex<Option<TypedSimpleState>>,
     input: Option<tract_onnx::prelude::Tensor>,
     outputs: Vec<(String, Tensor)>,
 }
@@ -393,7 +424,8 @@ impl BackendExecutionContext for TractExecutionContext {
                     )));
                 };
                 let tensor = self.graph.input_from_wasi(&input.tensor)?;
-                let outputs = self.graph.run_tensor(tensor)?;
+                let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+                let outputs = self.graph.run_in(state, tensor)?;
                 Ok(Some(
                     outputs
                         .into_iter()
@@ -406,7 +438,8 @@ impl BackendExecutionContext for TractExecutionContext {
                     .input
                     .take()
                     .ok_or_else(|| backend_error("compute before set-input".to_string()))?;
-                self.outputs = self.graph.run_tensor(input)?;
+                let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+                self.outputs = self.graph.run_in(state, input)?;
                 Ok(None)
             }
         }

@@ -1,0 +1,169 @@
+//! Issue 12: dynamic batching. Requests that arrive together are merged into
+//! one guest call and answered each with its own rows; a request that
+//! poisons its batch (a trap, a hang past the deadline, input the guest
+//! refuses) fails alone, through the router and on an instance's port.
+//!
+//! Each test sends `N` requests at once to an instance whose batch holds `N`
+//! and waits up to 1 s for them, so the requests are merged however slowly
+//! the machine runs them; the counters in `/topology` show what was merged.
+
+mod common;
+
+use bytes::Bytes;
+use common::{cases, inputs, post, with_faulty_guest, with_fields, Host};
+use hyper::StatusCode;
+
+/// Requests sent at once in each test, and the batch size that holds them.
+const N: usize = 6;
+
+fn batching(max_requests: usize) -> (&'static str, serde_json::Value) {
+    (
+        "batch",
+        serde_json::json!({"max_requests": max_requests, "max_delay": "1s"}),
+    )
+}
+
+/// `N - 1` digits cases the faulty guest answers (distinct, so a mixed-up
+/// split shows), with their expected labels and probabilities.
+fn safe_cases() -> Vec<serde_json::Value> {
+    let all = cases("digits");
+    all["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !common::faulty_traps_on(std::slice::from_ref(&c["input"])))
+        .take(N - 1)
+        .cloned()
+        .collect()
+}
+
+/// Sends every body at once to `addr`; answers in the same order.
+async fn all_at_once(addr: std::net::SocketAddr, bodies: Vec<Vec<u8>>) -> Vec<common::Answer> {
+    let calls: Vec<_> = bodies
+        .into_iter()
+        .map(|body| tokio::spawn(async move { post(addr, "/predict", Bytes::from(body)).await }))
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    answers
+}
+
+/// Each safe case's answer is its own: the label and probabilities
+/// scikit-learn gave for that row.
+fn assert_own_answers(cases: &[serde_json::Value], answers: &[common::Answer]) {
+    for (case, (status, _, answer)) in cases.iter().zip(answers) {
+        assert_eq!(*status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["labels"][0], case["label"], "{answer}");
+        let got = answer["outputs"][0].as_array().unwrap();
+        for (g, w) in got.iter().zip(case["probabilities"].as_array().unwrap()) {
+            let diff = (g.as_f64().unwrap() - w.as_f64().unwrap()).abs();
+            assert!(diff <= 1e-5, "{answer} against {case}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_requests_are_answered_each_with_its_own_rows_and_a_refused_one_alone() {
+    // The generic guest, through an instance's own port.
+    let host = Host::start(
+        &with_fields("single.json", &[batching(N), ("concurrency", 1.into())]),
+        &[],
+    );
+    let port = host.instance_addr("predict1").await;
+    let cases = safe_cases();
+    let mut bodies: Vec<Vec<u8>> = cases
+        .iter()
+        .map(|c| inputs(&[c["input"].clone()]))
+        .collect();
+    // Five features instead of 64: refused by the guest, inside the batch.
+    bodies.push(inputs(&[serde_json::json!([1.0, 2.0, 3.0, 4.0, 5.0])]));
+    let answers = all_at_once(port, bodies).await;
+    assert_own_answers(&cases, &answers);
+    let (status, _, refused) = &answers[N - 1];
+    assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    let t = host.topology().await;
+    let p1 = &t["predict1"];
+    assert_eq!(p1["batching"]["batches"], 1, "one merged call: {t}");
+    assert_eq!(p1["batching"]["batched_requests"], N, "{t}");
+    assert_eq!(
+        p1["batching"]["poisoned"], 0,
+        "a refusal poisons nothing: {t}"
+    );
+    assert_eq!(p1["served"], N - 1, "{t}");
+    assert_eq!(p1["failed"], 0, "bad input is the client's: {t}");
+    assert_eq!(p1["load"], 0, "{t}");
+    let metrics = common::get_text(host.router, "/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "hadr_instance_batched_requests_total{{instance=\"predict1\"}} {N}"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_traps_fails_alone_and_the_rest_of_its_batch_is_answered() {
+    // Through the router, on the faulty guest.
+    let host = Host::start(
+        &with_faulty_guest("single.json", &[batching(N), ("concurrency", 1.into())]),
+        &[],
+    );
+    let cases = safe_cases();
+    let (_, deadly) = common::safe_and_deadly_rows();
+    let mut bodies: Vec<Vec<u8>> = cases
+        .iter()
+        .map(|c| inputs(&[c["input"].clone()]))
+        .collect();
+    bodies.insert(2, inputs(&[deadly]));
+    let mut answers = all_at_once(host.router, bodies).await;
+    let (status, _, trapped) = answers.remove(2);
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{trapped}");
+    assert!(
+        trapped["message"].as_str().unwrap().contains("trapped"),
+        "{trapped}"
+    );
+    assert_own_answers(&cases, &answers);
+    let t = host.topology().await;
+    let p1 = &t["predict1"];
+    assert!(p1["batching"]["poisoned"].as_u64().unwrap() >= 1, "{t}");
+    assert_eq!(p1["served"], N - 1, "{t}");
+    assert_eq!(p1["load"], 0, "{t}");
+    assert!(
+        p1["traps"].as_u64().unwrap() >= 2,
+        "the batch and the request alone: {t}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_hangs_meets_its_deadline_and_the_rest_of_its_batch_is_answered() {
+    let host = Host::start(
+        &with_faulty_guest("single.json", &[batching(N), ("concurrency", 1.into())]),
+        &["--deadline", "300ms"],
+    );
+    let cases = safe_cases();
+    let mut bodies: Vec<Vec<u8>> = cases
+        .iter()
+        .map(|c| inputs(&[c["input"].clone()]))
+        .collect();
+    bodies.insert(0, inputs(&[common::hanging_row(&cases[0]["input"])]));
+    let started = std::time::Instant::now();
+    let mut answers = all_at_once(host.router, bodies).await;
+    let (status, _, hung) = answers.remove(0);
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{hung}");
+    assert!(
+        hung["message"].as_str().unwrap().contains("deadline"),
+        "{hung}"
+    );
+    assert_own_answers(&cases, &answers);
+    // The batch's deadline, the hanging request's own and its retry's, and
+    // the others' calls: bounded, not hung.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let t = host.topology().await;
+    assert!(
+        t["predict1"]["batching"]["poisoned"].as_u64().unwrap() >= 1,
+        "{t}"
+    );
+    assert_eq!(t["predict1"]["load"], 0, "{t}");
+}

@@ -1,0 +1,400 @@
+//! Dynamic batching for one instance: requests that arrive together are
+//! merged into one guest call (an instance's `"batch"` entry).
+//!
+//! No task of its own: the first request of a batch leads it. It opens the
+//! batch, waits for a free sandbox (others join meanwhile: the busier the
+//! instance, the fuller its batches), then waits at most what is left of
+//! `max_delay` since it opened, or until `max_requests` joined, closes the
+//! batch and runs it on its own task. A request that joins is answered
+//! through a channel.
+//!
+//! A request never fails for another's sake: a refused body is refused alone
+//! by the guest, and when the merged call faults (a trap, a deadline), or its
+//! leader goes away (its client hung up), the batch's channels close and
+//! every request runs again on its own, so only the one that poisoned the
+//! batch fails.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, Notify};
+
+use crate::bindings::hadr::predictor::types::PredictError;
+use crate::topology::BatchSpec;
+
+/// What a request that joined a batch is sent: the guest's answer for it
+/// (or its refusal of it), and how long the merged call took. A closed
+/// channel instead says: run on your own.
+pub(super) type Delivery = (Result<Vec<u8>, PredictError>, Duration);
+
+/// One instance's batching: its settings, the batch forming, and counters.
+#[derive(Debug)]
+pub(super) struct Batcher {
+    spec: BatchSpec,
+    queue: Mutex<Queue>,
+    /// Merged calls run (two requests or more).
+    batches: AtomicU64,
+    /// Requests answered by merged calls.
+    merged: AtomicU64,
+    /// Merged calls that faulted, whose requests then ran on their own.
+    poisoned: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// The batch requests join now, if one is open.
+    forming: Option<Batch>,
+    /// Full batches whose leaders have not closed them yet.
+    sealed: Vec<Batch>,
+    next_id: u64,
+}
+
+/// A batch and who is waiting for it: the leader's body first.
+#[derive(Debug)]
+pub(super) struct Batch {
+    id: u64,
+    /// Joined only by requests for the same deployment version (a deploy
+    /// can change it between two requests).
+    version: Arc<str>,
+    /// The request bodies, the leader's first.
+    pub(super) bodies: Vec<Bytes>,
+    /// Where each follower's answer goes (one fewer than `bodies`).
+    pub(super) followers: Vec<oneshot::Sender<Delivery>>,
+    /// Tells the leader the batch is full.
+    full: Arc<Notify>,
+}
+
+/// What [`Batcher::join`] made of a request.
+pub(super) enum Joined<'a> {
+    /// It opened a batch: it leads it.
+    Leader(Lead<'a>),
+    /// It joined an open batch: its answer comes through the channel.
+    Follower(oneshot::Receiver<Delivery>),
+    /// It cannot join the open batch (another version): run on its own.
+    Alone,
+}
+
+/// The leader's hold on the batch it opened. Dropped before the batch was
+/// closed (the leader's client went away), it drops the batch: the
+/// followers' channels close and they run on their own.
+pub(super) struct Lead<'a> {
+    batcher: &'a Batcher,
+    id: u64,
+    opened: Instant,
+    full: Arc<Notify>,
+}
+
+impl Batcher {
+    pub(super) fn new(spec: BatchSpec) -> Self {
+        Self {
+            spec,
+            queue: Mutex::default(),
+            batches: AtomicU64::new(0),
+            merged: AtomicU64::new(0),
+            poisoned: AtomicU64::new(0),
+        }
+    }
+
+    /// Its settings.
+    pub(super) fn spec(&self) -> BatchSpec {
+        self.spec
+    }
+
+    /// Adds a request for `version` to the open batch, or opens one.
+    pub(super) fn join(&self, version: &str, body: Bytes) -> Joined<'_> {
+        let mut queue = lock(&self.queue);
+        if let Some(forming) = &mut queue.forming {
+            if &*forming.version != version {
+                return Joined::Alone;
+            }
+            let (reply, answer) = oneshot::channel();
+            forming.bodies.push(body);
+            forming.followers.push(reply);
+            if forming.bodies.len() >= self.spec.max_requests {
+                let full = queue.forming.take().expect("matched above");
+                full.full.notify_one();
+                queue.sealed.push(full);
+            }
+            return Joined::Follower(answer);
+        }
+        let id = queue.next_id;
+        queue.next_id += 1;
+        let full = Arc::new(Notify::new());
+        queue.forming = Some(Batch {
+            id,
+            version: version.into(),
+            bodies: vec![body],
+            followers: Vec::new(),
+            full: full.clone(),
+        });
+        Joined::Leader(Lead {
+            batcher: self,
+            id,
+            opened: Instant::now(),
+            full,
+        })
+    }
+
+    /// Takes batch `id` out of the queue, if it is still there.
+    fn take(&self, id: u64) -> Option<Batch> {
+        let mut queue = lock(&self.queue);
+        if queue.forming.as_ref().is_some_and(|b| b.id == id) {
+            return queue.forming.take();
+        }
+        let at = queue.sealed.iter().position(|b| b.id == id)?;
+        Some(queue.sealed.swap_remove(at))
+    }
+
+    /// Counts a merged call of `requests` requests, and whether it faulted.
+    pub(super) fn count(&self, requests: usize, poisoned: bool) {
+        if poisoned {
+            self.poisoned.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            self.merged.fetch_add(requests as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Its counters: merged calls, requests they answered, merged calls
+    /// that faulted.
+    pub(super) fn counters(&self) -> (u64, u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.merged.load(Ordering::Relaxed),
+            self.poisoned.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Lead<'_> {
+    /// Waits until the batch is full or `max_delay` has passed since it
+    /// opened, then closes it: later requests open the next one.
+    pub(super) async fn close(self) -> Batch {
+        let until = self.opened + self.batcher.spec.max_delay;
+        loop {
+            if Instant::now() >= until || self.is_sealed() {
+                break;
+            }
+            tokio::select! {
+                _ = self.full.notified() => {}
+                _ = fine_timer::sleep_until(until) => {}
+            }
+        }
+        self.batcher
+            .take(self.id)
+            .expect("only its leader takes a batch out of the queue")
+    }
+
+    fn is_sealed(&self) -> bool {
+        lock(&self.batcher.queue)
+            .sealed
+            .iter()
+            .any(|b| b.id == self.id)
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        // Closed normally: already taken, nothing left. Abandoned: the
+        // followers' channels close with the batch.
+        drop(self.batcher.take(self.id));
+    }
+}
+
+/// Sleeps to within tens of microseconds. tokio's timer ticks in
+/// milliseconds, which would stretch a 200 µs batch delay to 1–2 ms (and, at
+/// few connections, cut throughput by as much); here one thread waits on a
+/// condition variable for the earliest deadline and wakes whoever is due.
+/// It costs a wake-up per batch, not per request.
+mod fine_timer {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Condvar, Mutex, OnceLock};
+    use std::task::{Context, Poll, Waker};
+    use std::time::Instant;
+
+    /// Sleepers waiting, and the condition variable the timer thread waits on.
+    struct Timer {
+        due: Mutex<Vec<(Instant, Waker)>>,
+        changed: Condvar,
+    }
+
+    /// The process's timer thread, started on first use.
+    fn timer() -> &'static Timer {
+        static TIMER: OnceLock<&'static Timer> = OnceLock::new();
+        TIMER.get_or_init(|| {
+            let timer: &'static Timer = Box::leak(Box::new(Timer {
+                due: Mutex::new(Vec::new()),
+                changed: Condvar::new(),
+            }));
+            std::thread::Builder::new()
+                .name("hadr-batch-timer".into())
+                .spawn(move || run(timer))
+                .expect("the batch timer thread starts");
+            timer
+        })
+    }
+
+    fn run(timer: &Timer) -> ! {
+        let mut due = super::lock(&timer.due);
+        loop {
+            let now = Instant::now();
+            due.retain(|(at, waker)| {
+                let wake = *at <= now;
+                if wake {
+                    waker.wake_by_ref();
+                }
+                !wake
+            });
+            due = match due.iter().map(|(at, _)| *at).min() {
+                None => timer.changed.wait(due).unwrap_or_else(|p| p.into_inner()),
+                Some(next) => {
+                    let waited = timer.changed.wait_timeout(due, next - now);
+                    waited.unwrap_or_else(|p| p.into_inner()).0
+                }
+            };
+        }
+    }
+
+    /// Resolves at `until` (a few tens of µs late at most, on an idle core).
+    pub(super) fn sleep_until(until: Instant) -> impl Future<Output = ()> {
+        Sleep { until }
+    }
+
+    struct Sleep {
+        until: Instant,
+    }
+
+    impl Future for Sleep {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if Instant::now() >= self.until {
+                return Poll::Ready(());
+            }
+            let timer = timer();
+            super::lock(&timer.due).push((self.until, cx.waker().clone()));
+            timer.changed.notify_one();
+            Poll::Pending
+        }
+    }
+}
+
+/// Locks a mutex over plain data, ignoring poisoning (see `instance::lock`).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batcher(max_requests: usize, max_delay: Duration) -> Batcher {
+        Batcher::new(BatchSpec {
+            max_requests,
+            max_delay,
+        })
+    }
+
+    fn leader(joined: Joined<'_>) -> Lead<'_> {
+        match joined {
+            Joined::Leader(lead) => lead,
+            _ => panic!("expected to lead"),
+        }
+    }
+
+    fn follower(joined: Joined<'_>) -> oneshot::Receiver<Delivery> {
+        match joined {
+            Joined::Follower(answer) => answer,
+            _ => panic!("expected to follow"),
+        }
+    }
+
+    /// Real time (tokio's paused clock would rebuild tokio and all that
+    /// uses it for the tests): a delay of a minute stands for "never".
+    const NEVER: Duration = Duration::from_secs(60);
+    const SOON: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_full_batch_closes_at_once_and_the_next_request_opens_another() {
+        let b = batcher(3, NEVER);
+        let lead = leader(b.join("v1", Bytes::from_static(b"a")));
+        let _f1 = follower(b.join("v1", Bytes::from_static(b"b")));
+        let _f2 = follower(b.join("v1", Bytes::from_static(b"c")));
+        let next = leader(b.join("v1", Bytes::from_static(b"d")));
+        let batch = tokio::time::timeout(SOON, lead.close())
+            .await
+            .expect("full: no waiting for the delay");
+        assert_eq!(batch.bodies, vec!["a", "b", "c"]);
+        assert_eq!(batch.followers.len(), 2);
+        let _f3 = follower(b.join("v1", Bytes::from_static(b"e")));
+        let later = b.join("v1", Bytes::from_static(b"f"));
+        assert!(matches!(later, Joined::Follower(_)));
+        let next = tokio::time::timeout(SOON, next.close()).await;
+        assert_eq!(next.expect("full").bodies, vec!["d", "e", "f"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_does_not_fill_closes_after_max_delay() {
+        let delay = Duration::from_millis(20);
+        let b = batcher(8, delay);
+        let started = Instant::now();
+        let lead = leader(b.join("v1", Bytes::from_static(b"a")));
+        let _f = follower(b.join("v1", Bytes::from_static(b"b")));
+        let batch = lead.close().await;
+        assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+        assert_eq!(batch.bodies.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_waited_past_max_delay_closes_at_once() {
+        let delay = Duration::from_millis(300);
+        let b = batcher(8, delay);
+        let lead = leader(b.join("v1", Bytes::from_static(b"a")));
+        // Waiting for a sandbox took longer than the delay.
+        tokio::time::sleep(delay).await;
+        let closed = tokio::time::timeout(delay - Duration::from_millis(50), lead.close()).await;
+        assert_eq!(closed.expect("no second delay").bodies.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_batch_closes_its_followers_channels() {
+        let b = batcher(8, NEVER);
+        let lead = leader(b.join("v1", Bytes::from_static(b"a")));
+        let answer = follower(b.join("v1", Bytes::from_static(b"b")));
+        drop(lead);
+        assert!(answer.await.is_err(), "told to run on its own");
+        // The queue is empty again: the next request leads.
+        let _next = leader(b.join("v1", Bytes::from_static(b"c")));
+    }
+
+    #[tokio::test]
+    async fn a_sealed_batch_abandoned_by_its_leader_is_dropped_too() {
+        let b = batcher(2, NEVER);
+        let lead = leader(b.join("v1", Bytes::from_static(b"a")));
+        let answer = follower(b.join("v1", Bytes::from_static(b"b")));
+        drop(lead);
+        assert!(answer.await.is_err());
+        assert!(lock(&b.queue).sealed.is_empty());
+    }
+
+    #[test]
+    fn requests_for_another_version_do_not_join() {
+        let b = batcher(8, NEVER);
+        let _lead = leader(b.join("v1", Bytes::from_static(b"a")));
+        assert!(matches!(
+            b.join("v2", Bytes::from_static(b"b")),
+            Joined::Alone
+        ));
+    }
+
+    #[test]
+    fn counters_tell_merged_calls_from_poisoned_ones() {
+        let b = batcher(8, NEVER);
+        b.count(5, false);
+        b.count(3, true);
+        assert_eq!(b.counters(), (1, 5, 1));
+    }
+}
