@@ -140,11 +140,11 @@ async fn throughput(
         let pool = if round % 2 == 0 { 2 } else { 0 };
         let deployment = Arc::new(Deployment::new(module.clone(), model.clone(), pool, None));
         deployment.fill_pool(runtime).await.unwrap();
-        let instance = Instance::new(
+        let instance = Arc::new(Instance::new(
             spec.clone(),
             runtime.clone(),
             InForce::now(deployment, Source::Topology),
-        );
+        ));
         instance.warm_up().await.unwrap();
         let (mut ok, mut calls) = (0u64, 0u64);
         let started = Instant::now();

@@ -78,10 +78,23 @@ async fn a_trap_in_one_sandbox_leaves_the_call_in_the_other_answered() {
 
 /// Bounded load through the router onto instances that run two calls at
 /// once with a threshold of 4: every request is served or shed, the
-/// counters agree with the clients, and every load returns to 0.
+/// counters agree with the clients, and every load returns to 0; the same
+/// with dynamic batching on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_counting_stays_exact_under_concurrency() {
-    let topology = with_fields("2-active.json", &[("max_load", 4.into())]);
+    count_load_exactly(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_counting_stays_exact_with_batching() {
+    let batch = serde_json::json!({"max_requests": 4, "max_delay": "500us"});
+    count_load_exactly(&[("batch", batch)]).await;
+}
+
+async fn count_load_exactly(fields: &[(&str, serde_json::Value)]) {
+    let mut fields = fields.to_vec();
+    fields.push(("max_load", 4.into()));
+    let topology = with_fields("2-active.json", &fields);
     let host = Host::start(&topology, &["--concurrency", "2"]);
     let rows: Vec<_> = cases("digits")["cases"]
         .as_array()

@@ -81,8 +81,8 @@ pub(super) async fn call(
     }
     let instance = lease.instance();
     let outcome = match want.version {
-        None => instance.predict(input.clone()).await,
-        Some(_) => instance.predict_stable(input.clone()).await,
+        None => Instance::predict(instance, input.clone()).await,
+        Some(_) => Instance::predict_stable(instance, input.clone()).await,
     };
     match outcome {
         Ok(out) => Ok(out),
@@ -128,7 +128,7 @@ async fn retry(
             tracing::error!(error = %e, "could not persist a promotion");
         }
     }
-    match second.instance().predict_stable(body).await {
+    match second.instance().predict_alone(body).await {
         Ok(out) => Ok(out),
         Err(again) if again.is_instance_fault() => {
             let mut error = ApiError::from(again);

@@ -5,8 +5,9 @@
 //! batch, waits for a free sandbox (others join meanwhile: the busier the
 //! instance, the fuller its batches), then waits at most what is left of
 //! `max_delay` since it opened, or until `max_requests` joined, closes the
-//! batch and runs it on its own task. A request that joins is answered
-//! through a channel.
+//! batch and runs it as one call on a task of its own (so the leader's
+//! client hanging up cancels nobody's answer). Every request of a merged
+//! call, the leader's included, is answered through a channel.
 //!
 //! A request never fails for another's sake: a refused body is refused alone
 //! by the guest, and when the merged call faults (a trap, a deadline), or its
@@ -16,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
@@ -24,10 +25,9 @@ use tokio::sync::{oneshot, Notify};
 use crate::bindings::hadr::predictor::types::PredictError;
 use crate::topology::BatchSpec;
 
-/// What a request that joined a batch is sent: the guest's answer for it
-/// (or its refusal of it), and how long the merged call took. A closed
-/// channel instead says: run on your own.
-pub(super) type Delivery = (Result<Vec<u8>, PredictError>, Duration);
+/// What a request of a merged batch is sent: the guest's answer for it, or
+/// its refusal of it. A closed channel instead says: run on your own.
+pub(super) type Delivery = Result<Vec<u8>, PredictError>;
 
 /// One instance's batching: its settings, the batch forming, and counters.
 #[derive(Debug)]
@@ -289,6 +289,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn batcher(max_requests: usize, max_delay: Duration) -> Batcher {

@@ -51,7 +51,7 @@ use crate::sandbox::deployment::Deployment;
 use crate::sandbox::engine::HostRuntime;
 use crate::sandbox::sandboxes::{Elasticity, Sandboxes, Taken};
 use crate::topology::InstanceSpec;
-use batch::{Batcher, Joined};
+use batch::{Batch, Batcher, Delivery, Joined};
 use call::{call, live, Prepared, Reply};
 use load::Load;
 use stats::Stats;
@@ -343,21 +343,33 @@ impl Instance {
 
     /// Runs one prediction in this instance, waiting for its turn; a
     /// canary, if one runs, takes its share.
-    pub async fn predict(&self, input: Input) -> Result<Answer, CallError> {
-        self.predict_on(input, true).await
+    pub async fn predict(self: &Arc<Self>, input: Input) -> Result<Answer, CallError> {
+        self.predict_on(input, true, true).await
     }
 
-    /// Runs one prediction on the deployment in force, never a canary (for
-    /// retries: a request that already faulted goes to the known-good version).
-    pub async fn predict_stable(&self, input: Input) -> Result<Answer, CallError> {
-        self.predict_on(input, false).await
+    /// Runs one prediction on the deployment in force, never a canary (a
+    /// request that names its version).
+    pub async fn predict_stable(self: &Arc<Self>, input: Input) -> Result<Answer, CallError> {
+        self.predict_on(input, false, true).await
+    }
+
+    /// Runs one prediction on the deployment in force, never a canary and
+    /// never merged into a batch: for a retry, since a request that already
+    /// faulted must not poison others.
+    pub async fn predict_alone(self: &Arc<Self>, input: Input) -> Result<Answer, CallError> {
+        self.predict_on(input, false, false).await
     }
 
     /// A canary call that fails for any reason is answered by the version in
     /// force: a fault through the caller's retry, anything else (a refusal,
     /// a model failure) here, and it counts against the canary unless the
     /// version in force refuses the request too (bad input is the client's).
-    async fn predict_on(&self, body: Input, canary: bool) -> Result<Answer, CallError> {
+    async fn predict_on(
+        self: &Arc<Self>,
+        body: Input,
+        canary: bool,
+        batched: bool,
+    ) -> Result<Answer, CallError> {
         // One read of what the instance serves: the version in force, and
         // the canary if this request goes to it.
         let (deployment, chosen) = {
@@ -370,7 +382,7 @@ impl Instance {
             (serving.current.deployment.clone(), chosen)
         };
         let Some(canary) = chosen else {
-            return self.run(&self.sandboxes, deployment, body, true).await;
+            return self.run(&self.sandboxes, deployment, body, batched).await;
         };
         let outcome = self
             .run(
@@ -389,7 +401,7 @@ impl Instance {
             Err(e) if e.is_instance_fault() => canary.record(true),
             Err(refused) => {
                 let stable = self
-                    .run(&self.sandboxes, self.deployment(), body, true)
+                    .run(&self.sandboxes, self.deployment(), body, batched)
                     .await;
                 let both_bad_input =
                     refused.is_bad_input() && matches!(&stable, Err(e) if e.is_bad_input());
@@ -404,7 +416,7 @@ impl Instance {
     /// place; merged into a batch with others when `batched` and the entry
     /// batches.
     async fn run(
-        &self,
+        self: &Arc<Self>,
         set: &Sandboxes,
         deployment: Arc<Deployment>,
         input: Input,
@@ -415,7 +427,7 @@ impl Instance {
         let prepared = input.for_deployment(&deployment)?;
         match (&self.batcher, prepared) {
             (Some(batcher), Prepared::Body(body)) if batched => {
-                self.run_batched(batcher, set, &deployment, body).await
+                self.run_batched(batcher, &deployment, body).await
             }
             (_, prepared) => self.run_alone(set, &deployment, prepared).await,
         }
@@ -429,6 +441,17 @@ impl Instance {
         prepared: Prepared,
     ) -> Result<Answer, CallError> {
         let taken = set.take(&deployment.version).await;
+        self.run_taken(set, taken, deployment, prepared).await
+    }
+
+    /// One call on its own in the place `taken` holds.
+    async fn run_taken(
+        &self,
+        set: &Sandboxes,
+        taken: Taken,
+        deployment: &Arc<Deployment>,
+        prepared: Prepared,
+    ) -> Result<Answer, CallError> {
         let started = Instant::now();
         let outcome = self
             .execute(set, taken, deployment, prepared)
@@ -441,54 +464,78 @@ impl Instance {
 
     /// One request through the batcher (see [`batch`]): it leads a batch,
     /// joins one, or runs on its own; a request whose merged call faulted
-    /// runs again on its own.
+    /// runs again on its own. Batches run in the version in force's
+    /// sandboxes.
     async fn run_batched(
-        &self,
+        self: &Arc<Self>,
         batcher: &Batcher,
-        set: &Sandboxes,
         deployment: &Arc<Deployment>,
         body: bytes::Bytes,
     ) -> Result<Answer, CallError> {
-        let lead = match batcher.join(&deployment.version, body.clone()) {
-            Joined::Leader(lead) => lead,
-            Joined::Follower(answer) => {
-                let Ok((reply, took)) = answer.await else {
-                    return self.run_alone(set, deployment, Prepared::Body(body)).await;
-                };
-                return self.answered(deployment, reply, took);
-            }
+        let set = &self.sandboxes;
+        let answer = match batcher.join(&deployment.version, body.clone()) {
+            Joined::Follower(answer) => answer,
             Joined::Alone => return self.run_alone(set, deployment, Prepared::Body(body)).await,
+            Joined::Leader(lead) => {
+                let taken = set.take(&deployment.version).await;
+                let batch = lead.close().await;
+                if batch.followers.is_empty() {
+                    return self
+                        .run_taken(set, taken, deployment, Prepared::Body(body))
+                        .await;
+                }
+                // The merged call runs on a task of its own: the leader's
+                // client hanging up must not cancel the others' answers.
+                let (own, answer) = tokio::sync::oneshot::channel();
+                let instance = self.clone();
+                let deployment = deployment.clone();
+                tokio::spawn(
+                    async move { instance.run_merged(batch, own, taken, deployment).await },
+                );
+                answer
+            }
         };
-        let taken = set.take(&deployment.version).await;
-        let batch = lead.close().await;
-        let started = Instant::now();
-        if batch.followers.is_empty() {
-            let outcome = self
-                .execute(set, taken, deployment, Prepared::Body(body))
-                .await
-                .and_then(|reply| self.answer(deployment, reply));
-            self.stats
-                .record(outcome.as_ref().map(drop), started.elapsed());
-            return outcome;
+        match answer.await {
+            Ok(reply) => {
+                let outcome = reply
+                    .map_err(CallError::Rejected)
+                    .and_then(|json| self.answer(deployment, Reply::Json(json)));
+                self.stats.count(outcome.as_ref().map(drop));
+                outcome
+            }
+            // The merged call faulted, or its task is gone: alone.
+            Err(_) => self.run_alone(set, deployment, Prepared::Body(body)).await,
         }
+    }
+
+    /// Runs a closed batch as one call in the place `taken` holds and sends
+    /// each request its answer (the leader's through `own`); if the call
+    /// faults, drops every channel, so each request runs again on its own.
+    async fn run_merged(
+        &self,
+        batch: Batch,
+        own: tokio::sync::oneshot::Sender<Delivery>,
+        taken: Taken,
+        deployment: Arc<Deployment>,
+    ) {
+        let Some(batcher) = &self.batcher else {
+            return;
+        };
         let requests = batch.bodies.len();
         let bodies = batch.bodies.iter().map(|b| b.to_vec()).collect();
+        let started = Instant::now();
         let reply = self
-            .execute(set, taken, deployment, Prepared::Batch(bodies))
+            .execute(&self.sandboxes, taken, &deployment, Prepared::Batch(bodies))
             .await;
-        let took = started.elapsed();
+        self.stats.cost(started.elapsed());
         match reply {
             Ok(Reply::Batch(replies)) => {
                 batcher.count(requests, false);
-                let mut replies = replies.into_iter();
-                let own = replies
-                    .next()
-                    .expect("the sandbox checked one reply per request");
-                for (follower, reply) in batch.followers.into_iter().zip(replies) {
-                    // A follower whose client went away no longer listens.
-                    let _ = follower.send((reply, took));
+                let listeners = std::iter::once(own).chain(batch.followers);
+                for (listener, reply) in listeners.zip(replies) {
+                    // A request whose client went away no longer listens.
+                    let _ = listener.send(reply);
                 }
-                self.answered(deployment, own, took)
             }
             Ok(_) => unreachable!("a batch is answered with a batch"),
             Err(e) => {
@@ -496,25 +543,8 @@ impl Instance {
                 self.stats.fault(&e);
                 tracing::warn!(instance = self.name(), requests, error = %e,
                     "a merged batch failed; its requests run again one by one");
-                // Dropping the batch closes its followers' channels.
-                drop(batch);
-                self.run_alone(set, deployment, Prepared::Body(body)).await
             }
         }
-    }
-
-    /// A request's answer from a merged call, counted.
-    fn answered(
-        &self,
-        deployment: &Deployment,
-        reply: Result<Vec<u8>, crate::bindings::hadr::predictor::types::PredictError>,
-        took: Duration,
-    ) -> Result<Answer, CallError> {
-        let outcome = reply
-            .map_err(CallError::Rejected)
-            .and_then(|json| self.answer(deployment, Reply::Json(json)));
-        self.stats.record(outcome.as_ref().map(drop), took);
-        outcome
     }
 
     /// Runs `prepared` in the sandbox `taken` holds a place for: on this

@@ -76,10 +76,21 @@ impl Stats {
     /// Counts a call's outcome and its time. The client's bad input counts
     /// nowhere.
     pub(super) fn record(&self, outcome: Result<(), &CallError>, took: Duration) {
+        self.cost(took);
+        self.count(outcome);
+    }
+
+    /// Counts how long a guest call took (a moving average: what decides
+    /// whether the next call leaves the request's task).
+    pub(super) fn cost(&self, took: Duration) {
         let us = took.as_micros() as u64;
         let old = self.cost_us.load(Ordering::Relaxed);
         self.cost_us
             .store(old - old / 8 + us / 8, Ordering::Relaxed);
+    }
+
+    /// Counts a request's outcome. The client's bad input counts nowhere.
+    pub(super) fn count(&self, outcome: Result<(), &CallError>) {
         match outcome {
             Ok(()) => {
                 self.served.fetch_add(1, Ordering::Relaxed);

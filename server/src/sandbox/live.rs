@@ -163,6 +163,10 @@ pub struct Live {
     pub(crate) log: LogName,
 }
 
+/// Most deadlines one merged call may run for (a deadline per request, up
+/// to this many).
+const MERGED_DEADLINES: usize = 4;
+
 /// A merged batch's answers, one per request in order: each the guest's
 /// answer or its refusal of that request.
 pub type BatchReplies = Vec<Result<Vec<u8>, PredictError>>;
@@ -264,12 +268,16 @@ impl Live {
             }
             return Ok(replies);
         }
-        start_call(&mut self.store, self.deadline_ticks);
+        // A merged call does the work of several: its deadline grows with
+        // them, up to MERGED_DEADLINES deadlines, so a healthy batch is not
+        // taken for a hung call and a hung one still holds the others little.
+        let ticks = self.deadline_ticks * bodies.len().clamp(1, MERGED_DEADLINES) as u64;
+        start_call(&mut self.store, ticks);
         self.armed = None;
         if let Some(fault) = self.injected.take() {
             self.inject(fault);
         }
-        let deadline = self.deadline();
+        let deadline = crate::sandbox::engine::ticks_duration(ticks);
         let Some(batch) = &self.optional.batch else {
             unreachable!("checked above");
         };
