@@ -7,9 +7,11 @@
 //!
 //! Each server is a separate process pinned with `taskset`; its CPU time per
 //! request comes from `/proc/<pid>/stat` (user + system) over the round, so
-//! machines with more cores can extrapolate. The load generator is one
-//! thread, unpinned: on the 1-core runs it has the other core to itself, on
-//! the 2-core runs it shares them with the server, as in `benches/http.rs`.
+//! machines with more cores can extrapolate. The load generator is
+//! unpinned: one thread on the 1-core runs, where it has the other core to
+//! itself; two on the 2-core runs, as `hadr-host loadtest` runs it, where it
+//! shares the cores with the server (one thread would leave a server that
+//! waits for its batches to fill with idle CPU it could not use).
 //!
 //! Run: `scripts/build-guest && cargo build --release -p hadr-native-baseline &&
 //!       cargo bench -p hadr-host --bench scaling`
@@ -139,7 +141,10 @@ fn main() {
         serde_json::to_vec(&serde_json::json!({"inputs": [cases["cases"][0]["input"]]}))
             .unwrap()
             .into();
-    let client = common::client_runtime();
+    // One client thread beside a 1-core server (it has the other core to
+    // itself), two beside a 2-core one.
+    let one_thread = common::client_runtime();
+    let two_threads = common::two_thread_client_runtime();
     let mut results: Vec<(String, LoadReport, f64)> = Vec::new();
     for round in 0..rounds {
         for connections in [16usize, 64] {
@@ -153,6 +158,11 @@ fn main() {
                 };
                 let pid = server.pid();
                 let before = cpu_seconds(pid);
+                let client = if name.starts_with("1 core") {
+                    &one_thread
+                } else {
+                    &two_threads
+                };
                 let report = client.block_on(run(&spec)).unwrap();
                 let cpu = cpu_seconds(pid) - before;
                 // The warm-up's requests are not in the report: count its

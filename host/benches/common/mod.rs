@@ -110,6 +110,18 @@ pub fn client_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The load generator's runtime as `hadr-host loadtest` runs it: two
+/// worker threads, unpinned, so a server that leaves CPU idle (one waiting
+/// for its batches to fill) is not held back by a client stuck on one
+/// thread.
+pub fn two_thread_client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Checks a round's report (every request answered 200) and prints it.
 pub fn checked(round: usize, name: &str, report: &LoadReport) {
     eprintln!(
