@@ -14,6 +14,11 @@ use hyper::StatusCode;
 /// The article's topology `name` (single, 2-active, 3-active) serving the
 /// placement model, on free ports.
 fn serve(name: &str, extra: &[&str]) -> Host {
+    serve_with(name, &[], extra)
+}
+
+/// [`serve`] with `fields` set on every entry.
+fn serve_with(name: &str, fields: &[(&str, serde_json::Value)], extra: &[&str]) -> Host {
     let file = repo()
         .join("topologies/placement")
         .join(format!("{name}.json"));
@@ -25,6 +30,9 @@ fn serve(name: &str, extra: &[&str]) -> Host {
         entry["model"] = serde_json::json!(model);
         entry["module"] = serde_json::json!(module);
         entry["port"] = serde_json::json!("0");
+        for (field, value) in fields {
+            entry[*field] = value.clone();
+        }
     }
     Host::start(&topology.to_string(), extra)
 }
@@ -174,8 +182,39 @@ async fn get_predict_answers_the_example_through_router_and_instance_port() {
     assert_eq!(headers["allow"], "POST, GET");
 }
 
-/// The placement guest exports only `init` and `predict`: the host injects
-/// trap and hang itself, and refuses what it cannot inject.
+/// Candidates sent at once to an instance that batches are scored in one
+/// model call of the forest, each answer its own record's, as the article's
+/// client gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_sent_together_are_scored_in_one_merged_call() {
+    const N: usize = 8;
+    let batch = serde_json::json!({"max_requests": N, "max_delay": "1s"});
+    let host = serve_with(
+        "single",
+        &[("batch", batch), ("concurrency", 1.into())],
+        &[],
+    );
+    let doc = cases("placement");
+    let picked: Vec<serde_json::Value> = doc["cases"].as_array().unwrap()[..N].to_vec();
+    let calls: Vec<_> = picked
+        .iter()
+        .map(|case| {
+            let (router, body) = (host.router, serde_json::json!([case["record"]]).to_string());
+            tokio::spawn(async move { post(router, "/predict", body).await })
+        })
+        .collect();
+    for (i, (call, case)) in calls.into_iter().zip(&picked).enumerate() {
+        let (status, _, answer) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_matches(&answer, case, &format!("case {i}"));
+    }
+    let t = host.topology().await;
+    assert_eq!(t["predict1"]["batching"]["batches"], 1, "{t}");
+    assert_eq!(t["predict1"]["batching"]["batched_requests"], N, "{t}");
+}
+
+/// The placement guest has no `chaos` export: the host injects trap and hang
+/// itself, and refuses what it cannot inject.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_without_chaos_still_takes_trap_and_hang_from_the_host() {
     // The default 1 s deadline: the retry on the replacement must not race it.

@@ -28,7 +28,7 @@
 #![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({
-    world: "tensor-predictor-guest",
+    world: "batch-tensor-predictor-guest",
     path: "../../wit",
     generate_all,
 });
@@ -126,6 +126,18 @@ impl Guest for Placement {
 /// The BYTES input `infer` reads as candidate records.
 const RECORDS_INPUT: &str = "records";
 
+impl exports::hadr::predictor::batch::Guest for Placement {
+    fn predict_batch(bodies: Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, PredictError>> {
+        LOADED.with(|l| match l.borrow().as_ref() {
+            Some(loaded) => loaded.predict_batch(&bodies),
+            None => bodies
+                .iter()
+                .map(|_| Err(internal("predict-batch called before init".into())))
+                .collect(),
+        })
+    }
+}
+
 impl exports::hadr::predictor::tensors::Guest for Placement {
     fn infer(inputs: Vec<Named>) -> Result<Vec<Named>, PredictError> {
         LOADED.with(|l| match l.borrow().as_ref() {
@@ -173,16 +185,59 @@ impl Loaded {
     }
 
     fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
-        let records = Records::parse(body, &self.vocabulary).map_err(|e| match e {
+        let records = self.parse(body)?;
+        Ok(answer(&self.probabilities(&records)?))
+    }
+
+    /// Merges the records of every body it can read into one model call
+    /// and splits the answer again. A body it refuses fails alone; if the
+    /// merged call fails, each body is run on its own.
+    fn predict_batch(&self, bodies: &[Vec<u8>]) -> Vec<Result<Vec<u8>, PredictError>> {
+        let parsed: Vec<_> = bodies.iter().map(|body| self.parse(body)).collect();
+        let readable: Vec<&Records> = parsed.iter().flatten().collect();
+        let merged = match readable[..] {
+            [] | [_] => None,
+            _ => {
+                let all = Records {
+                    rows: readable.iter().map(|r| r.rows).sum(),
+                    data: readable
+                        .iter()
+                        .flat_map(|r| r.data.iter().copied())
+                        .collect(),
+                };
+                self.probabilities(&all).ok()
+            }
+        };
+        let mut first = 0;
+        parsed
+            .into_iter()
+            .map(|records| {
+                let records = records?;
+                let rows = first..first + records.rows;
+                first = rows.end;
+                match &merged {
+                    Some(probabilities) => Ok(answer(&probabilities[rows])),
+                    None => Ok(answer(&self.probabilities(&records)?)),
+                }
+            })
+            .collect()
+    }
+
+    /// One body's candidate records, vectorised.
+    fn parse(&self, body: &[u8]) -> Result<Records, PredictError> {
+        Records::parse(body, &self.vocabulary).map_err(|e| match e {
             records::Error::Malformed(m) => error(ErrorKind::MalformedRequest, m),
             records::Error::Invalid(m) => error(ErrorKind::InvalidInput, m),
-        })?;
+        })
+    }
+
+    /// One model call: each record's probability of placement.
+    fn probabilities(&self, records: &Records) -> Result<Vec<f32>, PredictError> {
         let outputs = self
             .context
-            .compute(vec![(String::new(), self.rows(&records))])
+            .compute(vec![(String::new(), self.rows(records))])
             .map_err(|e| tensors::nn_error(ErrorKind::ModelFailure, "running the model", e))?;
-        let probabilities = self.positive_probabilities(&outputs, records.rows)?;
-        Ok(answer(&probabilities))
+        self.positive_probabilities(&outputs, records.rows)
     }
 
     /// `predict_proba(X)[:, positive_class]`, one per record.
