@@ -11,7 +11,10 @@ use crate::topology::Defaults;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The topology file (the article's format; see topologies/).
+    /// The topology file (the article's format; see topologies/). Optional
+    /// fields per entry: "port", "host", "max_load", "concurrency", "model",
+    /// "module", and "batch" ({"max_requests": 32, "max_delay": "200us"}:
+    /// merge requests that arrive together into one guest call).
     pub topology: PathBuf,
     /// Address of the router's listener. Instance ports bind on the same IP.
     #[arg(long, default_value = "127.0.0.1:8000", env = "HADR_LISTEN")]
