@@ -33,6 +33,8 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+#[path = "../../shared/batch.rs"]
+mod batch;
 mod records;
 #[path = "../../shared/tensors.rs"]
 mod tensors;
@@ -171,56 +173,26 @@ impl Loaded {
                 records::Error::Malformed(m) | records::Error::Invalid(m) => m,
             })
         })?;
-        tensors::run(&self.context, vec![(String::new(), self.rows(&records))])
-    }
-
-    /// Vectorised records as the model's `[rows, width]` f32 input.
-    fn rows(&self, records: &Records) -> Tensor {
-        let width = self.vocabulary.len();
-        Tensor::new(
-            &[records.rows as u32, width as u32],
-            TensorType::Fp32,
-            bytemuck::cast_slice(&records.data),
+        tensors::run(
+            &self.context,
+            vec![(String::new(), self.rows(records.rows, &records.data))],
         )
     }
 
     fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
         let records = self.parse(body)?;
-        Ok(answer(&self.probabilities(&records)?))
+        Ok(answer(&self.probabilities(records.rows, &records.data)?))
     }
 
-    /// Merges the records of every body it can read into one model call
-    /// and splits the answer again. A body it refuses fails alone; if the
-    /// merged call fails, each body is run on its own.
+    /// Scores the records of a merged batch in one call of the model (see
+    /// [`batch::merged`]).
     fn predict_batch(&self, bodies: &[Vec<u8>]) -> Vec<Result<Vec<u8>, PredictError>> {
-        let parsed: Vec<_> = bodies.iter().map(|body| self.parse(body)).collect();
-        let readable: Vec<&Records> = parsed.iter().flatten().collect();
-        let merged = match readable[..] {
-            [] | [_] => None,
-            _ => {
-                let all = Records {
-                    rows: readable.iter().map(|r| r.rows).sum(),
-                    data: readable
-                        .iter()
-                        .flat_map(|r| r.data.iter().copied())
-                        .collect(),
-                };
-                self.probabilities(&all).ok()
-            }
-        };
-        let mut first = 0;
-        parsed
-            .into_iter()
-            .map(|records| {
-                let records = records?;
-                let rows = first..first + records.rows;
-                first = rows.end;
-                match &merged {
-                    Some(probabilities) => Ok(answer(&probabilities[rows])),
-                    None => Ok(answer(&self.probabilities(&records)?)),
-                }
-            })
-            .collect()
+        let parsed = bodies.iter().map(|body| self.parse(body)).collect();
+        batch::merged(
+            parsed,
+            |rows, data| self.probabilities(rows, data),
+            |probabilities: &Vec<f32>, rows| answer(&probabilities[rows]),
+        )
     }
 
     /// One body's candidate records, vectorised.
@@ -231,13 +203,24 @@ impl Loaded {
         })
     }
 
+    /// Vectorised records (`rows` of them, row-major) as the model's
+    /// `[rows, width]` f32 input.
+    fn rows(&self, rows: usize, data: &[f32]) -> Tensor {
+        let width = self.vocabulary.len();
+        Tensor::new(
+            &[rows as u32, width as u32],
+            TensorType::Fp32,
+            bytemuck::cast_slice(data),
+        )
+    }
+
     /// One model call: each record's probability of placement.
-    fn probabilities(&self, records: &Records) -> Result<Vec<f32>, PredictError> {
+    fn probabilities(&self, rows: usize, data: &[f32]) -> Result<Vec<f32>, PredictError> {
         let outputs = self
             .context
-            .compute(vec![(String::new(), self.rows(records))])
+            .compute(vec![(String::new(), self.rows(rows, data))])
             .map_err(|e| tensors::nn_error(ErrorKind::ModelFailure, "running the model", e))?;
-        self.positive_probabilities(&outputs, records.rows)
+        self.positive_probabilities(&outputs, rows)
     }
 
     /// `predict_proba(X)[:, positive_class]`, one per record.
@@ -263,6 +246,16 @@ impl Loaded {
             .chunks(classes)
             .map(|row| row[self.positive_class])
             .collect())
+    }
+}
+
+impl batch::Rows for Records {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn values(&self) -> &[f32] {
+        &self.data
     }
 }
 

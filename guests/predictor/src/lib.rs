@@ -23,6 +23,8 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+#[path = "../../shared/batch.rs"]
+mod batch;
 #[path = "../../shared/tensors.rs"]
 mod tensors;
 
@@ -108,37 +110,11 @@ impl Loaded {
         Ok(scores.answer(0..batch.rows))
     }
 
-    /// Merges the rows of every body it can read into one model call and
-    /// splits the answer again. A body it refuses fails alone; if the merged
-    /// call fails, each body is run on its own, so one input the model
-    /// cannot take fails only its own request.
+    /// Runs the bodies of a merged batch as one model call (see
+    /// [`batch::merged`]).
     fn predict_batch(&self, bodies: &[Vec<u8>]) -> Vec<Result<Vec<u8>, PredictError>> {
-        let parsed: Vec<_> = bodies.iter().map(|body| self.parse(body)).collect();
-        let readable: Vec<&predict_core::Batch> = parsed.iter().flatten().collect();
-        let rows: usize = readable.iter().map(|b| b.rows).sum();
-        let merged = match readable[..] {
-            [] | [_] => None,
-            _ => {
-                let mut data = Vec::with_capacity(rows * self.features);
-                for batch in &readable {
-                    data.extend_from_slice(&batch.data);
-                }
-                self.run(rows, &data).ok()
-            }
-        };
-        let mut first_row = 0;
-        parsed
-            .into_iter()
-            .map(|batch| {
-                let batch = batch?;
-                let rows = first_row..first_row + batch.rows;
-                first_row = rows.end;
-                match &merged {
-                    Some(scores) => Ok(scores.answer(rows)),
-                    None => Ok(self.run(batch.rows, &batch.data)?.answer(0..batch.rows)),
-                }
-            })
-            .collect()
+        let parsed = bodies.iter().map(|body| self.parse(body)).collect();
+        batch::merged(parsed, |rows, data| self.run(rows, data), Scores::answer)
     }
 
     /// Reads one request body into rows (and, in the `faulty` fixture,
@@ -180,6 +156,16 @@ impl Loaded {
             .compute(vec![(String::new(), input)])
             .map_err(|e| tensors::nn_error(ErrorKind::ModelFailure, "running the model", e))?;
         Scores::pick(&outputs, rows)
+    }
+}
+
+impl batch::Rows for predict_core::Batch {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn values(&self) -> &[f32] {
+        &self.data
     }
 }
 

@@ -24,6 +24,13 @@ use crate::routing::router::Want;
 /// under load would take capacity away exactly when it is needed (the
 /// balancer's `maxconn` and hadr's 503 handle saturation).
 pub(super) fn readyz(app: &PublicApp, target: &Scope) -> Result<Response<Full<Bytes>>, ApiError> {
+    if app.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the host is draining before it stops (SIGTERM with --drain); it still answers requests that arrive",
+        ));
+    }
     let ready = match target {
         Scope::Instance(i) => !i.is_broken(),
         Scope::Router => app
@@ -32,30 +39,20 @@ pub(super) fn readyz(app: &PublicApp, target: &Scope) -> Result<Response<Full<By
             .iter()
             .any(|i| i.role().serves() && i.can_take()),
     };
-    // Written only when it is sent.
-    let why_not = || {
-        match target {
-        Scope::Instance(i) => format!(
-            "instance `{}` has no working sandbox: its last fault could not be repaired yet",
-            i.name()
-        ),
-        Scope::Router => "no instance that takes traffic can take a request now (saturated, standby or without a working sandbox)".to_string(),
-    }
-    };
-    if app.draining.load(std::sync::atomic::Ordering::Acquire) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "the host is draining before it stops (SIGTERM with --drain); it still answers requests that arrive",
-        ));
-    }
     if ready {
         Ok(json(StatusCode::OK, &serde_json::json!({"ready": true})))
     } else {
+        let why_not = match target {
+            Scope::Instance(i) => format!(
+                "instance `{}` has no working sandbox: its last fault could not be repaired yet",
+                i.name()
+            ),
+            Scope::Router => "no instance that takes traffic can take a request now (saturated, standby or without a working sandbox)".to_string(),
+        };
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            why_not(),
+            why_not,
         ))
     }
 }
