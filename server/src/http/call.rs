@@ -77,14 +77,18 @@ pub(super) async fn call(
         }
     }
     let instance = lease.instance();
+    // Boxed: an instance's call is the deepest future of a request; on the
+    // heap, the futures above it stay small, and every await above it moves
+    // a pointer instead of kilobytes.
     let outcome = match want.version {
-        None => Instance::predict(instance, input.clone()).await,
-        Some(_) => Instance::predict_stable(instance, input.clone()).await,
+        None => Box::pin(Instance::predict(instance, input.clone())).await,
+        Some(_) => Box::pin(Instance::predict_stable(instance, input.clone())).await,
     };
     match outcome {
         Ok(out) => Ok(out),
+        // Boxed: the rare path, kept out of every request's future.
         Err(e) if e.is_instance_fault() => {
-            retry(app, target, want, lease, input, e, served_by).await
+            Box::pin(retry(app, target, want, lease, input, e, served_by)).await
         }
         Err(e) => Err(e.into()),
     }

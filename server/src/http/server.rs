@@ -107,7 +107,7 @@ async fn dispatch(
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
     match service {
         Service::Admin(app) => {
-            let response = super::admin::handle(&app, req).await;
+            let response = Box::pin(super::admin::handle(&app, req)).await;
             let mut response = response.unwrap_or_else(ApiError::into_response);
             if response.status() == hyper::StatusCode::UNAUTHORIZED {
                 // Whoever lacks the token gets one answer per connection: it
@@ -123,7 +123,7 @@ async fn dispatch(
             // The Open Inference Protocol under `/v2`, hadr's own routes elsewhere.
             let path = req.uri().path();
             if path == "/v2" || path.starts_with("/v2/") {
-                return Ok(super::v2::handle(&app, &scope, req).await);
+                return Ok(Box::pin(super::v2::handle(&app, &scope, req)).await);
             }
             api::handle(app, scope, req).await
         }

@@ -103,7 +103,9 @@ pub(super) async fn live<'a>(
     }
     match slot {
         Some(live) => Ok(live),
-        None => Ok(slot.insert(deployment.sandbox_for(runtime, name).await.0?)),
+        // Boxed: building a sandbox is the rare path, and its future would
+        // otherwise make every call's future (moved at each await) kilobytes larger.
+        None => Ok(slot.insert(Box::pin(deployment.sandbox_for(runtime, name)).await.0?)),
     }
 }
 
@@ -136,7 +138,7 @@ pub(super) async fn call(
         return (outcome, false, fired);
     }
     let faulted = Instant::now();
-    let (replacement, warm) = deployment.sandbox_for(runtime, name).await;
+    let (replacement, warm) = Box::pin(deployment.sandbox_for(runtime, name)).await;
     *slot = replacement.ok();
     let replaced = slot.is_some();
     tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
