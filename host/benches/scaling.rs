@@ -1,7 +1,7 @@
 //! How serving scales with cores and concurrency: the single and 2-active
 //! topologies (digits, 1 row per request, thresholds out of reach) with one
-//! call at a time per instance (`--concurrency 1`), with two, and with two
-//! and dynamic batching, against the native baseline (one model call per
+//! call at a time per instance (`--concurrency 1`), with two, and with
+//! dynamic batching and one sandbox per core, against the native baseline (one model call per
 //! request), on 1 and 2 cores (`taskset`) and at 16 and 64 connections, all
 //! in the same run.
 //!
@@ -93,12 +93,19 @@ fn main() {
         let cores = cpus.split(',').count();
         let runs = topologies
             .iter()
-            .flat_map(|(label, path)| [(*label, path, "1", ""), (*label, path, "2", "")])
-            .chain(
-                batched
-                    .iter()
-                    .map(|(label, path)| (*label, path, "2", ", batched")),
-            );
+            .flat_map(|(label, path)| {
+                [
+                    (*label, path, "1".to_string(), ""),
+                    (*label, path, "2".to_string(), ""),
+                ]
+            })
+            // Batched: one sandbox per core among the actives (two merged
+            // calls time-slicing one core make smaller batches).
+            .chain(batched.iter().map(|(label, path)| {
+                let actives = if *label == "single" { 1 } else { 2 };
+                let per_core = (cores / actives).max(1).to_string();
+                (*label, path, per_core, ", batched")
+            }));
         for (label, path, concurrency, batched) in runs {
             let mut command = Command::new("taskset");
             command
@@ -109,7 +116,7 @@ fn main() {
                     "--admin-listen",
                     "127.0.0.1:0",
                     "--concurrency",
-                    concurrency,
+                    &concurrency,
                 ])
                 .arg("--state-dir")
                 .arg(dir.join(format!("state-{cores}-{label}-{concurrency}{batched}")))
