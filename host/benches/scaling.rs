@@ -15,7 +15,8 @@
 //!
 //! Run: `scripts/build-guest && cargo build --release -p hadr-native-baseline &&
 //!       cargo bench -p hadr-host --bench scaling`
-//! Knobs (env): HADR_BENCH_ROUNDS (1), HADR_BENCH_SECONDS (4).
+//! Knobs (env): HADR_BENCH_ROUNDS (1), HADR_BENCH_SECONDS (4),
+//! HADR_BENCH_MODEL (digits; or placement, the article's forest).
 
 mod common;
 
@@ -45,12 +46,46 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// The dynamic batching the batched contenders run with.
 const BATCH: &str = r#"{"max_requests": 32, "max_delay": "200us"}"#;
 
-fn topology(dir: &Path, name: &str, entries: &[(&str, bool)], batch: bool) -> PathBuf {
+/// The model served, from `HADR_BENCH_MODEL`: `digits` (the default
+/// guest's MLP) or `placement` (the article's 512-tree forest, sent as rows
+/// of its 21 vectorised features so that the native server can read them).
+struct Model {
+    name: String,
+    /// The `.onnx` file, for the topology entries and the native server.
+    path: PathBuf,
+    /// One request's row.
+    row: serde_json::Value,
+}
+
+fn model() -> Model {
+    let name = std::env::var("HADR_BENCH_MODEL").unwrap_or_else(|_| "digits".into());
+    let cases = common::cases(&name);
+    let field = match name.as_str() {
+        "digits" => "input",
+        "placement" => "vector",
+        other => panic!("HADR_BENCH_MODEL={other}: use digits or placement"),
+    };
+    Model {
+        path: common::repo().join(format!("models/{name}.onnx")),
+        row: cases["cases"][0][field].clone(),
+        name,
+    }
+}
+
+fn topology(
+    dir: &Path,
+    name: &str,
+    entries: &[(&str, bool)],
+    model: &Path,
+    batch: bool,
+) -> PathBuf {
     let path = dir.join(format!("{name}.json"));
     let map: serde_json::Map<String, serde_json::Value> = entries
         .iter()
         .map(|(n, active)| {
-            let mut entry = serde_json::json!({"status": active, "load": 0, "max_load": 256});
+            let mut entry = serde_json::json!({
+                "status": active, "load": 0, "max_load": 256, "model": model,
+            });
             if batch {
                 entry["batch"] = serde_json::from_str(BATCH).unwrap();
             }
@@ -70,22 +105,35 @@ fn main() {
         native_exe.is_file(),
         "build the baseline first: cargo build --release -p hadr-native-baseline"
     );
+    let model = model();
     let dir = std::env::temp_dir().join(format!("hadr-scaling-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let two = [("predict1", true), ("predict2", true), ("predict3", false)];
     let topologies = [
         (
             "single",
-            topology(&dir, "single", &[("predict1", true)], false),
+            topology(&dir, "single", &[("predict1", true)], &model.path, false),
         ),
-        ("2-active", topology(&dir, "2-active", &two, false)),
+        (
+            "2-active",
+            topology(&dir, "2-active", &two, &model.path, false),
+        ),
     ];
     let batched = [
         (
             "single",
-            topology(&dir, "single-batched", &[("predict1", true)], true),
+            topology(
+                &dir,
+                "single-batched",
+                &[("predict1", true)],
+                &model.path,
+                true,
+            ),
         ),
-        ("2-active", topology(&dir, "2-active-batched", &two, true)),
+        (
+            "2-active",
+            topology(&dir, "2-active-batched", &two, &model.path, true),
+        ),
     ];
 
     let mut contenders = Vec::new();
@@ -131,7 +179,8 @@ fn main() {
         command
             .args(["-c", cpus])
             .arg(&native_exe)
-            .args(["--listen", "127.0.0.1:0"]);
+            .args(["--listen", "127.0.0.1:0", "--model"])
+            .arg(&model.path);
         contenders.push(Contender {
             name: format!("{cores} core(s) | native baseline"),
             command,
@@ -143,11 +192,9 @@ fn main() {
         .map(|c| (c.name, start(c.command, c.ready)))
         .collect();
 
-    let cases = common::cases("digits");
-    let body: bytes::Bytes =
-        serde_json::to_vec(&serde_json::json!({"inputs": [cases["cases"][0]["input"]]}))
-            .unwrap()
-            .into();
+    let body: bytes::Bytes = serde_json::to_vec(&serde_json::json!({"inputs": [model.row]}))
+        .unwrap()
+        .into();
     // One client thread beside a 1-core server (it has the other core to
     // itself), two beside a 2-core one.
     let one_thread = common::client_runtime();
@@ -199,7 +246,8 @@ fn main() {
         common::median(&mut v)
     };
     println!(
-        "\nPOST /predict, 1 row, {rounds} x {seconds} s rounds (medians); ratio = req/s over the native baseline's on the same cores and connections\n"
+        "\nPOST /predict, {}, 1 row, {rounds} x {seconds} s rounds (medians); ratio = req/s over the native baseline's on the same cores and connections\n",
+        model.name
     );
     println!(
         "| cores | server | connections | req/s | ratio | p99 µs | p99 ratio | CPU µs/request |"
