@@ -86,7 +86,9 @@ pub struct ServeArgs {
     /// entries served here, rounded up, and at least 2 (so the actives
     /// together use every core, and one hung call never holds a whole
     /// instance). `max_load` still counts requests in flight or waiting, as
-    /// in the article.
+    /// in the article. An entry that batches fills its batches best with one
+    /// sandbox per core it should use (two merged calls time-slicing a core
+    /// make smaller batches).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Sandboxes beyond the one an instance keeps are dropped after idling
