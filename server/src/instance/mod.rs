@@ -465,9 +465,10 @@ impl Instance {
         prepared: Prepared,
     ) -> Result<Answer, CallError> {
         let started = Instant::now();
-        // Boxed: rustc stores a callee's future beside its arguments, so
-        // each level of async fns above doubles; cut here, every level above
-        // (down from 14 KB to under 2) is cheap to create and move.
+        // Boxed: every level of async fns above is moved per request, and
+        // rustc keeps each one's arguments twice (rust-lang/rust#62958); on
+        // the heap, the sandbox call no longer grows the futures above it
+        // (see `http::api`'s `a_request_future_stays_small`).
         let outcome = Box::pin(self.execute(set, taken, deployment, prepared))
             .await
             .and_then(|reply| self.answer(deployment, reply));
