@@ -119,6 +119,7 @@ fn main() {
             topology(&dir, "2-active", &two, &model.path, false),
         ),
     ];
+    // With how many actives share the cores.
     let batched = [
         (
             "single",
@@ -129,10 +130,12 @@ fn main() {
                 &model.path,
                 true,
             ),
+            1,
         ),
         (
             "2-active",
             topology(&dir, "2-active-batched", &two, &model.path, true),
+            2,
         ),
     ];
 
@@ -149,8 +152,7 @@ fn main() {
             })
             // Batched: one sandbox per core among the actives (two merged
             // calls time-slicing one core make smaller batches).
-            .chain(batched.iter().map(|(label, path)| {
-                let actives = if *label == "single" { 1 } else { 2 };
+            .chain(batched.iter().map(|(label, path, actives)| {
                 let per_core = (cores / actives).max(1).to_string();
                 (*label, path, per_core, ", batched")
             }));

@@ -160,8 +160,8 @@ mod tests {
     /// A request's future is moved (memcpy'd) at every level of async fns
     /// above the sandbox call, and rustc keeps an async fn's arguments both
     /// in its caller's state and its own (rust-lang/rust#62958): 5,192
-    /// bytes before the sandbox call, the instance's call and the rare paths
-    /// were boxed, 4,072 with only the rare paths boxed, 1,936 now.
+    /// bytes before the sandbox call and the rare paths were boxed, 4,072
+    /// with only the rare paths boxed, 2,496 now.
     #[test]
     #[cfg_attr(
         debug_assertions,

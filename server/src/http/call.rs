@@ -77,12 +77,9 @@ pub(super) async fn call(
         }
     }
     let instance = lease.instance();
-    // Boxed: an instance's call is the deepest future of a request; on the
-    // heap, the futures above it stay small, and every await above it moves
-    // a pointer instead of kilobytes.
     let outcome = match want.version {
-        None => Box::pin(Instance::predict(instance, input.clone())).await,
-        Some(_) => Box::pin(Instance::predict_stable(instance, input.clone())).await,
+        None => Instance::predict(instance, input.clone()).await,
+        Some(_) => Instance::predict_stable(instance, input.clone()).await,
     };
     match outcome {
         Ok(out) => Ok(out),

@@ -123,7 +123,7 @@ async fn dispatch(
             // The Open Inference Protocol under `/v2`, hadr's own routes elsewhere.
             let path = req.uri().path();
             if path == "/v2" || path.starts_with("/v2/") {
-                return Ok(Box::pin(super::v2::handle(&app, &scope, req)).await);
+                return Ok(super::v2::handle(&app, &scope, req).await);
             }
             api::handle(app, scope, req).await
         }

@@ -103,8 +103,8 @@ pub(super) async fn live<'a>(
     }
     match slot {
         Some(live) => Ok(live),
-        // Boxed: building a sandbox is the rare path, and its future would
-        // otherwise make every call's future (moved at each await) kilobytes larger.
+        // Boxed: building a sandbox is the rare path; inline, its future
+        // would enlarge every call's future, which is moved at each await.
         None => Ok(slot.insert(Box::pin(deployment.sandbox_for(runtime, name)).await.0?)),
     }
 }

@@ -50,6 +50,7 @@ use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use crate::sandbox::deployment::Deployment;
 use crate::sandbox::engine::HostRuntime;
 use crate::sandbox::sandboxes::{Elasticity, Sandboxes, Taken};
+use crate::serving::Canary;
 use crate::topology::InstanceSpec;
 use batch::{Batch, Batcher, Delivery, Joined};
 use call::{call, live, Prepared, Reply};
@@ -383,8 +384,8 @@ impl Instance {
         };
         match chosen {
             None => self.run(&self.sandboxes, deployment, body, batched).await,
-            // Boxed: a canary's three possible calls would otherwise make
-            // every request's future (moved at each await) kilobytes larger.
+            // Boxed: inline, a canary's three possible calls would enlarge
+            // every request's future, which is moved at each await.
             Some(canary) => Box::pin(self.run_canary(canary, body, batched)).await,
         }
     }
@@ -392,7 +393,7 @@ impl Instance {
     /// One call on the canary `canary`: see [`Self::predict_on`].
     async fn run_canary(
         self: &Arc<Self>,
-        canary: Arc<crate::serving::Canary>,
+        canary: Arc<Canary>,
         body: Input,
         batched: bool,
     ) -> Result<Answer, CallError> {
