@@ -96,6 +96,23 @@ fn topology(
     path
 }
 
+/// Sandboxes per instance a batched topology runs with: one per core among
+/// its actives (two merged calls time-slicing one core make smaller batches).
+fn per_core(cores: usize, actives: usize) -> usize {
+    (cores / actives).max(1)
+}
+
+/// A result's key: hadr's `label` topology on `cores` cores at
+/// `connections`, unbatched at concurrency 2, batched at [`per_core`].
+fn hadr_key(cores: usize, label: &str, batched: bool, connections: usize) -> String {
+    let actives = if label == "single" { 1 } else { 2 };
+    let (concurrency, suffix) = match batched {
+        true => (per_core(cores, actives), ", batched"),
+        false => (2, ""),
+    };
+    format!("{cores} core(s) | hadr {label}, concurrency {concurrency}{suffix} | {connections}")
+}
+
 fn main() {
     let rounds = env("HADR_BENCH_ROUNDS", 1) as usize;
     let seconds = env("HADR_BENCH_SECONDS", 4);
@@ -150,10 +167,9 @@ fn main() {
                     (*label, path, "2".to_string(), ""),
                 ]
             })
-            // Batched: one sandbox per core among the actives (two merged
-            // calls time-slicing one core make smaller batches).
+            // Batched: one sandbox per core among the actives (per_core).
             .chain(batched.iter().map(|(label, path, actives)| {
-                let per_core = (cores / actives).max(1).to_string();
+                let per_core = per_core(cores, *actives).to_string();
                 (*label, path, per_core, ", batched")
             }));
         for (label, path, concurrency, batched) in runs {
@@ -276,25 +292,21 @@ fn main() {
     for label in ["single", "2-active"] {
         for batched in ["", ", batched"] {
             for connections in [16usize, 64] {
-                let at = |cores: &str| {
-                    let key = format!(
-                        "{cores} core(s) | hadr {label}, concurrency 2{batched} | {connections}"
-                    );
+                let at = |cores: usize| {
+                    let key = hadr_key(cores, label, !batched.is_empty(), connections);
                     median_of(&reports, &key, |r| r.rps)
                 };
                 println!(
-                    "{label}, concurrency 2{batched}, {connections} connections: 2 cores / 1 core = {:.2}",
-                    at("2") / at("1")
+                    "{label}{batched}, {connections} connections: 2 cores / 1 core = {:.2}",
+                    at(2) / at(1)
                 );
             }
         }
     }
-    println!("\nBatching ({BATCH}) against the same topology unbatched, concurrency 2, 2 cores:");
+    println!("\nBatching ({BATCH}) against the same topology unbatched (concurrency 2), 2 cores:");
     for label in ["single", "2-active"] {
         for connections in [16usize, 64] {
-            let key = |batched: &str| {
-                format!("2 core(s) | hadr {label}, concurrency 2{batched} | {connections}")
-            };
+            let key = |batched: &str| hadr_key(2, label, !batched.is_empty(), connections);
             let p99 = |k: &str| median_of(&reports, k, |r| r.p99_us as f64);
             let rps = |k: &str| median_of(&reports, k, |r| r.rps);
             println!(
