@@ -84,7 +84,7 @@ async fn replacement(
         let warm = i % 2 == 0;
         deployment.fill_pool(runtime).await.unwrap();
         let mut live = deployment.instantiate(runtime, "bench").await.unwrap();
-        live.arm(Fault::Trap).await.unwrap();
+        live.arm(Fault::Trap, &Default::default()).await.unwrap();
         assert!(live.predict(body).await.is_err(), "the armed trap fired");
         drop(live);
         let trapped = Instant::now();

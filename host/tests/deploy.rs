@@ -575,3 +575,30 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/<pid>/status")
 }
+
+/// A fault armed in a sandbox that a deploy replaces before the fault
+/// fires goes with that sandbox: `/topology` stops showing it, nothing
+/// counts it as fired, and the next fault can be armed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_armed_in_a_replaced_sandbox_goes_with_it() {
+    let dir = TempDir::new("disarm");
+    let guest = variant_guest(&dir);
+    let host = Host::start(&free_ports("single.json"), &[]);
+    let (s, _, b) = common::chaos(&host, "predict1", "trap").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(host.topology().await["predict1"]["armed_fault"], "trap");
+    let outcome = deploy(&host, &["--module", guest.to_str().unwrap()]);
+    assert_eq!(outcome["action"], "deployed", "{outcome}");
+    let until = Instant::now() + Duration::from_secs(5);
+    let t = loop {
+        let t = host.topology().await;
+        if t["predict1"].get("armed_fault").is_none() || Instant::now() > until {
+            break t;
+        }
+        tokio::time::sleep(common::POLL).await;
+    };
+    assert!(t["predict1"].get("armed_fault").is_none(), "{t}");
+    assert_eq!(t["predict1"]["faults_fired"], 0, "{t}");
+    let (s, _, b) = common::chaos(&host, "predict1", "hang").await;
+    assert_eq!(s, StatusCode::OK, "a new fault can be armed: {b}");
+}

@@ -125,12 +125,15 @@ pub(super) async fn call(
         Ok(live) => live,
         Err(e) => return (Err(e), false, false),
     };
-    let fired = live.armed().is_some();
+    let armed = live.armed().is_some();
     let outcome = match input {
         Prepared::Body(body) => live.predict(body).await.map(Reply::Json),
         Prepared::Tensors(tensors) => live.infer(tensors).await.map(Reply::Tensors),
         Prepared::Batch(bodies) => live.predict_batch(bodies).await.map(Reply::Batch),
     };
+    // Fired only if the call went into the guest: one the host refused
+    // first (an infer on a guest without `tensors`) leaves it armed.
+    let fired = armed && live.armed().is_none();
     let Err(e) = &outcome else {
         return (outcome, false, fired);
     };

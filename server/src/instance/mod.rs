@@ -328,15 +328,11 @@ impl Instance {
         let deployment = self.deployment();
         let mut taken = self.sandboxes.take(&deployment.version).await;
         let outcome = match live(&mut taken.live, &deployment, &self.runtime, self.name()).await {
-            Ok(live) => live.arm(fault).await,
+            Ok(live) => live.arm(fault, &self.stats.armed).await,
             Err(e) => Err(e),
         };
-        match &outcome {
-            Ok(()) => self
-                .stats
-                .set_armed(crate::sandbox::live::fault_name(fault)),
-            Err(e) if e.is_instance_fault() => taken.live = None,
-            Err(_) => {}
+        if matches!(&outcome, Err(e) if e.is_instance_fault()) {
+            taken.live = None;
         }
         self.sandboxes.put_back(taken);
         outcome

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hadr_state::{FaultRecord, InstanceRecord};
 
-use crate::sandbox::live::CallError;
+use crate::sandbox::live::{ArmedFault, CallError};
 use crate::serving::now_rfc3339;
 
 /// A fault as `/topology` shows it.
@@ -36,7 +36,7 @@ pub(super) struct Stats {
     /// Its last fault could not be repaired: it has no working sandbox.
     pub(super) broken: AtomicBool,
     /// The chaos fault armed in one of its sandboxes and not fired yet.
-    pub(super) armed: Mutex<Option<&'static str>>,
+    pub(super) armed: ArmedFault,
     /// Chaos faults that fired (the calls that ran into an armed fault).
     pub(super) faults_fired: AtomicU64,
     /// The most recent fault.
@@ -68,7 +68,7 @@ impl Stats {
         }
         if fired {
             self.faults_fired.fetch_add(1, Ordering::Relaxed);
-            *lock(&self.armed) = None;
+            self.armed.clear();
         }
         self.broken.store(broken, Ordering::Relaxed);
     }
@@ -122,11 +122,7 @@ impl Stats {
 
     /// The fault armed and not fired yet.
     pub(super) fn armed(&self) -> Option<&'static str> {
-        *lock(&self.armed)
-    }
-
-    pub(super) fn set_armed(&self, fault: &'static str) {
-        *lock(&self.armed) = Some(fault);
+        self.armed.get()
     }
 
     pub(super) fn last_fault(&self) -> Option<LastFault> {
@@ -176,7 +172,9 @@ mod tests {
     #[test]
     fn a_fired_fault_is_no_longer_armed() {
         let stats = Stats::default();
-        stats.set_armed("trap");
+        stats
+            .armed
+            .set(crate::bindings::drillable::exports::hadr::predictor::chaos::Fault::Trap);
         stats.after_call(true, true, false);
         assert_eq!(stats.armed(), None);
         assert_eq!(stats.faults_fired.load(Ordering::Relaxed), 1);

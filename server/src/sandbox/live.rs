@@ -9,6 +9,7 @@
 //! It uses only the bindings, the guest log and the host runtime's types;
 //! deployments build sandboxes and instances call them.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
@@ -138,6 +139,34 @@ impl CallError {
     }
 }
 
+/// Where an instance reports the chaos fault armed in one of its
+/// sandboxes: set when the fault is armed, cleared when it fires, or when
+/// the sandbox holding it is dropped first (a deploy replaced it, or its
+/// caller went away), so an instance never reports, and refuses a new
+/// fault for, a fault no sandbox holds any more.
+#[derive(Debug, Clone, Default)]
+pub struct ArmedFault(Arc<Mutex<Option<&'static str>>>);
+
+impl ArmedFault {
+    /// The fault armed and not fired yet.
+    pub fn get(&self) -> Option<&'static str> {
+        *self.lock()
+    }
+
+    /// No fault armed any more.
+    pub fn clear(&self) {
+        *self.lock() = None;
+    }
+
+    pub(crate) fn set(&self, fault: Fault) {
+        *self.lock() = Some(fault_name(fault));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<&'static str>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A guest's optional exports, as bound in one store.
 pub(crate) struct Optional {
     /// Its own fault injection (`chaos`).
@@ -158,6 +187,9 @@ pub struct Live {
     injected: Option<Fault>,
     /// The fault armed for the next call (either way), until it fires.
     armed: Option<Fault>,
+    /// Where the armed fault is reported, cleared if this sandbox is
+    /// dropped before the fault fires.
+    reported: Option<ArmedFault>,
     deadline_ticks: u64,
     version: String,
     pub(crate) log: LogName,
@@ -186,6 +218,7 @@ impl Live {
             optional,
             injected: None,
             armed: None,
+            reported: None,
             deadline_ticks,
             version,
             log,
@@ -208,8 +241,9 @@ impl Live {
     }
 
     /// Arms a chaos fault for the next `predict`: inside the guest when it
-    /// exports `chaos`, else from the host (trap and hang only).
-    pub async fn arm(&mut self, fault: Fault) -> Result<(), CallError> {
+    /// exports `chaos`, else from the host (trap and hang only). Reports it
+    /// in `report` until it fires or this sandbox is dropped.
+    pub async fn arm(&mut self, fault: Fault, report: &ArmedFault) -> Result<(), CallError> {
         if let Some(armed) = self.armed {
             return Err(CallError::AlreadyArmed(fault_name(armed)));
         }
@@ -218,7 +252,7 @@ impl Live {
                 return Err(CallError::NotDrillable("oom"));
             }
             self.injected = Some(fault);
-            self.armed = Some(fault);
+            self.armed_in(fault, report);
             return Ok(());
         };
         start_call(&mut self.store, self.deadline_ticks);
@@ -231,8 +265,14 @@ impl Live {
         )
         .await?
         .map_err(|e| CallError::from_wasmtime("arming a fault", e, deadline))?;
-        self.armed = Some(fault);
+        self.armed_in(fault, report);
         Ok(())
+    }
+
+    fn armed_in(&mut self, fault: Fault, report: &ArmedFault) {
+        self.armed = Some(fault);
+        report.set(fault);
+        self.reported = Some(report.clone());
     }
 
     /// One prediction, interrupted at the deadline. An `Err` other than
@@ -305,25 +345,25 @@ impl Live {
         if self.optional.tensors.is_none() {
             return Err(CallError::NoTensors);
         }
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        // The same budget, yields and wall-clock bound as `predict`: a
+        // spinning infer must not hold a worker thread, nor a blocked one
+        // its sandbox.
+        start_call(&mut self.store, self.deadline_ticks);
+        self.armed = None;
         if let Some(fault) = self.injected.take() {
             self.inject(fault);
         }
+        let deadline = self.deadline();
         let Some(tensors) = &self.optional.tensors else {
             unreachable!("checked above");
         };
-        match tensors
+        let call = tensors
             .hadr_predictor_tensors()
-            .call_infer(&mut self.store, inputs)
-            .await
-        {
+            .call_infer(&mut self.store, inputs);
+        match within(deadline, call).await? {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
-            Err(e) => Err(CallError::from_wasmtime(
-                "calling infer",
-                e,
-                self.deadline(),
-            )),
+            Err(e) => Err(CallError::from_wasmtime("calling infer", e, deadline)),
         }
     }
 
@@ -342,6 +382,14 @@ impl Live {
             Fault::Hang => Ok(wasmtime::UpdateDeadline::Interrupt),
             _ => Err(InjectedTrap.into()),
         });
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let (Some(_), Some(reported)) = (self.armed, &self.reported) {
+            reported.clear();
+        }
     }
 }
 
