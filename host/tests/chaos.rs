@@ -419,6 +419,27 @@ fn assert_own_error(status: StatusCode, body: &serde_json::Value, expected: Stat
     assert!(message.contains("failed on two instances"), "{body}");
 }
 
+/// Two faults armed at once on an instance with two sandboxes: one is
+/// armed, the other refused, as one after the other would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_faults_armed_at_once_arm_one() {
+    let topology = common::with_fields("single.json", &[("concurrency", 2.into())]);
+    let host = Host::start(&topology, &[]);
+    let (a, b) = tokio::join!(
+        chaos(&host, "predict1", "trap"),
+        chaos(&host, "predict1", "hang")
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{} / {}",
+        a.2,
+        b.2
+    );
+}
+
 /// A second fault armed before the first has fired is refused with 409, not
 /// lost; `/topology` shows the armed one until a call fires it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

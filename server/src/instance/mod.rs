@@ -322,17 +322,22 @@ impl Instance {
     /// takes that sandbox and fails inside it. Builds a sandbox first if
     /// none is idle; one fault at a time per instance.
     pub async fn arm(&self, fault: Fault) -> Result<(), CallError> {
-        if let Some(armed) = self.stats.armed() {
-            return Err(CallError::AlreadyArmed(armed));
-        }
+        // Claimed first: two arms at once on two sandboxes arm one fault.
+        let claim = self
+            .stats
+            .armed
+            .claim(fault)
+            .map_err(CallError::AlreadyArmed)?;
         let deployment = self.deployment();
         let mut taken = self.sandboxes.take(&deployment.version).await;
         let outcome = match live(&mut taken.live, &deployment, &self.runtime, self.name()).await {
             Ok(live) => live.arm(fault, &self.stats.armed).await,
             Err(e) => Err(e),
         };
-        if matches!(&outcome, Err(e) if e.is_instance_fault()) {
-            taken.live = None;
+        match &outcome {
+            Ok(()) => claim.keep(),
+            Err(e) if e.is_instance_fault() => taken.live = None,
+            Err(_) => {}
         }
         self.sandboxes.put_back(taken);
         outcome

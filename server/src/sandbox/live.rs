@@ -162,8 +162,41 @@ impl ArmedFault {
         *self.lock() = Some(fault_name(fault));
     }
 
+    /// Claims the report for `fault` before it is armed, so that two arms
+    /// racing cannot both pass; `Err` names the fault already armed. The
+    /// claim is given up when dropped unless [`Claim::keep`] says the fault
+    /// was armed.
+    pub fn claim(&self, fault: Fault) -> Result<Claim<'_>, &'static str> {
+        let mut armed = self.lock();
+        if let Some(already) = *armed {
+            return Err(already);
+        }
+        *armed = Some(fault_name(fault));
+        Ok(Claim(Some(self)))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<&'static str>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A claim on an [`ArmedFault`] while its fault is being armed.
+#[derive(Debug)]
+pub struct Claim<'a>(Option<&'a ArmedFault>);
+
+impl Claim<'_> {
+    /// The fault was armed: it is reported until it fires or its sandbox
+    /// is dropped.
+    pub fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(report) = self.0 {
+            report.clear();
+        }
     }
 }
 
