@@ -172,9 +172,8 @@ mod tests {
     #[test]
     fn a_fired_fault_is_no_longer_armed() {
         let stats = Stats::default();
-        stats
-            .armed
-            .set(crate::bindings::drillable::exports::hadr::predictor::chaos::Fault::Trap);
+        let trap = crate::bindings::drillable::exports::hadr::predictor::chaos::Fault::Trap;
+        stats.armed.claim(trap).unwrap().keep();
         stats.after_call(true, true, false);
         assert_eq!(stats.armed(), None);
         assert_eq!(stats.faults_fired.load(Ordering::Relaxed), 1);

@@ -140,7 +140,7 @@ impl CallError {
 }
 
 /// Where an instance reports the chaos fault armed in one of its
-/// sandboxes: set when the fault is armed, cleared when it fires, or when
+/// sandboxes: claimed before the fault is armed, cleared when it fires, or when
 /// the sandbox holding it is dropped first (a deploy replaced it, or its
 /// caller went away), so an instance never reports, and refuses a new
 /// fault for, a fault no sandbox holds any more.
@@ -156,10 +156,6 @@ impl ArmedFault {
     /// No fault armed any more.
     pub fn clear(&self) {
         *self.lock() = None;
-    }
-
-    pub(crate) fn set(&self, fault: Fault) {
-        *self.lock() = Some(fault_name(fault));
     }
 
     /// Claims the report for `fault` before it is armed, so that two arms
@@ -274,8 +270,9 @@ impl Live {
     }
 
     /// Arms a chaos fault for the next `predict`: inside the guest when it
-    /// exports `chaos`, else from the host (trap and hang only). Reports it
-    /// in `report` until it fires or this sandbox is dropped.
+    /// exports `chaos`, else from the host (trap and hang only). `report`,
+    /// which the caller claimed for it, is cleared if this sandbox is
+    /// dropped before the fault fires.
     pub async fn arm(&mut self, fault: Fault, report: &ArmedFault) -> Result<(), CallError> {
         if let Some(armed) = self.armed {
             return Err(CallError::AlreadyArmed(fault_name(armed)));
@@ -304,19 +301,24 @@ impl Live {
 
     fn armed_in(&mut self, fault: Fault, report: &ArmedFault) {
         self.armed = Some(fault);
-        report.set(fault);
         self.reported = Some(report.clone());
+    }
+
+    /// Starts a guest call of `ticks` budget: the armed fault (if any)
+    /// fires in it. Returns the call's deadline.
+    fn begin(&mut self, ticks: u64) -> Duration {
+        start_call(&mut self.store, ticks);
+        self.armed = None;
+        if let Some(fault) = self.injected.take() {
+            self.inject(fault);
+        }
+        crate::sandbox::engine::ticks_duration(ticks)
     }
 
     /// One prediction, interrupted at the deadline. An `Err` other than
     /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
     pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
-        start_call(&mut self.store, self.deadline_ticks);
-        self.armed = None;
-        if let Some(fault) = self.injected.take() {
-            self.inject(fault);
-        }
-        let deadline = self.deadline();
+        let deadline = self.begin(self.deadline_ticks);
         match within(deadline, self.predictor.call_predict(&mut self.store, body)).await? {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
@@ -345,12 +347,7 @@ impl Live {
         // them, up to MERGED_DEADLINES deadlines, so a healthy batch is not
         // taken for a hung call and a hung one still holds the others little.
         let ticks = self.deadline_ticks * bodies.len().clamp(1, MERGED_DEADLINES) as u64;
-        start_call(&mut self.store, ticks);
-        self.armed = None;
-        if let Some(fault) = self.injected.take() {
-            self.inject(fault);
-        }
-        let deadline = crate::sandbox::engine::ticks_duration(ticks);
+        let deadline = self.begin(ticks);
         let Some(batch) = &self.optional.batch else {
             unreachable!("checked above");
         };
@@ -381,12 +378,7 @@ impl Live {
         // The same budget, yields and wall-clock bound as `predict`: a
         // spinning infer must not hold a worker thread, nor a blocked one
         // its sandbox.
-        start_call(&mut self.store, self.deadline_ticks);
-        self.armed = None;
-        if let Some(fault) = self.injected.take() {
-            self.inject(fault);
-        }
-        let deadline = self.deadline();
+        let deadline = self.begin(self.deadline_ticks);
         let Some(tensors) = &self.optional.tensors else {
             unreachable!("checked above");
         };
