@@ -513,3 +513,61 @@ async fn two_hundred_injections_at_ten_a_second_fire_exactly_two_hundred_faults(
     assert_eq!(t["predict1"]["traps"], 200, "{t}");
     eprintln!("200 faults fired; {refused} injections refused while one was armed");
 }
+
+/// A client that hangs up while its call runs on the blocking pool
+/// (`--offload-above 0s`) leaves nothing behind: the call goes on to its
+/// armed hang, and the replacement of the faulted sandbox goes back to the
+/// instance; the fault counts as fired, replaced and failed, as if the
+/// client had waited for its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_on_an_offloaded_call_loses_no_sandbox_and_no_count() {
+    use tokio::io::AsyncWriteExt;
+    let host = Host::start(
+        &free_ports("single.json"),
+        &["--deadline", "500ms", "--offload-above", "0s"],
+    );
+    all_answered(&host, 1, "before the fault").await;
+    let (s, _, b) = chaos(&host, "predict1", "hang").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let addr = host.instance_addr("predict1").await;
+    let body = row();
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /predict HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&body).await.unwrap();
+    // Hang up once the call runs (the hang holds it for the deadline).
+    let sandboxes = |t: &serde_json::Value| t["predict1"]["sandboxes"].clone();
+    wait_for(&host, "the call to start", |t| sandboxes(t)["busy"] == 1).await;
+    drop(client);
+    wait_for(&host, "the hang to end", |t| {
+        sandboxes(t)["busy"] == 0 && t["predict1"]["faults_fired"] == 1
+    })
+    .await;
+    let t = host.topology().await;
+    assert_eq!(sandboxes(&t)["idle"], 1, "the replacement is back: {t}");
+    for counter in ["respawns", "traps", "failed"] {
+        assert_eq!(t["predict1"][counter], 1, "{counter}: {t}");
+    }
+    assert_eq!(t["predict1"]["broken"], false, "{t}");
+    assert!(t["predict1"].get("armed_fault").is_none(), "{t}");
+    all_answered(&host, 2, "after the hang").await;
+}
+
+/// Polls `/topology` until `done` holds of it, for at most 10 s.
+async fn wait_for(host: &Host, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let t = host.topology().await;
+        if done(&t) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {what}: {t}"
+        );
+        tokio::time::sleep(common::POLL).await;
+    }
+}

@@ -58,6 +58,39 @@ use load::Load;
 use stats::Stats;
 
 pub use crate::sandbox::live::{CallError, Live};
+
+/// Which of an instance's sandbox sets a call runs in. Named rather than
+/// borrowed, so that a call offloaded to the blocking pool can give its
+/// sandbox back after the request that started it is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// The version in force's.
+    Current,
+    /// The canary's.
+    Canary,
+}
+
+/// An offloaded call's outcome on its way back to its request. Dropped
+/// unclaimed (the request was dropped while the call ran: its client hung
+/// up), a failure still counts as the request would have counted it.
+struct Unclaimed {
+    instance: Arc<Instance>,
+    outcome: Option<Result<Reply, CallError>>,
+}
+
+impl Unclaimed {
+    fn claim(mut self) -> Result<Reply, CallError> {
+        self.outcome.take().expect("an outcome is claimed once")
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(Err(e)) = &self.outcome {
+            self.instance.stats.count(Err(e));
+        }
+    }
+}
 pub use crate::serving::{InForce, Serving, Source};
 pub use call::{Answer, Input};
 pub use load::Role;
@@ -384,7 +417,7 @@ impl Instance {
             (serving.current.deployment.clone(), chosen)
         };
         match chosen {
-            None => self.run(&self.sandboxes, deployment, body, batched).await,
+            None => self.run(Slot::Current, deployment, body, batched).await,
             // Boxed: inline, a canary's three possible calls would enlarge
             // every request's future, which is moved at each await.
             Some(canary) => Box::pin(self.run_canary(canary, body, batched)).await,
@@ -399,12 +432,7 @@ impl Instance {
         batched: bool,
     ) -> Result<Answer, CallError> {
         let outcome = self
-            .run(
-                &self.canary_sandboxes,
-                canary.deployment.clone(),
-                body.clone(),
-                false,
-            )
+            .run(Slot::Canary, canary.deployment.clone(), body.clone(), false)
             .await;
         if self.serving.load().canary.is_none() {
             // The canary ended while this call ran: free its sandboxes.
@@ -415,7 +443,7 @@ impl Instance {
             Err(e) if e.is_instance_fault() => canary.record(true),
             Err(refused) => {
                 let stable = self
-                    .run(&self.sandboxes, self.deployment(), body, batched)
+                    .run(Slot::Current, self.deployment(), body, batched)
                     .await;
                 let both_bad_input =
                     refused.is_bad_input() && matches!(&stable, Err(e) if e.is_bad_input());
@@ -426,12 +454,12 @@ impl Instance {
         outcome
     }
 
-    /// One call in a sandbox of `deployment` from `set`, waiting for a
-    /// place; merged into a batch with others when `batched` and the entry
-    /// batches.
+    /// One call in a sandbox of `deployment` from `slot`'s set, waiting for
+    /// a place; merged into a batch with others when `batched` and the
+    /// entry batches.
     async fn run(
         self: &Arc<Self>,
-        set: &Sandboxes,
+        slot: Slot,
         deployment: Arc<Deployment>,
         input: Input,
         batched: bool,
@@ -443,25 +471,25 @@ impl Instance {
             (Some(batcher), Prepared::Body(body)) if batched => {
                 self.run_batched(batcher, &deployment, body).await
             }
-            (_, prepared) => self.run_alone(set, &deployment, prepared).await,
+            (_, prepared) => self.run_alone(slot, &deployment, prepared).await,
         }
     }
 
     /// One call on its own, waiting for a place.
     async fn run_alone(
-        &self,
-        set: &Sandboxes,
+        self: &Arc<Self>,
+        slot: Slot,
         deployment: &Arc<Deployment>,
         prepared: Prepared,
     ) -> Result<Answer, CallError> {
-        let taken = set.take(&deployment.version).await;
-        self.run_taken(set, taken, deployment, prepared).await
+        let taken = self.set(slot).take(&deployment.version).await;
+        self.run_taken(slot, taken, deployment, prepared).await
     }
 
     /// One call on its own in the place `taken` holds.
     async fn run_taken(
-        &self,
-        set: &Sandboxes,
+        self: &Arc<Self>,
+        slot: Slot,
         taken: Taken,
         deployment: &Arc<Deployment>,
         prepared: Prepared,
@@ -471,7 +499,7 @@ impl Instance {
         // rustc keeps each one's arguments twice (rust-lang/rust#62958); on
         // the heap, the sandbox call no longer grows the futures above it
         // (see `http::api`'s `a_request_future_stays_small`).
-        let outcome = Box::pin(self.execute(set, taken, deployment, prepared))
+        let outcome = Box::pin(self.execute(slot, taken, deployment, prepared))
             .await
             .and_then(|reply| self.answer(deployment, reply));
         self.stats
@@ -489,16 +517,16 @@ impl Instance {
         deployment: &Arc<Deployment>,
         body: bytes::Bytes,
     ) -> Result<Answer, CallError> {
-        let set = &self.sandboxes;
+        let slot = Slot::Current;
         let answer = match batcher.join(&deployment.version, body.clone()) {
             Joined::Follower(answer) => answer,
-            Joined::Alone => return self.run_alone(set, deployment, Prepared::Body(body)).await,
+            Joined::Alone => return self.run_alone(slot, deployment, Prepared::Body(body)).await,
             Joined::Leader(lead) => {
-                let taken = set.take(&deployment.version).await;
+                let taken = self.set(slot).take(&deployment.version).await;
                 let batch = lead.close().await;
                 if batch.followers.is_empty() {
                     return self
-                        .run_taken(set, taken, deployment, Prepared::Body(body))
+                        .run_taken(slot, taken, deployment, Prepared::Body(body))
                         .await;
                 }
                 // The merged call runs on a task of its own: the leader's
@@ -521,7 +549,7 @@ impl Instance {
                 outcome
             }
             // The merged call faulted, or its task is gone: alone.
-            Err(_) => self.run_alone(set, deployment, Prepared::Body(body)).await,
+            Err(_) => self.run_alone(slot, deployment, Prepared::Body(body)).await,
         }
     }
 
@@ -529,7 +557,7 @@ impl Instance {
     /// each request its answer (the leader's through `own`); if the call
     /// faults, drops every channel, so each request runs again on its own.
     async fn run_merged(
-        &self,
+        self: &Arc<Self>,
         batch: Batch,
         own: tokio::sync::oneshot::Sender<Delivery>,
         taken: Taken,
@@ -542,7 +570,7 @@ impl Instance {
         let bodies = batch.bodies.iter().map(|b| b.to_vec()).collect();
         let started = Instant::now();
         let reply = self
-            .execute(&self.sandboxes, taken, &deployment, Prepared::Batch(bodies))
+            .execute(Slot::Current, taken, &deployment, Prepared::Batch(bodies))
             .await;
         self.stats.cost(started.elapsed());
         match reply {
@@ -567,42 +595,22 @@ impl Instance {
     /// Runs `prepared` in the sandbox `taken` holds a place for: on this
     /// task, or on the blocking pool for an instance whose calls have been
     /// taking longer than `offload_above`. Records what the call did to its
-    /// sandbox and gives the sandbox back.
+    /// sandbox and gives the sandbox back to `slot`'s set.
+    ///
+    /// An offloaded call finishes on its own thread: if the request waiting
+    /// for it is dropped meanwhile (its client hung up), the sandbox still
+    /// goes back and the call still counts (see [`Unclaimed`]). A call on
+    /// the request's task dropped at one of its awaits drops its sandbox
+    /// with it: a store left in the middle of a call is not reused.
     async fn execute(
-        &self,
-        set: &Sandboxes,
+        self: &Arc<Self>,
+        slot: Slot,
         mut taken: Taken,
         deployment: &Arc<Deployment>,
         prepared: Prepared,
     ) -> Result<Reply, CallError> {
         let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
-        let outcome = if self.stats.cost_us.load(Ordering::Relaxed) >= offload_above {
-            let runtime = self.runtime.clone();
-            let name = self.spec.name.clone();
-            let handle = Handle::current();
-            let deployment = deployment.clone();
-            let offloaded = tokio::task::spawn_blocking(move || {
-                let outcome = handle.block_on(call(
-                    &mut taken.live,
-                    &deployment,
-                    &runtime,
-                    &name,
-                    &prepared,
-                ));
-                (taken, outcome)
-            })
-            .await;
-            match offloaded {
-                Ok((back, outcome)) => {
-                    set.put_back(back);
-                    outcome
-                }
-                Err(e) => {
-                    let e = CallError::Trap(format!("the call's thread failed: {e}"));
-                    (Err(e), false, false)
-                }
-            }
-        } else {
+        if self.stats.cost_us.load(Ordering::Relaxed) < offload_above {
             let outcome = call(
                 &mut taken.live,
                 deployment,
@@ -611,13 +619,53 @@ impl Instance {
                 &prepared,
             )
             .await;
-            set.put_back(taken);
-            outcome
-        };
-        let (outcome, replaced, fired) = outcome;
+            return self.finish(slot, taken, outcome);
+        }
+        let instance = self.clone();
+        let handle = Handle::current();
+        let deployment = deployment.clone();
+        let offloaded = tokio::task::spawn_blocking(move || {
+            let outcome = handle.block_on(call(
+                &mut taken.live,
+                &deployment,
+                &instance.runtime,
+                instance.name(),
+                &prepared,
+            ));
+            let outcome = Some(instance.finish(slot, taken, outcome));
+            Unclaimed { instance, outcome }
+        })
+        .await;
+        match offloaded {
+            Ok(unclaimed) => unclaimed.claim(),
+            Err(e) => {
+                // The sandbox went down with the thread.
+                self.stats.after_call(false, false, true);
+                Err(CallError::Trap(format!("the call's thread failed: {e}")))
+            }
+        }
+    }
+
+    /// After a call: gives its sandbox (or the replacement of a faulted one)
+    /// back to `slot`'s set, and records what the call did to it.
+    fn finish(
+        &self,
+        slot: Slot,
+        taken: Taken,
+        (outcome, replaced, fired): (Result<Reply, CallError>, bool, bool),
+    ) -> Result<Reply, CallError> {
+        self.set(slot).put_back(taken);
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
         self.stats.after_call(replaced, fired, broken);
         outcome
+    }
+
+    /// The sandboxes of `slot`.
+    fn set(&self, slot: Slot) -> &Sandboxes {
+        match slot {
+            Slot::Current => &self.sandboxes,
+            Slot::Canary => &self.canary_sandboxes,
+        }
     }
 
     /// A guest's reply as the client's answer: `/predict`'s JSON with who
