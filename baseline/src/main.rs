@@ -38,9 +38,17 @@ struct Args {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Answer every `POST /predict` with the answer to a row of zeros,
+    /// computed once at start, without parsing the body or running the
+    /// model: the HTTP floor, the most any server on this HTTP stack can
+    /// answer on these cores. Benchmarks run it to bound what is reachable.
+    #[arg(long)]
+    http_floor: bool,
 }
 
 struct Model {
+    /// With `--http-floor`: the one answer given to every request.
+    fixed: Option<Vec<u8>>,
     plan: Arc<TypedRunnableModel>,
     features: usize,
     probabilities: usize,
@@ -69,6 +77,7 @@ fn load(path: &PathBuf) -> anyhow::Result<Model> {
         .position(|o| typed.outlet_label(*o) == Some("probabilities"))
         .unwrap_or(outputs.len() - 1);
     Ok(Model {
+        fixed: None,
         plan: typed.into_runnable()?,
         features,
         probabilities,
@@ -110,13 +119,21 @@ fn predict(model: &Model, body: &[u8]) -> Result<Vec<u8>, (StatusCode, String)> 
     })
 }
 
+/// The model's answer to `body`, or with `--http-floor` the fixed one.
+fn answer(model: &Model, body: &[u8]) -> Result<Vec<u8>, (StatusCode, String)> {
+    match &model.fixed {
+        Some(fixed) => Ok(fixed.clone()),
+        None => predict(model, body),
+    }
+}
+
 async fn handle(
     model: Arc<Model>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = if req.method() == Method::POST && req.uri().path() == "/predict" {
         match Limited::new(req.into_body(), 1 << 20).collect().await {
-            Ok(body) => match predict(&model, &body.to_bytes()) {
+            Ok(body) => match answer(&model, &body.to_bytes()) {
                 Ok(out) => (StatusCode::OK, out),
                 Err((status, message)) => (status, error_body(&message)),
             },
@@ -140,14 +157,29 @@ fn error_body(message: &str) -> Vec<u8> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let model = Arc::new(load(&args.model)?);
+    let mut model = load(&args.model)?;
+    if args.http_floor {
+        let zeros = serde_json::json!({ "inputs": [vec![0.0; model.features]] });
+        let fixed = predict(&model, zeros.to_string().as_bytes())
+            .map_err(|(_, message)| anyhow::anyhow!("answering a row of zeros: {message}"))?;
+        model.fixed = Some(fixed);
+    }
+    let model = Arc::new(model);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
         builder.worker_threads(n);
     }
     builder.enable_all().build()?.block_on(async move {
         let listener = TcpListener::bind(args.listen).await?;
-        println!("native baseline ready: http://{}", listener.local_addr()?);
+        let what = if args.http_floor {
+            " (HTTP floor: no model)"
+        } else {
+            ""
+        };
+        println!(
+            "native baseline ready: http://{}{what}",
+            listener.local_addr()?
+        );
         let mut http = http1::Builder::new();
         http.keep_alive(true);
         loop {

@@ -3,7 +3,9 @@
 //! call at a time per instance (`--concurrency 1`), with two, and with
 //! dynamic batching and one sandbox per core, against the native baseline (one model call per
 //! request), on 1 and 2 cores (`taskset`) and at 16 and 64 connections, all
-//! in the same run.
+//! in the same run. Beside them runs the HTTP floor (the native server with
+//! `--http-floor`: a fixed answer, no parsing, no model), which bounds every
+//! ratio over native reachable on this machine with this client.
 //!
 //! Each server is a separate process pinned with `taskset`; its CPU time per
 //! request comes from `/proc/<pid>/stat` (user + system) over the round, so
@@ -11,7 +13,9 @@
 //! unpinned: one thread on the 1-core runs, where it has the other core to
 //! itself; two on the 2-core runs, as `hadr-host loadtest` runs it, where it
 //! shares the cores with the server (one thread would leave a server that
-//! waits for its batches to fill with idle CPU it could not use).
+//! waits for its batches to fill with idle CPU it could not use). The
+//! client's CPU per request is measured too (this process's, over the
+//! round): on a 2-core machine it decides how much a second core can give.
 //!
 //! Run: `scripts/build-guest && cargo build --release -p hadr-native-baseline &&
 //!       cargo bench -p hadr-host --bench scaling`
@@ -42,6 +46,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / 100.0
 }
+
+/// The native server answering a fixed answer without parsing or running
+/// the model (`--http-floor`): what no server can pass on this HTTP stack,
+/// machine and client, so it bounds every ratio over native that is
+/// reachable here.
+const FLOOR: &str = "HTTP floor (native, no model)";
 
 /// The dynamic batching the batched contenders run with.
 const BATCH: &str = r#"{"max_requests": 32, "max_delay": "200us"}"#;
@@ -204,6 +214,17 @@ fn main() {
             command,
             ready: "native baseline ready: ",
         });
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", cpus])
+            .arg(&native_exe)
+            .args(["--http-floor", "--listen", "127.0.0.1:0", "--model"])
+            .arg(&model.path);
+        contenders.push(Contender {
+            name: format!("{cores} core(s) | {FLOOR}"),
+            command,
+            ready: "native baseline ready: ",
+        });
     }
     let servers: Vec<(String, Server)> = contenders
         .into_iter()
@@ -217,7 +238,8 @@ fn main() {
     // itself), two beside a 2-core one.
     let one_thread = common::client_runtime();
     let two_threads = common::two_thread_client_runtime();
-    let mut results: Vec<(String, LoadReport, f64)> = Vec::new();
+    // (key, report, server CPU µs/request, client CPU µs/request)
+    let mut results: Vec<(String, LoadReport, f64, f64)> = Vec::new();
     for round in 0..rounds {
         for connections in [16usize, 64] {
             for (name, server) in &servers {
@@ -230,6 +252,8 @@ fn main() {
                 };
                 let pid = server.pid();
                 let before = cpu_seconds(pid);
+                // The client runs in this process (its runtimes' threads).
+                let client_before = cpu_seconds(std::process::id());
                 let client = if name.starts_with("1 core") {
                     &one_thread
                 } else {
@@ -237,29 +261,31 @@ fn main() {
                 };
                 let report = client.block_on(run(&spec)).unwrap();
                 let cpu = cpu_seconds(pid) - before;
+                let client_cpu = cpu_seconds(std::process::id()) - client_before;
                 // The warm-up's requests are not in the report: count its
                 // CPU share at the report's rate.
                 let total = report.requests as f64 * (seconds as f64 + 1.0) / seconds as f64;
                 let cpu_us = cpu * 1e6 / total.max(1.0);
+                let client_us = client_cpu * 1e6 / total.max(1.0);
                 let key = format!("{name} | {connections}");
                 eprintln!(
-                    "round {round} {key}: {:>7.0} req/s p99 {:>6} µs cpu {cpu_us:.1} µs/req {:?}",
+                    "round {round} {key}: {:>7.0} req/s p99 {:>6} µs cpu {cpu_us:.1} µs/req client {client_us:.1} µs/req {:?}",
                     report.rps, report.p99_us, report.by_status
                 );
                 assert_eq!(report.ok, report.requests, "{key} answered non-200s");
-                results.push((key, report, cpu_us));
+                results.push((key, report, cpu_us, client_us));
             }
         }
     }
     let reports: Vec<(&str, LoadReport)> = results
         .iter()
-        .map(|(k, r, _)| (k.as_str(), r.clone()))
+        .map(|(k, r, _, _)| (k.as_str(), r.clone()))
         .collect();
-    let cpu_of = |key: &str| {
+    let cpu_of = |key: &str, client: bool| {
         let mut v: Vec<f64> = results
             .iter()
-            .filter(|(k, _, _)| k == key)
-            .map(|(_, _, c)| *c)
+            .filter(|(k, _, _, _)| k == key)
+            .map(|(_, _, server, client_us)| if client { *client_us } else { *server })
             .collect();
         common::median(&mut v)
     };
@@ -268,9 +294,9 @@ fn main() {
         model.name
     );
     println!(
-        "| cores | server | connections | req/s | ratio | p99 µs | p99 ratio | CPU µs/request |"
+        "| cores | server | connections | req/s | ratio | p99 µs | p99 ratio | CPU µs/request | client CPU µs/request |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, _) in &servers {
         let cores = name.split(" |").next().unwrap();
         for connections in [16usize, 64] {
@@ -281,14 +307,30 @@ fn main() {
             let n_rps = median_of(&reports, &native, |r| r.rps);
             let n_p99 = median_of(&reports, &native, |r| r.p99_us as f64);
             println!(
-                "| {name} | {connections} | {rps:.0} | {:.2} | {p99:.0} | {:.2} | {:.1} |",
+                "| {name} | {connections} | {rps:.0} | {:.2} | {p99:.0} | {:.2} | {:.1} | {:.1} |",
                 rps / n_rps,
                 p99 / n_p99,
-                cpu_of(&key)
+                cpu_of(&key, false),
+                cpu_of(&key, true)
             );
         }
     }
+    // The same gain for the native baseline and the floor: on a 2-core
+    // machine the 1-core runs already use both cores (the client has the
+    // other), so a cheap server gains little from the second one.
     println!();
+    for server in ["native baseline", FLOOR] {
+        for connections in [16usize, 64] {
+            let at = |cores: usize| {
+                let key = format!("{cores} core(s) | {server} | {connections}");
+                median_of(&reports, &key, |r| r.rps)
+            };
+            println!(
+                "{server}, {connections} connections: 2 cores / 1 core = {:.2}",
+                at(2) / at(1)
+            );
+        }
+    }
     for label in ["single", "2-active"] {
         for batched in ["", ", batched"] {
             for connections in [16usize, 64] {
@@ -315,6 +357,19 @@ fn main() {
                 p99(&key("")),
                 p99(&key(", batched")),
                 p99(&key(", batched")) / p99(&key(""))
+            );
+        }
+    }
+    println!("\nThe ceiling: the HTTP floor over the native baseline (no server passes it here):");
+    for cores in [1usize, 2] {
+        for connections in [16usize, 64] {
+            let rps = |server: &str| {
+                let key = format!("{cores} core(s) | {server} | {connections}");
+                median_of(&reports, &key, |r| r.rps)
+            };
+            println!(
+                "{cores} core(s), {connections} connections: x{:.2}",
+                rps(FLOOR) / rps("native baseline")
             );
         }
     }
