@@ -58,6 +58,10 @@ use load::Load;
 use stats::Stats;
 
 pub use crate::sandbox::live::{CallError, Live};
+pub use crate::serving::{InForce, Serving, Source};
+pub use call::{Answer, Input};
+pub use load::Role;
+pub use report::{BatchReport, CanaryReport, InstanceReport, LastFault, SandboxReport};
 
 /// Which of an instance's sandbox sets a call runs in. Named rather than
 /// borrowed, so that a call offloaded to the blocking pool can give its
@@ -72,7 +76,9 @@ enum Slot {
 
 /// An offloaded call's outcome on its way back to its request. Dropped
 /// unclaimed (the request was dropped while the call ran: its client hung
-/// up), a failure still counts as the request would have counted it.
+/// up), a failure still counts in the instance's counters (`failed`,
+/// `traps`, the last fault). What only the request's caller records (a
+/// canary's failure ratio) is not recorded for it.
 struct Unclaimed {
     instance: Arc<Instance>,
     outcome: Option<Result<Reply, CallError>>,
@@ -91,10 +97,6 @@ impl Drop for Unclaimed {
         }
     }
 }
-pub use crate::serving::{InForce, Serving, Source};
-pub use call::{Answer, Input};
-pub use load::Role;
-pub use report::{BatchReport, CanaryReport, InstanceReport, LastFault, SandboxReport};
 
 /// A topology entry at run time.
 ///
@@ -655,6 +657,11 @@ impl Instance {
         (outcome, replaced, fired): (Result<Reply, CallError>, bool, bool),
     ) -> Result<Reply, CallError> {
         self.set(slot).put_back(taken);
+        if slot == Slot::Canary && self.serving.load().canary.is_none() {
+            // The canary ended while this call ran: free its sandboxes (here
+            // too, for a call whose request is gone).
+            self.canary_sandboxes.clear();
+        }
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
         self.stats.after_call(replaced, fired, broken);
         outcome
