@@ -13,7 +13,11 @@
 //! unpinned: one thread on the 1-core runs, where it has the other core to
 //! itself; two on the 2-core runs, as `hadr-host loadtest` runs it, where it
 //! shares the cores with the server (one thread would leave a server that
-//! waits for its batches to fill with idle CPU it could not use). The
+//! waits for its batches to fill with idle CPU it could not use). On a
+//! 2-core machine those 1-core runs already use both cores, so the 1-core
+//! runs are measured a second time with the client (two threads, as on 2
+//! cores) pinned to the server's core: the whole run on one core against the
+//! whole run on two, the fair 1 → 2 core comparison here. The
 //! client's CPU per request is measured too (this process's, over the
 //! round): on a 2-core machine it decides how much a second core can give.
 //!
@@ -52,6 +56,17 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// machine and client, so it bounds every ratio over native that is
 /// reachable here.
 const FLOOR: &str = "HTTP floor (native, no model)";
+
+/// The 1-core runs again with the client confined to the server's core:
+/// the whole run on one core, against the 2-core runs' whole run on two.
+/// (In the plain 1-core runs the client has the other core to itself, so on
+/// a 2-core machine they already use both cores.)
+const CLIENT_ON_IT: &str = "1 core(s), client on it";
+
+/// Pins the calling thread (and the threads it starts later) to `cpus`.
+fn pin(cpus: &rustix::thread::CpuSet) {
+    rustix::thread::sched_setaffinity(None, cpus).expect("pinning the client");
+}
 
 /// The dynamic batching the batched contenders run with.
 const BATCH: &str = r#"{"max_requests": 32, "max_delay": "200us"}"#;
@@ -235,14 +250,33 @@ fn main() {
         .unwrap()
         .into();
     // One client thread beside a 1-core server (it has the other core to
-    // itself), two beside a 2-core one.
+    // itself), two beside a 2-core one, and two on a 1-core server's core.
     let one_thread = common::client_runtime();
     let two_threads = common::two_thread_client_runtime();
+    let all_cores = rustix::thread::sched_getaffinity(None).unwrap();
+    let mut core_0 = rustix::thread::CpuSet::new();
+    core_0.set(0);
+    let on_core_0 = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(move || pin(&core_0))
+        .enable_all()
+        .build()
+        .unwrap();
+    // Every server as it is measured: the 1-core ones twice.
+    let runs: Vec<(String, &Server)> = servers
+        .iter()
+        .flat_map(|(name, server)| {
+            let shared = name
+                .starts_with("1 core")
+                .then(|| (name.replacen("1 core(s)", CLIENT_ON_IT, 1), server));
+            std::iter::once((name.clone(), server)).chain(shared)
+        })
+        .collect();
     // (key, report, server CPU µs/request, client CPU µs/request)
     let mut results: Vec<(String, LoadReport, f64, f64)> = Vec::new();
     for round in 0..rounds {
         for connections in [16usize, 64] {
-            for (name, server) in &servers {
+            for (name, server) in &runs {
                 let spec = LoadSpec {
                     url: server.url.parse().unwrap(),
                     body: body.clone(),
@@ -254,12 +288,17 @@ fn main() {
                 let before = cpu_seconds(pid);
                 // The client runs in this process (its runtimes' threads).
                 let client_before = cpu_seconds(std::process::id());
-                let client = if name.starts_with("1 core") {
-                    &one_thread
+                let report = if name.starts_with(CLIENT_ON_IT) {
+                    pin(&core_0);
+                    let report = on_core_0.block_on(run(&spec));
+                    pin(&all_cores);
+                    report
+                } else if name.starts_with("1 core") {
+                    one_thread.block_on(run(&spec))
                 } else {
-                    &two_threads
-                };
-                let report = client.block_on(run(&spec)).unwrap();
+                    two_threads.block_on(run(&spec))
+                }
+                .unwrap();
                 let cpu = cpu_seconds(pid) - before;
                 let client_cpu = cpu_seconds(std::process::id()) - client_before;
                 // The warm-up's requests are not in the report: count its
@@ -297,7 +336,7 @@ fn main() {
         "| cores | server | connections | req/s | ratio | p99 µs | p99 ratio | CPU µs/request | client CPU µs/request |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (name, _) in &servers {
+    for (name, _) in &runs {
         let cores = name.split(" |").next().unwrap();
         for connections in [16usize, 64] {
             let key = format!("{name} | {connections}");
@@ -315,33 +354,40 @@ fn main() {
             );
         }
     }
-    // The same gain for the native baseline and the floor: on a 2-core
-    // machine the 1-core runs already use both cores (the client has the
-    // other), so a cheap server gains little from the second one.
-    println!();
-    for server in ["native baseline", FLOOR] {
+    // 2 cores over 1, in both layouts of the 1-core runs. With the client
+    // on the other core, a 2-core machine's 1-core runs already use both
+    // cores, so a cheap server (native, the floor) gains little from the
+    // second; with the client on the server's core, the whole run goes from
+    // one core to two.
+    for (one_core, layout) in [
+        ("1 core(s)", "client on the other core"),
+        (CLIENT_ON_IT, "client on the server's cores"),
+    ] {
+        println!("\n2 cores / 1 core, {layout} in the 1-core runs:");
+        // `one` and `two`: result keys of the 1-core (plain layout) and 2-core runs.
+        let gain = |what: &str, one: String, two: String| {
+            let one = one.replacen("1 core(s)", one_core, 1);
+            let rps = |key: &str| median_of(&reports, key, |r| r.rps);
+            println!("{what}: x{:.2}", rps(&two) / rps(&one));
+        };
         for connections in [16usize, 64] {
-            let at = |cores: usize| {
-                let key = format!("{cores} core(s) | {server} | {connections}");
-                median_of(&reports, &key, |r| r.rps)
-            };
-            println!(
-                "{server}, {connections} connections: 2 cores / 1 core = {:.2}",
-                at(2) / at(1)
-            );
-        }
-    }
-    for label in ["single", "2-active"] {
-        for batched in ["", ", batched"] {
-            for connections in [16usize, 64] {
-                let at = |cores: usize| {
-                    let key = hadr_key(cores, label, !batched.is_empty(), connections);
-                    median_of(&reports, &key, |r| r.rps)
-                };
-                println!(
-                    "{label}{batched}, {connections} connections: 2 cores / 1 core = {:.2}",
-                    at(2) / at(1)
+            for server in ["native baseline", FLOOR] {
+                let key = |cores: usize| format!("{cores} core(s) | {server} | {connections}");
+                gain(
+                    &format!("{server}, {connections} connections"),
+                    key(1),
+                    key(2),
                 );
+            }
+            for label in ["single", "2-active"] {
+                for batched in [false, true] {
+                    let key = |cores: usize| hadr_key(cores, label, batched, connections);
+                    let what = match batched {
+                        true => format!("hadr {label}, batched, {connections} connections"),
+                        false => format!("hadr {label}, {connections} connections"),
+                    };
+                    gain(&what, key(1), key(2));
+                }
             }
         }
     }
