@@ -167,3 +167,60 @@ async fn a_request_that_hangs_meets_its_deadline_and_the_rest_of_its_batch_is_an
     );
     assert_eq!(t["predict1"]["load"], 0, "{t}");
 }
+
+/// A batch's leader whose client hangs up while the batch fills gives its
+/// sandbox back unused: the instance keeps the one it had, and answers the
+/// next request in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_client_hangs_up_gives_its_sandbox_back() {
+    use tokio::io::AsyncWriteExt;
+    let host = Host::start(
+        &with_fields("single.json", &[batching(N), ("concurrency", 1.into())]),
+        &[],
+    );
+    let port = host.instance_addr("predict1").await;
+    let body = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
+    // A first request alone (it waits out the delay) leaves a sandbox idle.
+    let (status, _, answer) = post(port, "/predict", Bytes::from(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let sandboxes = |t: &serde_json::Value| t["predict1"]["sandboxes"].clone();
+    assert_eq!(sandboxes(&host.topology().await)["idle"], 1);
+    let mut client = tokio::net::TcpStream::connect(port).await.unwrap();
+    let head = format!(
+        "POST /predict HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&body).await.unwrap();
+    // It leads a batch that will not fill: hang up while it holds the place.
+    wait_for(&host, "the leader to take the place", |t| {
+        sandboxes(t)["busy"] == 1
+    })
+    .await;
+    drop(client);
+    wait_for(&host, "the leader to go", |t| {
+        sandboxes(t)["busy"] == 0 && t["predict1"]["load"] == 0
+    })
+    .await;
+    let t = host.topology().await;
+    assert_eq!(sandboxes(&t)["idle"], 1, "the sandbox is back: {t}");
+    assert_eq!(t["predict1"]["batching"]["batches"], 0, "{t}");
+    let (status, _, answer) = post(port, "/predict", Bytes::from(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+/// Polls `/topology` until `done` holds of it, for at most 10 s.
+async fn wait_for(host: &Host, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let t = host.topology().await;
+        if done(&t) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {what}: {t}"
+        );
+        tokio::time::sleep(common::POLL).await;
+    }
+}

@@ -6,7 +6,8 @@
 //! instance, the fuller its batches), then waits at most what is left of
 //! `max_delay` since it opened, or until `max_requests` joined, closes the
 //! batch and runs it as one call on a task of its own (so the leader's
-//! client hanging up cancels nobody's answer). Every request of a merged
+//! client hanging up cancels nobody's answer). A leader whose client hangs
+//! up before that gives its sandbox back unused (`Sandboxes::hold`). Every request of a merged
 //! call, the leader's included, is answered through a channel.
 //!
 //! A request never fails for another's sake: a refused body is refused alone

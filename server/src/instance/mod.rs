@@ -524,8 +524,12 @@ impl Instance {
             Joined::Follower(answer) => answer,
             Joined::Alone => return self.run_alone(slot, deployment, Prepared::Body(body)).await,
             Joined::Leader(lead) => {
-                let taken = self.set(slot).take(&deployment.version).await;
+                let set = self.set(slot);
+                // Held while the batch fills: a leader whose client hangs up
+                // meanwhile gives the sandbox back unused.
+                let held = set.hold(set.take(&deployment.version).await);
                 let batch = lead.close().await;
+                let taken = held.into_taken();
                 if batch.followers.is_empty() {
                     return self
                         .run_taken(slot, taken, deployment, Prepared::Body(body))

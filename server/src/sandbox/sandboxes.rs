@@ -76,11 +76,39 @@ struct Idle<T> {
 }
 
 /// A place to run one call, with the sandbox it took (if any was idle).
+/// Dropped, it frees the place and drops the sandbox: a call dropped in
+/// the middle leaves its store unfit for another.
 #[derive(Debug)]
 pub struct Taken<T = Live> {
     /// The sandbox: `None` to be built by the call.
     pub live: Option<T>,
     _place: OwnedSemaphorePermit,
+}
+
+/// A place taken while its request still waits for something else before
+/// its call (a batch's leader waits for its batch to fill). No call has
+/// touched its sandbox yet, so if the request goes away meanwhile (its
+/// client hung up), the sandbox goes back to the set instead of being
+/// dropped with the place.
+#[derive(Debug)]
+pub struct Held<'a, T: Pooled = Live> {
+    set: &'a Sandboxes<T>,
+    taken: Option<Taken<T>>,
+}
+
+impl<T: Pooled> Held<'_, T> {
+    /// The place, for its call.
+    pub fn into_taken(mut self) -> Taken<T> {
+        self.taken.take().expect("a held place is let go once")
+    }
+}
+
+impl<T: Pooled> Drop for Held<'_, T> {
+    fn drop(&mut self) {
+        if let Some(taken) = self.taken.take() {
+            self.set.put_back(taken);
+        }
+    }
 }
 
 impl<T: Pooled> Sandboxes<T> {
@@ -114,6 +142,14 @@ impl<T: Pooled> Sandboxes<T> {
         Taken {
             live,
             _place: place,
+        }
+    }
+
+    /// Holds `taken` until its call starts (see [`Held`]).
+    pub fn hold(&self, taken: Taken<T>) -> Held<'_, T> {
+        Held {
+            set: self,
+            taken: Some(taken),
         }
     }
 
@@ -225,6 +261,21 @@ mod tests {
             taken.live = Some(sandbox);
             set.put_back(taken);
         }
+    }
+
+    #[tokio::test]
+    async fn a_held_place_let_go_before_its_call_keeps_its_sandbox() {
+        let set = set(1, 1);
+        fill(&set, vec![fake(1)]).await;
+        let held = set.hold(set.take("v1").await);
+        assert_eq!((set.busy(), set.idle()), (1, 0));
+        drop(held);
+        assert_eq!((set.busy(), set.idle()), (0, 1), "back, unused");
+        // Let go into its call, the place is the call's to give back.
+        let taken = set.hold(set.take("v1").await).into_taken();
+        assert_eq!(taken.live.as_ref().map(|f| f.id), Some(1));
+        drop(taken);
+        assert_eq!((set.busy(), set.idle()), (0, 0), "dropped with its call");
     }
 
     #[tokio::test]
