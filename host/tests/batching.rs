@@ -23,6 +23,16 @@ fn batching(max_requests: usize) -> (&'static str, serde_json::Value) {
     )
 }
 
+/// The generic guest batching `N` requests in one sandbox, and its port.
+async fn batching_instance() -> (Host, std::net::SocketAddr) {
+    let host = Host::start(
+        &with_fields("single.json", &[batching(N), ("concurrency", 1.into())]),
+        &[],
+    );
+    let port = host.instance_addr("predict1").await;
+    (host, port)
+}
+
 /// `N - 1` digits cases the faulty guest answers (distinct, so a mixed-up
 /// split shows), with their expected labels and probabilities.
 fn safe_cases() -> Vec<serde_json::Value> {
@@ -67,11 +77,7 @@ fn assert_own_answers(cases: &[serde_json::Value], answers: &[common::Answer]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_requests_are_answered_each_with_its_own_rows_and_a_refused_one_alone() {
     // The generic guest, through an instance's own port.
-    let host = Host::start(
-        &with_fields("single.json", &[batching(N), ("concurrency", 1.into())]),
-        &[],
-    );
-    let port = host.instance_addr("predict1").await;
+    let (host, port) = batching_instance().await;
     let cases = safe_cases();
     let mut bodies: Vec<Vec<u8>> = cases
         .iter()
@@ -173,32 +179,21 @@ async fn a_request_that_hangs_meets_its_deadline_and_the_rest_of_its_batch_is_an
 /// next request in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_client_hangs_up_gives_its_sandbox_back() {
-    use tokio::io::AsyncWriteExt;
-    let host = Host::start(
-        &with_fields("single.json", &[batching(N), ("concurrency", 1.into())]),
-        &[],
-    );
-    let port = host.instance_addr("predict1").await;
+    let (host, port) = batching_instance().await;
     let body = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
     // A first request alone (it waits out the delay) leaves a sandbox idle.
     let (status, _, answer) = post(port, "/predict", Bytes::from(body.clone())).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let sandboxes = |t: &serde_json::Value| t["predict1"]["sandboxes"].clone();
     assert_eq!(sandboxes(&host.topology().await)["idle"], 1);
-    let mut client = tokio::net::TcpStream::connect(port).await.unwrap();
-    let head = format!(
-        "POST /predict HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    client.write_all(head.as_bytes()).await.unwrap();
-    client.write_all(&body).await.unwrap();
+    let client = common::send_unread(port, &body).await;
     // It leads a batch that will not fill: hang up while it holds the place.
-    wait_for(&host, "the leader to take the place", |t| {
+    host.wait_for("the leader to take the place", |t| {
         sandboxes(t)["busy"] == 1
     })
     .await;
     drop(client);
-    wait_for(&host, "the leader to go", |t| {
+    host.wait_for("the leader to go", |t| {
         sandboxes(t)["busy"] == 0 && t["predict1"]["load"] == 0
     })
     .await;
@@ -207,20 +202,4 @@ async fn a_leader_whose_client_hangs_up_gives_its_sandbox_back() {
     assert_eq!(t["predict1"]["batching"]["batches"], 0, "{t}");
     let (status, _, answer) = post(port, "/predict", Bytes::from(body)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-}
-
-/// Polls `/topology` until `done` holds of it, for at most 10 s.
-async fn wait_for(host: &Host, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let t = host.topology().await;
-        if done(&t) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "waiting for {what}: {t}"
-        );
-        tokio::time::sleep(common::POLL).await;
-    }
 }

@@ -521,7 +521,6 @@ async fn two_hundred_injections_at_ten_a_second_fire_exactly_two_hundred_faults(
 /// client had waited for its answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hanging_up_on_an_offloaded_call_loses_no_sandbox_and_no_count() {
-    use tokio::io::AsyncWriteExt;
     let host = Host::start(
         &free_ports("single.json"),
         // The hang holds the call for the deadline: time enough for hyper
@@ -533,19 +532,14 @@ async fn a_client_hanging_up_on_an_offloaded_call_loses_no_sandbox_and_no_count(
     assert_eq!(s, StatusCode::OK, "{b}");
     let addr = host.instance_addr("predict1").await;
     let body = row();
-    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /predict HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    client.write_all(head.as_bytes()).await.unwrap();
-    client.write_all(&body).await.unwrap();
+    let client = common::send_unread(addr, &body).await;
     // Hang up once the call runs.
     let sandboxes = |t: &serde_json::Value| t["predict1"]["sandboxes"].clone();
-    wait_for(&host, "the call to start", |t| sandboxes(t)["busy"] == 1).await;
+    host.wait_for("the call to start", |t| sandboxes(t)["busy"] == 1)
+        .await;
     drop(client);
     // The counts land on the call's thread, some after the sandbox is back.
-    wait_for(&host, "the hang to end and be counted", |t| {
+    host.wait_for("the hang to end and be counted", |t| {
         sandboxes(t)["busy"] == 0
             && sandboxes(t)["idle"] == 1
             && ["faults_fired", "respawns", "traps", "failed"]
@@ -557,20 +551,4 @@ async fn a_client_hanging_up_on_an_offloaded_call_loses_no_sandbox_and_no_count(
     assert_eq!(t["predict1"]["broken"], false, "{t}");
     assert!(t["predict1"].get("armed_fault").is_none(), "{t}");
     all_answered(&host, 2, "after the hang").await;
-}
-
-/// Polls `/topology` until `done` holds of it, for at most 10 s.
-async fn wait_for(host: &Host, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let t = host.topology().await;
-        if done(&t) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "waiting for {what}: {t}"
-        );
-        tokio::time::sleep(common::POLL).await;
-    }
 }

@@ -293,6 +293,19 @@ impl Host {
         body
     }
 
+    /// Polls `/topology` until `done` holds of it, for at most 10 s.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t = self.topology().await;
+            if done(&t) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "waiting for {what}: {t}");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// The bound port of an instance's direct listener.
     pub async fn instance_addr(&self, name: &str) -> SocketAddr {
         let t = self.topology().await;
@@ -557,6 +570,20 @@ pub fn models_topology(extra: serde_json::Value) -> String {
         }
     }
     t.to_string()
+}
+
+/// Sends `POST /predict` with `body` on a fresh connection and returns the
+/// connection unread: dropping it hangs up on the request.
+pub async fn send_unread(addr: SocketAddr, body: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /predict HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    stream
 }
 
 /// Writes raw bytes on a fresh connection and returns the first answer bytes
