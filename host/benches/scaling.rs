@@ -218,28 +218,20 @@ fn main() {
                 ready: "hadr-host ready: router ",
             });
         }
-        let mut command = Command::new("taskset");
-        command
-            .args(["-c", cpus])
-            .arg(&native_exe)
-            .args(["--listen", "127.0.0.1:0", "--model"])
-            .arg(&model.path);
-        contenders.push(Contender {
-            name: format!("{cores} core(s) | native baseline"),
-            command,
-            ready: "native baseline ready: ",
-        });
-        let mut command = Command::new("taskset");
-        command
-            .args(["-c", cpus])
-            .arg(&native_exe)
-            .args(["--http-floor", "--listen", "127.0.0.1:0", "--model"])
-            .arg(&model.path);
-        contenders.push(Contender {
-            name: format!("{cores} core(s) | {FLOOR}"),
-            command,
-            ready: "native baseline ready: ",
-        });
+        for (label, flags) in [("native baseline", &[][..]), (FLOOR, &["--http-floor"][..])] {
+            let mut command = Command::new("taskset");
+            command
+                .args(["-c", cpus])
+                .arg(&native_exe)
+                .args(flags)
+                .args(["--listen", "127.0.0.1:0", "--model"])
+                .arg(&model.path);
+            contenders.push(Contender {
+                name: format!("{cores} core(s) | {label}"),
+                command,
+                ready: "native baseline ready: ",
+            });
+        }
     }
     let servers: Vec<(String, Server)> = contenders
         .into_iter()

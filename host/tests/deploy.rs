@@ -589,15 +589,11 @@ async fn a_fault_armed_in_a_replaced_sandbox_goes_with_it() {
     assert_eq!(host.topology().await["predict1"]["armed_fault"], "trap");
     let outcome = deploy(&host, &["--module", guest.to_str().unwrap()]);
     assert_eq!(outcome["action"], "deployed", "{outcome}");
-    let until = Instant::now() + Duration::from_secs(5);
-    let t = loop {
-        let t = host.topology().await;
-        if t["predict1"].get("armed_fault").is_none() || Instant::now() > until {
-            break t;
-        }
-        tokio::time::sleep(common::POLL).await;
-    };
-    assert!(t["predict1"].get("armed_fault").is_none(), "{t}");
+    host.wait_for("the fault to go with its sandbox", |t| {
+        t["predict1"].get("armed_fault").is_none()
+    })
+    .await;
+    let t = host.topology().await;
     assert_eq!(t["predict1"]["faults_fired"], 0, "{t}");
     let (s, _, b) = common::chaos(&host, "predict1", "hang").await;
     assert_eq!(s, StatusCode::OK, "a new fault can be armed: {b}");

@@ -436,10 +436,6 @@ impl Instance {
         let outcome = self
             .run(Slot::Canary, canary.deployment.clone(), body.clone(), false)
             .await;
-        if self.serving.load().canary.is_none() {
-            // The canary ended while this call ran: free its sandboxes.
-            self.canary_sandboxes.clear();
-        }
         match &outcome {
             Ok(_) => canary.record(false),
             Err(e) if e.is_instance_fault() => canary.record(true),
@@ -662,8 +658,8 @@ impl Instance {
     ) -> Result<Reply, CallError> {
         self.set(slot).put_back(taken);
         if slot == Slot::Canary && self.serving.load().canary.is_none() {
-            // The canary ended while this call ran: free its sandboxes (here
-            // too, for a call whose request is gone).
+            // The canary ended while this call ran (its request may be gone
+            // by now): free its sandboxes.
             self.canary_sandboxes.clear();
         }
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;

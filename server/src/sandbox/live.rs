@@ -214,11 +214,9 @@ pub struct Live {
     optional: Optional,
     /// A fault the host commits in the next call (guests without `chaos`).
     injected: Option<Fault>,
-    /// The fault armed for the next call (either way), until it fires.
-    armed: Option<Fault>,
-    /// Where the armed fault is reported, cleared if this sandbox is
-    /// dropped before the fault fires.
-    reported: Option<ArmedFault>,
+    /// The fault armed for the next call (either way), until it fires, and
+    /// where it is reported (cleared if this sandbox is dropped first).
+    armed: Option<(Fault, ArmedFault)>,
     deadline_ticks: u64,
     version: String,
     pub(crate) log: LogName,
@@ -247,7 +245,6 @@ impl Live {
             optional,
             injected: None,
             armed: None,
-            reported: None,
             deadline_ticks,
             version,
             log,
@@ -261,7 +258,7 @@ impl Live {
 
     /// The fault the next call fires, if one is armed.
     pub fn armed(&self) -> Option<Fault> {
-        self.armed
+        self.armed.as_ref().map(|(fault, _)| *fault)
     }
 
     /// How long one call may run.
@@ -274,7 +271,7 @@ impl Live {
     /// which the caller claimed for it, is cleared if this sandbox is
     /// dropped before the fault fires.
     pub async fn arm(&mut self, fault: Fault, report: &ArmedFault) -> Result<(), CallError> {
-        if let Some(armed) = self.armed {
+        if let Some(armed) = self.armed() {
             return Err(CallError::AlreadyArmed(fault_name(armed)));
         }
         let Some(chaos) = &self.optional.chaos else {
@@ -282,7 +279,7 @@ impl Live {
                 return Err(CallError::NotDrillable("oom"));
             }
             self.injected = Some(fault);
-            self.armed_in(fault, report);
+            self.armed = Some((fault, report.clone()));
             return Ok(());
         };
         start_call(&mut self.store, self.deadline_ticks);
@@ -295,13 +292,8 @@ impl Live {
         )
         .await?
         .map_err(|e| CallError::from_wasmtime("arming a fault", e, deadline))?;
-        self.armed_in(fault, report);
+        self.armed = Some((fault, report.clone()));
         Ok(())
-    }
-
-    fn armed_in(&mut self, fault: Fault, report: &ArmedFault) {
-        self.armed = Some(fault);
-        self.reported = Some(report.clone());
     }
 
     /// Starts a guest call of `ticks` budget: the armed fault (if any)
@@ -412,7 +404,7 @@ impl Live {
 
 impl Drop for Live {
     fn drop(&mut self) {
-        if let (Some(_), Some(reported)) = (self.armed, &self.reported) {
+        if let Some((_, reported)) = &self.armed {
             reported.clear();
         }
     }
