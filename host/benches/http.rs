@@ -8,12 +8,14 @@
 //!
 //! Run: `scripts/build-guest && cargo build --release -p hadr-native-baseline &&
 //!       cargo bench -p hadr-host --bench http`
-//! Knobs (env): HADR_BENCH_ROUNDS (3), HADR_BENCH_SECONDS (5),
-//! HADR_BENCH_CONNECTIONS (16), HADR_BENCH_ROWS (1).
+//! The published figures compare the production builds, as served:
+//! `cargo build --profile production -p hadr-host -p hadr-native-baseline &&
+//!  HADR_BENCH_PROFILE=production cargo bench -p hadr-host --bench http`.
+//! Knobs (env): HADR_BENCH_PROFILE (release), HADR_BENCH_ROUNDS (3),
+//! HADR_BENCH_SECONDS (5), HADR_BENCH_CONNECTIONS (16), HADR_BENCH_ROWS (1).
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -37,12 +39,7 @@ fn main() {
     let connections = env("HADR_BENCH_CONNECTIONS", 16) as usize;
     let rows = env("HADR_BENCH_ROWS", 1) as usize;
 
-    let hadr_exe = PathBuf::from(env!("CARGO_BIN_EXE_hadr-host"));
-    let native_exe = hadr_exe.with_file_name("hadr-native-baseline");
-    assert!(
-        native_exe.is_file(),
-        "build the baseline first: cargo build --release -p hadr-native-baseline"
-    );
+    let (hadr_exe, native_exe) = common::servers();
 
     // 2-active with free ports and a threshold that 16 connections cannot
     // saturate: this measures the serving path, not load shedding.

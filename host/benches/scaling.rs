@@ -23,8 +23,12 @@
 //!
 //! Run: `scripts/build-guest && cargo build --release -p hadr-native-baseline &&
 //!       cargo bench -p hadr-host --bench scaling`
-//! Knobs (env): HADR_BENCH_ROUNDS (1), HADR_BENCH_SECONDS (4),
-//! HADR_BENCH_MODEL (digits; or placement, the article's forest).
+//! The published figures compare the production builds, as served:
+//! `cargo build --profile production -p hadr-host -p hadr-native-baseline &&
+//!  HADR_BENCH_PROFILE=production cargo bench -p hadr-host --bench scaling`.
+//! Knobs (env): HADR_BENCH_PROFILE (release), HADR_BENCH_ROUNDS (1),
+//! HADR_BENCH_SECONDS (4), HADR_BENCH_MODEL (digits; or placement, the
+//! article's forest).
 
 mod common;
 
@@ -141,12 +145,7 @@ fn hadr_key(cores: usize, label: &str, batched: bool, connections: usize) -> Str
 fn main() {
     let rounds = env("HADR_BENCH_ROUNDS", 1) as usize;
     let seconds = env("HADR_BENCH_SECONDS", 4);
-    let hadr_exe = PathBuf::from(env!("CARGO_BIN_EXE_hadr-host"));
-    let native_exe = hadr_exe.with_file_name("hadr-native-baseline");
-    assert!(
-        native_exe.is_file(),
-        "build the baseline first: cargo build --release -p hadr-native-baseline"
-    );
+    let (hadr_exe, native_exe) = common::servers();
     let model = model();
     let dir = std::env::temp_dir().join(format!("hadr-scaling-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -56,6 +56,42 @@ pub fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The two servers a benchmark compares, hadr and the native baseline,
+/// from one build profile so that neither gets a better compiler: by
+/// default the bench's own (`release`); with `HADR_BENCH_PROFILE=production`
+/// the binaries `cargo build --profile production -p hadr-host -p
+/// hadr-native-baseline` made, which is how hadr is served (whole-program
+/// optimisation: see the profile in Cargo.toml).
+pub fn servers() -> (PathBuf, PathBuf) {
+    let own = PathBuf::from(env!("CARGO_BIN_EXE_hadr-host"));
+    let (hadr, build) = match std::env::var("HADR_BENCH_PROFILE") {
+        Ok(profile) if profile != "release" => {
+            let dir = own.parent().and_then(Path::parent).unwrap().join(&profile);
+            let build =
+                format!("cargo build --profile {profile} -p hadr-host -p hadr-native-baseline");
+            (dir.join("hadr-host"), build)
+        }
+        _ => (
+            own,
+            "cargo build --release -p hadr-native-baseline".to_string(),
+        ),
+    };
+    let native = hadr.with_file_name("hadr-native-baseline");
+    for exe in [&hadr, &native] {
+        assert!(
+            exe.is_file(),
+            "{} is missing: build it first: {build}",
+            exe.display()
+        );
+    }
+    eprintln!(
+        "servers under test: {} and {}",
+        hadr.display(),
+        native.display()
+    );
+    (hadr, native)
+}
+
 /// The repository's root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
