@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    cases, faulty_guest, free_ports, inputs, post, repo, request_with, safe_and_deadly_rows,
-    try_post, Host, Load, TempDir, ADMIN_TOKEN,
+    cases, faulty_guest, free_ports, hanging_row, inputs, post, repo, request_with,
+    safe_and_deadly_rows, send_unread, try_post, Host, Load, TempDir, ADMIN_TOKEN,
 };
 use hyper::{Method, StatusCode};
 
@@ -452,6 +452,70 @@ async fn a_restart_serves_the_deployed_version_from_the_compiled_cache() {
     drop(host);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("ignoring a compiled-cache entry"), "{text}");
+}
+
+/// A canary judged only by calls whose clients gave up waiting is still
+/// judged: with every call on the blocking pool (`--offload-above 0s`), a
+/// canary that hangs on a request runs to its deadline after the client
+/// hung up, and that fault counts against the canary (before, it counted
+/// for the instance only, and a canary failing only such clients never
+/// tripped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_only_clients_that_hung_up_is_still_aborted() {
+    let dir = TempDir::new("canary-hang-ups");
+    let host = Host::start(
+        &free_ports("single.json"),
+        &["--deadline", "300ms", "--offload-above", "0s"],
+    );
+    let (safe, _) = safe_and_deadly_rows();
+    let example = dir.write(
+        "safe.json",
+        &String::from_utf8(inputs(std::slice::from_ref(&safe))).unwrap(),
+    );
+    let faulty = faulty_guest();
+    let armed = 3;
+    let min_calls = armed.to_string();
+    deploy(
+        &host,
+        &[
+            "--module",
+            faulty.to_str().unwrap(),
+            "--canary",
+            "100",
+            "--min-calls",
+            &min_calls,
+            "--example",
+            example.to_str().unwrap(),
+        ],
+    );
+    let addr = host.instance_addr("predict1").await;
+    let hang = inputs(&[hanging_row(&safe)]);
+    let busy = |t: &serde_json::Value| t["predict1"]["sandboxes"]["busy"].clone();
+    for sent in 1..=armed {
+        let client = send_unread(addr, &hang).await;
+        host.wait_for("the canary's call to start", |t| busy(t) == 1)
+            .await;
+        drop(client);
+        host.wait_for("the hang to reach its deadline", |t| {
+            busy(t) == 0 && t["predict1"]["traps"] == sent
+        })
+        .await;
+    }
+    // The rollout that watches the canary aborts it on its own task.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = deployments(&host).await;
+        if has_event(&d, "auto-abort") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{armed} faults in {armed} canary calls did not abort it: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = host.topology().await;
+    assert!(t["predict1"].get("canary").is_none(), "{t}");
 }
 
 /// A canary that refuses what the version in force accepts (here: a model

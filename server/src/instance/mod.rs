@@ -77,10 +77,13 @@ enum Slot {
 /// An offloaded call's outcome on its way back to its request. Dropped
 /// unclaimed (the request was dropped while the call ran: its client hung
 /// up), a failure still counts in the instance's counters (`failed`,
-/// `traps`, the last fault). What only the request's caller records (a
-/// canary's failure ratio) is not recorded for it.
+/// `traps`, the last fault), and a canary's call still counts for the
+/// canary (see [`Instance::record_unclaimed`]): a canary that fails only
+/// for clients that gave up waiting is still aborted.
 struct Unclaimed {
     instance: Arc<Instance>,
+    /// The version of the canary the call ran on, if it ran on one.
+    canary: Option<String>,
     outcome: Option<Result<Reply, CallError>>,
 }
 
@@ -92,8 +95,14 @@ impl Unclaimed {
 
 impl Drop for Unclaimed {
     fn drop(&mut self) {
-        if let Some(Err(e)) = &self.outcome {
+        let Some(outcome) = &self.outcome else {
+            return;
+        };
+        if let Err(e) = outcome {
             self.instance.stats.count(Err(e));
+        }
+        if let Some(version) = &self.canary {
+            self.instance.record_unclaimed(version, outcome);
         }
     }
 }
@@ -635,7 +644,12 @@ impl Instance {
                 &prepared,
             ));
             let outcome = Some(instance.finish(slot, taken, outcome));
-            Unclaimed { instance, outcome }
+            let canary = (slot == Slot::Canary).then(|| deployment.version.clone());
+            Unclaimed {
+                instance,
+                canary,
+                outcome,
+            }
         })
         .await;
         match offloaded {
@@ -665,6 +679,27 @@ impl Instance {
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
         self.stats.after_call(replaced, fired, broken);
         outcome
+    }
+
+    /// Counts a canary call whose request went away (see [`Unclaimed`]) for
+    /// the canary of `version`, if it still runs, as [`Self::run_canary`]
+    /// would have: an answer counts as a success and a fault as a failure.
+    /// A refusal is not counted: only the version in force's verdict on the
+    /// same request could say whether the input or the canary was at fault.
+    fn record_unclaimed(&self, version: &str, outcome: &Result<Reply, CallError>) {
+        let serving = self.serving.load();
+        let Some(canary) = serving
+            .canary
+            .as_ref()
+            .filter(|c| c.deployment.version == version)
+        else {
+            return;
+        };
+        match outcome {
+            Ok(_) => canary.record(false),
+            Err(e) if e.is_instance_fault() => canary.record(true),
+            Err(_) => {}
+        }
     }
 
     /// The sandboxes of `slot`.
