@@ -7,8 +7,9 @@
 //! `max_delay` since it opened, or until `max_requests` joined, closes the
 //! batch and runs it as one call on a task of its own (so the leader's
 //! client hanging up cancels nobody's answer). A leader whose client hangs
-//! up before that gives its sandbox back unused (`Sandboxes::hold`). Every request of a merged
-//! call, the leader's included, is answered through a channel.
+//! up before that gives its sandbox back unused (`Sandboxes::hold`). Every
+//! request of a merged call, the leader's included, is answered through a
+//! channel.
 //!
 //! A request never fails for another's sake: a refused body is refused alone
 //! by the guest, and when the merged call faults (a trap, a deadline), or its

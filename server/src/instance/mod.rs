@@ -82,8 +82,8 @@ enum Slot {
 /// for clients that gave up waiting is still aborted.
 struct Unclaimed {
     instance: Arc<Instance>,
-    /// The version of the canary the call ran on, if it ran on one.
-    canary: Option<String>,
+    /// The canary's deployment the call ran on, if it ran on one.
+    canary: Option<Arc<Deployment>>,
     outcome: Option<Result<Reply, CallError>>,
 }
 
@@ -101,9 +101,19 @@ impl Drop for Unclaimed {
         if let Err(e) = outcome {
             self.instance.stats.count(Err(e));
         }
-        if let Some(version) = &self.canary {
-            self.instance.record_unclaimed(version, outcome);
+        if let Some(deployment) = &self.canary {
+            self.instance.record_unclaimed(deployment, outcome);
         }
+    }
+}
+
+/// A canary call's own verdict on the canary: an answer is a success, a
+/// fault a failure; a refusal says nothing yet (the input may be at fault).
+fn canary_failed<T>(outcome: &Result<T, CallError>) -> Option<bool> {
+    match outcome {
+        Ok(_) => Some(false),
+        Err(e) if e.is_instance_fault() => Some(true),
+        Err(_) => None,
     }
 }
 
@@ -445,20 +455,18 @@ impl Instance {
         let outcome = self
             .run(Slot::Canary, canary.deployment.clone(), body.clone(), false)
             .await;
-        match &outcome {
-            Ok(_) => canary.record(false),
-            Err(e) if e.is_instance_fault() => canary.record(true),
-            Err(refused) => {
-                let stable = self
-                    .run(Slot::Current, self.deployment(), body, batched)
-                    .await;
-                let both_bad_input =
-                    refused.is_bad_input() && matches!(&stable, Err(e) if e.is_bad_input());
-                canary.record(!both_bad_input);
-                return stable;
-            }
+        if let Some(failed) = canary_failed(&outcome) {
+            canary.record(failed);
+            return outcome;
         }
-        outcome
+        // A refusal: the version in force's answer to the same request says
+        // whether the input or the canary is at fault.
+        let stable = self
+            .run(Slot::Current, self.deployment(), body, batched)
+            .await;
+        let bad_input = |o: &Result<Answer, CallError>| matches!(o, Err(e) if e.is_bad_input());
+        canary.record(!(bad_input(&outcome) && bad_input(&stable)));
+        stable
     }
 
     /// One call in a sandbox of `deployment` from `slot`'s set, waiting for
@@ -644,7 +652,7 @@ impl Instance {
                 &prepared,
             ));
             let outcome = Some(instance.finish(slot, taken, outcome));
-            let canary = (slot == Slot::Canary).then(|| deployment.version.clone());
+            let canary = (slot == Slot::Canary).then_some(deployment);
             Unclaimed {
                 instance,
                 canary,
@@ -682,23 +690,18 @@ impl Instance {
     }
 
     /// Counts a canary call whose request went away (see [`Unclaimed`]) for
-    /// the canary of `version`, if it still runs, as [`Self::run_canary`]
-    /// would have: an answer counts as a success and a fault as a failure.
-    /// A refusal is not counted: only the version in force's verdict on the
-    /// same request could say whether the input or the canary was at fault.
-    fn record_unclaimed(&self, version: &str, outcome: &Result<Reply, CallError>) {
+    /// the canary of `deployment`, if it still runs, as [`Self::run_canary`]
+    /// would have ([`canary_failed`]); a refusal is not counted, since only
+    /// the version in force's verdict on the same request could say whose
+    /// fault it was.
+    fn record_unclaimed(&self, deployment: &Arc<Deployment>, outcome: &Result<Reply, CallError>) {
         let serving = self.serving.load();
-        let Some(canary) = serving
+        let canary = serving
             .canary
             .as_ref()
-            .filter(|c| c.deployment.version == version)
-        else {
-            return;
-        };
-        match outcome {
-            Ok(_) => canary.record(false),
-            Err(e) if e.is_instance_fault() => canary.record(true),
-            Err(_) => {}
+            .filter(|c| Arc::ptr_eq(&c.deployment, deployment));
+        if let (Some(canary), Some(failed)) = (canary, canary_failed(outcome)) {
+            canary.record(failed);
         }
     }
 
