@@ -181,7 +181,10 @@ pub(crate) const BLOCK: usize = 32;
 
 /// Walks advanced in lockstep: independent root-to-leaf walks overlap their
 /// load latencies instead of waiting on one dependent chain at a time.
-const LANES: usize = 4;
+/// Eight, measured on the article's 512-tree forest (`cargo bench -p
+/// hadr-trees --bench forest`, µs a row at 1 / 64 rows): four took
+/// 8.9 / 8.1-9.2, eight 6.6 / 6.4, sixteen 8.5 / 10.5.
+const LANES: usize = 8;
 
 /// Scratch for a block of rows: one accumulator and one "has a vote" flag
 /// per (row, target). Allocated once per evaluation, reset per block.
@@ -391,8 +394,10 @@ impl Forest {
         }
     }
 
-    /// [`LANES`] walks (`at[l]` on `rows[l]`) advanced together while all are
-    /// on branches, then each finished alone. Returns the leaf numbers.
+    /// [`LANES`] walks (`at[l]` on `rows[l]`) advanced together until every
+    /// one is on its leaf: a walk that arrives early waits, so the others
+    /// still overlap (finishing each alone once the first arrived left deep
+    /// trees' tails to one dependent chain). Returns the leaf numbers.
     #[inline(always)]
     fn descend_lanes<R: Rule, C: Counter>(
         &self,
@@ -400,14 +405,19 @@ impl Forest {
         rows: [&[f32]; LANES],
         counter: &mut C,
     ) -> [usize; LANES] {
-        while at.iter().all(|&a| a & LEAF_BIT == 0) {
+        while at.iter().any(|&a| a & LEAF_BIT == 0) {
             for l in 0..LANES {
-                counter.node();
-                let b = &self.branches[at[l] as usize];
-                at[l] = b.next[R::goes_true(rows[l][b.feature()], b) as usize];
+                if at[l] & LEAF_BIT == 0 {
+                    counter.node();
+                    let b = &self.branches[at[l] as usize];
+                    at[l] = b.next[R::goes_true(rows[l][b.feature()], b) as usize];
+                }
             }
         }
-        std::array::from_fn(|l| self.descend::<R, C>(at[l], rows[l], counter))
+        std::array::from_fn(|l| {
+            counter.node();
+            (at[l] & !LEAF_BIT) as usize
+        })
     }
 
     /// Follows one tree from `at` to a leaf: O(depth), returns the leaf number.
