@@ -563,10 +563,14 @@ async fn drill(args: DrillArgs) -> anyhow::Result<()> {
     } else {
         args.topologies
     };
-    let cases = args.cases.unwrap_or_else(|| {
-        root.join("models")
-            .join(format!("{}.cases.json", args.model))
-    });
+    let cases = match args.cases {
+        Some(cases) => cases,
+        None => in_source_tree(
+            root.join("models")
+                .join(format!("{}.cases.json", args.model)),
+            "--cases FILE, a model's cases file",
+        )?,
+    };
     let options = hadr_tools::drill::DrillOptions {
         topologies,
         out: args.out.clone(),
@@ -616,6 +620,19 @@ fn report(
     }
 }
 
+/// A default file of the source tree this binary was built from, which an
+/// installed `hadr-host` may not have beside it: a missing one says which
+/// flag to give instead of only "no such file".
+fn in_source_tree(path: PathBuf, instead: &str) -> anyhow::Result<PathBuf> {
+    anyhow::ensure!(
+        path.exists(),
+        "no payloads given, and the default {} is not there (defaults live in the source tree \
+         hadr-host was built from): pass {instead}",
+        path.display()
+    );
+    Ok(path)
+}
+
 async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
     let bodies = match &args.body {
         Some(path) => vec![bytes::Bytes::from(
@@ -623,10 +640,13 @@ async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
         )
         .into()],
         None => {
-            let path = args
-                .cases
-                .clone()
-                .unwrap_or_else(|| repo_defaults().model.with_extension("cases.json"));
+            let path = match &args.cases {
+                Some(cases) => cases.clone(),
+                None => in_source_tree(
+                    repo_defaults().model.with_extension("cases.json"),
+                    "--cases FILE, a model's cases file, or --body FILE, one request body",
+                )?,
+            };
             loadtest::payload::requests(&path, args.rows, args.protocol, &args.v2_input)?
         }
     };
