@@ -414,10 +414,8 @@ impl Forest {
                 }
             }
         }
-        std::array::from_fn(|l| {
-            counter.node();
-            (at[l] & !LEAF_BIT) as usize
-        })
+        // Every walk is on its leaf: `descend` only reads it.
+        std::array::from_fn(|l| self.descend::<R, C>(at[l], rows[l], counter))
     }
 
     /// Follows one tree from `at` to a leaf: O(depth), returns the leaf number.
