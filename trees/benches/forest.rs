@@ -1,6 +1,8 @@
 //! tract's built-in `TreeEnsembleClassifier` against hadr-trees', in one run,
 //! on `models/breast_cancer.onnx` (20 trees) and, when present,
-//! `models/placement.onnx` (512 trees), for batches of 1 and 64 rows.
+//! `models/placement.onnx` (512 trees), for batches of 1 and 64 rows; and
+//! hadr-trees with its block kernel against the same crate forced to walk
+//! (`HADR_TREES_KERNEL=walk`), the baseline of the bitset kernels.
 //! Both plans are built the way the host builds them (symbolic batch,
 //! `into_optimized`), single-threaded.
 //!
@@ -124,9 +126,21 @@ fn bench_model(c: &mut Criterion, name: &str, slow_tract: bool, quick: bool) {
     }
     let cases = case_rows(name);
     let width = cases[0].len();
+    // "walk" forces the root-to-leaf walks that the bitset kernels replace
+    // for blocks of rows on CPUs with AVX2 or AVX-512 (the kernel is chosen
+    // when the plan is built). `HADR_TREES_KERNEL` set for the run picks the
+    // kernel of "hadr" (e.g. `avx2` on an AVX-512 machine).
+    let chosen = std::env::var_os("HADR_TREES_KERNEL");
+    std::env::set_var("HADR_TREES_KERNEL", "walk");
+    let walk = plan(&hadr_trees::onnx(), &path, width);
+    match &chosen {
+        Some(kernel) => std::env::set_var("HADR_TREES_KERNEL", kernel),
+        None => std::env::remove_var("HADR_TREES_KERNEL"),
+    }
     let plans = [
         ("tract", plan(&tract_onnx::onnx(), &path, width)),
         ("hadr", plan(&hadr_trees::onnx(), &path, width)),
+        ("walk", walk),
     ];
     let mut group = c.benchmark_group(name);
     group
@@ -169,20 +183,24 @@ fn bench_model(c: &mut Criterion, name: &str, slow_tract: bool, quick: bool) {
 fn report() {
     let means = means();
     println!(
-        "\n{:<15} {:>5} {:>16} {:>16} {:>10}",
-        "model", "rows", "tract µs/row", "hadr µs/row", "tract/hadr"
+        "\n{:<15} {:>5} {:>16} {:>16} {:>10} {:>16} {:>10}",
+        "model", "rows", "tract µs/row", "hadr µs/row", "tract/hadr", "walk µs/row", "hadr/walk"
     );
     for ((model, which, rows), tract) in &means {
         if *which != "tract" {
             continue;
         }
-        if let Some(hadr) = means.get(&(model.clone(), "hadr", *rows)) {
+        let hadr = means.get(&(model.clone(), "hadr", *rows));
+        let walk = means.get(&(model.clone(), "walk", *rows));
+        if let (Some(hadr), Some(walk)) = (hadr, walk) {
             let per_row = |secs: f64| secs * 1e6 / *rows as f64;
             println!(
-                "{model:<15} {rows:>5} {:>16.2} {:>16.3} {:>9.0}x",
+                "{model:<15} {rows:>5} {:>16.2} {:>16.3} {:>9.0}x {:>16.3} {:>9.2}x",
                 per_row(*tract),
                 per_row(*hadr),
-                tract / hadr
+                tract / hadr,
+                per_row(*walk),
+                hadr / walk
             );
         }
     }

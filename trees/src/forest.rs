@@ -2,7 +2,9 @@
 //!
 //! The point of this crate: per row and tree, evaluation touches only the
 //! branches on the path to a leaf and then that leaf's own votes, found by
-//! index. Nothing scales with the ensemble's total leaf count.
+//! index. Nothing scales with the ensemble's total leaf count. (Blocks of
+//! rows on CPUs with SIMD evaluate trees of at most 64 leaves whole, as
+//! bitsets: see [`crate::bits`]. That work is bounded by the tree too.)
 //!
 //! Layout: every reachable branch is a 16-byte [`Branch`] (four to a cache
 //! line) in one array, in depth-first order so a path mostly walks forward in
@@ -10,6 +12,7 @@
 //! set, a leaf number; a leaf's votes are `votes[leaf_start[l]..leaf_start[l+1]]`.
 //! Validation and flattening live in [`crate::flatten`].
 
+use crate::bits::{rule_out, BitTrees, Kernel, MaskedBranch, VoteRange, WIDE};
 use crate::error::TreeError;
 use crate::flatten::{flatten, Flat};
 use crate::table::{Mode, NodeTable, VoteTable};
@@ -54,8 +57,13 @@ impl Branch {
         self.next = [on_false, on_true];
     }
 
+    /// The child references taken when the comparison is false / true.
+    pub(crate) fn children(&self) -> [u32; 2] {
+        self.next
+    }
+
     #[inline(always)]
-    fn feature(&self) -> usize {
+    pub(crate) fn feature(&self) -> usize {
         (self.key & MAX_FEATURE) as usize
     }
 
@@ -81,7 +89,7 @@ enum RuleKind {
 }
 
 /// A branch decision, monomorphised per [`RuleKind`].
-trait Rule {
+pub(crate) trait Rule {
     fn goes_true(x: f32, b: &Branch) -> bool;
 }
 
@@ -149,12 +157,15 @@ impl Fold for MaxFold {
 /// [`WorkCount`] lets tests pin the per-row cost without timing anything.
 pub(crate) trait Counter {
     fn node(&mut self);
+    fn nodes(&mut self, n: usize);
     fn vote(&mut self);
 }
 
 impl Counter for () {
     #[inline(always)]
     fn node(&mut self) {}
+    #[inline(always)]
+    fn nodes(&mut self, _: usize) {}
     #[inline(always)]
     fn vote(&mut self) {}
 }
@@ -169,6 +180,9 @@ pub struct WorkCount {
 impl Counter for WorkCount {
     fn node(&mut self) {
         self.nodes += 1;
+    }
+    fn nodes(&mut self, n: usize) {
+        self.nodes += n;
     }
     fn vote(&mut self) {
         self.votes += 1;
@@ -187,12 +201,17 @@ pub(crate) const BLOCK: usize = 32;
 const LANES: usize = 8;
 
 /// Scratch for a block of rows: one accumulator and one "has a vote" flag
-/// per (row, target). Allocated once per evaluation, reset per block.
+/// per (row, target), and the block's rows laid out for bitsets.
+/// Allocated once per evaluation, reset per block.
 #[derive(Debug, Clone)]
 pub(crate) struct Accumulator {
     n_targets: usize,
     sums: Vec<f64>,
     seen: Vec<bool>,
+    /// The block's rows [`WIDE`] to a group, feature-major within a group
+    /// (`[group][feature][row]`) so one load reads a feature for them all;
+    /// a last, partial group repeats its last row.
+    cols: Vec<f32>,
 }
 
 impl Accumulator {
@@ -201,6 +220,7 @@ impl Accumulator {
             n_targets,
             sums: vec![0.0; BLOCK * n_targets],
             seen: vec![false; BLOCK * n_targets],
+            cols: Vec::new(),
         }
     }
 
@@ -213,6 +233,21 @@ impl Accumulator {
     /// The per-target results of row `r` of the block.
     pub(crate) fn sums(&self, r: usize) -> &[f64] {
         &self.sums[r * self.n_targets..(r + 1) * self.n_targets]
+    }
+
+    /// Lays out the first `n_features` of each of `rows` into [`Self::cols`].
+    fn lay_out(&mut self, rows: &[&[f32]], n_features: usize) {
+        let group = n_features * WIDE;
+        self.cols.clear();
+        self.cols.resize(rows.len().div_ceil(WIDE) * group, 0.0);
+        for (g, cols) in self.cols.chunks_exact_mut(group.max(1)).enumerate() {
+            for r in 0..WIDE {
+                let row = rows[(g * WIDE + r).min(rows.len() - 1)];
+                for (f, &x) in row[..n_features].iter().enumerate() {
+                    cols[f * WIDE + r] = x;
+                }
+            }
+        }
     }
 
     /// Folds one vote into row `r`.
@@ -237,6 +272,10 @@ pub(crate) struct Forest {
     /// One more than the largest feature index a branch reads (0 if none).
     n_features: usize,
     rule: RuleKind,
+    /// The trees that blocks of rows evaluate as bitsets.
+    bits: BitTrees,
+    /// How blocks are evaluated on this CPU.
+    kernel: Kernel,
 }
 
 impl Forest {
@@ -256,6 +295,7 @@ impl Forest {
         } = flatten(nodes, votes, n_targets)?;
         let rule = rule_kind(&branches);
         let n_features = branches.iter().map(|b| b.feature() + 1).max().unwrap_or(0);
+        let bits = BitTrees::build(&branches, &roots, &leaf_start);
         Ok(Forest {
             roots,
             branches,
@@ -265,7 +305,17 @@ impl Forest {
             n_targets,
             n_features,
             rule,
+            bits,
+            kernel: Kernel::choose(),
         })
+    }
+
+    /// Evaluates blocks with `kernel` instead of the detected one (tests
+    /// compare kernels; `kernel` must be in [`Kernel::available`]).
+    #[cfg(test)]
+    pub(crate) fn use_kernel(&mut self, kernel: Kernel) {
+        assert!(Kernel::available().contains(&kernel));
+        self.kernel = kernel;
     }
 
     pub(crate) fn n_trees(&self) -> usize {
@@ -309,8 +359,9 @@ impl Forest {
     }
 
     /// The block loop, specialised for one rule and one fold: with enough
-    /// rows, tree by tree over [`LANES`] rows at a time; otherwise row by row
-    /// over [`LANES`] trees at a time.
+    /// rows, tree by tree (as bitsets over [`WIDE`] rows at a time where the
+    /// kernel and the tree allow, else walking [`LANES`] rows at a time);
+    /// otherwise row by row over [`LANES`] trees at a time.
     fn run<R: Rule, F: Fold, C: Counter>(
         &self,
         rows: &[&[f32]],
@@ -321,18 +372,60 @@ impl Forest {
             for (r, row) in rows.iter().enumerate() {
                 self.run_row::<R, F, C>(row, r, acc, counter);
             }
-        } else {
-            for &root in &self.roots {
-                self.run_tree::<R, F, C>(root, rows, acc, counter);
+            return;
+        }
+        // Rows evaluated as bitsets: whole groups, and a last partial group
+        // only if it has enough rows to be worth a whole group's cost.
+        let min = self.kernel.min_group_rows();
+        let wide = match rows.len() % WIDE {
+            _ if rows.len() < min => 0,
+            rest if rest < min => rows.len() - rest,
+            _ => rows.len(),
+        };
+        if wide > 0 {
+            acc.lay_out(&rows[..wide], self.n_features);
+        }
+        for (t, &root) in self.roots.iter().enumerate() {
+            match self.bits.tree(t).filter(|_| wide > 0) {
+                Some((nodes, leaves)) => {
+                    self.run_bits::<R, F, C>(nodes, leaves, wide, acc, counter);
+                    self.run_tree::<R, F, C>(root, &rows[wide..], wide, acc, counter);
+                }
+                None => self.run_tree::<R, F, C>(root, rows, 0, acc, counter),
             }
         }
     }
 
-    /// One tree for every row of the block, [`LANES`] rows at a time.
+    /// One small tree (its branches with their masks, and its leaves by bit)
+    /// for the first `n` rows of the block, laid out in `acc`, [`WIDE`] rows
+    /// at a time.
+    fn run_bits<R: Rule, F: Fold, C: Counter>(
+        &self,
+        nodes: &[MaskedBranch],
+        leaves: &[VoteRange],
+        n: usize,
+        acc: &mut Accumulator,
+        counter: &mut C,
+    ) {
+        let group = self.n_features * WIDE;
+        for g in 0..n.div_ceil(WIDE) {
+            let mut bits = [u64::MAX; WIDE];
+            rule_out::<R>(self.kernel, nodes, &acc.cols[g * group..], &mut bits);
+            for (r, bits) in bits.iter().enumerate().take(n - g * WIDE) {
+                counter.nodes(nodes.len() + 1); // every branch, then the leaf
+                let (lo, hi) = leaves[bits.trailing_zeros() as usize];
+                self.add_range::<F, C>(lo as usize..hi as usize, g * WIDE + r, acc, counter);
+            }
+        }
+    }
+
+    /// One tree for `rows`, rows `first..` of the block, [`LANES`] rows at
+    /// a time.
     fn run_tree<R: Rule, F: Fold, C: Counter>(
         &self,
         root: u32,
         rows: &[&[f32]],
+        first: usize,
         acc: &mut Accumulator,
         counter: &mut C,
     ) {
@@ -341,10 +434,10 @@ impl Forest {
             let quad: [&[f32]; LANES] = std::array::from_fn(|l| quad[l]);
             let leaves = self.descend_lanes::<R, C>([root; LANES], quad, counter);
             for (l, leaf) in leaves.into_iter().enumerate() {
-                self.add_votes::<F, C>(leaf, q * LANES + l, acc, counter);
+                self.add_votes::<F, C>(leaf, first + q * LANES + l, acc, counter);
             }
         }
-        let done = rows.len() - lanes.remainder().len();
+        let done = first + rows.len() - lanes.remainder().len();
         for (r, row) in lanes.remainder().iter().enumerate() {
             let leaf = self.descend::<R, C>(root, row, counter);
             self.add_votes::<F, C>(leaf, done + r, acc, counter);
@@ -381,13 +474,22 @@ impl Forest {
         acc: &mut Accumulator,
         counter: &mut C,
     ) {
-        let (lo, hi) = (
-            self.leaf_start[leaf] as usize,
-            self.leaf_start[leaf + 1] as usize,
-        );
-        for (&t, &w) in self.vote_target[lo..hi]
+        let votes = self.leaf_start[leaf] as usize..self.leaf_start[leaf + 1] as usize;
+        self.add_range::<F, C>(votes, r, acc, counter);
+    }
+
+    /// Folds the votes at `votes` into row `r`.
+    #[inline(always)]
+    fn add_range<F: Fold, C: Counter>(
+        &self,
+        votes: std::ops::Range<usize>,
+        r: usize,
+        acc: &mut Accumulator,
+        counter: &mut C,
+    ) {
+        for (&t, &w) in self.vote_target[votes.clone()]
             .iter()
-            .zip(&self.vote_weight[lo..hi])
+            .zip(&self.vote_weight[votes])
         {
             counter.vote();
             acc.add::<F>(r, t, w);
@@ -428,6 +530,15 @@ impl Forest {
         }
         counter.node();
         (at & !LEAF_BIT) as usize
+    }
+
+    /// How many trees blocks evaluate as bitsets, and how many they walk.
+    #[cfg(test)]
+    pub(crate) fn tree_kinds(&self) -> (usize, usize) {
+        let bits = (0..self.n_trees())
+            .filter(|&t| self.bits.tree(t).is_some())
+            .count();
+        (bits, self.n_trees() - bits)
     }
 
     /// Depth (branches on the path) each tree takes for `row`: used by tests to

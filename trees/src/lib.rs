@@ -9,7 +9,9 @@
 //! This crate replaces both ops in tract's op table ([`register`], or
 //! [`onnx`] for a ready framework). Ensembles are validated at load (errors
 //! are [`TreeError`]s naming the attribute) and flattened so a row costs one
-//! root-to-leaf path per tree plus the reached leaves' votes.
+//! root-to-leaf path per tree plus the reached leaves' votes. Blocks of rows
+//! evaluate small trees as bitsets with SIMD where the CPU has AVX2 or
+//! AVX-512 (`HADR_TREES_KERNEL=walk` turns that off, for measurements).
 //!
 //! Semantics follow the ONNX-ML spec, and onnxruntime where the spec is
 //! vague: NaN goes to the true branch only where
@@ -20,6 +22,7 @@
 //! where onnxruntime applies only PROBIT there.
 
 mod attrs;
+mod bits;
 mod classifier;
 mod error;
 mod flatten;

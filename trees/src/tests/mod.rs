@@ -1,5 +1,6 @@
 //! Unit tests: semantics through whole ONNX models, errors, and the work bound.
 
+mod kernels;
 mod support;
 mod work;
 
@@ -53,14 +54,7 @@ fn branch_modes_compare_like_the_spec() {
 
 #[test]
 fn nan_takes_the_true_branch_only_when_tracked() {
-    for mode in [
-        "BRANCH_LEQ",
-        "BRANCH_LT",
-        "BRANCH_GTE",
-        "BRANCH_GT",
-        "BRANCH_EQ",
-        "BRANCH_NEQ",
-    ] {
+    for mode in MODES {
         let got = stump_branches(mode, true, &XS);
         assert!(
             got[3],

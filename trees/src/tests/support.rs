@@ -11,6 +11,16 @@ use tract_onnx::prelude::*;
 use crate::error::TreeError;
 use crate::table::{Mode, NodeTable, VoteNames, VoteTable};
 
+/// Every branch mode's ONNX name.
+pub const MODES: [&str; 6] = [
+    "BRANCH_LEQ",
+    "BRANCH_LT",
+    "BRANCH_GTE",
+    "BRANCH_GT",
+    "BRANCH_EQ",
+    "BRANCH_NEQ",
+];
+
 /// An ensemble written node by node, in whatever order a test wants.
 #[derive(Debug, Clone, Default)]
 pub struct Trees {

@@ -3,6 +3,7 @@
 //! when the forest gains many leaves off those paths.
 
 use super::support::Trees;
+use crate::bits::Kernel;
 use crate::classifier::{ClassifierModel, Labels};
 use crate::forest::{Accumulator, WorkCount};
 use crate::table::CLASS_VOTES;
@@ -126,30 +127,70 @@ fn work_does_not_grow_with_leaves_off_the_path() {
     );
 }
 
-#[test]
-fn a_block_costs_the_sum_of_its_rows() {
-    // Blocks walk tree by tree, several rows in lockstep: same work, same scores.
-    let (n_trees, depth) = (12, 6);
-    let model = classifier(&chains(n_trees, depth, 3));
-    let rows: Vec<Vec<f32>> = (0..11)
+/// `n` rows of `depth` features leaving the chains at different branches.
+fn block_rows(n: i64, depth: i64) -> Vec<Vec<f32>> {
+    (0..n)
         .map(|i| {
             (0..depth)
                 .map(|k| if (i + k) % 4 == 0 { 1.0 } else { 0.0 })
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+/// Scores `rows` as one block with `kernel`: the work, and whether every
+/// row's scores equal its scores alone (which `measure` walks).
+fn block_work(
+    model: &mut ClassifierModel,
+    kernel: Kernel,
+    rows: &[Vec<f32>],
+) -> (WorkCount, WorkCount) {
+    model.forest.use_kernel(kernel);
     let block: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
     let mut acc = Accumulator::new(3);
     let mut count = WorkCount::default();
     model.score_block(&block, &mut acc, &mut count);
-    let mut total = WorkCount::default();
+    let mut alone = WorkCount::default();
     for (i, row) in rows.iter().enumerate() {
-        let (work, scores) = measure(&model, row);
-        total.nodes += work.nodes;
-        total.votes += work.votes;
+        let (work, scores) = measure(model, row);
+        alone.nodes += work.nodes;
+        alone.votes += work.votes;
         let mut out = vec![0.0; 3];
         model.finish_row(acc.sums(i), &mut out);
-        assert_eq!(out, scores, "row {i}");
+        assert_eq!(out, scores, "{kernel:?}, row {i}");
     }
-    assert_eq!(count, total);
+    (count, alone)
+}
+
+#[test]
+fn a_walked_block_costs_the_sum_of_its_rows() {
+    // Walks go tree by tree, several rows in lockstep: same work, same scores.
+    let (n_trees, depth) = (12, 6);
+    let mut model = classifier(&chains(n_trees, depth, 3));
+    let (block, alone) = block_work(&mut model, Kernel::Walk, &block_rows(11, depth));
+    assert_eq!(block, alone);
+}
+
+#[test]
+fn bitsets_test_every_branch_of_small_trees_only() {
+    let (n_trees, depth) = (12, 6);
+    // 13 rows: enough for one bitset group with every kernel.
+    let rows = block_rows(13, depth);
+    // 6 chain branches, each with a side subtree of 8 leaves (7 branches):
+    // 49 leaves, 48 branches a tree.
+    let mut small = classifier(&chains(n_trees, depth, 3));
+    // Side subtrees of 128 leaves: more than a bitset holds, so walked.
+    let mut large = classifier(&chains(n_trees, depth, 7));
+    for kernel in Kernel::available() {
+        if kernel == Kernel::Walk {
+            continue;
+        }
+        let (block, alone) = block_work(&mut small, kernel, &rows);
+        let branches = depth as usize * (1 + 7);
+        let per_row = n_trees as usize * (branches + 1);
+        assert_eq!(block.nodes, rows.len() * per_row, "{kernel:?}");
+        assert_eq!(block.votes, alone.votes, "{kernel:?}");
+        let (block, alone) = block_work(&mut large, kernel, &rows);
+        assert_eq!(block, alone, "{kernel:?}");
+    }
 }
