@@ -13,10 +13,11 @@
 //!
 //! A row then tests every branch of the tree, not only those on its path: at
 //! most 63, so the work still does not grow with the ensemble's leaves.
-//! Measured on the article's 512-tree forest (`cargo bench -p hadr-trees
-//! --bench forest`, 64 rows) the walk takes 6.1 µs a row, bitsets 3.1 with
-//! AVX-512, 4.2 with AVX2 and 6.6 without either, which is why a CPU without
-//! them keeps walking.
+//! Measured on the article's 512-tree forest at 64 rows (`cargo bench -p
+//! hadr-trees --bench forest`, which runs the walk beside the chosen kernel;
+//! `HADR_TREES_KERNEL` picks another): bitsets take 0.39-0.46x the walk's
+//! time a row with AVX-512 (3.1-3.5 µs), 0.55x with AVX2 (3.9) and 1.04x
+//! without either (7.2 against 6.9), which is why such a CPU keeps walking.
 
 use std::collections::HashSet;
 
