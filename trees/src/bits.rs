@@ -35,7 +35,7 @@ pub(crate) const WIDE: usize = 16;
 /// Leaves a tree may have to be evaluated as a bitset (bits of a `u64`).
 const MAX_LEAVES: usize = 64;
 
-/// How blocks of rows are evaluated: detected once per forest.
+/// How blocks of rows are evaluated: chosen when a forest is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
     /// Root-to-leaf walks only (no SIMD the bitsets would need).
@@ -51,61 +51,91 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     /// The kernel `HADR_TREES_KERNEL` names (`walk`, `bitset`, `avx2`,
-    /// `avx512`) if this CPU runs it, else the fastest one it runs. Forcing
-    /// a kernel is for side-by-side measurements (the forest bench).
+    /// `avx512`, any case) if this CPU runs it, else the fastest one it
+    /// runs, with a warning. Forcing a kernel is for side-by-side
+    /// measurements (the forest bench) and for turning bitsets off.
     pub(crate) fn choose() -> Kernel {
         let best = Kernel::detect();
-        let named = match std::env::var("HADR_TREES_KERNEL").as_deref() {
-            Ok("walk") => Kernel::Walk,
-            Ok("bitset") => Kernel::Bitset,
-            Ok("avx2") => Kernel::Avx2,
-            Ok("avx512") => Kernel::Avx512,
-            _ => best,
+        let Ok(value) = std::env::var("HADR_TREES_KERNEL") else {
+            return best;
         };
-        if named as u8 <= best as u8 || named == Kernel::Bitset {
-            named
-        } else {
-            best
+        match Kernel::named(&value) {
+            Some(kernel) if kernel.supported() => kernel,
+            Some(kernel) => {
+                tracing::warn!(?kernel, using = ?best, "HADR_TREES_KERNEL: this CPU lacks that kernel's instructions");
+                best
+            }
+            None => {
+                tracing::warn!(%value, using = ?best, "HADR_TREES_KERNEL is not one of walk, bitset, avx2, avx512");
+                best
+            }
+        }
+    }
+
+    /// The kernel a `HADR_TREES_KERNEL` value names, in any case.
+    pub(crate) fn named(name: &str) -> Option<Kernel> {
+        match name.to_ascii_lowercase().as_str() {
+            "walk" => Some(Kernel::Walk),
+            "bitset" => Some(Kernel::Bitset),
+            "avx2" => Some(Kernel::Avx2),
+            "avx512" => Some(Kernel::Avx512),
+            _ => None,
         }
     }
 
     /// Fewest rows worth a bitset group (a group costs [`WIDE`] rows
     /// whatever it holds; fewer rows are walked). Measured on the article's
-    /// forest, µs a row at 8 rows against the walk's 5.3: AVX-512 5.6,
-    /// AVX2 7.3. [`Kernel::Walk`] has no groups.
+    /// forest, µs a row at 8 rows against the walk's 5.3: AVX-512 5.6, AVX2
+    /// 7.3; at 16 rows both win. [`Kernel::Bitset`] takes AVX2's, so tests
+    /// reach walked remainders of 8 to 11 rows on any CPU.
     pub(crate) fn min_group_rows(self) -> usize {
         match self {
             Kernel::Walk => usize::MAX,
-            Kernel::Bitset | Kernel::Avx512 => 8,
-            Kernel::Avx2 => 12,
+            Kernel::Avx512 => 10,
+            Kernel::Bitset | Kernel::Avx2 => 12,
+        }
+    }
+
+    /// Whether this CPU has every feature the kernel is compiled with, and
+    /// those `#[target_feature]` implies (AVX-512F implies AVX2, FMA and
+    /// F16C to the compiler, so they are checked too rather than assumed).
+    fn supported(self) -> bool {
+        match self {
+            Kernel::Walk | Kernel::Bitset => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx")
+                    && std::arch::is_x86_feature_detected!("avx2")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => {
+                Kernel::Avx2.supported()
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx2 | Kernel::Avx512 => false,
         }
     }
 
     /// The fastest kernel this CPU runs.
     fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-            {
-                return Kernel::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Kernel::Avx2;
-            }
-        }
-        Kernel::Walk
+        [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.supported())
+            .unwrap_or(Kernel::Walk)
     }
 
     /// Every kernel this CPU runs (tests compare them).
     #[cfg(test)]
     pub(crate) fn available() -> Vec<Kernel> {
-        let best = Kernel::detect();
         [Kernel::Walk, Kernel::Bitset, Kernel::Avx2, Kernel::Avx512]
             .into_iter()
-            .filter(|&k| k as u8 <= (best as u8).max(Kernel::Bitset as u8))
+            .filter(|k| k.supported())
             .collect()
     }
 }
@@ -115,8 +145,8 @@ impl Kernel {
 struct BitTree {
     /// Its branches: `nodes[start..end]`.
     nodes: (u32, u32),
-    /// Its leaves' vote ranges in bit order start at `leaves[first_leaf]`.
-    first_leaf: u32,
+    /// Its leaves' vote ranges in bit order: `leaves[start..end]`.
+    leaves: (u32, u32),
 }
 
 /// The bitset form of every tree that has one.
@@ -148,11 +178,16 @@ impl BitTrees {
     #[inline(always)]
     pub(crate) fn tree(&self, t: usize) -> Option<(&[MaskedBranch], &[VoteRange])> {
         let tree = self.trees[t].as_ref()?;
-        let (start, end) = tree.nodes;
+        let ((n0, n1), (l0, l1)) = (tree.nodes, tree.leaves);
         Some((
-            &self.nodes[start as usize..end as usize],
-            &self.leaves[tree.first_leaf as usize..],
+            &self.nodes[n0 as usize..n1 as usize],
+            &self.leaves[l0 as usize..l1 as usize],
         ))
+    }
+
+    /// Whether any tree is a bitset tree (else a block needs no layout).
+    pub(crate) fn any(&self) -> bool {
+        self.trees.iter().any(Option::is_some)
     }
 
     /// Appends the tree from `root` (known small).
@@ -162,7 +197,7 @@ impl BitTrees {
         self.number(branches, leaf_start, root, first_leaf);
         BitTree {
             nodes: (start, self.nodes.len() as u32),
-            first_leaf: first_leaf as u32,
+            leaves: (first_leaf as u32, self.leaves.len() as u32),
         }
     }
 
@@ -194,7 +229,7 @@ impl BitTrees {
     }
 }
 
-/// Bits `lo..hi` set (`hi - lo` in 1..=64).
+/// Bits `lo..hi` set (`hi - lo` in 1..=64; a true subtree has at most 63).
 fn bit_range(lo: u32, hi: u32) -> u64 {
     (u64::MAX >> (64 - (hi - lo))) << lo
 }
@@ -231,9 +266,10 @@ pub(crate) fn rule_out<R: Rule>(
 ) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a forest only holds this kernel when `Kernel::detect` found
-        // these features on the CPU (`choose` and `Kernel::available` only
-        // return kernels up to the detected one).
+        // SAFETY: a forest only holds this kernel when `Kernel::supported`
+        // found on this CPU every feature the wrapper enables and implies:
+        // `choose` and `available` return supported kernels only, and
+        // `Forest::use_kernel` (tests) asserts it.
         Kernel::Avx512 => unsafe { rule_out_avx512::<R>(nodes, cols, bits) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2.

@@ -170,7 +170,9 @@ impl Counter for () {
     fn vote(&mut self) {}
 }
 
-/// Nodes visited (branches plus the leaf reached) and votes read.
+/// Nodes visited (the branches tested plus the leaf reached: those on the
+/// path when walking, every branch of the tree for a bitset row) and votes
+/// read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkCount {
     pub nodes: usize,
@@ -377,19 +379,20 @@ impl Forest {
         // Rows evaluated as bitsets: whole groups, and a last partial group
         // only if it has enough rows to be worth a whole group's cost.
         let min = self.kernel.min_group_rows();
-        let wide = match rows.len() % WIDE {
-            _ if rows.len() < min => 0,
+        let bit_rows = match rows.len() % WIDE {
+            _ if rows.len() < min || !self.bits.any() => 0,
             rest if rest < min => rows.len() - rest,
             _ => rows.len(),
         };
-        if wide > 0 {
-            acc.lay_out(&rows[..wide], self.n_features);
+        if bit_rows > 0 {
+            acc.lay_out(&rows[..bit_rows], self.n_features);
         }
         for (t, &root) in self.roots.iter().enumerate() {
-            match self.bits.tree(t).filter(|_| wide > 0) {
+            match self.bits.tree(t).filter(|_| bit_rows > 0) {
                 Some((nodes, leaves)) => {
-                    self.run_bits::<R, F, C>(nodes, leaves, wide, acc, counter);
-                    self.run_tree::<R, F, C>(root, &rows[wide..], wide, acc, counter);
+                    self.run_bits::<R, F, C>(nodes, leaves, bit_rows, acc, counter);
+                    let rest = &rows[bit_rows..];
+                    self.run_tree::<R, F, C>(root, rest, bit_rows, acc, counter);
                 }
                 None => self.run_tree::<R, F, C>(root, rows, 0, acc, counter),
             }

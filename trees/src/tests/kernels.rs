@@ -38,53 +38,71 @@ impl Rng {
 
 const FEATURES: i64 = 5;
 
-/// Adds a random subtree of at most `leaves` leaves under node `id`
-/// (exactly `leaves` when over 64, so that tree is walked).
-fn grow(
-    mut t: Trees,
-    rng: &mut Rng,
-    tree: i64,
-    id: i64,
-    leaves: u64,
-    modes: &[&str],
-    next: &mut i64,
-) -> Trees {
-    if leaves <= 1 || (leaves <= 64 && rng.below(8) == 0) {
-        let mut votes = Vec::new();
-        for c in 0..3 {
-            if rng.below(2) == 0 {
-                votes.push((c, rng.below(100) as f64 / 8.0));
-            }
-        }
-        return t.leaf(tree, id, &votes);
-    }
-    let (on_true, on_false) = (*next, *next + 1);
-    *next += 2;
-    let left = 1 + rng.below(leaves - 1);
-    t = grow(t, rng, tree, on_true, left, modes, next);
-    t = grow(t, rng, tree, on_false, leaves - left, modes, next);
-    let mode = modes[rng.below(modes.len() as u64) as usize];
-    let value = rng.below(9) as f64 * 0.5 - 2.0;
-    t.branch(
-        tree,
-        id,
-        rng.below(FEATURES as u64) as i64,
-        mode,
-        value,
-        on_true,
-        on_false,
-    )
-    .missing_goes_true(rng.below(3) == 0)
+/// How many leaves a random tree gets.
+#[derive(Clone, Copy)]
+enum Size {
+    /// At most this many: each subtree may stop early.
+    AtMost(u64),
+    /// Exactly this many.
+    Exactly(u64),
 }
 
-/// Trees of up to 8, 64 (bitsets) or 200 (walked) leaves, and one tree whose
-/// two branches share a subtree (walked).
+/// Writes random trees: branches on random features, modes from `modes`.
+struct Grower<'a> {
+    rng: &'a mut Rng,
+    modes: &'a [&'a str],
+}
+
+impl Grower<'_> {
+    /// Adds a random subtree of `size` leaves under node `id`, numbering
+    /// new nodes from `*next`.
+    fn grow(&mut self, mut t: Trees, tree: i64, id: i64, size: Size, next: &mut i64) -> Trees {
+        let (leaves, exact) = match size {
+            Size::AtMost(n) => (n, false),
+            Size::Exactly(n) => (n, true),
+        };
+        if leaves <= 1 || (!exact && self.rng.below(8) == 0) {
+            let mut votes = Vec::new();
+            for c in 0..3 {
+                if self.rng.below(2) == 0 {
+                    votes.push((c, self.rng.below(100) as f64 / 8.0));
+                }
+            }
+            return t.leaf(tree, id, &votes);
+        }
+        let (on_true, on_false) = (*next, *next + 1);
+        *next += 2;
+        let left = 1 + self.rng.below(leaves - 1);
+        let part = |n| {
+            if exact {
+                Size::Exactly(n)
+            } else {
+                Size::AtMost(n)
+            }
+        };
+        t = self.grow(t, tree, on_true, part(left), next);
+        t = self.grow(t, tree, on_false, part(leaves - left), next);
+        let mode = self.modes[self.rng.below(self.modes.len() as u64) as usize];
+        let value = self.rng.below(9) as f64 * 0.5 - 2.0;
+        let feature = self.rng.below(FEATURES as u64) as i64;
+        t.branch(tree, id, feature, mode, value, on_true, on_false)
+            .missing_goes_true(self.rng.below(3) == 0)
+    }
+}
+
+/// Trees of at most 8 or 64 leaves (bitsets), of exactly 200 (walked), and
+/// one tree whose two branches share a subtree (walked).
 fn forest(rng: &mut Rng, modes: &[&str]) -> Trees {
+    let mut grower = Grower { rng, modes };
     let mut t = Trees::default();
     for tree in 0..24 {
-        let leaves = [8, 64, 64, 200][tree as usize % 4];
-        let mut next = 1;
-        t = grow(t, rng, tree, 0, leaves, modes, &mut next);
+        let size = [
+            Size::AtMost(8),
+            Size::AtMost(64),
+            Size::AtMost(64),
+            Size::Exactly(200),
+        ][tree as usize % 4];
+        t = grower.grow(t, tree, 0, size, &mut 1);
     }
     t.branch(24, 0, 1, "BRANCH_LEQ", 0.0, 1, 2)
         .branch(24, 1, 2, "BRANCH_GT", 0.5, 3, 3)
@@ -115,16 +133,26 @@ fn alone(model: &ClassifierModel, rows: &[Vec<f32>]) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// Scores blocks of every size from 1 to [`BLOCK`] random rows with every
-/// kernel this CPU runs, against the rows scored alone.
-fn assert_kernels_agree(m: &mut ClassifierModel, rng: &mut Rng, what: &str) {
-    let rows: Vec<Vec<f32>> = (0..BLOCK)
-        .map(|_| (0..FEATURES).map(|_| rng.value()).collect())
-        .collect();
-    let want = alone(m, &rows);
+/// [`BLOCK`] random rows, each two features wider than the trees read.
+fn random_rows(rng: &mut Rng) -> Vec<Vec<f32>> {
+    (0..BLOCK)
+        .map(|_| (0..FEATURES + 2).map(|_| rng.value()).collect())
+        .collect()
+}
+
+/// Scores blocks of every size from 1 to [`BLOCK`] of `rows` with every
+/// kernel this CPU runs, against the rows scored alone; the model must hold
+/// both bitset and walked trees.
+fn assert_kernels_agree(m: &mut ClassifierModel, rows: &[Vec<f32>], what: &str) {
+    let (bits, walked) = m.forest.tree_kinds();
+    assert!(
+        bits > 0 && walked > 0,
+        "{what}: {bits} bitset trees, {walked} walked"
+    );
+    let want = alone(m, rows);
     for kernel in Kernel::available() {
         m.forest.use_kernel(kernel);
-        for n in 1..=BLOCK {
+        for n in 1..=rows.len() {
             let block: Vec<&[f32]> = rows[..n].iter().map(|r| r.as_slice()).collect();
             let mut acc = Accumulator::new(3);
             m.score_block(&block, &mut acc, &mut ());
@@ -140,14 +168,19 @@ fn kernels_agree_on_uniform_forests() {
     // One mode for the whole forest and no missing tracking is the fast rule.
     for mode in MODES {
         let mut rng = Rng(7);
+        let mut grower = Grower {
+            rng: &mut rng,
+            modes: &[mode],
+        };
         let mut t = Trees::default();
         for tree in 0..16 {
-            let leaves = [8, 64, 100, 64][tree as usize % 4];
-            t = grow(t, &mut rng, tree, 0, leaves, &[mode], &mut 1);
+            let size = [Size::AtMost(8), Size::AtMost(64), Size::Exactly(100)][tree as usize % 3];
+            t = grower.grow(t, tree, 0, size, &mut 1);
         }
         let n = t.nodes.missing_true.len();
         t.nodes.missing_true = vec![false; n];
-        assert_kernels_agree(&mut model(&t), &mut rng, mode);
+        let rows = random_rows(&mut rng);
+        assert_kernels_agree(&mut model(&t), &rows, mode);
     }
 }
 
@@ -156,18 +189,55 @@ fn kernels_agree_on_mixed_forests() {
     for seed in [1, 2, 3] {
         let mut rng = Rng(seed);
         let mut m = model(&forest(&mut rng, &MODES));
-        assert_kernels_agree(&mut m, &mut rng, &format!("seed {seed}"));
+        let (bits, walked) = m.forest.tree_kinds();
+        assert!(
+            bits >= 12 && walked >= 7,
+            "{bits} bitset trees, {walked} walked"
+        );
+        let rows = random_rows(&mut rng);
+        assert_kernels_agree(&mut m, &rows, &format!("seed {seed}"));
     }
 }
 
 #[test]
-fn the_test_forests_hold_both_kinds_of_tree() {
-    // Guards the tests above: without bitset trees they would compare walks
-    // with walks.
-    let m = model(&forest(&mut Rng(1), &MODES));
-    let (bits, walked) = m.forest.tree_kinds();
-    assert!(
-        bits >= 12 && walked >= 6,
-        "{bits} bitset trees, {walked} walked"
-    );
+fn kernels_agree_at_the_bitset_limits() {
+    let mut rng = Rng(11);
+    let mut grower = Grower {
+        rng: &mut rng,
+        modes: &MODES,
+    };
+    // A lone leaf; exactly 64 leaves (a bitset); 65 (walked); a root whose
+    // true side holds 63 of its 64 leaves.
+    let mut t = Trees::default().leaf(0, 0, &[(1, 1.0)]);
+    t = grower.grow(t, 1, 0, Size::Exactly(64), &mut 1);
+    t = grower.grow(t, 2, 0, Size::Exactly(65), &mut 1);
+    t = grower.grow(t, 3, 1, Size::Exactly(63), &mut 3);
+    t = t
+        .leaf(3, 2, &[(2, 0.5)])
+        .branch(3, 0, 0, "BRANCH_LEQ", 1.0, 1, 2);
+    // A chain `x0 <= -2 + k/16` whose last leaf (bit 63) takes x0 > 1.9375.
+    for k in 0..63 {
+        let leaf = 100 + k;
+        t = t.leaf(4, leaf, &[(k % 3, k as f64)]);
+        let next = if k == 62 { 200 } else { k + 1 };
+        t = t.branch(4, k, 0, "BRANCH_LEQ", -2.0 + k as f64 / 16.0, leaf, next);
+    }
+    t = t.leaf(4, 200, &[(0, 99.0)]);
+    let mut m = model(&t);
+    assert_eq!(m.forest.tree_kinds(), (4, 1));
+    let mut rows = random_rows(&mut rng);
+    rows[3][0] = 2.0; // down the chain to its last leaf
+    assert_kernels_agree(&mut m, &rows, "limits");
+}
+
+#[test]
+fn kernel_names_are_read_in_any_case() {
+    assert_eq!(Kernel::named("walk"), Some(Kernel::Walk));
+    assert_eq!(Kernel::named("WALK"), Some(Kernel::Walk));
+    assert_eq!(Kernel::named("Bitset"), Some(Kernel::Bitset));
+    assert_eq!(Kernel::named("avx2"), Some(Kernel::Avx2));
+    assert_eq!(Kernel::named("AVX512"), Some(Kernel::Avx512));
+    for unknown in ["", "off", "avx-512", "sse2"] {
+        assert_eq!(Kernel::named(unknown), None, "{unknown:?}");
+    }
 }

@@ -1,6 +1,7 @@
-//! Pins the evaluator's cost without timing it: a [`WorkCount`] per row must
-//! equal the path lengths plus the reached leaves' votes, and must not change
-//! when the forest gains many leaves off those paths.
+//! Pins the evaluator's cost without timing it: a walked row's [`WorkCount`]
+//! must equal the path lengths plus the reached leaves' votes, and must not
+//! change when the forest gains many leaves off those paths; a bitset row
+//! costs every branch of a small tree, never of a large one.
 
 use super::support::Trees;
 use crate::bits::Kernel;
@@ -192,5 +193,11 @@ fn bitsets_test_every_branch_of_small_trees_only() {
         assert_eq!(block.votes, alone.votes, "{kernel:?}");
         let (block, alone) = block_work(&mut large, kernel, &rows);
         assert_eq!(block, alone, "{kernel:?}");
+        // 20 rows: one group of 16, then 4 rows too few for a group, walked.
+        let rows = block_rows(20, depth);
+        let (block, alone) = block_work(&mut small, kernel, &rows);
+        let walked: usize = rows[16..].iter().map(|r| measure(&small, r).0.nodes).sum();
+        assert_eq!(block.nodes, 16 * per_row + walked, "{kernel:?}, 20 rows");
+        assert_eq!(block.votes, alone.votes, "{kernel:?}, 20 rows");
     }
 }
