@@ -290,7 +290,7 @@ fn rule_out_avx2<R: Rule>(nodes: &[MaskedBranch], cols: &[f32], bits: &mut [u64;
     rule_out_portable::<R>(nodes, cols, bits)
 }
 
-/// The loop every kernel compiles: branch-free, so it vectorises over rows.
+/// The loop every kernel compiles (each step is [`Rule::rule_out`]).
 #[inline(always)]
 fn rule_out_portable<R: Rule>(nodes: &[MaskedBranch], cols: &[f32], out: &mut [u64; WIDE]) {
     // A local copy stays in registers; through `out` every node would store
@@ -300,12 +300,7 @@ fn rule_out_portable<R: Rule>(nodes: &[MaskedBranch], cols: &[f32], out: &mut [u
         let col: &[f32; WIDE] = cols[b.feature() * WIDE..][..WIDE]
             .try_into()
             .expect("WIDE values");
-        for (bits, &x) in bits.iter_mut().zip(col) {
-            // All ones when the row takes the true branch; a data-dependent
-            // `if` here would be a coin toss for the branch predictor.
-            let stays = (R::goes_true(x, b) as u64).wrapping_neg();
-            *bits &= mask | stays;
-        }
+        R::rule_out(b, *mask, col, &mut bits);
     }
     *out = bits;
 }

@@ -91,6 +91,30 @@ enum RuleKind {
 /// A branch decision, monomorphised per [`RuleKind`].
 pub(crate) trait Rule {
     fn goes_true(x: f32, b: &Branch) -> bool;
+
+    /// Clears `mask`'s zero bits in `bits[r]` for each row `r` whose value
+    /// `col[r]` fails `b`'s test (the bitset kernels' step, see
+    /// [`crate::bits`]).
+    #[inline(always)]
+    fn rule_out(b: &Branch, mask: u64, col: &[f32; WIDE], bits: &mut [u64; WIDE]) {
+        rule_out_rows(mask, col, bits, |x| Self::goes_true(x, b));
+    }
+}
+
+/// [`Rule::rule_out`] for one test: branch-free, so it vectorises over rows.
+#[inline(always)]
+fn rule_out_rows(
+    mask: u64,
+    col: &[f32; WIDE],
+    bits: &mut [u64; WIDE],
+    goes_true: impl Fn(f32) -> bool,
+) {
+    for (bits, &x) in bits.iter_mut().zip(col) {
+        // All ones when the row takes the true branch; a data-dependent `if`
+        // here would be a coin toss for the branch predictor.
+        let stays = (goes_true(x) as u64).wrapping_neg();
+        *bits &= mask | stays;
+    }
 }
 
 /// A single mode for the whole forest; `M` is a [`Mode`] discriminant.
@@ -110,6 +134,29 @@ impl Rule for MixedRule {
     #[inline(always)]
     fn goes_true(x: f32, b: &Branch) -> bool {
         (b.missing_true() && x.is_nan()) || b.mode().holds(x, b.threshold)
+    }
+
+    /// Decodes the branch once, not per row, so each case's loop vectorises
+    /// (decoding per row made LightGBM's forests slower as bitsets than
+    /// walked).
+    #[inline(always)]
+    fn rule_out(b: &Branch, mask: u64, col: &[f32; WIDE], bits: &mut [u64; WIDE]) {
+        let t = b.threshold;
+        macro_rules! by_mode {
+            ($($mode:ident),*) => {
+                match (b.mode(), b.missing_true()) {
+                    $(
+                        (Mode::$mode, false) => {
+                            rule_out_rows(mask, col, bits, |x| Mode::$mode.holds(x, t))
+                        }
+                        (Mode::$mode, true) => rule_out_rows(mask, col, bits, |x| {
+                            x.is_nan() || Mode::$mode.holds(x, t)
+                        }),
+                    )*
+                }
+            };
+        }
+        by_mode!(Leq, Lt, Gte, Gt, Eq, Neq)
     }
 }
 
