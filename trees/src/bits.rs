@@ -186,8 +186,10 @@ impl BitTrees {
     }
 
     /// Whether any tree is a bitset tree (else a block needs no layout).
+    /// Every bitset tree has a leaf, so this needs no walk over the trees,
+    /// which would run for every block.
     pub(crate) fn any(&self) -> bool {
-        self.trees.iter().any(Option::is_some)
+        !self.leaves.is_empty()
     }
 
     /// Appends the tree from `root` (known small).
