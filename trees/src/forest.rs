@@ -12,7 +12,7 @@
 //! set, a leaf number; a leaf's votes are `votes[leaf_start[l]..leaf_start[l+1]]`.
 //! Validation and flattening live in [`crate::flatten`].
 
-use crate::bits::{rule_out, BitTrees, Kernel, MaskedBranch, VoteRange, WIDE};
+use crate::bits::{add_single, rule_out, BitTreeRef, BitTrees, Kernel, Votes, WIDE};
 use crate::error::TreeError;
 use crate::flatten::{flatten, Flat};
 use crate::table::{Mode, NodeTable, VoteTable};
@@ -162,6 +162,9 @@ impl Rule for MixedRule {
 
 /// How leaf votes for one target combine across trees.
 pub(crate) trait Fold {
+    /// Whether folding is adding (which needs no `seen`): bitset trees then
+    /// add a whole group's votes at once.
+    const SUM: bool = false;
     fn fold(acc: &mut f64, seen: &mut bool, weight: f64);
 }
 
@@ -173,6 +176,7 @@ pub(crate) struct MinFold;
 pub(crate) struct MaxFold;
 
 impl Fold for SumFold {
+    const SUM: bool = true;
     #[inline(always)]
     fn fold(acc: &mut f64, seen: &mut bool, weight: f64) {
         *acc += weight;
@@ -252,11 +256,17 @@ const LANES: usize = 8;
 /// Scratch for a block of rows: one accumulator and one "has a vote" flag
 /// per (row, target), and the block's rows laid out for bitsets.
 /// Allocated once per evaluation, reset per block.
+///
+/// Accumulators are laid out like `cols`, `[group][target][row]` for groups
+/// of [`WIDE`] rows, so a bitset tree adds a group's votes for a target
+/// with one vector add; [`Accumulator::finish`] turns them into rows.
 #[derive(Debug, Clone)]
 pub(crate) struct Accumulator {
     n_targets: usize,
     sums: Vec<f64>,
     seen: Vec<bool>,
+    /// The finished sums, row by row (`[row][target]`).
+    rows: Vec<f64>,
     /// The block's rows [`WIDE`] to a group, feature-major within a group
     /// (`[group][feature][row]`) so one load reads a feature for them all;
     /// a last, partial group repeats its last row.
@@ -265,23 +275,51 @@ pub(crate) struct Accumulator {
 
 impl Accumulator {
     pub(crate) fn new(n_targets: usize) -> Self {
+        let lanes = BLOCK.div_ceil(WIDE) * WIDE * n_targets;
         Accumulator {
             n_targets,
-            sums: vec![0.0; BLOCK * n_targets],
-            seen: vec![false; BLOCK * n_targets],
+            sums: vec![0.0; lanes],
+            seen: vec![false; lanes],
+            rows: vec![0.0; BLOCK * n_targets],
             cols: Vec::new(),
         }
     }
 
-    /// Clears the first `rows` rows.
+    /// Clears the groups holding the first `rows` rows.
     pub(crate) fn reset(&mut self, rows: usize) {
-        self.sums[..rows * self.n_targets].fill(0.0);
-        self.seen[..rows * self.n_targets].fill(false);
+        let lanes = rows.div_ceil(WIDE) * WIDE * self.n_targets;
+        self.sums[..lanes].fill(0.0);
+        self.seen[..lanes].fill(false);
+    }
+
+    /// Where (row `r`, target `t`) is accumulated.
+    #[inline(always)]
+    fn at(&self, r: usize, t: usize) -> usize {
+        ((r / WIDE) * self.n_targets + t) * WIDE + r % WIDE
+    }
+
+    /// Target `t`'s accumulators for the rows of group `g`.
+    #[inline(always)]
+    fn lane(&mut self, g: usize, t: usize) -> &mut [f64; WIDE] {
+        let at = self.at(g * WIDE, t);
+        (&mut self.sums[at..at + WIDE])
+            .try_into()
+            .expect("WIDE accumulators")
+    }
+
+    /// Copies the first `rows` rows' sums out, row by row, for [`Self::sums`].
+    fn finish(&mut self, rows: usize) {
+        let n = self.n_targets;
+        for r in 0..rows {
+            for t in 0..n {
+                self.rows[r * n + t] = self.sums[self.at(r, t)];
+            }
+        }
     }
 
     /// The per-target results of row `r` of the block.
     pub(crate) fn sums(&self, r: usize) -> &[f64] {
-        &self.sums[r * self.n_targets..(r + 1) * self.n_targets]
+        &self.rows[r * self.n_targets..(r + 1) * self.n_targets]
     }
 
     /// Lays out the first `n_features` of each of `rows` into [`Self::cols`].
@@ -302,7 +340,7 @@ impl Accumulator {
     /// Folds one vote into row `r`.
     #[inline(always)]
     fn add<F: Fold>(&mut self, r: usize, target: u32, weight: f64) {
-        let at = r * self.n_targets + target as usize;
+        let at = self.at(r, target as usize);
         F::fold(&mut self.sums[at], &mut self.seen[at], weight);
     }
 }
@@ -344,7 +382,12 @@ impl Forest {
         } = flatten(nodes, votes, n_targets)?;
         let rule = rule_kind(&branches);
         let n_features = branches.iter().map(|b| b.feature() + 1).max().unwrap_or(0);
-        let bits = BitTrees::build(&branches, &roots, &leaf_start);
+        let votes = Votes {
+            start: &leaf_start,
+            target: &vote_target,
+            weight: &vote_weight,
+        };
+        let bits = BitTrees::build(&branches, &roots, &votes);
         Ok(Forest {
             roots,
             branches,
@@ -405,6 +448,7 @@ impl Forest {
             RuleKind::Uniform(Mode::Neq) => self.run::<UniformRule<5>, F, C>(rows, acc, counter),
             RuleKind::Mixed => self.run::<MixedRule, F, C>(rows, acc, counter),
         }
+        acc.finish(rows.len());
     }
 
     /// The block loop, specialised for one rule and one fold: with enough
@@ -431,28 +475,40 @@ impl Forest {
             rest if rest < min => rows.len() - rest,
             _ => rows.len(),
         };
+        debug_assert!(bit_rows % WIDE == 0 || bit_rows == rows.len());
         if bit_rows > 0 {
             acc.lay_out(&rows[..bit_rows], self.n_features);
         }
+        // Walked rows go tree by tree, [`LANES`] rows at a time. The last
+        // few that fill no lanes would walk each tree as one dependent chain
+        // per row: they go row by row instead, over lanes of trees.
+        let tail = (rows.len() - bit_rows) % LANES;
+        let (by_tree, by_row) = rows.split_at(rows.len() - tail);
         for (t, &root) in self.roots.iter().enumerate() {
             match self.bits.tree(t).filter(|_| bit_rows > 0) {
-                Some((nodes, leaves)) => {
-                    self.run_bits::<R, F, C>(nodes, leaves, bit_rows, acc, counter);
-                    let rest = &rows[bit_rows..];
-                    self.run_tree::<R, F, C>(root, rest, bit_rows, acc, counter);
+                Some(tree) => {
+                    self.run_bits::<R, F, C>(tree, bit_rows, acc, counter);
+                    let walked = &by_tree[bit_rows.min(by_tree.len())..];
+                    self.run_tree::<R, F, C>(root, walked, bit_rows, acc, counter);
                 }
-                None => self.run_tree::<R, F, C>(root, rows, 0, acc, counter),
+                None => self.run_tree::<R, F, C>(root, by_tree, 0, acc, counter),
             }
+        }
+        for (r, row) in by_row.iter().enumerate() {
+            self.run_row::<R, F, C>(row, by_tree.len() + r, acc, counter);
         }
     }
 
     /// One small tree (its branches with their masks, and its leaves by bit)
     /// for the first `n` rows of the block, laid out in `acc`, [`WIDE`] rows
     /// at a time.
+    ///
+    /// A group's last lanes past `n` hold copies of the last row: their
+    /// votes go to accumulators no row of the block reads (a partial group
+    /// is the block's last).
     fn run_bits<R: Rule, F: Fold, C: Counter>(
         &self,
-        nodes: &[MaskedBranch],
-        leaves: &[VoteRange],
+        tree: BitTreeRef,
         n: usize,
         acc: &mut Accumulator,
         counter: &mut C,
@@ -460,11 +516,24 @@ impl Forest {
         let group = self.n_features * WIDE;
         for g in 0..n.div_ceil(WIDE) {
             let mut bits = [u64::MAX; WIDE];
-            rule_out::<R>(self.kernel, nodes, &acc.cols[g * group..], &mut bits);
-            for (r, bits) in bits.iter().enumerate().take(n - g * WIDE) {
-                counter.nodes(nodes.len() + 1); // every branch, then the leaf
-                let (lo, hi) = leaves[bits.trailing_zeros() as usize];
-                self.add_range::<F, C>(lo as usize..hi as usize, g * WIDE + r, acc, counter);
+            rule_out::<R>(self.kernel, tree.nodes, &acc.cols[g * group..], &mut bits);
+            let rows = (n - g * WIDE).min(WIDE);
+            match tree.single.filter(|_| F::SUM) {
+                Some((target, weights)) => {
+                    for _ in 0..rows {
+                        counter.nodes(tree.nodes.len() + 1); // every branch, then the leaf
+                        counter.vote();
+                    }
+                    add_single(self.kernel, &bits, weights, acc.lane(g, target as usize));
+                }
+                None => {
+                    for (r, bits) in bits.iter().enumerate().take(rows) {
+                        counter.nodes(tree.nodes.len() + 1);
+                        let (lo, hi) = tree.leaves[bits.trailing_zeros() as usize];
+                        let votes = lo as usize..hi as usize;
+                        self.add_range::<F, C>(votes, g * WIDE + r, acc, counter);
+                    }
+                }
             }
         }
     }
@@ -589,6 +658,15 @@ impl Forest {
             .filter(|&t| self.bits.tree(t).is_some())
             .count();
         (bits, self.n_trees() - bits)
+    }
+
+    /// How many bitset trees add their votes a group at a time (every
+    /// leaf votes once, for one target).
+    #[cfg(test)]
+    pub(crate) fn single_target_trees(&self) -> usize {
+        (0..self.n_trees())
+            .filter(|&t| self.bits.tree(t).is_some_and(|b| b.single.is_some()))
+            .count()
     }
 
     /// Depth (branches on the path) each tree takes for `row`: used by tests to

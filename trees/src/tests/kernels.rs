@@ -51,6 +51,9 @@ enum Size {
 struct Grower<'a> {
     rng: &'a mut Rng,
     modes: &'a [&'a str],
+    /// Every leaf votes once, for this target (as in regressors and
+    /// boosted binary classifiers); else for random targets.
+    one_target: Option<i64>,
 }
 
 impl Grower<'_> {
@@ -63,6 +66,10 @@ impl Grower<'_> {
         };
         if leaves <= 1 || (!exact && self.rng.below(8) == 0) {
             let mut votes = Vec::new();
+            if let Some(c) = self.one_target {
+                let weight = self.rng.below(100) as f64 / 8.0 - 6.0;
+                return t.leaf(tree, id, &[(c, weight)]);
+            }
             for c in 0..3 {
                 if self.rng.below(2) == 0 {
                     votes.push((c, self.rng.below(100) as f64 / 8.0));
@@ -93,7 +100,11 @@ impl Grower<'_> {
 /// Trees of at most 8 or 64 leaves (bitsets), of exactly 200 (walked), and
 /// one tree whose two branches share a subtree (walked).
 fn forest(rng: &mut Rng, modes: &[&str]) -> Trees {
-    let mut grower = Grower { rng, modes };
+    let mut grower = Grower {
+        rng,
+        modes,
+        one_target: None,
+    };
     let mut t = Trees::default();
     for tree in 0..24 {
         let size = [
@@ -171,6 +182,7 @@ fn kernels_agree_on_uniform_forests() {
         let mut grower = Grower {
             rng: &mut rng,
             modes: &[mode],
+            one_target: None,
         };
         let mut t = Trees::default();
         for tree in 0..16 {
@@ -200,11 +212,34 @@ fn kernels_agree_on_mixed_forests() {
 }
 
 #[test]
+fn kernels_agree_on_single_target_trees() {
+    // Trees whose leaves each vote once for one target add a group's votes
+    // with one gather; mixed with trees that do not, and walked trees.
+    let mut rng = Rng(5);
+    let mut t = Trees::default();
+    for tree in 0..18 {
+        let mut grower = Grower {
+            rng: &mut rng,
+            modes: &MODES,
+            one_target: (tree % 3 != 2).then_some(tree % 3),
+        };
+        let size = [Size::AtMost(64), Size::Exactly(64), Size::AtMost(8)][tree as usize % 3];
+        let size = if tree == 16 { Size::Exactly(90) } else { size };
+        t = grower.grow(t, tree, 0, size, &mut 1);
+    }
+    let mut m = model(&t);
+    assert_eq!(m.forest.single_target_trees(), 11);
+    let rows = random_rows(&mut rng);
+    assert_kernels_agree(&mut m, &rows, "single target");
+}
+
+#[test]
 fn kernels_agree_at_the_bitset_limits() {
     let mut rng = Rng(11);
     let mut grower = Grower {
         rng: &mut rng,
         modes: &MODES,
+        one_target: None,
     };
     // A lone leaf; exactly 64 leaves (a bitset); 65 (walked); a root whose
     // true side holds 63 of its 64 leaves.
