@@ -27,6 +27,8 @@ use tokio::sync::{oneshot, Notify};
 use crate::bindings::hadr::predictor::types::PredictError;
 use crate::topology::BatchSpec;
 
+use super::fine_timer;
+
 /// What a request of a merged batch is sent: the guest's answer for it, or
 /// its refusal of it. A closed channel instead says: run on your own.
 pub(super) type Delivery = Result<Vec<u8>, PredictError>;
@@ -175,13 +177,17 @@ impl Lead<'_> {
     /// opened, then closes it: later requests open the next one.
     pub(super) async fn close(self) -> Batch {
         let until = self.opened + self.batcher.spec.max_delay;
+        // One sleep for the whole wait: each new one would ask the timer
+        // thread for another wake-up.
+        let sleep = fine_timer::sleep_until(until);
+        tokio::pin!(sleep);
         loop {
             if Instant::now() >= until || self.is_sealed() {
                 break;
             }
             tokio::select! {
                 _ = self.full.notified() => {}
-                _ = fine_timer::sleep_until(until) => {}
+                _ = &mut sleep => {}
             }
         }
         self.batcher
@@ -202,85 +208,6 @@ impl Drop for Lead<'_> {
         // Closed normally: already taken, nothing left. Abandoned: the
         // followers' channels close with the batch.
         drop(self.batcher.take(self.id));
-    }
-}
-
-/// Sleeps to within tens of microseconds. tokio's timer ticks in
-/// milliseconds, which would stretch a 200 µs batch delay to 1–2 ms (and, at
-/// few connections, cut throughput by as much); here one thread waits on a
-/// condition variable for the earliest deadline and wakes whoever is due.
-/// It costs a wake-up per batch, not per request.
-mod fine_timer {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::{Condvar, Mutex, OnceLock};
-    use std::task::{Context, Poll, Waker};
-    use std::time::Instant;
-
-    /// Sleepers waiting, and the condition variable the timer thread waits on.
-    struct Timer {
-        due: Mutex<Vec<(Instant, Waker)>>,
-        changed: Condvar,
-    }
-
-    /// The process's timer thread, started on first use.
-    fn timer() -> &'static Timer {
-        static TIMER: OnceLock<&'static Timer> = OnceLock::new();
-        TIMER.get_or_init(|| {
-            let timer: &'static Timer = Box::leak(Box::new(Timer {
-                due: Mutex::new(Vec::new()),
-                changed: Condvar::new(),
-            }));
-            std::thread::Builder::new()
-                .name("hadr-batch-timer".into())
-                .spawn(move || run(timer))
-                .expect("the batch timer thread starts");
-            timer
-        })
-    }
-
-    fn run(timer: &Timer) -> ! {
-        let mut due = super::lock(&timer.due);
-        loop {
-            let now = Instant::now();
-            due.retain(|(at, waker)| {
-                let wake = *at <= now;
-                if wake {
-                    waker.wake_by_ref();
-                }
-                !wake
-            });
-            due = match due.iter().map(|(at, _)| *at).min() {
-                None => timer.changed.wait(due).unwrap_or_else(|p| p.into_inner()),
-                Some(next) => {
-                    let waited = timer.changed.wait_timeout(due, next - now);
-                    waited.unwrap_or_else(|p| p.into_inner()).0
-                }
-            };
-        }
-    }
-
-    /// Resolves at `until` (a few tens of µs late at most, on an idle core).
-    pub(super) fn sleep_until(until: Instant) -> impl Future<Output = ()> {
-        Sleep { until }
-    }
-
-    struct Sleep {
-        until: Instant,
-    }
-
-    impl Future for Sleep {
-        type Output = ();
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            if Instant::now() >= self.until {
-                return Poll::Ready(());
-            }
-            let timer = timer();
-            super::lock(&timer.due).push((self.until, cx.waker().clone()));
-            timer.changed.notify_one();
-            Poll::Pending
-        }
     }
 }
 

@@ -34,6 +34,7 @@
 
 mod batch;
 mod call;
+mod fine_timer;
 pub mod load;
 pub mod report;
 mod stats;
