@@ -50,16 +50,19 @@ fn timer() -> &'static Timer {
 }
 
 fn run(timer: &Timer) -> ! {
+    let mut woken = Vec::new();
     let mut due = lock(&timer.due);
     loop {
         let now = Instant::now();
-        due.sleepers.retain(|(_, at, waker)| {
-            let wake = *at <= now;
-            if wake {
-                waker.wake_by_ref();
-            }
-            !wake
-        });
+        woken.extend(due.sleepers.extract_if(.., |(_, at, _)| *at <= now));
+        if !woken.is_empty() {
+            // Woken without the lock, so the workers they wake do not wait
+            // for it; then look again, as time has passed.
+            drop(due);
+            woken.drain(..).for_each(|(_, _, waker)| waker.wake());
+            due = lock(&timer.due);
+            continue;
+        }
         due.next = due.sleepers.iter().map(|(_, at, _)| *at).min();
         due = match due.next {
             None => timer.changed.wait(due).unwrap_or_else(|p| p.into_inner()),
@@ -102,8 +105,15 @@ impl Future for Sleep {
         let id = due.ids;
         due.sleepers.push((id, self.until, cx.waker().clone()));
         self.id = Some(id);
-        if due.next.is_none_or(|next| self.until < next) {
+        let earlier = due.next.is_none_or(|next| self.until < next);
+        if earlier {
             due.next = Some(self.until);
+        }
+        // Told after the lock is released, so the thread does not wake
+        // only to wait for it. Nothing is lost: until it waits again it
+        // holds the lock, and it reads the sleepers before it waits.
+        drop(due);
+        if earlier {
             timer.changed.notify_one();
         }
         Poll::Pending

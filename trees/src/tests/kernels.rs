@@ -151,8 +151,8 @@ fn random_rows(rng: &mut Rng) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Scores blocks of every size from 1 to [`BLOCK`] of `rows` with every
-/// kernel this CPU runs, against the rows scored alone; the model must hold
+/// Scores blocks of every size from 1 to [`BLOCK`] of `rows` and back with
+/// every kernel this CPU runs, against the rows scored alone; the model must hold
 /// both bitset and walked trees.
 fn assert_kernels_agree(m: &mut ClassifierModel, rows: &[Vec<f32>], what: &str) {
     let (bits, walked) = m.forest.tree_kinds();
@@ -163,9 +163,11 @@ fn assert_kernels_agree(m: &mut ClassifierModel, rows: &[Vec<f32>], what: &str) 
     let want = alone(m, rows);
     for kernel in Kernel::available() {
         m.forest.use_kernel(kernel);
-        for n in 1..=rows.len() {
+        // One accumulator for every block, as an evaluation reuses it: each
+        // block must clear what the one before left (sizes up, then down).
+        let mut acc = Accumulator::new(3);
+        for n in (1..=rows.len()).chain((1..rows.len()).rev()) {
             let block: Vec<&[f32]> = rows[..n].iter().map(|r| r.as_slice()).collect();
-            let mut acc = Accumulator::new(3);
             m.score_block(&block, &mut acc, &mut ());
             for (r, want) in want[..n].iter().enumerate() {
                 assert_eq!(acc.sums(r), want, "{kernel:?}, {what}, {n} rows, row {r}");
