@@ -45,8 +45,9 @@ pub struct BatchSpec {
     /// does not read bodies (the guest does), and a request may hold
     /// several rows.
     pub max_requests: usize,
-    /// How long the first request of a batch waits for others to join it,
-    /// once a sandbox is free to run it.
+    /// How long the first request of a batch waits at most for others to
+    /// join it, once a sandbox is free to run it (less once the instance
+    /// has learned how many come: see `instance::batch`).
     pub max_delay: std::time::Duration,
 }
 

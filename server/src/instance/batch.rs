@@ -11,6 +11,16 @@
 //! request of a merged call, the leader's included, is answered through a
 //! channel.
 //!
+//! A batch that cannot fill would wait its whole delay: with few clients
+//! that idles the cores (16 closed-loop clients cannot fill a batch of 32,
+//! and a 200 µs delay cut their throughput to 0.69× unbatched). So the
+//! batcher learns what batches that waited their whole delay held ([`Pace`])
+//! and, once its leader has a sandbox, closes a batch as soon as it holds
+//! that many rather than wait out the delay; one batch in
+//! [`Pace::PROBE_EVERY`] waits anyway, so the size grows again when the
+//! load does. While the leader waits for a sandbox, requests keep joining
+//! up to `max_requests`: a busy instance still makes full batches.
+//!
 //! A request never fails for another's sake: a refused body is refused alone
 //! by the guest, and when the merged call faults (a trap, a deadline), or its
 //! leader goes away (its client hung up), the batch's channels close and
@@ -50,6 +60,8 @@ pub(super) struct Batcher {
 struct Queue {
     /// The batch requests join now, if one is open.
     forming: Option<Batch>,
+    /// What batches that waited their delay held.
+    pace: Pace,
     /// Full batches whose leaders have not closed them yet.
     sealed: Vec<Batch>,
     next_id: u64,
@@ -66,8 +78,11 @@ pub(super) struct Batch {
     pub(super) bodies: Vec<Bytes>,
     /// Where each follower's answer goes (one fewer than `bodies`).
     pub(super) followers: Vec<oneshot::Sender<Delivery>>,
-    /// Tells the leader the batch is full.
+    /// Tells the leader the batch is full, or holds `close_at`.
     full: Arc<Notify>,
+    /// How many requests are enough to close it without waiting out the
+    /// delay ([`Pace`]).
+    close_at: usize,
 }
 
 /// What [`Batcher::join`] made of a request.
@@ -109,6 +124,7 @@ impl Batcher {
     /// Adds a request for `version` to the open batch, or opens one.
     pub(super) fn join(&self, version: &str, body: Bytes) -> Joined<'_> {
         let mut queue = lock(&self.queue);
+        let queue = &mut *queue;
         if let Some(forming) = &mut queue.forming {
             if &*forming.version != version {
                 return Joined::Alone;
@@ -116,10 +132,13 @@ impl Batcher {
             let (reply, answer) = oneshot::channel();
             forming.bodies.push(body);
             forming.followers.push(reply);
-            if forming.bodies.len() >= self.spec.max_requests {
+            let joined = forming.bodies.len();
+            if joined >= self.spec.max_requests {
                 let full = queue.forming.take().expect("matched above");
                 full.full.notify_one();
                 queue.sealed.push(full);
+            } else if joined == forming.close_at {
+                forming.full.notify_one();
             }
             return Joined::Follower(answer);
         }
@@ -132,6 +151,7 @@ impl Batcher {
             bodies: vec![body],
             followers: Vec::new(),
             full: full.clone(),
+            close_at: queue.pace.close_at(self.spec.max_requests),
         });
         Joined::Leader(Lead {
             batcher: self,
@@ -173,33 +193,47 @@ impl Batcher {
 }
 
 impl Lead<'_> {
-    /// Waits until the batch is full or `max_delay` has passed since it
-    /// opened, then closes it: later requests open the next one.
+    /// Waits until the batch is full, holds as many as batches that waited
+    /// their delay did, or `max_delay` has passed since it opened, then
+    /// closes it: later requests open the next one.
     pub(super) async fn close(self) -> Batch {
         let until = self.opened + self.batcher.spec.max_delay;
         // One sleep for the whole wait: each new one would ask the timer
         // thread for another wake-up.
         let sleep = fine_timer::sleep_until(until);
         tokio::pin!(sleep);
-        loop {
-            if Instant::now() >= until || self.is_sealed() {
-                break;
+        let waited = loop {
+            if self.is_enough() {
+                break false;
+            }
+            if Instant::now() >= until {
+                break true;
             }
             tokio::select! {
                 _ = self.full.notified() => {}
                 _ = &mut sleep => {}
             }
-        }
-        self.batcher
+        };
+        let batch = self
+            .batcher
             .take(self.id)
-            .expect("only its leader takes a batch out of the queue")
+            .expect("only its leader takes a batch out of the queue");
+        // A batch closed at the learned size says nothing of how many
+        // would have come; one that waited its delay, or filled, does.
+        let size = batch.bodies.len();
+        if waited || size >= self.batcher.spec.max_requests {
+            lock(&self.batcher.queue).pace.observe(size);
+        }
+        batch
     }
 
-    fn is_sealed(&self) -> bool {
-        lock(&self.batcher.queue)
-            .sealed
-            .iter()
-            .any(|b| b.id == self.id)
+    /// Whether the batch is full, or holds its `close_at`.
+    fn is_enough(&self) -> bool {
+        let queue = lock(&self.batcher.queue);
+        match &queue.forming {
+            Some(b) if b.id == self.id => b.bodies.len() >= b.close_at,
+            _ => queue.sealed.iter().any(|b| b.id == self.id),
+        }
     }
 }
 
@@ -208,6 +242,43 @@ impl Drop for Lead<'_> {
         // Closed normally: already taken, nothing left. Abandoned: the
         // followers' channels close with the batch.
         drop(self.batcher.take(self.id));
+    }
+}
+
+/// What batches that waited their whole delay (or filled) held, and so how
+/// many requests close the next batch early.
+#[derive(Debug, Default)]
+struct Pace {
+    /// Their mean size in sixteenths of a request (each new one weighs a
+    /// quarter); `None` until one has waited.
+    mean16: Option<u32>,
+    /// Batches opened, to pick those that wait regardless.
+    opened: u64,
+}
+
+impl Pace {
+    /// One batch in this many waits its delay whatever it holds, so that
+    /// batches can grow again when requests arrive faster.
+    const PROBE_EVERY: u64 = 8;
+
+    /// How many requests close a batch opened now (at most `max_requests`).
+    fn close_at(&mut self, max_requests: usize) -> usize {
+        self.opened += 1;
+        match self.mean16 {
+            Some(mean) if !self.opened.is_multiple_of(Self::PROBE_EVERY) => {
+                ((mean + 8) / 16).clamp(1, max_requests as u32) as usize
+            }
+            _ => max_requests,
+        }
+    }
+
+    /// A batch of `size` requests waited its whole delay, or filled.
+    fn observe(&mut self, size: usize) {
+        let size = (size as u32).saturating_mul(16);
+        self.mean16 = Some(match self.mean16 {
+            None => size,
+            Some(mean) => mean - mean / 4 + size / 4,
+        });
     }
 }
 
@@ -319,6 +390,63 @@ mod tests {
             b.join("v2", Bytes::from_static(b"b")),
             Joined::Alone
         ));
+    }
+
+    #[tokio::test]
+    async fn once_a_batch_waited_with_three_the_next_closes_at_three() {
+        let b = batcher(8, Duration::from_millis(20));
+        let lead = leader(b.join("v1", Bytes::from_static(b"a")));
+        let _f = follower(b.join("v1", Bytes::from_static(b"b")));
+        let _g = follower(b.join("v1", Bytes::from_static(b"c")));
+        assert!(!lead.is_enough(), "nothing learned: it waits");
+        assert_eq!(lead.close().await.bodies.len(), 3, "waited its delay");
+        let lead = leader(b.join("v1", Bytes::from_static(b"d")));
+        let _f = follower(b.join("v1", Bytes::from_static(b"e")));
+        assert!(!lead.is_enough());
+        let _g = follower(b.join("v1", Bytes::from_static(b"f")));
+        assert!(lead.is_enough(), "three, as the batch that waited");
+        // Until its leader closes it (it waited for a sandbox), it grows.
+        let _h = follower(b.join("v1", Bytes::from_static(b"g")));
+        let batch = tokio::time::timeout(SOON, lead.close()).await;
+        assert_eq!(batch.expect("closed").bodies, vec!["d", "e", "f", "g"]);
+        // Closing does not wait for the delay: the next request leads.
+        let _next = leader(b.join("v1", Bytes::from_static(b"h")));
+    }
+
+    #[tokio::test]
+    async fn once_a_batch_waited_alone_the_next_request_does_not_wait() {
+        let b = batcher(8, Duration::from_millis(20));
+        let lead = leader(b.join("v1", Bytes::from_static(b"a")));
+        assert_eq!(lead.close().await.bodies.len(), 1);
+        let lead = leader(b.join("v1", Bytes::from_static(b"b")));
+        assert!(lead.is_enough());
+        let batch = tokio::time::timeout(SOON, lead.close()).await;
+        assert_eq!(batch.expect("closed at once").bodies, vec!["b"]);
+    }
+
+    #[test]
+    fn pace_closes_at_the_mean_of_what_waited_except_one_batch_in_eight() {
+        let mut pace = Pace::default();
+        assert_eq!(pace.close_at(32), 32, "nothing learned: only a full batch");
+        pace.observe(8);
+        let sizes: Vec<usize> = (0..16).map(|_| pace.close_at(32)).collect();
+        let probes = sizes.iter().filter(|&&n| n == 32).count();
+        assert_eq!(probes, 16 / Pace::PROBE_EVERY as usize, "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n == 8 || n == 32), "{sizes:?}");
+        // Each new size weighs a quarter: 8, then 16, is 10.
+        pace.observe(16);
+        let learned = |pace: &mut Pace, max| {
+            (0..Pace::PROBE_EVERY)
+                .map(|_| pace.close_at(max))
+                .min()
+                .unwrap()
+        };
+        assert_eq!(learned(&mut pace, 32), 10);
+        assert_eq!(learned(&mut pace, 6), 6, "never more than max_requests");
+        for _ in 0..20 {
+            pace.observe(1);
+        }
+        assert_eq!(learned(&mut pace, 32), 1);
     }
 
     #[test]
