@@ -92,3 +92,9 @@ pub mod serving;
 pub mod shutdown;
 pub mod state;
 pub mod topology;
+
+/// Locks a mutex that guards plain data: a panic while it was held cannot
+/// have left it half-written, so poisoning is ignored.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

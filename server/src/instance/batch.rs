@@ -35,6 +35,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 
 use crate::bindings::hadr::predictor::types::PredictError;
+use crate::lock;
 use crate::topology::BatchSpec;
 
 use super::fine_timer;
@@ -65,6 +66,17 @@ struct Queue {
     /// Full batches whose leaders have not closed them yet.
     sealed: Vec<Batch>,
     next_id: u64,
+}
+
+impl Queue {
+    /// Takes batch `id` out, if it is still here.
+    fn take(&mut self, id: u64) -> Option<Batch> {
+        if self.forming.as_ref().is_some_and(|b| b.id == id) {
+            return self.forming.take();
+        }
+        let at = self.sealed.iter().position(|b| b.id == id)?;
+        Some(self.sealed.swap_remove(at))
+    }
 }
 
 /// A batch and who is waiting for it: the leader's body first.
@@ -161,16 +173,6 @@ impl Batcher {
         })
     }
 
-    /// Takes batch `id` out of the queue, if it is still there.
-    fn take(&self, id: u64) -> Option<Batch> {
-        let mut queue = lock(&self.queue);
-        if queue.forming.as_ref().is_some_and(|b| b.id == id) {
-            return queue.forming.take();
-        }
-        let at = queue.sealed.iter().position(|b| b.id == id)?;
-        Some(queue.sealed.swap_remove(at))
-    }
-
     /// Counts a merged call of `requests` requests, and whether it faulted.
     pub(super) fn count(&self, requests: usize, poisoned: bool) {
         if poisoned {
@@ -214,15 +216,15 @@ impl Lead<'_> {
                 _ = &mut sleep => {}
             }
         };
-        let batch = self
-            .batcher
+        let mut queue = lock(&self.batcher.queue);
+        let batch = queue
             .take(self.id)
             .expect("only its leader takes a batch out of the queue");
         // A batch closed at the learned size says nothing of how many
         // would have come; one that waited its delay, or filled, does.
         let size = batch.bodies.len();
         if waited || size >= self.batcher.spec.max_requests {
-            lock(&self.batcher.queue).pace.observe(size);
+            queue.pace.observe(size);
         }
         batch
     }
@@ -241,7 +243,10 @@ impl Drop for Lead<'_> {
     fn drop(&mut self) {
         // Closed normally: already taken, nothing left. Abandoned: the
         // followers' channels close with the batch.
-        drop(self.batcher.take(self.id));
+        // Dropped after the lock is released: closing the followers'
+        // channels wakes them.
+        let batch = lock(&self.batcher.queue).take(self.id);
+        drop(batch);
     }
 }
 
@@ -280,11 +285,6 @@ impl Pace {
             Some(mean) => mean - mean / 4 + size / 4,
         });
     }
-}
-
-/// Locks a mutex over plain data, ignoring poisoning (see `instance::lock`).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

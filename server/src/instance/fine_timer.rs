@@ -11,9 +11,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
+
+use crate::lock;
 
 /// The sleepers, and when the timer thread will next look at them.
 #[derive(Default)]
@@ -126,10 +128,6 @@ impl Drop for Sleep {
             lock(&timer().due).sleepers.retain(|e| e.0 != id);
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use hadr_state::{FaultRecord, InstanceRecord};
 
+use crate::lock;
 use crate::sandbox::live::{ArmedFault, CallError};
 use crate::serving::now_rfc3339;
 
@@ -142,12 +143,6 @@ impl Stats {
             at: f.at,
         });
     }
-}
-
-/// Locks a mutex that guards plain data: a panic while it was held cannot
-/// have left it half-written, so poisoning is ignored.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

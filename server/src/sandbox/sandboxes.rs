@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::lock;
 use crate::sandbox::live::Live;
 
 /// What the set needs to know of a sandbox.
@@ -205,11 +206,6 @@ impl<T: Pooled> Sandboxes<T> {
     pub fn concurrency(&self) -> usize {
         self.elasticity.concurrency.max(1)
     }
-}
-
-/// Locks a mutex over plain data, ignoring poisoning (see `instance::lock`).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
