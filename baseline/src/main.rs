@@ -25,6 +25,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::Factoid;
 
+/// The allocator hadr-host uses, so that the ratio measures the sandbox,
+/// not the allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serve one ONNX model over HTTP natively (no sandbox), for comparison with hadr.
 #[derive(Parser)]
 #[command(version, about)]
