@@ -216,3 +216,97 @@ async fn with_1024_descriptors_a_connection_flood_leaves_the_operator_a_way_in()
     // descriptors, so none could starve the admin listener.
     assert!(!log.contains("accept failed"), "{log}");
 }
+
+/// `--header-timeout`: a client that sends its headers a byte at a time, or
+/// sends nothing after its last answer, loses its connection within twice the
+/// limit; one that keeps sending requests keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_complete_headers_are_closed_and_busy_ones_kept() {
+    let host = Host::start(&free_ports("2-active.json"), &["--header-timeout", "500ms"]);
+    let request = {
+        let body = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
+        let mut request = format!(
+            "POST /predict HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        request
+    };
+
+    // A busy keep-alive client: a request every 100 ms for 2.5 s (five
+    // limits), all answered on its one connection.
+    let busy = tokio::spawn({
+        let (to, request) = (host.router, request.clone());
+        async move {
+            let mut stream = connect_from(1, to).await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut answered = 0;
+            for _ in 0..25 {
+                stream.write_all(&request).await.unwrap();
+                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                    .await
+                    .expect("an answer within 5 s")
+                    .unwrap();
+                assert!(
+                    buf[..n].starts_with(b"HTTP/1.1 200"),
+                    "{}",
+                    String::from_utf8_lossy(&buf[..n])
+                );
+                answered += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answered
+        }
+    });
+
+    // A slow head: one byte every 100 ms, never complete.
+    let slow = tokio::spawn({
+        let to = host.router;
+        async move {
+            let mut stream = connect_from(2, to).await.unwrap();
+            let started = Instant::now();
+            for byte in b"POST /predict HTTP/1.1\r\nhost: hadr\r\nx-slow: "
+                .iter()
+                .cycle()
+                .take(100)
+            {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (_, ended) = drain(stream, Duration::from_secs(5)).await;
+            (ended, started.elapsed())
+        }
+    });
+
+    // Idle after one answer.
+    let mut idle = connect_from(3, host.router).await.unwrap();
+    idle.write_all(&request).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let idle_since = Instant::now();
+    let (answers, ended) = drain(idle, Duration::from_secs(5)).await;
+    assert!(
+        ended && answers == 0,
+        "the idle connection was not closed within 5 s"
+    );
+    let idle_for = idle_since.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(500),
+        "closed after {idle_for:?} idle"
+    );
+
+    let (ended, after) = slow.await.unwrap();
+    assert!(
+        ended,
+        "the slow head's connection was still open after {after:?}"
+    );
+    assert!(
+        after < Duration::from_secs(9),
+        "the slow head held its connection for {after:?}"
+    );
+    assert_eq!(busy.await.unwrap(), 25);
+}

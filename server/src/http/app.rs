@@ -82,6 +82,10 @@ pub struct Connections {
     /// How long an answer's write may make no progress before the
     /// connection is closed (the client is not reading).
     pub write_timeout: Duration,
+    /// How long a client may go without completing a request's headers
+    /// (idle keep-alive included) before its connection is closed; it is
+    /// closed within twice this.
+    pub header_timeout: Duration,
 }
 
 /// A JSON answer with `status`.

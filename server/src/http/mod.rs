@@ -2,7 +2,8 @@
 //!
 //! - [`server`]: accept loops over hyper's HTTP/1 connections, with graceful
 //!   shutdown and `TCP_NODELAY`; [`admission`]: the connection caps (per
-//!   listener group and per client address) and the write timeout.
+//!   listener group and per client address) and the write timeout;
+//!   [`heads`]: the header timeout, counted per connection.
 //! - [`api`]: the public routes (`/predict`, `/topology`, `/metrics`,
 //!   `/healthz`, `/readyz`); [`v2`]: the Open Inference Protocol on the
 //!   same listeners; both run requests through [`call`]; [`admin`]: the
@@ -23,6 +24,7 @@ pub mod app;
 pub mod body;
 pub mod call;
 pub mod error;
+mod heads;
 pub mod server;
 pub mod v2;
 

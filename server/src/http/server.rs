@@ -8,9 +8,10 @@
 //! waits for a place before it accepts again: clients wait in the kernel's
 //! backlog, so memory stays bounded by connections × `--max-body`.
 //!
-//! A connection ends when its client sends no complete headers for 10 s
-//! (idle keep-alive included), or reads nothing of an answer for
-//! `--write-timeout`. hyper answers one request at a time and reads ahead at
+//! A connection ends when its client completes no request headers for
+//! `--header-timeout` (idle keep-alive included: see [`super::heads`] for
+//! why hadr counts instead of using hyper's timer), or reads nothing of an
+//! answer for `--write-timeout`. hyper answers one request at a time and reads ahead at
 //! most its read buffer, so pipelining cannot queue unbounded work. A refused
 //! admin request (401) closes its connection. On shutdown the loop stops
 //! accepting and every open connection is asked to close after its in-flight
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -29,10 +30,8 @@ use super::admission::{Admission, WriteDeadline};
 use super::api;
 use super::app::{Connections, Service};
 use super::error::ApiError;
+use super::heads::Heads;
 use crate::shutdown::Shutdown;
-
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until `shutdown` fires, then lets open connections
 /// finish their in-flight requests for at most `grace`.
@@ -45,9 +44,9 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .keep_alive(true);
+    // No timer: hyper's header timeout would be on by default with one
+    // (30 s); `Heads` does that job.
+    http.keep_alive(true);
     let admission: &Arc<Admission> = &connections.admission;
     let mut last_warning: Option<tokio::time::Instant> = None;
     loop {
@@ -81,11 +80,30 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(WriteDeadline::new(stream, connections.write_timeout));
         let service = service.clone();
-        let handler = service_fn(move |req| dispatch(service.clone(), req));
+        let heads = Arc::new(Heads::default());
+        let handler = {
+            let heads = heads.clone();
+            service_fn(move |req| {
+                let in_flight = heads.begin();
+                let answer = dispatch(service.clone(), req);
+                async move {
+                    let answer = answer.await;
+                    drop(in_flight);
+                    answer
+                }
+            })
+        };
         let conn = graceful.watch(http.serve_connection(io, handler));
+        let header_timeout = connections.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                biased;
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = heads.idle(header_timeout) => {
+                    tracing::debug!(%client, "connection closed: no request headers for {header_timeout:?}");
+                }
             }
             drop(place);
         });

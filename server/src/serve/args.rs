@@ -117,6 +117,11 @@ pub struct ServeArgs {
     /// otherwise hold its place forever).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
+    /// Closes a connection whose client completes no request's headers for
+    /// this long (an idle keep-alive connection, or one sending its headers
+    /// slowly to hold a place); it is closed within twice this.
+    #[arg(long, default_value = "10s", value_parser = parse_nonzero_duration)]
+    pub header_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -165,6 +170,7 @@ impl ServeArgs {
             max_connections_per_client: args.max_connections_per_client,
             concurrency: args.concurrency.map(|c| c.max(1)),
             write_timeout: args.write_timeout,
+            header_timeout: args.header_timeout,
             limits: Limits {
                 deadline: args.deadline,
                 max_memory: args.max_memory,
@@ -192,4 +198,12 @@ impl ServeArgs {
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = s.parse().map_err(|e: String| e)?;
     usize::try_from(size.as_u64()).map_err(|e| e.to_string())
+}
+
+/// A duration such as `10s` or `500ms`, above zero.
+pub fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        parsed => parsed.map_err(|e| e.to_string()),
+    }
 }

@@ -56,6 +56,9 @@ pub struct ServeOptions {
     /// How long an answer's write may make no progress (the client is not
     /// reading) before its connection is closed.
     pub write_timeout: Duration,
+    /// How long a client may go without completing a request's headers
+    /// (idle keep-alive included) before its connection is closed.
+    pub header_timeout: Duration,
     /// Per-instance limits (`limits.concurrency` is set at start from
     /// `concurrency`).
     pub limits: Limits,
@@ -318,10 +321,12 @@ impl Host {
         let public_connections = Connections {
             admission: Admission::new(max_connections, options.max_connections_per_client),
             write_timeout: options.write_timeout,
+            header_timeout: options.header_timeout,
         };
         let admin_connections = Connections {
             admission: Admission::new(ADMIN_CONNECTIONS, ADMIN_CONNECTIONS_PER_CLIENT),
             write_timeout: options.write_timeout,
+            header_timeout: options.header_timeout,
         };
         Ok(Self {
             router,
