@@ -219,7 +219,7 @@ async fn with_1024_descriptors_a_connection_flood_leaves_the_operator_a_way_in()
 
 /// `--header-timeout`: a client that sends its headers a byte at a time, or
 /// sends nothing after its last answer, loses its connection within twice the
-/// limit; one that keeps sending requests keeps it.
+/// limit; one that keeps sending requests, or sends its body slowly, keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_complete_headers_are_closed_and_busy_ones_kept() {
     let host = Host::start(&free_ports("2-active.json"), &["--header-timeout", "500ms"]);
@@ -281,13 +281,36 @@ async fn connections_without_complete_headers_are_closed_and_busy_ones_kept() {
         }
     });
 
-    // Idle after one answer.
+    // A slow body: complete headers, then the body a few bytes every 100
+    // ms for about 1.5 s (three limits); in flight all along, so answered.
+    let slow_body = tokio::spawn({
+        let (to, request) = (host.router, request.clone());
+        async move {
+            let mut stream = connect_from(4, to).await.unwrap();
+            let split = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            stream.write_all(&request[..split]).await.unwrap();
+            let body = &request[split..];
+            for chunk in body.chunks(body.len().div_ceil(15)) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stream.write_all(chunk).await.unwrap();
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+    });
+
+    // Idle after one answer. The limit counts from the answer at the
+    // latest, so from before the request was sent.
     let mut idle = connect_from(3, host.router).await.unwrap();
+    let idle_since = Instant::now();
     idle.write_all(&request).await.unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let n = idle.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    let idle_since = Instant::now();
     let (answers, ended) = drain(idle, Duration::from_secs(5)).await;
     assert!(
         ended && answers == 0,
@@ -309,4 +332,9 @@ async fn connections_without_complete_headers_are_closed_and_busy_ones_kept() {
         "the slow head held its connection for {after:?}"
     );
     assert_eq!(busy.await.unwrap(), 25);
+    let answer = slow_body.await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the slow body got {answer}"
+    );
 }

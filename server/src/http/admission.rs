@@ -27,6 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
+use super::heads::Heads;
+
 /// The connection caps of one listener group.
 #[derive(Debug)]
 pub struct Admission {
@@ -122,15 +124,30 @@ pub struct WriteDeadline<S> {
     limit: Duration,
     /// Armed while a write is pending; cleared by any progress.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Told of every write's progress or wait, so that the header timeout
+    /// does not close a connection whose answer is still being written.
+    progress: Arc<Heads>,
 }
 
 impl<S> WriteDeadline<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S, limit: Duration) -> Self {
+    /// Wraps `inner`, reporting its writes to `progress`.
+    pub(crate) fn new(inner: S, limit: Duration, progress: Arc<Heads>) -> Self {
         Self {
             inner,
             limit,
             stalled: None,
+            progress,
+        }
+    }
+
+    /// Tells the connection's progress of a write of answer bytes (not of
+    /// a flush: hyper flushes whenever its connection is polled, so a flush
+    /// is no sign of an answer being written).
+    fn count(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Ready(Ok(n)) if *n > 0 => self.progress.wrote(true),
+            Poll::Pending => self.progress.wrote(false),
+            Poll::Ready(_) => {}
         }
     }
 
@@ -176,6 +193,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.count(&polled);
         self.watch(cx, polled)
     }
 
@@ -185,6 +203,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.count(&polled);
         self.watch(cx, polled)
     }
 
@@ -282,10 +301,14 @@ mod tests {
     #[tokio::test]
     async fn a_write_that_never_progresses_times_out() {
         let (client, _server_side_unread) = tokio::io::duplex(16);
-        let mut stream = WriteDeadline::new(client, Duration::from_millis(200));
+        let progress = Arc::new(Heads::default());
+        let mut stream = WriteDeadline::new(client, Duration::from_millis(200), progress.clone());
         use tokio::io::AsyncWriteExt;
         let err = stream.write_all(&[0u8; 64]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        // The first 16 bytes went; the rest waited (the header timeout
+        // leaves such a connection to this one).
+        assert_eq!(progress.writes(), (1, true));
     }
 
     #[tokio::test]
@@ -302,8 +325,11 @@ mod tests {
             total
         });
         // Each write waits about 50 ms for the reader, well inside 2 s.
-        let mut stream = WriteDeadline::new(client, Duration::from_secs(2));
+        let progress = Arc::new(Heads::default());
+        let mut stream = WriteDeadline::new(client, Duration::from_secs(2), progress.clone());
         stream.write_all(&[0u8; 64]).await.unwrap();
         assert_eq!(reader.await.unwrap(), 64);
+        // Each write that went counts as progress for the header timeout.
+        assert_eq!(progress.writes(), (4, false));
     }
 }

@@ -7,19 +7,27 @@
 //! flat profile of docs/benchmarks.md). [`Heads`] counts instead: a request
 //! costs two uncontended counter increments, and the connection checks the
 //! counts once per `limit`. A connection is closed once a whole `limit`
-//! passed with no request in flight and none begun or answered: a client
-//! that sends no complete headers (slowly, or not at all: idle keep-alive
-//! included) loses its connection after between one and two `limit`s.
+//! passed with no request in flight, none begun or answered, and no answer
+//! being written (an answer's writes are counted by
+//! [`super::admission::WriteDeadline`], whose own timeout handles a stalled
+//! one): a client that sends no complete headers (slowly, or not at all:
+//! idle keep-alive included) loses its connection after between one and two
+//! `limit`s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One connection's requests: begun (headers complete) and answered.
+/// One connection's progress: requests begun (headers complete) and
+/// answered, and its answers' writes.
 #[derive(Debug, Default)]
-pub(super) struct Heads {
+pub(crate) struct Heads {
     begun: AtomicU64,
     answered: AtomicU64,
+    /// Writes that made progress.
+    written: AtomicU64,
+    /// Whether the last write is waiting for the client to read.
+    writing: AtomicBool,
 }
 
 /// A request in flight on its connection, from its complete headers until its
@@ -39,21 +47,39 @@ impl Heads {
         InFlight(self.clone())
     }
 
-    fn counts(&self) -> (u64, u64) {
+    /// A write made progress (`true`) or waits for the client (`false`).
+    pub(crate) fn wrote(&self, progress: bool) {
+        if progress {
+            self.written.fetch_add(1, Ordering::Relaxed);
+        }
+        self.writing.store(!progress, Ordering::Relaxed);
+    }
+
+    /// Writes that made progress, and whether the last one waits.
+    #[cfg(test)]
+    pub(super) fn writes(&self) -> (u64, bool) {
         (
-            self.begun.load(Ordering::Relaxed),
-            self.answered.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+            self.writing.load(Ordering::Relaxed),
         )
     }
 
-    /// Resolves once a whole `limit` passed with nothing in flight and no
-    /// request begun or answered.
+    fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.begun.load(Ordering::Relaxed),
+            self.answered.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Resolves once a whole `limit` passed with nothing in flight or being
+    /// written, and no request begun or answered.
     pub(super) async fn idle(&self, limit: Duration) {
         let mut seen = self.counts();
         loop {
             tokio::time::sleep(limit).await;
             let now = self.counts();
-            if now == seen && now.0 == now.1 {
+            if now == seen && now.0 == now.1 && !self.writing.load(Ordering::Relaxed) {
                 return;
             }
             seen = now;
@@ -79,6 +105,12 @@ mod tests {
             .await
             .ok()
             .map(|()| start.elapsed())
+    }
+
+    /// [`closes_after`] from now, for up to 20 limits, on its own task.
+    fn watch(heads: &Arc<Heads>) -> tokio::task::JoinHandle<Option<Duration>> {
+        let (heads, start) = (heads.clone(), Instant::now());
+        tokio::spawn(async move { closes_after(&heads, start, LIMIT * 20).await })
     }
 
     #[tokio::test(start_paused = true)]
@@ -116,14 +148,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_answer_being_written_keeps_its_connection() {
+        let heads = Arc::new(Heads::default());
+        let watch = watch(&heads);
+        // A long answer to a slow reader: progress every 4 s for 40 s, then
+        // a write that waits for 30 s, then the last write.
+        drop(heads.begin());
+        for _ in 0..10 {
+            heads.wrote(true);
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        heads.wrote(false);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(
+            !watch.is_finished(),
+            "closed while an answer was being written"
+        );
+        heads.wrote(true);
+        let closed = watch.await.unwrap().expect("closes once written");
+        assert!(
+            closed > Duration::from_secs(70) && closed <= Duration::from_secs(90),
+            "closed at {closed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_request_in_flight_keeps_its_connection_however_long_it_takes() {
         let heads = Arc::new(Heads::default());
         let slow = heads.begin();
-        let start = Instant::now();
-        let watch = {
-            let heads = heads.clone();
-            tokio::spawn(async move { closes_after(&heads, start, LIMIT * 20).await })
-        };
+        let watch = watch(&heads);
         // Paused time advances timer by timer: the watch checks five times.
         tokio::time::sleep(LIMIT * 5 + Duration::from_secs(1)).await;
         assert!(!watch.is_finished(), "closed with a request in flight");

@@ -78,9 +78,13 @@ pub async fn serve(
             _ = shutdown.wait() => break,
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(WriteDeadline::new(stream, connections.write_timeout));
-        let service = service.clone();
         let heads = Arc::new(Heads::default());
+        let io = TokioIo::new(WriteDeadline::new(
+            stream,
+            connections.write_timeout,
+            heads.clone(),
+        ));
+        let service = service.clone();
         let handler = {
             let heads = heads.clone();
             service_fn(move |req| {
