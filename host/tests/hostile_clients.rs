@@ -8,7 +8,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{cases, free_ports, inputs, request_with, Host, ADMIN_TOKEN};
+use common::{cases, free_ports, inputs, predict_request, request_with, Host, ADMIN_TOKEN};
 use hyper::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -55,6 +55,17 @@ async fn drain(mut stream: TcpStream, within: Duration) -> (usize, bool) {
 
 fn count_answers(bytes: &[u8]) -> usize {
     bytes.windows(9).filter(|w| w == b"HTTP/1.1 ").count()
+}
+
+/// What arrives first on `stream` (an answer, when one request was sent),
+/// within 5 s.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// Connections from `127.0.0.<from>` opened at `per_second` for `run`, each
@@ -223,16 +234,7 @@ async fn with_1024_descriptors_a_connection_flood_leaves_the_operator_a_way_in()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_complete_headers_are_closed_and_busy_ones_kept() {
     let host = Host::start(&free_ports("2-active.json"), &["--header-timeout", "500ms"]);
-    let request = {
-        let body = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
-        let mut request = format!(
-            "POST /predict HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(&body);
-        request
-    };
+    let request = predict_request(&inputs(&[cases("digits")["cases"][0]["input"].clone()]));
 
     // A busy keep-alive client: a request every 100 ms for 2.5 s (five
     // limits), all answered on its one connection.
@@ -240,19 +242,11 @@ async fn connections_without_complete_headers_are_closed_and_busy_ones_kept() {
         let (to, request) = (host.router, request.clone());
         async move {
             let mut stream = connect_from(1, to).await.unwrap();
-            let mut buf = vec![0u8; 64 * 1024];
             let mut answered = 0;
             for _ in 0..25 {
                 stream.write_all(&request).await.unwrap();
-                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                    .await
-                    .expect("an answer within 5 s")
-                    .unwrap();
-                assert!(
-                    buf[..n].starts_with(b"HTTP/1.1 200"),
-                    "{}",
-                    String::from_utf8_lossy(&buf[..n])
-                );
+                let answer = read_answer(&mut stream).await;
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
                 answered += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -294,12 +288,7 @@ async fn connections_without_complete_headers_are_closed_and_busy_ones_kept() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 stream.write_all(chunk).await.unwrap();
             }
-            let mut buf = vec![0u8; 64 * 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                .await
-                .expect("an answer within 5 s")
-                .unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
+            read_answer(&mut stream).await
         }
     });
 
@@ -308,9 +297,7 @@ async fn connections_without_complete_headers_are_closed_and_busy_ones_kept() {
     let mut idle = connect_from(3, host.router).await.unwrap();
     let idle_since = Instant::now();
     idle.write_all(&request).await.unwrap();
-    let mut buf = vec![0u8; 64 * 1024];
-    let n = idle.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert!(read_answer(&mut idle).await.starts_with("HTTP/1.1 200"));
     let (answers, ended) = drain(idle, Duration::from_secs(5)).await;
     assert!(
         ended && answers == 0,

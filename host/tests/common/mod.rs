@@ -572,17 +572,24 @@ pub fn models_topology(extra: serde_json::Value) -> String {
     t.to_string()
 }
 
+/// The bytes of a `POST /predict` request with `body`, for tests that write
+/// to a socket themselves.
+pub fn predict_request(body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /predict HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
 /// Sends `POST /predict` with `body` on a fresh connection and returns the
 /// connection unread: dropping it hangs up on the request.
 pub async fn send_unread(addr: SocketAddr, body: &[u8]) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /predict HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
+    stream.write_all(&predict_request(body)).await.unwrap();
     stream
 }
 

@@ -5,10 +5,10 @@
 //! they are complete: an allocation, a clock read and two trips through the
 //! wheel's lock for every request (about 1% of a served request's CPU in the
 //! flat profile of docs/benchmarks.md). [`Heads`] counts instead: a request
-//! costs two uncontended counter increments, and the connection checks the
-//! counts once per `limit`. A connection is closed once a whole `limit`
-//! passed with no request in flight, none begun or answered, and no answer
-//! being written (an answer's writes are counted by
+//! costs two uncontended counter increments and a reference count, and the
+//! connection checks the counts once per `limit`. A connection is closed
+//! once a whole `limit` passed with no request in flight, none begun or
+//! answered, and no answer being written (an answer's writes are counted by
 //! [`super::admission::WriteDeadline`], whose own timeout handles a stalled
 //! one): a client that sends no complete headers (slowly, or not at all:
 //! idle keep-alive included) loses its connection after between one and two

@@ -11,8 +11,9 @@
 //! A connection ends when its client completes no request headers for
 //! `--header-timeout` (idle keep-alive included: see [`super::heads`] for
 //! why hadr counts instead of using hyper's timer), or reads nothing of an
-//! answer for `--write-timeout`. hyper answers one request at a time and reads ahead at
-//! most its read buffer, so pipelining cannot queue unbounded work. A refused
+//! answer for `--write-timeout`. hyper answers one request at a time and
+//! reads ahead at most its read buffer, so pipelining cannot queue unbounded
+//! work. A refused
 //! admin request (401) closes its connection. On shutdown the loop stops
 //! accepting and every open connection is asked to close after its in-flight
 //! request, bounded by a grace period.
