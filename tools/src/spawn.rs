@@ -6,7 +6,7 @@
 //! A leaf of `hadr-tools`: uses no other tool.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,8 +30,18 @@ pub enum ProcessError {
     #[error("cannot make an admin token: {0}")]
     Token(getrandom::Error),
     /// The host exited or printed something else instead of its ready line.
-    #[error("hadr-host did not start ({0}); see {1}")]
-    NotReady(String, PathBuf),
+    #[error("hadr-host did not start: it printed {said:?} and {ended}; {log} ends with:\n{tail}")]
+    NotReady {
+        /// Its first line of stdout (empty when it printed none).
+        said: String,
+        /// How it ended ("exited with exit status: 1", "was killed", …).
+        ended: String,
+        /// Its log file (stderr).
+        log: PathBuf,
+        /// The last lines of that log: tests delete their directories when
+        /// they fail, so the reason has to travel in the error.
+        tail: String,
+    },
 }
 
 /// A host process (running unless it was killed or terminated).
@@ -98,16 +108,19 @@ impl HostProcess {
         }
         let copy = dir.join("topology.json");
         std::fs::write(&copy, value.to_string()).map_err(|e| io("writing the topology", e))?;
+        let mut ports = Ports::default();
+        let localhost = std::net::Ipv4Addr::LOCALHOST.into();
         let launch = Launch {
             exe: std::env::current_exe().map_err(|e| io("finding this executable", e))?,
             topology: copy,
             state: dir.join("state"),
             log: dir.join("host.log"),
-            router: free_port(std::net::Ipv4Addr::LOCALHOST.into())?,
-            admin: free_port(std::net::Ipv4Addr::LOCALHOST.into())?,
+            router: ports.pick(localhost)?,
+            admin: ports.pick(localhost)?,
             token: new_token()?,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        drop(ports);
         Self::launch(launch)
     }
 
@@ -197,14 +210,41 @@ impl Launch {
             })?;
         let line = first_line(&mut child);
         if ready_addresses(&line).is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(ProcessError::NotReady(
-                format!("it printed {line:?}"),
-                self.log.clone(),
-            ));
+            return Err(ProcessError::NotReady {
+                said: line,
+                ended: end(child),
+                log: self.log.clone(),
+                tail: tail(&self.log, 12),
+            });
         }
         Ok(child)
+    }
+}
+
+/// Waits briefly for a child that closed its stdout to exit (killing it if
+/// it does not) and says how it ended.
+fn end(mut child: Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return format!("exited with {status}"),
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return format!("could not be waited for ({e})"),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    "was still running, so it was killed".into()
+}
+
+/// The last `lines` lines of the file at `path` (or why it cannot be read).
+fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read it: {e})"),
     }
 }
 
@@ -235,11 +275,54 @@ pub fn ready_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some((addr(router)?, addr(admin)?))
 }
 
-/// A port on `ip` that was free a moment ago.
-pub fn free_port(ip: std::net::IpAddr) -> Result<SocketAddr, ProcessError> {
-    let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).and_then(|l| l.local_addr());
-    listener.map_err(|source| ProcessError::Io {
-        what: format!("finding a free port on {ip}"),
+/// Free ports for hosts to bind. Every port picked stays bound until the
+/// `Ports` is dropped, so two picks on one address never return the same
+/// port (the kernel would otherwise hand a just-released port out again).
+/// Drop it just before starting the processes that bind them.
+#[derive(Default)]
+pub struct Ports {
+    held: Vec<TcpListener>,
+}
+
+impl Ports {
+    /// A port free on `ip`, distinct from every other picked on it.
+    pub fn pick(&mut self, ip: IpAddr) -> Result<SocketAddr, ProcessError> {
+        let listener = bind(SocketAddr::new(ip, 0))?;
+        let addr = listener.local_addr().map_err(|source| ProcessError::Io {
+            what: format!("finding a free port on {ip}"),
+            source,
+        })?;
+        self.held.push(listener);
+        Ok(addr)
+    }
+
+    /// A port free on every one of `ips` (a fleet's hosts take the same
+    /// admin port, each at its own address, as on separate machines).
+    pub fn pick_common(&mut self, ips: &[IpAddr]) -> Result<u16, ProcessError> {
+        let (first, rest) = ips.split_first().expect("at least one address");
+        for _ in 0..50 {
+            let candidate = bind(SocketAddr::new(*first, 0))?;
+            let port = candidate.local_addr().map(|a| a.port()).unwrap_or(0);
+            let others: Result<Vec<TcpListener>, _> = rest
+                .iter()
+                .map(|ip| TcpListener::bind(SocketAddr::new(*ip, port)))
+                .collect();
+            if let (Ok(others), true) = (others, port != 0) {
+                self.held.push(candidate);
+                self.held.extend(others);
+                return Ok(port);
+            }
+        }
+        Err(ProcessError::Io {
+            what: format!("finding a port free on every one of {ips:?}"),
+            source: std::io::ErrorKind::AddrInUse.into(),
+        })
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, ProcessError> {
+    TcpListener::bind(addr).map_err(|source| ProcessError::Io {
+        what: format!("finding a free port on {}", addr.ip()),
         source,
     })
 }
@@ -268,5 +351,69 @@ mod tests {
             ready_addresses("hadr-host ready: router 127.0.0.1:8000 admin http://x"),
             None
         );
+    }
+
+    #[test]
+    fn picked_ports_stay_taken_until_released_and_differ() {
+        let ips: Vec<IpAddr> = (2..5)
+            .map(|k| std::net::Ipv4Addr::new(127, 0, 99, k).into())
+            .collect();
+        let mut ports = Ports::default();
+        let common = ports.pick_common(&ips).unwrap();
+        let own: Vec<SocketAddr> = (0..20).map(|_| ports.pick(ips[0]).unwrap()).collect();
+        let mut distinct: Vec<u16> = own.iter().map(|a| a.port()).collect();
+        distinct.push(common);
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 21, "two picks on one address were equal");
+        let bindable = |addr: SocketAddr| TcpListener::bind(addr).is_ok();
+        for ip in &ips {
+            assert!(
+                !bindable(SocketAddr::new(*ip, common)),
+                "{ip}:{common} was not held"
+            );
+        }
+        assert!(own.iter().all(|a| !bindable(*a)), "a pick was not held");
+        drop(ports);
+        for ip in &ips {
+            assert!(
+                bindable(SocketAddr::new(*ip, common)),
+                "{ip}:{common} was not released"
+            );
+        }
+        assert!(own.iter().all(|a| bindable(*a)), "a pick was not released");
+    }
+
+    #[test]
+    fn a_host_that_does_not_start_says_how_it_ended_and_what_it_logged() {
+        let dir = std::env::temp_dir().join(format!("hadr-spawn-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("host.log");
+        std::fs::write(&log, "an earlier start\n").unwrap();
+        // `sh serve …` fails at once: there is no script named `serve`.
+        let launch = Launch {
+            exe: "/bin/sh".into(),
+            topology: dir.join("topology.json"),
+            state: dir.join("state"),
+            log: log.clone(),
+            router: "127.0.0.1:1".parse().unwrap(),
+            admin: "127.0.0.1:2".parse().unwrap(),
+            token: "t".into(),
+            extra: vec![],
+        };
+        let error = HostProcess::launch(launch).err().expect("sh is not a host");
+        let text = error.to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let ProcessError::NotReady {
+            said, ended, tail, ..
+        } = error
+        else {
+            panic!("not NotReady: {text}");
+        };
+        assert_eq!(said, "");
+        assert!(ended.starts_with("exited with exit status: "), "{ended}");
+        assert!(tail.starts_with("an earlier start\n"), "{tail}");
+        assert!(tail.contains("serve"), "sh's complaint is missing: {tail}");
+        assert!(text.contains(&tail), "{text}");
     }
 }

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::haproxy;
-use crate::spawn::{free_port, new_token, HostProcess, Launch, ProcessError};
+use crate::spawn::{new_token, HostProcess, Launch, Ports, ProcessError};
 use hadr_server::topology::Topology;
 
 /// Why a fleet could not run.
@@ -95,13 +95,20 @@ impl LocalFleet {
         let io = |what: &str, e: std::io::Error| FleetError::Config(format!("{what}: {e}"));
         std::fs::create_dir_all(dir).map_err(|e| io("creating the fleet directory", e))?;
         let ip = |k: u8| IpAddr::V4(Ipv4Addr::new(127, 0, options.network, k));
-        let (copy, ports) = rewrite(topology, dir, options.network)?;
+        // Every address is picked before any process starts, while the
+        // earlier picks are held, so no two are the same.
+        let mut picked = Ports::default();
+        let (copy, ports) = rewrite(topology, dir, options.network, &mut picked)?;
         let shape = Topology::load_shape(&copy).map_err(|e| FleetError::Config(e.to_string()))?;
-        let admin_port = common_free_port(
-            &(0..ports.len())
-                .map(|k| ip(k as u8 + 2))
-                .collect::<Vec<_>>(),
-        )?;
+        let host_ips: Vec<IpAddr> = (0..ports.len()).map(|k| ip(k as u8 + 2)).collect();
+        let admin_port = picked.pick_common(&host_ips)?;
+        let routers = host_ips
+            .iter()
+            .map(|host_ip| picked.pick(*host_ip))
+            .collect::<Result<Vec<_>, _>>()?;
+        let frontend = picked.pick(ip(1))?;
+        let stats = picked.pick(ip(1))?;
+        drop(picked);
         let token = new_token()?;
         let mut extra = vec![
             "--drain".to_string(),
@@ -112,7 +119,6 @@ impl LocalFleet {
         extra.extend(options.extra.iter().cloned());
         let mut hosts = Vec::new();
         for (k, (spec, port)) in shape.instances.iter().zip(&ports).enumerate() {
-            let host_ip = ip(k as u8 + 2);
             let own = dir.join(&spec.name);
             std::fs::create_dir_all(&own).map_err(|e| io("creating a host directory", e))?;
             let mut args = vec!["--only".to_string(), spec.name.clone()];
@@ -122,8 +128,8 @@ impl LocalFleet {
                 topology: copy.clone(),
                 state: own.join("state"),
                 log: own.join("host.log"),
-                router: free_port(host_ip)?,
-                admin: SocketAddr::new(host_ip, admin_port),
+                router: routers[k],
+                admin: SocketAddr::new(host_ips[k], admin_port),
                 token: token.clone(),
                 extra: args,
             })?;
@@ -133,8 +139,6 @@ impl LocalFleet {
                 process,
             });
         }
-        let frontend = free_port(ip(1))?;
-        let stats = free_port(ip(1))?;
         let config = haproxy::config(
             &shape,
             &haproxy::Options {
@@ -266,12 +270,13 @@ impl Drop for LocalFleet {
     }
 }
 
-/// Copies `topology` into `dir` with entry `k` on `127.0.N.(k+2)` at a free
-/// port there, and its `model` and `module` paths made absolute.
+/// Copies `topology` into `dir` with entry `k` on `127.0.N.(k+2)` at a port
+/// picked there, and its `model` and `module` paths made absolute.
 fn rewrite(
     topology: &Path,
     dir: &Path,
     network: u8,
+    picked: &mut Ports,
 ) -> Result<(PathBuf, Vec<SocketAddr>), FleetError> {
     let config = |m: String| FleetError::Config(m);
     let text = std::fs::read_to_string(topology)
@@ -286,7 +291,7 @@ fn rewrite(
     let mut ports = Vec::new();
     for (k, entry) in entries.values_mut().enumerate() {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, network, k as u8 + 2));
-        let port = free_port(ip)?;
+        let port = picked.pick(ip)?;
         entry["host"] = ip.to_string().into();
         entry["port"] = port.port().to_string().into();
         for key in ["model", "module"] {
@@ -300,23 +305,6 @@ fn rewrite(
     std::fs::write(&copy, value.to_string())
         .map_err(|e| config(format!("writing {}: {e}", copy.display())))?;
     Ok((copy, ports))
-}
-
-/// A port free on every one of `ips` (each host's admin listener takes the
-/// same port at its own address, as on separate machines).
-fn common_free_port(ips: &[IpAddr]) -> Result<u16, FleetError> {
-    for _ in 0..50 {
-        let port = free_port(ips[0])?.port();
-        let free = ips
-            .iter()
-            .all(|ip| std::net::TcpListener::bind(SocketAddr::new(*ip, port)).is_ok());
-        if free {
-            return Ok(port);
-        }
-    }
-    Err(FleetError::Config(
-        "no port is free on every host address".into(),
-    ))
 }
 
 /// A plain HTTP/1.0 GET, for HAProxy's stats page (blocking, bounded).
