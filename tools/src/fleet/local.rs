@@ -95,8 +95,10 @@ impl LocalFleet {
         let io = |what: &str, e: std::io::Error| FleetError::Config(format!("{what}: {e}"));
         std::fs::create_dir_all(dir).map_err(|e| io("creating the fleet directory", e))?;
         let ip = |k: u8| IpAddr::V4(Ipv4Addr::new(127, 0, options.network, k));
-        // Every address is picked before any process starts, while the
-        // earlier picks are held, so no two are the same.
+        // Every address is picked while the earlier picks are held, so no
+        // two are the same; HAProxy's stay held until HAProxy starts (the
+        // hosts take seconds to start, and other programs bind on 127.0.N.1
+        // when N is 0).
         let mut picked = Ports::default();
         let (copy, ports) = rewrite(topology, dir, options.network, &mut picked)?;
         let shape = Topology::load_shape(&copy).map_err(|e| FleetError::Config(e.to_string()))?;
@@ -106,8 +108,9 @@ impl LocalFleet {
             .iter()
             .map(|host_ip| picked.pick(*host_ip))
             .collect::<Result<Vec<_>, _>>()?;
-        let frontend = picked.pick(ip(1))?;
-        let stats = picked.pick(ip(1))?;
+        let mut front = Ports::default();
+        let frontend = front.pick(ip(1))?;
+        let stats = front.pick(ip(1))?;
         drop(picked);
         let token = new_token()?;
         let mut extra = vec![
@@ -157,6 +160,7 @@ impl LocalFleet {
         std::fs::write(&cfg, config).map_err(|e| io("writing haproxy.cfg", e))?;
         let log = std::fs::File::create(dir.join("haproxy.log"))
             .map_err(|e| io("creating haproxy.log", e))?;
+        drop(front);
         let haproxy = Command::new(haproxy_exe)
             .arg("-f")
             .arg(&cfg)
