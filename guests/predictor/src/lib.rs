@@ -40,6 +40,9 @@ use wasi::nn::tensor::{Tensor, TensorType};
 struct Loaded {
     /// Values per input row: the last dimension of the model's input.
     features: usize,
+    /// Each output's element type, as `init` was told: asking a tensor
+    /// its type is a host call, and the types never change.
+    output_types: Vec<(String, TensorType)>,
     context: GraphExecutionContext,
     // Keeps the graph alive for as long as its execution context.
     _graph: Graph,
@@ -55,10 +58,16 @@ struct Predictor;
 impl Guest for Predictor {
     fn init(config: InstanceConfig) -> Result<(), PredictError> {
         let features = row_width(&config.inputs)?;
+        let output_types = config
+            .outputs
+            .iter()
+            .filter_map(|o| Some((o.name.clone(), onnx_type(&o.datatype)?)))
+            .collect();
         let (graph, context) = tensors::open(&config.model)?;
         LOADED.with(|l| {
             *l.borrow_mut() = Some(Loaded {
                 features,
+                output_types,
                 context,
                 _graph: graph,
             })
@@ -78,6 +87,17 @@ impl Guest for Predictor {
             )),
         })
     }
+}
+
+/// The wasi-nn type of an ONNX element type name (`None`: ask the tensor).
+fn onnx_type(datatype: &str) -> Option<TensorType> {
+    Some(match datatype {
+        "float" => TensorType::Fp32,
+        "int64" => TensorType::I64,
+        "double" => TensorType::Fp64,
+        "int32" => TensorType::I32,
+        _ => return None,
+    })
 }
 
 /// The feature count of a model with one `[batch, features]` input.
@@ -155,7 +175,7 @@ impl Loaded {
             .context
             .compute(vec![(String::new(), input)])
             .map_err(|e| tensors::nn_error(ErrorKind::ModelFailure, "running the model", e))?;
-        Scores::pick(&outputs, rows)
+        Scores::pick(&outputs, &self.output_types, rows)
     }
 }
 
@@ -184,9 +204,22 @@ impl Scores {
     /// The output named `probabilities` (scikit-learn and LightGBM exports),
     /// else the first f32 output (a regressor's values); and the model's own
     /// integer labels when it gives one per row (tree ensembles, ArgMax).
-    fn pick(outputs: &[(String, Tensor)], rows: usize) -> Result<Self, PredictError> {
-        // Each `ty` and `data` is a call into the host: ask each once.
-        let types: Vec<TensorType> = outputs.iter().map(|(_, t)| t.ty()).collect();
+    /// `known` gives the types `init` was told, by output name.
+    fn pick(
+        outputs: &[(String, Tensor)],
+        known: &[(String, TensorType)],
+        rows: usize,
+    ) -> Result<Self, PredictError> {
+        // Each `ty` and `data` is a call into the host: ask each at most once.
+        let types: Vec<TensorType> = outputs
+            .iter()
+            .map(|(name, t)| {
+                known
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or_else(|| t.ty(), |(_, ty)| *ty)
+            })
+            .collect();
         let probabilities = outputs
             .iter()
             .zip(&types)
