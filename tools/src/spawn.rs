@@ -299,7 +299,12 @@ impl Ports {
     /// A port free on every one of `ips` (a fleet's hosts take the same
     /// admin port, each at its own address, as on separate machines).
     pub fn pick_common(&mut self, ips: &[IpAddr]) -> Result<u16, ProcessError> {
-        let (first, rest) = ips.split_first().expect("at least one address");
+        let Some((first, rest)) = ips.split_first() else {
+            return Err(ProcessError::Io {
+                what: "finding a port free on every one of no addresses".into(),
+                source: std::io::ErrorKind::InvalidInput.into(),
+            });
+        };
         for _ in 0..50 {
             let candidate = bind(SocketAddr::new(*first, 0))?;
             let port = candidate.local_addr().map(|a| a.port()).unwrap_or(0);
