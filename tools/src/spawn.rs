@@ -229,7 +229,11 @@ fn end(mut child: Child) -> String {
         match child.try_wait() {
             Ok(Some(status)) => return format!("exited with {status}"),
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return format!("could not be waited for ({e})"),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return format!("could not be waited for ({e}), so it was killed");
+            }
         }
     }
     let _ = child.kill();

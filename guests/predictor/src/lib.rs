@@ -58,9 +58,13 @@ struct Predictor;
 impl Guest for Predictor {
     fn init(config: InstanceConfig) -> Result<(), PredictError> {
         let features = row_width(&config.inputs)?;
+        // A name two outputs share (unlabelled outputs of one node) says
+        // nothing of which is which: those are asked.
+        let unique = |name: &str| config.outputs.iter().filter(|o| o.name == name).count() == 1;
         let output_types = config
             .outputs
             .iter()
+            .filter(|o| unique(&o.name))
             .filter_map(|o| Some((o.name.clone(), onnx_type(&o.datatype)?)))
             .collect();
         let (graph, context) = tensors::open(&config.model)?;

@@ -17,7 +17,10 @@
 //!
 //! Elasticity: sandboxes idle for longer than `idle_after` are dropped
 //! ([`Sandboxes::trim`]), down to `keep_idle` (1, or 0 to scale to zero: the
-//! next call then pays one instantiation).
+//! next call then pays one instantiation). Under steady light load each
+//! worker thread that calls keeps its own sandbox in use, so an instance
+//! holds up to min(workers, `concurrency`) until its calls stop: the memory
+//! of a sandbox per core, traded for calls that find theirs in cache.
 
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
@@ -82,7 +85,9 @@ pub struct Sandboxes<T = Live> {
 struct Idle<T> {
     live: T,
     since: Instant,
-    /// The thread that ran its last call (see [`choose`]).
+    /// The thread that gave it back (see [`choose`]): the one that ran its
+    /// last call, except for calls offloaded to the blocking pool (those
+    /// never match a worker, so they fall back to the most recent).
     ran_on: ThreadId,
 }
 
@@ -396,6 +401,34 @@ mod tests {
             pick(&[(1, other, true), (2, here, false)]),
             Some(1),
             "an armed fault fires on the next call, wherever"
+        );
+    }
+
+    #[tokio::test]
+    async fn taking_from_the_middle_keeps_the_order_trim_relies_on() {
+        let other = std::thread::spawn(|| std::thread::current().id())
+            .join()
+            .unwrap();
+        let here = std::thread::current().id();
+        let set = set(4, 1);
+        let since = Instant::now();
+        *lock(&set.idle) = [(1, other), (2, here), (3, other), (4, other)]
+            .into_iter()
+            .map(|(id, ran_on)| Idle {
+                live: fake(id),
+                since,
+                ran_on,
+            })
+            .collect();
+        let taken = set.take("v1").await;
+        assert_eq!(taken.live.as_ref().map(|f| f.id), Some(2), "this thread's");
+        drop(taken);
+        let later = since + Duration::from_secs(1);
+        assert_eq!(set.trim(later), 2);
+        assert_eq!(
+            set.take("v1").await.live.as_ref().map(|f| f.id),
+            Some(4),
+            "the most recent of the rest stays"
         );
     }
 
