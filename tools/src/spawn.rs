@@ -311,12 +311,14 @@ impl Ports {
         };
         for _ in 0..50 {
             let candidate = bind(SocketAddr::new(*first, 0))?;
-            let port = candidate.local_addr().map(|a| a.port()).unwrap_or(0);
+            let Ok(port) = candidate.local_addr().map(|a| a.port()) else {
+                continue;
+            };
             let others: Result<Vec<TcpListener>, _> = rest
                 .iter()
                 .map(|ip| TcpListener::bind(SocketAddr::new(*ip, port)))
                 .collect();
-            if let (Ok(others), true) = (others, port != 0) {
+            if let Ok(others) = others {
                 self.held.push(candidate);
                 self.held.extend(others);
                 return Ok(port);

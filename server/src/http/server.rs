@@ -13,10 +13,9 @@
 //! why hadr counts instead of using hyper's timer), or reads nothing of an
 //! answer for `--write-timeout`. hyper answers one request at a time and
 //! reads ahead at most its read buffer, so pipelining cannot queue unbounded
-//! work. A refused
-//! admin request (401) closes its connection. On shutdown the loop stops
-//! accepting and every open connection is asked to close after its in-flight
-//! request, bounded by a grace period.
+//! work. A refused admin request (401) closes its connection. On shutdown
+//! the loop stops accepting and every open connection is asked to close
+//! after its in-flight request, bounded by a grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,9 +91,8 @@ pub async fn serve(
                 let in_flight = heads.begin();
                 let answer = dispatch(service.clone(), req);
                 async move {
-                    let answer = answer.await;
-                    drop(in_flight);
-                    answer
+                    let _in_flight = in_flight; // until the answer is ready
+                    answer.await
                 }
             })
         };
