@@ -1,9 +1,11 @@
 //! The drill's report: `report.md` (the article's comparison, measured),
 //! `report.json` (everything, timelines included) and the charts.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{DrillError, DrillReport};
+use crate::loadtest::NoAnswer;
 
 /// The article's "RPS at failure" figures, for comparison.
 pub const ARTICLE_RPS: [(&str, f64); 3] = [("single", 5.2), ("2-active", 8.6), ("3-active", 7.4)];
@@ -54,9 +56,12 @@ pub fn markdown(r: &DrillReport) -> String {
         &t.capacity.first_failure,
         t.rps_at_first_failure,
     ) {
-        (Some(f), Some(rps)) if f.status == 0 => {
-            format!("{rps:.0} (no answer: the load generator's own limit here)")
-        }
+        (Some(f), Some(rps)) if f.status == 0 => match f.no_answer {
+            Some(NoAnswer::NotSent) | None => {
+                format!("{rps:.0} (no answer: the load generator's own limit here)")
+            }
+            Some(why) => format!("{rps:.0} (no answer: {why})"),
+        },
         (Some(f), Some(rps)) => format!("{rps:.0} ({})", f.status),
         _ => format!("none up to {:.0}", t.capacity.peak_goodput),
     });
@@ -118,6 +123,19 @@ pub fn markdown(r: &DrillReport) -> String {
     });
     row("p99 during instance faults", &|t| {
         format!("{:.1} ms", t.instance_faults.p99_us as f64 / 1e3)
+    });
+    row("requests without an answer in fault phases, why", &|t| {
+        let mut why: BTreeMap<NoAnswer, u64> = BTreeMap::new();
+        for phase in [&t.instance_faults, &t.host_crash] {
+            for (w, n) in &phase.no_answer {
+                *why.entry(*w).or_default() += n;
+            }
+        }
+        if why.is_empty() {
+            return "–".into();
+        }
+        let why: Vec<String> = why.iter().map(|(w, n)| format!("{w}: {n}")).collect();
+        why.join(", ")
     });
     out.push_str("\nPeak load per instance during the ramp (the article's second table; `max_load` is 10):\n\n");
     out.push_str(&header("instance", r));

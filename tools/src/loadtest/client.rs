@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::payload::Payload;
-use super::{Plan, Recorder, NO_ANSWER};
+use super::{NoAnswer, Outcome, Plan, Recorder};
 
 type Sender = SendRequest<Full<Bytes>>;
 
@@ -43,14 +43,14 @@ async fn dial(authority: &str) -> std::io::Result<(Sender, Connection)> {
         .map_err(std::io::Error::other)
 }
 
-/// Sends one request; its status, or [`NO_ANSWER`]. The connection is
-/// returned if it can carry another request.
+/// Sends one request; how it ended. The connection is returned if it can
+/// carry another request.
 async fn send(
     mut sender: Sender,
     plan: &Plan,
     authority: &str,
     payload: Payload,
-) -> (u16, Option<Sender>) {
+) -> (Outcome, Option<Sender>) {
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(plan.url.path())
@@ -65,17 +65,44 @@ async fn send(
         .body(Full::new(payload.body))
         .expect("a valid request");
     let exchange = async {
-        let response = sender.send_request(request).await.ok()?;
+        let response = sender.try_send_request(request).await.map_err(|e| {
+            // hyper gives the request back only if none of it was written.
+            if e.message().is_some() {
+                NoAnswer::Stale
+            } else {
+                why(e.into_error())
+            }
+        })?;
         let status = response.status().as_u16();
-        response.into_body().collect().await.ok()?;
-        Some(status)
+        response.into_body().collect().await.map_err(why)?;
+        Ok(status)
     };
     match tokio::time::timeout(plan.timeout, exchange).await {
-        Ok(Some(status)) => {
+        Ok(Ok(status)) => {
             let reusable = !sender.is_closed();
-            (status, reusable.then_some(sender))
+            (Outcome::Answered(status), reusable.then_some(sender))
         }
-        _ => (NO_ANSWER, None),
+        Ok(Err(why)) => (Outcome::NoAnswer(why), None),
+        Err(_) => (Outcome::NoAnswer(NoAnswer::TimedOut), None),
+    }
+}
+
+/// Why an exchange got no answer, from hyper's error.
+fn why(e: hyper::Error) -> NoAnswer {
+    let reset = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        });
+    if e.is_incomplete_message() || e.is_canceled() || reset {
+        NoAnswer::Closed
+    } else {
+        NoAnswer::Broken
     }
 }
 
@@ -107,12 +134,16 @@ pub async fn closed(
             tokio::time::sleep_until((start + delay).into()).await;
             active.fetch_add(1, Ordering::Relaxed);
             let mut next = user;
+            // A request to send again on a fresh connection, and since when
+            // it waits: its kept-alive connection had closed before it went.
+            let mut resend: Option<Instant> = None;
             while Instant::now() < end {
                 let (sender, conn) = match dial(&authority).await {
                     Ok(opened) => opened,
                     Err(_) => {
                         let now = Instant::now();
-                        record(&recorder, now, now, NO_ANSWER, 0.0);
+                        let failed = Outcome::NoAnswer(NoAnswer::Connect);
+                        record(&recorder, now, now, failed, 0.0);
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         continue;
                     }
@@ -121,16 +152,22 @@ pub async fn closed(
                 // the sender at the end lets the connection close.
                 let requests = async {
                     let mut sender = Some(sender);
+                    let mut fresh = true;
                     while let Some(s) = sender.take() {
                         if Instant::now() >= end {
                             break;
                         }
                         let body = plan.bodies[next % plan.bodies.len()].clone();
+                        let sent = resend.take().unwrap_or_else(Instant::now);
+                        let (outcome, back) = send(s, &plan, &authority, body).await;
+                        if !fresh && outcome == Outcome::NoAnswer(NoAnswer::Stale) {
+                            resend = Some(sent);
+                            break;
+                        }
                         next += 1;
-                        let sent = Instant::now();
-                        let (status, back) = send(s, &plan, &authority, body).await;
-                        record(&recorder, sent, Instant::now(), status, 0.0);
+                        record(&recorder, sent, Instant::now(), outcome, 0.0);
                         sender = back;
+                        fresh = false;
                     }
                 };
                 let _ = tokio::join!(conn, requests);
@@ -169,7 +206,8 @@ pub async fn open(
         tokio::time::sleep_until(due.into()).await;
         let rate = rate_at(due);
         if in_flight.load(Ordering::Relaxed) >= max_in_flight {
-            record(recorder, due, Instant::now(), NO_ANSWER, rate);
+            let not_sent = Outcome::NoAnswer(NoAnswer::NotSent);
+            record(recorder, due, Instant::now(), not_sent, rate);
         } else {
             in_flight.fetch_add(1, Ordering::Relaxed);
             let body = plan.bodies[n % plan.bodies.len()].clone();
@@ -181,22 +219,8 @@ pub async fn open(
                 in_flight.clone(),
             );
             tasks.spawn(async move {
-                let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let sender = match pooled {
-                    Some(s) => Ok(s),
-                    None => connect(&authority).await,
-                };
-                let status = match sender {
-                    Ok(sender) => {
-                        let (status, back) = send(sender, &plan, &authority, body).await;
-                        if let Some(s) = back {
-                            idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-                        }
-                        status
-                    }
-                    Err(_) => NO_ANSWER,
-                };
-                record(&recorder, due, Instant::now(), status, rate);
+                let outcome = pooled(&plan, &authority, &idle, body).await;
+                record(&recorder, due, Instant::now(), outcome, rate);
                 in_flight.fetch_sub(1, Ordering::Relaxed);
             });
             // Reap finished tasks so the set stays small.
@@ -208,15 +232,107 @@ pub async fn open(
     while tasks.join_next().await.is_some() {}
 }
 
+/// One request of the open model, on an open kept-alive connection from
+/// `idle` or else a fresh one, given back to `idle` after if it can carry
+/// another.
+async fn pooled(plan: &Plan, authority: &str, idle: &Mutex<Vec<Sender>>, body: Payload) -> Outcome {
+    let kept = take_open(idle);
+    let reused = kept.is_some();
+    let sender = match kept {
+        Some(sender) => sender,
+        None => match connect(authority).await {
+            Ok(sender) => sender,
+            Err(_) => return Outcome::NoAnswer(NoAnswer::Connect),
+        },
+    };
+    let (mut outcome, mut back) = send(sender, plan, authority, body.clone()).await;
+    if reused && outcome == Outcome::NoAnswer(NoAnswer::Stale) {
+        // The server closed the kept-alive connection before the request
+        // went out: it never saw it, so send it again on a fresh one.
+        (outcome, back) = match connect(authority).await {
+            Ok(fresh) => send(fresh, plan, authority, body).await,
+            Err(_) => (Outcome::NoAnswer(NoAnswer::Connect), None),
+        };
+    }
+    if let Some(sender) = back {
+        idle.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
+    }
+    outcome
+}
+
+/// The most recently used kept-alive connection that is still open; closed
+/// ones (the server's idle timeout) are dropped on the way.
+fn take_open(idle: &Mutex<Vec<Sender>>) -> Option<Sender> {
+    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    std::iter::from_fn(|| idle.pop()).find(|sender| !sender.is_closed())
+}
+
 fn record(
     recorder: &Arc<Mutex<Recorder>>,
     sent: Instant,
     done: Instant,
-    status: u16,
+    outcome: Outcome,
     offered: f64,
 ) {
     recorder
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .record(sent, done, status, offered);
+        .record(sent, done, outcome, offered);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+
+    use hyper::service::service_fn;
+    use hyper::Response;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::loadtest::{run_plan, Model};
+
+    /// How long the server keeps a connection open, answering on it.
+    const LIFETIME: Duration = Duration::from_millis(100);
+
+    /// A server that closes each connection [`LIFETIME`] after accepting it,
+    /// as a proxy closes kept-alive connections at its idle timeout.
+    async fn closing_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let answer = service_fn(|_| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), answer);
+                tokio::spawn(tokio::time::timeout(LIFETIME, conn));
+            }
+        });
+        addr
+    }
+
+    /// A kept-alive connection the server closed is the client's to replace,
+    /// not a failure of the server: the open model, whose requests here come
+    /// 4 × [`LIFETIME`] apart, finds every kept connection closed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_the_server_closed_fail_no_request() {
+        let addr = closing_server().await;
+        let plan = Plan {
+            url: format!("http://{addr}/predict").parse().unwrap(),
+            bodies: vec![Bytes::from_static(b"{}").into()],
+            model: Model::Open {
+                from: 2.5,
+                to: 2.5,
+                max_in_flight: 8,
+            },
+            duration: Duration::from_millis(1200),
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(5),
+        };
+        let report = run_plan(&plan, None).await.unwrap();
+        assert!(report.requests >= 3, "{report:?}");
+        assert_eq!(report.failed, 0, "{:?}", report.no_answer);
+    }
 }

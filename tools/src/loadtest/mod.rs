@@ -30,7 +30,7 @@ use bytes::Bytes;
 use hyper::Uri;
 use serde::Serialize;
 
-pub use record::{FirstFailure, Recorder, Tick, BUCKET, NO_ANSWER};
+pub use record::{FirstFailure, NoAnswer, Outcome, Recorder, Tick, BUCKET, NO_ANSWER};
 pub use report::InstanceRow;
 
 /// How load is offered.
@@ -88,6 +88,8 @@ pub struct LoadReport {
     pub by_status: std::collections::BTreeMap<u16, u64>,
     /// Requests with no HTTP answer (refused, reset, timed out, not sent).
     pub transport_errors: u64,
+    /// Those, by why.
+    pub no_answer: std::collections::BTreeMap<NoAnswer, u64>,
     /// Measured window in seconds.
     pub seconds: f64,
     /// Answers per second.
@@ -194,6 +196,7 @@ fn summarise(plan: &Plan, r: &Recorder, instances: Vec<InstanceRow>) -> LoadRepo
         failed: requests - ok,
         by_status: r.by_status().clone(),
         transport_errors: r.by_status().get(&NO_ANSWER).copied().unwrap_or(0),
+        no_answer: r.no_answer().clone(),
         seconds,
         rps: requests as f64 / seconds,
         goodput: ok as f64 / seconds,

@@ -12,8 +12,63 @@ use serde::Serialize;
 pub const BUCKET: Duration = Duration::from_millis(100);
 
 /// Status recorded for a request that got no HTTP answer (refused, reset,
-/// timed out) or could not be sent because the client was at its limit.
+/// timed out) or could not be sent because the client was at its limit;
+/// [`NoAnswer`] says which.
 pub const NO_ANSWER: u16 = 0;
+
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An HTTP answer with this status.
+    Answered(u16),
+    /// No HTTP answer.
+    NoAnswer(NoAnswer),
+}
+
+impl Outcome {
+    /// The status counted for it: [`NO_ANSWER`] without an answer.
+    pub fn status(self) -> u16 {
+        match self {
+            Outcome::Answered(status) => status,
+            Outcome::NoAnswer(_) => NO_ANSWER,
+        }
+    }
+}
+
+/// Why a request got no HTTP answer: a failure an operator chases in
+/// different places (the client, the network, the server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoAnswer {
+    /// The client was at its in-flight limit (open model): never sent.
+    NotSent,
+    /// No connection could be opened (refused, unreachable, out of ports).
+    Connect,
+    /// A kept-alive connection was found closed before the request was
+    /// written on it, twice in a row (one such is retried on a fresh
+    /// connection, as HTTP clients do).
+    Stale,
+    /// The connection closed or was reset after the request was sent and
+    /// before its answer was complete.
+    Closed,
+    /// Any other transport or protocol error (a malformed answer).
+    Broken,
+    /// No complete answer within the plan's timeout.
+    TimedOut,
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoAnswer::NotSent => "not sent (the client was at its in-flight limit)",
+            NoAnswer::Connect => "could not connect",
+            NoAnswer::Stale => "connection closed before the request was sent",
+            NoAnswer::Closed => "connection closed before the answer",
+            NoAnswer::Broken => "broken answer",
+            NoAnswer::TimedOut => "timed out",
+        })
+    }
+}
 
 /// One 100 ms bucket of the timeline.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -39,6 +94,9 @@ pub struct FirstFailure {
     pub at_s: f64,
     /// Its status (0: no answer).
     pub status: u16,
+    /// Why it got no answer, if it got none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_answer: Option<NoAnswer>,
     /// The rate offered at that moment, requests per second (open model), or
     /// the answers per second measured over the second before it (closed).
     pub rps: f64,
@@ -58,6 +116,8 @@ pub struct Recorder {
     measure_from: Instant,
     overall: Histogram<u64>,
     by_status: BTreeMap<u16, u64>,
+    /// The requests counted under [`NO_ANSWER`], by why.
+    no_answer: BTreeMap<NoAnswer, u64>,
     buckets: Vec<Bucket>,
     first_failure: Option<FirstFailure>,
 }
@@ -70,15 +130,17 @@ impl Recorder {
             measure_from: start + warmup,
             overall: latency_histogram(3),
             by_status: BTreeMap::new(),
+            no_answer: BTreeMap::new(),
             buckets: Vec::new(),
             first_failure: None,
         }
     }
 
     /// Records one outcome: a request meant to go out at `sent` (its
-    /// scheduled time, in the open model) answered `status` at `done`, with
+    /// scheduled time, in the open model) ended as `outcome` at `done`, with
     /// `offered` the rate being offered then.
-    pub fn record(&mut self, sent: Instant, done: Instant, status: u16, offered: f64) {
+    pub fn record(&mut self, sent: Instant, done: Instant, outcome: Outcome, offered: f64) {
+        let status = outcome.status();
         let at = done.saturating_duration_since(self.start);
         let index = (at.as_millis() / BUCKET.as_millis()) as usize;
         while self.buckets.len() <= index {
@@ -106,6 +168,13 @@ impl Recorder {
         }
         self.overall.saturating_record(us.max(1));
         *self.by_status.entry(status).or_default() += 1;
+        let no_answer = match outcome {
+            Outcome::NoAnswer(why) => Some(why),
+            Outcome::Answered(_) => None,
+        };
+        if let Some(why) = no_answer {
+            *self.no_answer.entry(why).or_default() += 1;
+        }
         if !ok && self.first_failure.is_none() {
             let rps = if offered > 0.0 {
                 offered
@@ -115,6 +184,7 @@ impl Recorder {
             self.first_failure = Some(FirstFailure {
                 at_s: at.as_secs_f64(),
                 status,
+                no_answer,
                 rps,
             });
         }
@@ -143,6 +213,11 @@ impl Recorder {
     /// Answers by status over the measured window.
     pub fn by_status(&self) -> &BTreeMap<u16, u64> {
         &self.by_status
+    }
+
+    /// The requests that got no answer in the measured window, by why.
+    pub fn no_answer(&self) -> &BTreeMap<NoAnswer, u64> {
+        &self.no_answer
     }
 
     /// The first failure in the measured window.
@@ -198,12 +273,15 @@ mod tests {
         let start = Instant::now();
         let mut r = Recorder::new(start, Duration::from_secs(1));
         let at = |ms| start + Duration::from_millis(ms);
-        r.record(at(100), at(110), 503, 50.0); // warm-up: not measured
-        r.record(at(1100), at(1110), 200, 100.0);
-        r.record(at(1200), at(1250), 503, 120.0);
-        r.record(at(1300), at(1301), 200, 130.0);
+        r.record(at(100), at(110), Outcome::Answered(503), 50.0); // warm-up: not measured
+        r.record(at(1100), at(1110), Outcome::Answered(200), 100.0);
+        r.record(at(1200), at(1250), Outcome::Answered(503), 120.0);
+        r.record(at(1300), at(1301), Outcome::Answered(200), 130.0);
         let first = r.first_failure().unwrap();
-        assert_eq!((first.status, first.rps), (503, 120.0));
+        assert_eq!(
+            (first.status, first.rps, first.no_answer),
+            (503, 120.0, None)
+        );
         assert!((first.at_s - 1.25).abs() < 1e-9);
         assert_eq!(r.by_status().get(&200), Some(&2));
         assert_eq!(r.by_status().get(&503), Some(&1));
@@ -214,6 +292,28 @@ mod tests {
     }
 
     #[test]
+    fn requests_without_an_answer_count_as_status_0_and_by_why() {
+        let start = Instant::now();
+        let mut r = Recorder::new(start, Duration::ZERO);
+        let at = |ms| start + Duration::from_millis(ms);
+        let closed = Outcome::NoAnswer(NoAnswer::Closed);
+        r.record(at(0), at(5), Outcome::Answered(200), 0.0);
+        r.record(at(10), at(20), closed, 0.0);
+        r.record(at(30), at(40), Outcome::NoAnswer(NoAnswer::TimedOut), 0.0);
+        r.record(at(50), at(60), closed, 0.0);
+        assert_eq!(r.by_status().get(&NO_ANSWER), Some(&3));
+        let why: Vec<_> = r.no_answer().iter().map(|(w, n)| (*w, *n)).collect();
+        assert_eq!(why, [(NoAnswer::Closed, 2), (NoAnswer::TimedOut, 1)]);
+        let first = r.first_failure().unwrap();
+        assert_eq!(
+            (first.status, first.no_answer),
+            (NO_ANSWER, Some(NoAnswer::Closed))
+        );
+        let json = serde_json::to_value(first).unwrap();
+        assert_eq!(json["no_answer"], "closed");
+    }
+
+    #[test]
     fn peak_goodput_is_the_best_whole_second() {
         let start = Instant::now();
         let mut r = Recorder::new(start, Duration::ZERO);
@@ -221,7 +321,7 @@ mod tests {
             let n = if (1000..2000).contains(&ms) { 3 } else { 1 };
             for _ in 0..n {
                 let t = start + Duration::from_millis(ms);
-                r.record(t, t, 200, 0.0);
+                r.record(t, t, Outcome::Answered(200), 0.0);
             }
         }
         assert!(

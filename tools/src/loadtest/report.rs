@@ -102,10 +102,10 @@ fn rows(r: &LoadReport) -> Vec<(String, String)> {
         Some(f) => format!(
             "{:.0} req/s (status {}, at {:.1} s)",
             f.rps,
-            if f.status == 0 {
-                "no answer".to_string()
-            } else {
-                f.status.to_string()
+            match (f.status, f.no_answer) {
+                (0, Some(why)) => format!("no answer: {why}"),
+                (0, None) => "no answer".to_string(),
+                (status, _) => status.to_string(),
             },
             f.at_s
         ),
@@ -126,7 +126,13 @@ fn rows(r: &LoadReport) -> Vec<(String, String)> {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    vec![
+    let no_answer = r
+        .no_answer
+        .iter()
+        .map(|(why, n)| format!("{why}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut rows = vec![
         ("load".into(), model(&r.model)),
         ("measured".into(), format!("{:.1} s", r.seconds)),
         (
@@ -147,7 +153,11 @@ fn rows(r: &LoadReport) -> Vec<(String, String)> {
             ),
         ),
         ("status codes".into(), statuses),
-    ]
+    ];
+    if !no_answer.is_empty() {
+        rows.push(("no answer, why".into(), no_answer));
+    }
+    rows
 }
 
 /// The report as terminal tables.
