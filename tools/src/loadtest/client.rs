@@ -65,6 +65,9 @@ async fn send(
         .body(Full::new(payload.body))
         .expect("a valid request");
     let exchange = async {
+        // Waits for the connection to take a request: an error here is a
+        // connection that closed before this request went out.
+        sender.ready().await.map_err(|_| NoAnswer::Stale)?;
         let response = sender.try_send_request(request).await.map_err(|e| {
             // hyper gives the request back only if none of it was written.
             if e.message().is_some() {
@@ -87,19 +90,23 @@ async fn send(
     }
 }
 
-/// Why an exchange got no answer, from hyper's error.
+/// Why an exchange got no answer, from hyper's error: the connection
+/// closing or being reset under it (hyper reports an answer cut short as
+/// an incomplete message, or as an I/O error somewhere in its sources),
+/// else a broken answer.
 fn why(e: hyper::Error) -> NoAnswer {
-    let reset = std::error::Error::source(&e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| {
+    let cut = std::iter::successors(std::error::Error::source(&e), |s| s.source())
+        .filter_map(|s| s.downcast_ref::<std::io::Error>())
+        .any(|io| {
             matches!(
                 io.kind(),
                 std::io::ErrorKind::ConnectionReset
                     | std::io::ErrorKind::ConnectionAborted
                     | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
             )
         });
-    if e.is_incomplete_message() || e.is_canceled() || reset {
+    if e.is_incomplete_message() || cut {
         NoAnswer::Closed
     } else {
         NoAnswer::Broken
@@ -161,6 +168,8 @@ pub async fn closed(
                         let sent = resend.take().unwrap_or_else(Instant::now);
                         let (outcome, back) = send(s, &plan, &authority, body).await;
                         if !fresh && outcome == Outcome::NoAnswer(NoAnswer::Stale) {
+                            // The server never saw it: the next connection
+                            // sends it (unless the run ends first).
                             resend = Some(sent);
                             break;
                         }
@@ -234,30 +243,46 @@ pub async fn open(
 
 /// One request of the open model, on an open kept-alive connection from
 /// `idle` or else a fresh one, given back to `idle` after if it can carry
-/// another.
+/// another; within the plan's timeout, whatever it takes.
 async fn pooled(plan: &Plan, authority: &str, idle: &Mutex<Vec<Sender>>, body: Payload) -> Outcome {
-    let kept = take_open(idle);
-    let reused = kept.is_some();
-    let sender = match kept {
-        Some(sender) => sender,
-        None => match connect(authority).await {
-            Ok(sender) => sender,
-            Err(_) => return Outcome::NoAnswer(NoAnswer::Connect),
-        },
-    };
-    let (mut outcome, mut back) = send(sender, plan, authority, body.clone()).await;
-    if reused && outcome == Outcome::NoAnswer(NoAnswer::Stale) {
-        // The server closed the kept-alive connection before the request
-        // went out: it never saw it, so send it again on a fresh one.
-        (outcome, back) = match connect(authority).await {
-            Ok(fresh) => send(fresh, plan, authority, body).await,
-            Err(_) => (Outcome::NoAnswer(NoAnswer::Connect), None),
+    let attempt = async {
+        let kept = take_open(idle);
+        let reused = kept.is_some();
+        let sender = match kept {
+            Some(sender) => sender,
+            None => connect(authority).await.map_err(|_| NoAnswer::Connect)?,
         };
+        let (outcome, back) = send_again_if_stale(sender, reused, plan, authority, body).await;
+        if let Some(sender) = back {
+            idle.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
+        }
+        Ok(outcome)
+    };
+    match tokio::time::timeout(plan.timeout, attempt).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(why)) => Outcome::NoAnswer(why),
+        Err(_) => Outcome::NoAnswer(NoAnswer::TimedOut),
     }
-    if let Some(sender) = back {
-        idle.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
+}
+
+/// Sends `body` on `sender`. If that kept-alive connection (`reused`) had
+/// closed before the request went out, the server never saw it: it is sent
+/// once more, on a fresh connection, as HTTP clients do.
+async fn send_again_if_stale(
+    sender: Sender,
+    reused: bool,
+    plan: &Plan,
+    authority: &str,
+    body: Payload,
+) -> (Outcome, Option<Sender>) {
+    let (outcome, back) = send(sender, plan, authority, body.clone()).await;
+    if !reused || outcome != Outcome::NoAnswer(NoAnswer::Stale) {
+        return (outcome, back);
     }
-    outcome
+    match connect(authority).await {
+        Ok(fresh) => send(fresh, plan, authority, body).await,
+        Err(_) => (Outcome::NoAnswer(NoAnswer::Connect), None),
+    }
 }
 
 /// The most recently used kept-alive connection that is still open; closed
@@ -292,12 +317,10 @@ mod tests {
     use super::*;
     use crate::loadtest::{run_plan, Model};
 
-    /// How long the server keeps a connection open, answering on it.
-    const LIFETIME: Duration = Duration::from_millis(100);
-
-    /// A server that closes each connection [`LIFETIME`] after accepting it,
-    /// as a proxy closes kept-alive connections at its idle timeout.
-    async fn closing_server() -> SocketAddr {
+    /// A server answering `{}` to every request; each connection is closed
+    /// `lifetime` after it was accepted, as a proxy closes kept-alive
+    /// connections at its idle timeout.
+    async fn server(lifetime: Duration) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -307,32 +330,65 @@ mod tests {
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), answer);
-                tokio::spawn(tokio::time::timeout(LIFETIME, conn));
+                tokio::spawn(tokio::time::timeout(lifetime, conn));
             }
         });
         addr
     }
 
-    /// A kept-alive connection the server closed is the client's to replace,
-    /// not a failure of the server: the open model, whose requests here come
-    /// 4 × [`LIFETIME`] apart, finds every kept connection closed.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn connections_the_server_closed_fail_no_request() {
-        let addr = closing_server().await;
-        let plan = Plan {
+    fn plan(addr: SocketAddr, model: Model, duration: Duration) -> Plan {
+        Plan {
             url: format!("http://{addr}/predict").parse().unwrap(),
             bodies: vec![Bytes::from_static(b"{}").into()],
-            model: Model::Open {
-                from: 2.5,
-                to: 2.5,
-                max_in_flight: 8,
-            },
-            duration: Duration::from_millis(1200),
+            model,
+            duration,
             warmup: Duration::ZERO,
             timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// A kept-alive connection the server closed is the client's to replace,
+    /// not a failure of the server. Connections live 300 ms and requests
+    /// come 1 s apart, so every kept connection is closed when reused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_the_server_closed_fail_no_request() {
+        let addr = server(Duration::from_millis(300)).await;
+        let once_a_second = Model::Open {
+            from: 1.0,
+            to: 1.0,
+            max_in_flight: 8,
         };
+        let plan = plan(addr, once_a_second, Duration::from_millis(2500));
         let report = run_plan(&plan, None).await.unwrap();
         assert!(report.requests >= 3, "{report:?}");
         assert_eq!(report.failed, 0, "{:?}", report.no_answer);
+    }
+
+    /// A request a closed kept-alive connection never carried goes out again
+    /// on a fresh connection; on a fresh connection it is not tried twice.
+    #[tokio::test]
+    async fn a_request_a_closed_kept_connection_never_sent_goes_on_a_fresh_one() {
+        let addr = server(Duration::from_secs(60)).await;
+        let authority = addr.to_string();
+        let plan = plan(
+            addr,
+            Model::Closed {
+                users: 1,
+                spawn_rate: 0.0,
+            },
+            Duration::ZERO,
+        );
+        for (reused, expected) in [
+            (true, Outcome::Answered(200)),
+            (false, Outcome::NoAnswer(NoAnswer::Stale)),
+        ] {
+            // A connection whose driver is gone: closed before anything
+            // was written on it.
+            let (closed, driver) = dial(&authority).await.unwrap();
+            drop(driver);
+            let body = plan.bodies[0].clone();
+            let (outcome, _) = send_again_if_stale(closed, reused, &plan, &authority, body).await;
+            assert_eq!(outcome, expected, "reused: {reused}");
+        }
     }
 }

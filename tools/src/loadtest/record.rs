@@ -44,9 +44,10 @@ pub enum NoAnswer {
     NotSent,
     /// No connection could be opened (refused, unreachable, out of ports).
     Connect,
-    /// A kept-alive connection was found closed before the request was
-    /// written on it, twice in a row (one such is retried on a fresh
-    /// connection, as HTTP clients do).
+    /// The connection had closed before the request was written on it. A
+    /// request that finds a kept-alive connection so is sent once more, on
+    /// a fresh one (the server never saw it): this counts when that fails
+    /// too, or when the connection was fresh.
     Stale,
     /// The connection closed or was reset after the request was sent and
     /// before its answer was complete.
