@@ -148,9 +148,18 @@ pub async fn closed(
                 let (sender, conn) = match dial(&authority).await {
                     Ok(opened) => opened,
                     Err(_) => {
+                        // A request waiting to be sent again fails here,
+                        // once; otherwise the failed dial counts as one.
                         let now = Instant::now();
+                        let sent = match resend.take() {
+                            Some(since) => {
+                                next += 1;
+                                since
+                            }
+                            None => now,
+                        };
                         let failed = Outcome::NoAnswer(NoAnswer::Connect);
-                        record(&recorder, now, now, failed, 0.0);
+                        record(&recorder, sent, now, failed, 0.0);
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         continue;
                     }
