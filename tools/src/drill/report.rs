@@ -134,8 +134,7 @@ pub fn markdown(r: &DrillReport) -> String {
         if why.is_empty() {
             return "–".into();
         }
-        let why: Vec<String> = why.iter().map(|(w, n)| format!("{w}: {n}")).collect();
-        why.join(", ")
+        crate::loadtest::describe(&why)
     });
     out.push_str("\nPeak load per instance during the ramp (the article's second table; `max_load` is 10):\n\n");
     out.push_str(&header("instance", r));

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use hyper::Uri;
 use serde::Serialize;
 
-pub use record::{FirstFailure, NoAnswer, Outcome, Recorder, Tick, BUCKET, NO_ANSWER};
+pub use record::{describe, FirstFailure, NoAnswer, Outcome, Recorder, Tick, BUCKET, NO_ANSWER};
 pub use report::InstanceRow;
 
 /// How load is offered.

@@ -33,6 +33,14 @@ impl Outcome {
             Outcome::NoAnswer(_) => NO_ANSWER,
         }
     }
+
+    /// Why it got no answer, if it got none.
+    pub fn no_answer(self) -> Option<NoAnswer> {
+        match self {
+            Outcome::Answered(_) => None,
+            Outcome::NoAnswer(why) => Some(why),
+        }
+    }
 }
 
 /// Why a request got no HTTP answer: a failure an operator chases in
@@ -69,6 +77,15 @@ impl std::fmt::Display for NoAnswer {
             NoAnswer::TimedOut => "timed out",
         })
     }
+}
+
+/// `why: count, …` for a report, in [`NoAnswer`]'s order (empty: none).
+pub fn describe(no_answer: &BTreeMap<NoAnswer, u64>) -> String {
+    let parts: Vec<String> = no_answer
+        .iter()
+        .map(|(why, n)| format!("{why}: {n}"))
+        .collect();
+    parts.join(", ")
 }
 
 /// One 100 ms bucket of the timeline.
@@ -169,10 +186,7 @@ impl Recorder {
         }
         self.overall.saturating_record(us.max(1));
         *self.by_status.entry(status).or_default() += 1;
-        let no_answer = match outcome {
-            Outcome::NoAnswer(why) => Some(why),
-            Outcome::Answered(_) => None,
-        };
+        let no_answer = outcome.no_answer();
         if let Some(why) = no_answer {
             *self.no_answer.entry(why).or_default() += 1;
         }

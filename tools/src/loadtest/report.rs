@@ -126,12 +126,7 @@ fn rows(r: &LoadReport) -> Vec<(String, String)> {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let no_answer = r
-        .no_answer
-        .iter()
-        .map(|(why, n)| format!("{why}: {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let no_answer = super::describe(&r.no_answer);
     let mut rows = vec![
         ("load".into(), model(&r.model)),
         ("measured".into(), format!("{:.1} s", r.seconds)),
