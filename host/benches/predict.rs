@@ -1,5 +1,7 @@
-//! One prediction through the guest (JSON → wasm → wasi-nn → tract → JSON)
-//! against the same work done natively (predict-core + tract), side by side.
+//! One prediction through the guest against the same work done natively
+//! (predict-core + tract), side by side: `guest` is the path `/predict`
+//! takes (the host parses the JSON and calls the guest's `predict-rows`),
+//! `guest-json` the guest's own `predict` (JSON parsed and written in wasm).
 //!
 //! Run: `cargo bench -p hadr-host --bench predict` (after scripts/build-guest).
 
@@ -56,6 +58,10 @@ fn predictions(c: &mut Criterion) {
     let mut live = rt
         .block_on(deployment.instantiate(&runtime, "bench"))
         .unwrap();
+    let mut parsing_guest = rt
+        .block_on(deployment.instantiate(&runtime, "bench"))
+        .unwrap();
+    parsing_guest.parse_in_guest();
 
     let mut group = c.benchmark_group("predict");
     for rows in [1usize, 32] {
@@ -73,6 +79,12 @@ fn predictions(c: &mut Criterion) {
                 predict_core::with_origin(origin, &answer).unwrap()
             })
         });
+        group.bench_with_input(BenchmarkId::new("guest-json", rows), &body, |b, body| {
+            b.iter(|| {
+                let answer = rt.block_on(parsing_guest.predict(body)).unwrap();
+                predict_core::with_origin(origin, &answer).unwrap()
+            })
+        });
         group.bench_with_input(BenchmarkId::new("native", rows), &body, |b, body| {
             b.iter(|| native(&model, body))
         });
@@ -83,7 +95,7 @@ fn predictions(c: &mut Criterion) {
     }
     // The fixed cost of a call into the sandbox: the guest refuses at once.
     group.bench_function("guest-refused", |b| {
-        b.iter(|| rt.block_on(live.predict(b"{}")).unwrap_err())
+        b.iter(|| rt.block_on(parsing_guest.predict(b"{}")).unwrap_err())
     });
     group.finish();
 

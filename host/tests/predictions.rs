@@ -133,3 +133,77 @@ async fn xgboost_regressor_matches_xgboost() {
         all.len()
     );
 }
+
+/// Every body a model's cases make, and bodies the parser refuses, each
+/// answered (or refused) by the generic guest twice: parsed on the host
+/// (`hadr:predictor/rows`, what `/predict` uses) and by the guest's own
+/// `predict`. Byte for byte the same, one by one and merged in batches.
+#[tokio::test(flavor = "current_thread")]
+async fn rows_parsed_on_the_host_are_answered_as_the_guest_answers_its_own_bodies() {
+    use hadr_server::sandbox::deployment::Deployment;
+    use hadr_server::sandbox::engine::{HostRuntime, Limits};
+    use hadr_server::sandbox::live::CallError;
+    use hadr_server::sandbox::nn::{LoadedModel, DEFAULT_MODEL_BUDGET};
+
+    let runtime = HostRuntime::new(Limits::default(), 1).unwrap();
+    let guest = hadr_server::sandbox::deployment::CompiledModule::from_file(
+        &runtime,
+        &repo().join(hadr_server::serve::DEFAULT_GUEST),
+        None,
+    )
+    .map(std::sync::Arc::new)
+    .unwrap();
+    let refusal = |r: Result<Vec<u8>, CallError>| match r {
+        Ok(answer) => Ok(String::from_utf8(answer).unwrap()),
+        Err(CallError::Rejected(e)) => Err(e),
+        Err(fault) => panic!("{fault}"),
+    };
+    for model in ["digits", "breast_cancer", "lgbm_wine", "xgb_diabetes"] {
+        let path = repo().join("models").join(format!("{model}.onnx"));
+        let loaded = LoadedModel::from_file(&path, DEFAULT_MODEL_BUDGET).unwrap();
+        let deployment = Deployment::new(guest.clone(), std::sync::Arc::new(loaded), 0, None);
+        let mut host = deployment.instantiate(&runtime, "host").await.unwrap();
+        let mut own = deployment.instantiate(&runtime, "own").await.unwrap();
+        own.parse_in_guest();
+        assert!(host.parses_on_host() && !own.parses_on_host());
+
+        let rows: Vec<_> = cases(model)["cases"].as_array().unwrap()[..36]
+            .iter()
+            .map(|c| c["input"].clone())
+            .collect();
+        let mut bodies: Vec<Vec<u8>> = rows.chunks(1).chain(rows.chunks(7)).map(inputs).collect();
+        let refused: [&[u8]; 7] = [
+            b"not json",
+            b"{}",
+            b"{\"inputs\": []}",
+            b"{\"inputs\": [[1, 2]]}",
+            b"{\"inputs\": [[1e400]]}",
+            b"{\"inputs\": [[\"a\"]]}",
+            b"{\"inputs\": [[1]], \"inputs\": [[2]]}",
+        ];
+        bodies.extend(refused.iter().map(|b| b.to_vec()));
+        let mut answered = 0;
+        for body in &bodies {
+            let by_host = refusal(host.predict(body).await);
+            let by_guest = refusal(own.predict(body).await);
+            assert_eq!(
+                by_host,
+                by_guest,
+                "{model}: {}",
+                String::from_utf8_lossy(body)
+            );
+            answered += usize::from(by_host.is_ok());
+        }
+        assert_eq!(answered, bodies.len() - refused.len(), "{model}");
+        // Merged: good and refused bodies mixed, in batches of 5.
+        for batch in bodies.chunks(5) {
+            let text = |replies: Vec<Result<Vec<u8>, _>>| -> Vec<_> {
+                let utf8 = |a: Vec<u8>| String::from_utf8(a).unwrap();
+                replies.into_iter().map(|r| r.map(utf8)).collect()
+            };
+            let by_host = text(host.predict_batch(batch).await.unwrap());
+            let by_guest = text(own.predict_batch(batch).await.unwrap());
+            assert_eq!(by_host, by_guest, "{model}: a merged batch");
+        }
+    }
+}

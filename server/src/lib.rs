@@ -30,8 +30,9 @@
 //! [`routing::router`] (deciding with [`routing::policy`]) → [`instance`]
 //! (reading what it serves from [`serving`]) → one of its sandboxes
 //! ([`sandbox::sandboxes`]; [`sandbox::live`]: one wasmtime `Store`) → the
-//! guest's `predict` → wasi:nn → tract ([`sandbox::nn`]) → the guest's
-//! answer, to which the instance adds who answered. docs/architecture.md
+//! guest's `predict` (or, for a guest that exports `rows`, the body parsed
+//! on the host and the guest's `predict-rows`) → wasi:nn → tract
+//! ([`sandbox::nn`]) → the answer, to which the instance adds who answered. docs/architecture.md
 //! follows one request and one rollout through these modules.
 
 /// Host bindings for the `hadr:predictor/predictor` world (exports only; the
@@ -63,6 +64,17 @@ pub mod bindings {
         wasmtime::component::bindgen!({
             path: "../wit",
             world: "hadr:predictor/batch-predictor",
+            exports: { default: async },
+            with: { "hadr:predictor/types": crate::bindings::hadr::predictor::types },
+        });
+    }
+
+    /// The optional `rows` export (`/predict` parsed on the host), bound
+    /// apart so that a guest without it parses its own bodies.
+    pub mod rows {
+        wasmtime::component::bindgen!({
+            path: "../wit",
+            world: "hadr:predictor/rows-predictor",
             exports: { default: async },
             with: { "hadr:predictor/types": crate::bindings::hadr::predictor::types },
         });

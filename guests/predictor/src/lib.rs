@@ -8,6 +8,12 @@
 //! runs), hands one `[rows, features]` f32 tensor to wasi-nn, and writes the
 //! scores and labels back as JSON. The host adds who answered.
 //!
+//! Since its `predict` reads exactly predict-core's row format, it also
+//! exports `rows`: the host then parses `/predict` bodies natively with that
+//! same code and calls `predict-rows` with the rows, and writes the scores
+//! it gets back as the same JSON, so no JSON is parsed or written in
+//! WebAssembly on that path.
+//!
 //! It also exports the optional `chaos` interface, so drills can make it
 //! fail for real, inside the sandbox.
 //!
@@ -31,6 +37,7 @@ mod tensors;
 use std::cell::{Cell, RefCell};
 
 use exports::hadr::predictor::chaos::Fault;
+use exports::hadr::predictor::rows::Scores as RowScores;
 use hadr::predictor::types::{ErrorKind, Tensor as Named, TensorInfo};
 use wasi::nn::graph::Graph;
 use wasi::nn::inference::GraphExecutionContext;
@@ -148,23 +155,53 @@ impl Loaded {
             predict_core::RequestError::Malformed(m) => error(ErrorKind::MalformedRequest, m),
             predict_core::RequestError::Invalid(m) => error(ErrorKind::InvalidInput, m),
         })?;
+        self.look_at(&batch.data);
+        Ok(batch)
+    }
+
+    /// The guest's look at the rows before the model runs them, wherever
+    /// they were parsed: in the `faulty` fixture, each row may be a query
+    /// of death.
+    fn look_at(&self, _values: &[f32]) {
         #[cfg(feature = "faulty")]
-        {
+        for row in _values.chunks(self.features) {
             // A query of death that hangs, whatever the deadline.
-            if batch.data[0] == HANG_SENTINEL {
+            if row[0] == HANG_SENTINEL {
                 fail(Fault::Hang);
             }
-            if batch.data[0] == SLOW_SENTINEL {
+            if row[0] == SLOW_SENTINEL {
                 busy_for(std::time::Duration::from_millis(300));
             }
-            if batch.data[0] == BLOCK_SENTINEL {
+            if row[0] == BLOCK_SENTINEL {
                 block_outside_wasm();
             }
-            if batch.data.iter().map(|v| *v as i64).sum::<i64>() % 3 == 0 {
+            if row.iter().map(|v| *v as i64).sum::<i64>() % 3 == 0 {
                 trap();
             }
         }
-        Ok(batch)
+    }
+
+    /// Rows the host parsed (`rows`): the same look and model call as
+    /// [`Loaded::predict`], answered as scores for the host to write.
+    fn predict_rows(&self, values: &[f32], rows: usize) -> Result<RowScores, PredictError> {
+        if rows == 0 || values.len() != rows * self.features {
+            return Err(error(
+                ErrorKind::Internal,
+                format!(
+                    "the host sent {} values for {rows} rows of {} features",
+                    values.len(),
+                    self.features
+                ),
+            ));
+        }
+        self.look_at(values);
+        let scores = self.run(rows, values)?;
+        Ok(RowScores {
+            width: scores.width as u32,
+            values: scores.values,
+            classifier: scores.classifier,
+            labels: scores.labels,
+        })
     }
 
     /// One model call on `rows` rows.
@@ -340,23 +377,38 @@ impl exports::hadr::predictor::batch::Guest for Predictor {
     }
 }
 
+impl exports::hadr::predictor::rows::Guest for Predictor {
+    fn predict_rows(values: Vec<f32>, rows: u32) -> Result<RowScores, PredictError> {
+        if let Some(fault) = ARMED.with(Cell::take) {
+            fail(fault);
+        }
+        LOADED.with(|l| match l.borrow().as_ref() {
+            Some(loaded) => loaded.predict_rows(&values, rows as usize),
+            None => Err(error(
+                ErrorKind::Internal,
+                "predict-rows called before init".into(),
+            )),
+        })
+    }
+}
+
 impl exports::hadr::predictor::chaos::Guest for Predictor {
     fn arm(fault: Fault) {
         ARMED.with(|a| a.set(Some(fault)));
     }
 }
 
-/// The `faulty` fixture spins forever on a request whose first value is this.
+/// The `faulty` fixture spins forever on a row whose first value is this.
 #[cfg(feature = "faulty")]
 const HANG_SENTINEL: f32 = -7.0;
 
 /// ... and blocks in a WASI host call (a sleep: `poll` on a monotonic clock)
-/// on one whose first value is this: outside WebAssembly, where epoch
+/// on a row whose first value is this: outside WebAssembly, where epoch
 /// deadlines cannot reach it.
 #[cfg(feature = "faulty")]
 const BLOCK_SENTINEL: f32 = -8.0;
 
-/// ... and computes for 300 ms before it answers normally on one whose
+/// ... and computes for 300 ms before it answers normally on a row whose
 /// first value is this: a long call that succeeds.
 #[cfg(feature = "faulty")]
 const SLOW_SENTINEL: f32 = -9.0;

@@ -488,21 +488,24 @@ pub fn inputs(rows: &[serde_json::Value]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "inputs": rows })).unwrap()
 }
 
-/// The test guest built with the `faulty` feature: it spins forever on an
-/// input whose first value is -7 (see [`hanging_row`]), and traps on every
-/// other input whose features sum (as integers) to a multiple of 3.
+/// The test guest built with the `faulty` feature: it spins forever on a
+/// row whose first value is -7 (see [`hanging_row`]), and traps on every
+/// other row whose features sum (as integers) to a multiple of 3.
 pub fn faulty_guest() -> PathBuf {
     repo().join("guests/target/wasm32-wasip2/faulty/hadr_guest_predictor.wasm")
 }
 
 /// Whether the faulty guest traps on `rows` (the same rule as the guest).
 pub fn faulty_traps_on(rows: &[serde_json::Value]) -> bool {
-    let sum: i64 = rows
-        .iter()
-        .flat_map(|r| r.as_array().unwrap())
-        .map(|v| v.as_f64().unwrap() as f32 as i64)
-        .sum();
-    sum % 3 == 0
+    rows.iter().any(|row| {
+        let sum: i64 = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32 as i64)
+            .sum();
+        sum % 3 == 0
+    })
 }
 
 /// A row the faulty guest spins on until the deadline stops it.

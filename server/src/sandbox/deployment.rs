@@ -24,6 +24,7 @@ use wasmtime::component::InstancePre;
 use crate::bindings::batch::{BatchPredictor, BatchPredictorIndices};
 use crate::bindings::drillable::{Drillable, DrillableIndices};
 use crate::bindings::hadr::predictor::types::{InstanceConfig, TensorInfo};
+use crate::bindings::rows::{RowsPredictor, RowsPredictorIndices};
 use crate::bindings::tensors::{TensorPredictor, TensorPredictorIndices};
 use crate::bindings::{Predictor, PredictorIndices};
 use crate::sandbox::compiled_cache::{CacheOutcome, CompiledCache};
@@ -97,6 +98,9 @@ pub struct CompiledModule {
     tensors: Option<TensorPredictorIndices>,
     /// The optional `batch` export (merged batches), when the guest has one.
     batch: Option<BatchPredictorIndices>,
+    /// The optional `rows` export (`/predict` parsed on the host), when the
+    /// guest has one.
+    rows: Option<RowsPredictorIndices>,
 }
 
 impl CompiledModule {
@@ -163,6 +167,12 @@ impl CompiledModule {
                     "the guest has no usable hadr:predictor/batch export: an instance that batches calls predict once per request")
             })
             .ok();
+        let rows = RowsPredictorIndices::new(&instance_pre)
+            .inspect_err(|e| {
+                tracing::info!(path = %path.display(), reason = %format!("{e:#}"),
+                    "the guest has no usable hadr:predictor/rows export: it parses its own /predict bodies")
+            })
+            .ok();
         Ok(Self {
             path: path.to_owned(),
             digest,
@@ -172,6 +182,7 @@ impl CompiledModule {
             chaos,
             tensors,
             batch,
+            rows,
         })
     }
 }
@@ -208,6 +219,7 @@ struct Spare {
     chaos: Option<Drillable>,
     tensors: Option<TensorPredictor>,
     batch: Option<BatchPredictor>,
+    rows: Option<RowsPredictor>,
     log: LogName,
 }
 
@@ -428,30 +440,27 @@ impl Deployment {
             .predictor
             .load(&mut store, &instance)
             .map_err(instantiating)?;
-        let chaos = module
-            .chaos
-            .as_ref()
-            .map(|c| c.load(&mut store, &instance))
-            .transpose()
-            .map_err(instantiating)?;
-        let tensors = module
-            .tensors
-            .as_ref()
-            .map(|t| t.load(&mut store, &instance))
-            .transpose()
-            .map_err(instantiating)?;
-        let batch = module
-            .batch
-            .as_ref()
-            .map(|b| b.load(&mut store, &instance))
-            .transpose()
-            .map_err(instantiating)?;
+        // Each optional export the guest has, bound in this store (the
+        // bindings' types differ, their `load` is the same).
+        macro_rules! bind {
+            ($export:ident) => {
+                module
+                    .$export
+                    .as_ref()
+                    .map(|e| e.load(&mut store, &instance))
+                    .transpose()
+                    .map_err(instantiating)?
+            };
+        }
+        let (chaos, tensors, batch, rows) =
+            (bind!(chaos), bind!(tensors), bind!(batch), bind!(rows));
         Ok(Spare {
             store,
             predictor,
             chaos,
             tensors,
             batch,
+            rows,
             log,
         })
     }
@@ -481,6 +490,7 @@ impl Spare {
                 chaos: self.chaos,
                 tensors: self.tensors,
                 batch: self.batch,
+                rows: self.rows.map(|r| (r, deployment.model.graph.features())),
             },
             ticks,
             deployment.version.clone(),

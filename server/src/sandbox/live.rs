@@ -18,10 +18,13 @@ use crate::bindings::batch::BatchPredictor;
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use crate::bindings::drillable::Drillable;
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
+use crate::bindings::rows::exports::hadr::predictor::rows::Scores;
+use crate::bindings::rows::RowsPredictor;
 use crate::bindings::tensors::TensorPredictor;
 use crate::bindings::Predictor;
 use crate::sandbox::engine::{hard_limit, start_call, InstanceState};
 use crate::sandbox::guest_log::LogName;
+use crate::sandbox::rows;
 
 /// Runs one guest call bounded in wall time by [`hard_limit`] of its
 /// `deadline`; past it the call is dropped ([`CallError::Unresponsive`]).
@@ -204,6 +207,9 @@ pub(crate) struct Optional {
     pub(crate) tensors: Option<TensorPredictor>,
     /// Its merged batches (`batch`).
     pub(crate) batch: Option<BatchPredictor>,
+    /// Its `predict-rows` (`rows`), with the model's feature count: the
+    /// host then parses `/predict` bodies and writes the answers.
+    pub(crate) rows: Option<(RowsPredictor, usize)>,
 }
 
 /// A running sandbox: its store and the predictor bound in it.
@@ -254,6 +260,19 @@ impl Live {
     /// The deployment version it was built from.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// Whether `/predict` bodies are parsed, and answers written, on the
+    /// host (the guest exports `rows`).
+    pub fn parses_on_host(&self) -> bool {
+        self.optional.rows.is_some()
+    }
+
+    /// Hands `/predict` bodies back to the guest's own `predict` and
+    /// `predict-batch`: for checking that both paths answer alike, and for
+    /// measuring one against the other.
+    pub fn parse_in_guest(&mut self) {
+        self.optional.rows = None;
     }
 
     /// The fault the next call fires, if one is armed.
@@ -310,6 +329,11 @@ impl Live {
     /// One prediction, interrupted at the deadline. An `Err` other than
     /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
     pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
+        if let Some((_, features)) = self.optional.rows {
+            let parsed = rows::parse(body, features).map_err(CallError::Rejected)?;
+            let scores = self.predict_rows(&parsed, self.deadline_ticks).await?;
+            return Ok(rows::answer(&scores, 0..parsed.rows));
+        }
         let deadline = self.begin(self.deadline_ticks);
         match within(deadline, self.predictor.call_predict(&mut self.store, body)).await? {
             Ok(Ok(out)) => Ok(out),
@@ -324,6 +348,9 @@ impl Live {
     /// poisoned (no request was answered); a refused request is its own
     /// `Err` inside the `Ok`.
     pub async fn predict_batch(&mut self, bodies: &[Vec<u8>]) -> Result<BatchReplies, CallError> {
+        if let Some((_, features)) = self.optional.rows {
+            return self.predict_merged_rows(bodies, features).await;
+        }
         if self.optional.batch.is_none() {
             let mut replies = Vec::with_capacity(bodies.len());
             for body in bodies {
@@ -355,6 +382,84 @@ impl Live {
             ))),
             Err(e) => Err(CallError::from_wasmtime(
                 "calling predict-batch",
+                e,
+                deadline,
+            )),
+        }
+    }
+
+    /// A merged batch through `predict-rows`: each body parsed on the host
+    /// (one the parser refuses fails alone), the rows of the others run as
+    /// one call under the grown deadline of a merged call, and each answered
+    /// from its own rows; if the guest refuses the merged rows, each body
+    /// runs on its own, so one input the model cannot take fails only its
+    /// own request.
+    async fn predict_merged_rows(
+        &mut self,
+        bodies: &[Vec<u8>],
+        features: usize,
+    ) -> Result<BatchReplies, CallError> {
+        let parsed: Vec<_> = bodies.iter().map(|b| rows::parse(b, features)).collect();
+        let readable: Vec<&predict_core::Batch> = parsed.iter().flatten().collect();
+        let merged = if readable.len() > 1 {
+            let all = predict_core::Batch {
+                rows: readable.iter().map(|b| b.rows).sum(),
+                features,
+                data: readable.iter().flat_map(|b| &b.data).copied().collect(),
+            };
+            let ticks = self.deadline_ticks * readable.len().min(MERGED_DEADLINES) as u64;
+            match self.predict_rows(&all, ticks).await {
+                Ok(scores) => Some(scores),
+                Err(CallError::Rejected(_)) => None,
+                Err(fault) => return Err(fault),
+            }
+        } else {
+            None
+        };
+        let mut replies = Vec::with_capacity(bodies.len());
+        let mut first = 0;
+        for body in parsed {
+            let reply = match (body, &merged) {
+                (Err(refused), _) => Err(refused),
+                (Ok(body), Some(all)) => {
+                    first += body.rows;
+                    Ok(rows::answer(all, first - body.rows..first))
+                }
+                (Ok(body), None) => match self.predict_rows(&body, self.deadline_ticks).await {
+                    Ok(own) => Ok(rows::answer(&own, 0..body.rows)),
+                    Err(CallError::Rejected(refused)) => Err(refused),
+                    Err(fault) => return Err(fault),
+                },
+            };
+            replies.push(reply);
+        }
+        Ok(replies)
+    }
+
+    /// One `predict-rows` call of `ticks` budget on rows the host parsed;
+    /// the scores are checked to fit them.
+    async fn predict_rows(
+        &mut self,
+        batch: &predict_core::Batch,
+        ticks: u64,
+    ) -> Result<Scores, CallError> {
+        let deadline = self.begin(ticks);
+        let Some((bound, _)) = &self.optional.rows else {
+            unreachable!("called only for a guest that exports rows");
+        };
+        let call = bound.hadr_predictor_rows().call_predict_rows(
+            &mut self.store,
+            &batch.data,
+            batch.rows as u32,
+        );
+        match within(deadline, call).await? {
+            Ok(Ok(scores)) => {
+                rows::check(&scores, batch.rows)?;
+                Ok(scores)
+            }
+            Ok(Err(refused)) => Err(CallError::Rejected(refused)),
+            Err(e) => Err(CallError::from_wasmtime(
+                "calling predict-rows",
                 e,
                 deadline,
             )),

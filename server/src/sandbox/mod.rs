@@ -19,4 +19,5 @@ pub mod engine;
 pub mod guest_log;
 pub mod live;
 pub mod nn;
+pub(crate) mod rows;
 pub mod sandboxes;

@@ -1,0 +1,110 @@
+//! The host's half of `hadr:predictor/rows`: `/predict` bodies parsed and
+//! answers written natively, with the same predict-core code a row guest
+//! runs inside its sandbox, for a guest that exports `predict-rows`.
+//!
+//! JSON parsed in WebAssembly costs several times its native time (Cranelift
+//! code, with an epoch check in every loop and function), so for the
+//! generic guest this path is the cheaper one; the guest still sees every
+//! row and decides every answer's values and labels.
+
+use std::ops::Range;
+
+use predict_core::{BadAnswer, Batch, Labels, RequestError};
+
+use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
+use crate::bindings::rows::exports::hadr::predictor::rows::Scores;
+
+/// Reads one body into rows of `features` values, refusing it as the guest
+/// would (the same parser, the same messages).
+pub(crate) fn parse(body: &[u8], features: usize) -> Result<Batch, PredictError> {
+    predict_core::parse_request(body, features).map_err(|e| match e {
+        RequestError::Malformed(message) => PredictError {
+            kind: ErrorKind::MalformedRequest,
+            message,
+        },
+        RequestError::Invalid(message) => PredictError {
+            kind: ErrorKind::InvalidInput,
+            message,
+        },
+    })
+}
+
+/// Checks the guest's scores for `rows` rows: whole rows of values, and a
+/// label per row when it gives labels.
+pub(crate) fn check(scores: &Scores, rows: usize) -> Result<(), BadAnswer> {
+    let width = scores.width as usize;
+    let labels_fit = scores.labels.as_ref().is_none_or(|l| l.len() == rows);
+    if width == 0 || scores.values.len() != rows * width || !labels_fit {
+        return Err(BadAnswer(format!(
+            "the guest's predict-rows answered {} values of width {} and {:?} labels for {rows} rows",
+            scores.values.len(),
+            scores.width,
+            scores.labels.as_ref().map(Vec::len)
+        )));
+    }
+    Ok(())
+}
+
+/// The JSON answer for rows `rows` of checked `scores`: what the guest's own
+/// `predict` writes for them.
+pub(crate) fn answer(scores: &Scores, rows: Range<usize>) -> Vec<u8> {
+    let width = scores.width as usize;
+    let values = &scores.values[rows.start * width..rows.end * width];
+    let labels = match (&scores.labels, scores.classifier) {
+        (Some(labels), _) => Labels::Given(&labels[rows]),
+        (None, true) => Labels::Argmax,
+        (None, false) => Labels::Omitted,
+    };
+    predict_core::write_response(values, width, labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scores(values: Vec<f32>, width: u32, labels: Option<Vec<i64>>) -> Scores {
+        Scores {
+            values,
+            width,
+            classifier: true,
+            labels,
+        }
+    }
+
+    #[test]
+    fn bodies_are_refused_as_the_guest_refuses_them() {
+        let malformed = parse(b"{\"inputs\": [[1, 2]", 2).unwrap_err();
+        assert_eq!(malformed.kind, ErrorKind::MalformedRequest, "{malformed:?}");
+        let invalid = parse(b"{\"inputs\": [[1, 2, 3]]}", 2).unwrap_err();
+        assert_eq!(invalid.kind, ErrorKind::InvalidInput, "{invalid:?}");
+        let rows = parse(b"{\"inputs\": [[1, 2], [3, 4]]}", 2).unwrap();
+        assert_eq!((rows.rows, rows.data), (2, vec![1.0, 2.0, 3.0, 4.0]));
+    }
+
+    #[test]
+    fn scores_that_do_not_fit_their_rows_are_a_bad_answer() {
+        assert!(check(&scores(vec![0.1, 0.9, 0.8, 0.2], 2, None), 2).is_ok());
+        assert!(check(&scores(vec![0.1, 0.9, 0.8], 2, None), 2).is_err());
+        assert!(check(&scores(vec![], 0, None), 0).is_err());
+        assert!(check(&scores(vec![0.1, 0.9], 2, Some(vec![1, 0])), 1).is_err());
+    }
+
+    #[test]
+    fn each_request_of_a_merged_call_gets_its_own_rows() {
+        let merged = scores(vec![0.1, 0.9, 0.8, 0.2, 0.3, 0.7], 2, None);
+        let second: serde_json::Value = serde_json::from_slice(&answer(&merged, 1..3)).unwrap();
+        assert_eq!(
+            second,
+            serde_json::json!({"outputs": [[0.8, 0.2], [0.3, 0.7]], "labels": [0, 1]})
+        );
+        let given = scores(vec![0.1, 0.9], 2, Some(vec![7]));
+        let own: serde_json::Value = serde_json::from_slice(&answer(&given, 0..1)).unwrap();
+        assert_eq!(own["labels"], serde_json::json!([7]));
+        let regression = Scores {
+            classifier: false,
+            ..scores(vec![1.5], 1, None)
+        };
+        let plain: serde_json::Value = serde_json::from_slice(&answer(&regression, 0..1)).unwrap();
+        assert_eq!(plain, serde_json::json!({"outputs": [[1.5]]}));
+    }
+}
