@@ -6,19 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cases, inputs, post, with_fields, Host, POLL};
+use common::{cases, inputs, post, slow_row, with_fields, Host, POLL};
 use hyper::StatusCode;
-
-/// A digits row the faulty guest computes on for 300 ms before answering
-/// (and does not trap on).
-fn slow_row() -> serde_json::Value {
-    let (mut row, _) = common::safe_and_deadly_rows();
-    row[0] = serde_json::json!(-9.0);
-    while common::faulty_traps_on(std::slice::from_ref(&row)) {
-        row[1] = serde_json::json!(row[1].as_f64().unwrap() + 1.0);
-    }
-    row
-}
 
 fn faulty_single() -> String {
     common::with_faulty_guest("single.json", &[])

@@ -5,7 +5,7 @@ mod common;
 
 use std::io::BufRead;
 
-use common::{cases, chaos, free_ports, get, hold_in_flight, inputs, post, with_fields, Host};
+use common::{cases, chaos, free_ports, get, hold_in_flight, inputs, post, Host};
 use hyper::{Method, StatusCode};
 use prometheus_parse::{Scrape, Value};
 
@@ -166,8 +166,8 @@ async fn metrics_parse_and_agree_with_topology() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_while_nothing_can_take_a_request() {
-    let topology = with_fields("single.json", &[("max_load", 1.into())]);
-    let host = Host::start(&topology, &["--max-body", "32MiB", "--deadline", "60s"]);
+    let topology = common::with_faulty_guest("single.json", &[("max_load", 1.into())]);
+    let host = Host::start(&topology, &["--deadline", "60s"]);
     let (s, _, b) = get(host.router, "/readyz").await;
     assert_eq!((s, &b["ready"]), (StatusCode::OK, &serde_json::json!(true)));
     let in_flight = hold_in_flight(&host, "predict1").await;

@@ -444,7 +444,7 @@ async fn bad_requests_get_their_status_and_the_host_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_retries_and_shedding_are_those_of_predict() {
     // The faulty guest traps on rows whose features sum to a multiple of 3
-    // and hangs on a first value of -7.
+    // and hangs on a row whose first value is -7.
     let faulty = common::faulty_guest();
     let t = topology(json!({
         "digits1": {"module": faulty, "max_load": 1},

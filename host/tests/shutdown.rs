@@ -10,8 +10,8 @@ use hyper::StatusCode;
 #[ignore = "full suite: signals a hadr-host process"]
 async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     let host = Host::process(
-        &free_ports("single.json"),
-        &["--max-body", "32MiB", "--deadline", "60s"],
+        &common::with_faulty_guest("single.json", &[]),
+        &["--deadline", "60s"],
     );
     let in_flight = hold_in_flight(&host, "predict1").await;
     sigterm(&host);

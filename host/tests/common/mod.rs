@@ -533,13 +533,25 @@ pub fn safe_and_deadly_rows() -> (serde_json::Value, serde_json::Value) {
     (safe.unwrap().clone(), deadly.unwrap().clone())
 }
 
-/// Sends a 25,000-row request (the host must allow a 32 MiB body and a long
-/// deadline) and returns once `instance` shows it in flight, load 1.
+/// A digits row the faulty guest computes on for 300 ms before answering
+/// (and does not trap on).
+pub fn slow_row() -> serde_json::Value {
+    let (mut row, _) = safe_and_deadly_rows();
+    row[0] = serde_json::json!(-9.0);
+    while faulty_traps_on(std::slice::from_ref(&row)) {
+        row[1] = serde_json::json!(row[1].as_f64().unwrap() + 1.0);
+    }
+    row
+}
+
+/// Sends a request of three [`slow_row`]s to `host`, which must serve the
+/// faulty guest under a deadline of over a second, and returns once
+/// `instance` shows it in flight, load 1: it stays so for the guest's 900 ms
+/// of computing, however fast the host.
 pub async fn hold_in_flight(host: &Host, instance: &str) -> tokio::task::JoinHandle<Answer> {
-    let row = cases("digits")["cases"][0]["input"].clone();
-    let big = Bytes::from(inputs(&vec![row; 25_000]));
+    let slow = Bytes::from(inputs(&vec![slow_row(); 3]));
     let router = host.router;
-    let in_flight = tokio::spawn(async move { post(router, "/predict", big).await });
+    let in_flight = tokio::spawn(async move { post(router, "/predict", slow).await });
     while host.topology().await[instance]["load"] != 1 {
         assert!(
             !in_flight.is_finished(),

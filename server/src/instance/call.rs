@@ -132,7 +132,8 @@ pub(super) async fn call(
         Prepared::Batch(bodies) => live.predict_batch(bodies).await.map(Reply::Batch),
     };
     // Fired only if the call went into the guest: one the host refused
-    // first (an infer on a guest without `tensors`) leaves it armed.
+    // first (an infer on a guest without `tensors`, a body the host parses
+    // and refuses for a guest with `rows`) leaves it armed.
     let fired = armed && live.armed().is_none();
     let Err(e) = &outcome else {
         return (outcome, false, fired);

@@ -490,7 +490,12 @@ impl Spare {
                 chaos: self.chaos,
                 tensors: self.tensors,
                 batch: self.batch,
-                rows: self.rows.map(|r| (r, deployment.model.graph.features())),
+                rows: self.rows.map(|bound| crate::sandbox::live::HostRows {
+                    bound,
+                    features: deployment.model.graph.features(),
+                    max_values: runtime.limits().max_memory
+                        / crate::sandbox::rows::JSON_BYTES_PER_VALUE,
+                }),
             },
             ticks,
             deployment.version.clone(),

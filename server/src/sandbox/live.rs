@@ -207,9 +207,20 @@ pub(crate) struct Optional {
     pub(crate) tensors: Option<TensorPredictor>,
     /// Its merged batches (`batch`).
     pub(crate) batch: Option<BatchPredictor>,
-    /// Its `predict-rows` (`rows`), with the model's feature count: the
-    /// host then parses `/predict` bodies and writes the answers.
-    pub(crate) rows: Option<(RowsPredictor, usize)>,
+    /// Its `predict-rows` (`rows`): the host then parses `/predict` bodies
+    /// and writes the answers.
+    pub(crate) rows: Option<HostRows>,
+}
+
+/// A guest's `predict-rows`, and what the host needs to call it.
+pub(crate) struct HostRows {
+    pub(crate) bound: RowsPredictor,
+    /// Values per row of the model's `[batch, features]` input.
+    pub(crate) features: usize,
+    /// Most values one answer may hold, so that the JSON the host writes
+    /// for a guest stays within the guest's memory cap, as the JSON the
+    /// guest wrote itself did.
+    pub(crate) max_values: usize,
 }
 
 /// A running sandbox: its store and the predictor bound in it.
@@ -329,8 +340,8 @@ impl Live {
     /// One prediction, interrupted at the deadline. An `Err` other than
     /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
     pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
-        if let Some((_, features)) = self.optional.rows {
-            let parsed = rows::parse(body, features).map_err(CallError::Rejected)?;
+        if let Some(host_rows) = &self.optional.rows {
+            let parsed = rows::parse(body, host_rows.features).map_err(CallError::Rejected)?;
             let scores = self.predict_rows(&parsed, self.deadline_ticks).await?;
             return Ok(rows::answer(&scores, 0..parsed.rows));
         }
@@ -348,7 +359,8 @@ impl Live {
     /// poisoned (no request was answered); a refused request is its own
     /// `Err` inside the `Ok`.
     pub async fn predict_batch(&mut self, bodies: &[Vec<u8>]) -> Result<BatchReplies, CallError> {
-        if let Some((_, features)) = self.optional.rows {
+        if let Some(host_rows) = &self.optional.rows {
+            let features = host_rows.features;
             return self.predict_merged_rows(bodies, features).await;
         }
         if self.optional.batch.is_none() {
@@ -392,8 +404,9 @@ impl Live {
     /// (one the parser refuses fails alone), the rows of the others run as
     /// one call under the grown deadline of a merged call, and each answered
     /// from its own rows; if the guest refuses the merged rows, each body
-    /// runs on its own, so one input the model cannot take fails only its
-    /// own request.
+    /// runs on its own, under its own deadline as a request alone would (as
+    /// after a merged call that faults), so one input the model cannot take
+    /// fails only its own request.
     async fn predict_merged_rows(
         &mut self,
         bodies: &[Vec<u8>],
@@ -443,18 +456,25 @@ impl Live {
         batch: &predict_core::Batch,
         ticks: u64,
     ) -> Result<Scores, CallError> {
+        let count = u32::try_from(batch.rows).map_err(|_| {
+            CallError::Rejected(PredictError {
+                kind: ErrorKind::InvalidInput,
+                message: format!("a request holds at most {} rows", u32::MAX),
+            })
+        })?;
         let deadline = self.begin(ticks);
-        let Some((bound, _)) = &self.optional.rows else {
+        let Some(host_rows) = &self.optional.rows else {
             unreachable!("called only for a guest that exports rows");
         };
-        let call = bound.hadr_predictor_rows().call_predict_rows(
+        let max_values = host_rows.max_values;
+        let call = host_rows.bound.hadr_predictor_rows().call_predict_rows(
             &mut self.store,
             &batch.data,
-            batch.rows as u32,
+            count,
         );
         match within(deadline, call).await? {
             Ok(Ok(scores)) => {
-                rows::check(&scores, batch.rows)?;
+                rows::check(&scores, batch.rows, max_values)?;
                 Ok(scores)
             }
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),

@@ -29,17 +29,27 @@ pub(crate) fn parse(body: &[u8], features: usize) -> Result<Batch, PredictError>
     })
 }
 
-/// Checks the guest's scores for `rows` rows: whole rows of values, and a
-/// label per row when it gives labels.
-pub(crate) fn check(scores: &Scores, rows: usize) -> Result<(), BadAnswer> {
+/// The most bytes of JSON one answered value takes (`-1.2345678e-12,`):
+/// with it, an answer's size is bounded before it is written.
+pub(crate) const JSON_BYTES_PER_VALUE: usize = 16;
+
+/// Checks the guest's scores for `rows` rows: whole rows of values, no more
+/// than `max_values` of them, and a label per row when it gives labels. A
+/// failed check is the guest's fault: its sandbox is replaced.
+pub(crate) fn check(scores: &Scores, rows: usize, max_values: usize) -> Result<(), BadAnswer> {
     let width = scores.width as usize;
+    let values = scores.values.len();
     let labels_fit = scores.labels.as_ref().is_none_or(|l| l.len() == rows);
-    if width == 0 || scores.values.len() != rows * width || !labels_fit {
+    if width == 0 || values != rows * width || !labels_fit {
         return Err(BadAnswer(format!(
-            "the guest's predict-rows answered {} values of width {} and {:?} labels for {rows} rows",
-            scores.values.len(),
+            "the guest's predict-rows answered {values} values of width {} and {:?} labels for {rows} rows",
             scores.width,
             scores.labels.as_ref().map(Vec::len)
+        )));
+    }
+    if values > max_values {
+        return Err(BadAnswer(format!(
+            "the guest's predict-rows answered {values} values, more than the {max_values} an answer may hold"
         )));
     }
     Ok(())
@@ -83,10 +93,15 @@ mod tests {
 
     #[test]
     fn scores_that_do_not_fit_their_rows_are_a_bad_answer() {
-        assert!(check(&scores(vec![0.1, 0.9, 0.8, 0.2], 2, None), 2).is_ok());
-        assert!(check(&scores(vec![0.1, 0.9, 0.8], 2, None), 2).is_err());
-        assert!(check(&scores(vec![], 0, None), 0).is_err());
-        assert!(check(&scores(vec![0.1, 0.9], 2, Some(vec![1, 0])), 1).is_err());
+        let fits = scores(vec![0.1, 0.9, 0.8, 0.2], 2, None);
+        assert!(check(&fits, 2, 4).is_ok());
+        assert!(
+            check(&fits, 2, 3).is_err(),
+            "more values than an answer may hold"
+        );
+        assert!(check(&scores(vec![0.1, 0.9, 0.8], 2, None), 2, 100).is_err());
+        assert!(check(&scores(vec![], 0, None), 0, 100).is_err());
+        assert!(check(&scores(vec![0.1, 0.9], 2, Some(vec![1, 0])), 1, 100).is_err());
     }
 
     #[test]
