@@ -100,7 +100,11 @@ fn predict(model: &Model, body: &[u8]) -> Result<Vec<u8>, (StatusCode, String)> 
     })?;
     let fail = |e: TractError| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"));
     let input = Tensor::from_shape(&[batch.rows, batch.features], &batch.data).map_err(fail)?;
-    let outputs = model.plan.run(tvec!(input.into())).map_err(fail)?;
+    let outputs = model.plan.run(tvec!(input.into()));
+    // As hadr does after each run: tract's kernels leave the vector
+    // registers dirty, which slows every SSE instruction after them.
+    hadr_trees::clean_vector_state();
+    let outputs = outputs.map_err(fail)?;
     let probabilities = outputs[model.probabilities]
         .try_as_plain_ram()
         .and_then(|v| v.as_slice::<f32>())

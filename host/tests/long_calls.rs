@@ -3,19 +3,20 @@
 
 mod common;
 
-use common::{cases, free_ports, get, inputs, post, Host};
+use common::{get, inputs, post, Host};
 use hyper::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "full suite: hadr-host processes with calls of seconds"]
 async fn long_calls_on_every_instance_do_not_stall_the_host() {
+    // A long call: three of the faulty guest's slow rows, 900 ms of
+    // computing, however fast the host.
     let host = Host::process(
-        &free_ports("2-active.json"),
-        &["--max-body", "32MiB", "--deadline", "60s"],
+        &common::with_faulty_guest("2-active.json", &[]),
+        &["--deadline", "60s"],
     );
-    let row = cases("digits")["cases"][0]["input"].clone();
-    let big = bytes::Bytes::from(inputs(&vec![row.clone(); 25_000]));
-    let small = inputs(&[row]);
+    let big = bytes::Bytes::from(inputs(&vec![common::slow_row(); 3]));
+    let small = inputs(&[common::safe_and_deadly_rows().0]);
     let p1 = host.instance_addr("predict1").await;
     let p2 = host.instance_addr("predict2").await;
 

@@ -38,14 +38,14 @@ async fn requests_spread_over_the_actives_and_skip_the_standby() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturated_actives_promote_the_standby_then_the_router_sheds() {
-    // Big batches keep each instance busy for a while, so concurrent requests
-    // pile up to each instance's threshold (max_load 10).
+    // Each request keeps a sandbox busy for 300 ms (the faulty guest's slow
+    // row), however fast the host, so concurrent requests pile up to each
+    // instance's threshold (max_load 10).
     let host = Host::start(
-        &free_ports("2-active.json"),
-        &["--max-body", "16MiB", "--deadline", "30s"],
+        &common::with_faulty_guest("2-active.json", &[]),
+        &["--deadline", "30s"],
     );
-    let row = cases("digits")["cases"][0]["input"].clone();
-    let big = bytes::Bytes::from(inputs(&vec![row; 12_000]));
+    let big = bytes::Bytes::from(inputs(&[common::slow_row()]));
     let clients = 40;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients {

@@ -13,6 +13,11 @@
 //! evaluate small trees as bitsets with SIMD where the CPU has AVX2 or
 //! AVX-512 (`HADR_TREES_KERNEL=walk` turns that off, for measurements).
 //!
+//! It also holds [`clean_vector_state`], the workaround for tract-linalg's
+//! x86_64 kernels, which return with the vector registers' upper halves
+//! dirty (every SSE instruction after them pays until cleared): hadr's
+//! backend and the native baseline call it after every tract run.
+//!
 //! Semantics follow the ONNX-ML spec, and onnxruntime where the spec is
 //! vague: NaN goes to the true branch only where
 //! `nodes_missing_value_tracks_true` says so, sums run in f64, the two-class
@@ -32,6 +37,7 @@ mod op;
 mod regressor;
 mod table;
 mod transform;
+mod vector_state;
 
 #[cfg(test)]
 mod tests;
@@ -40,6 +46,9 @@ pub use error::TreeError;
 pub use forest::WorkCount;
 pub use regressor::Aggregate;
 pub use transform::{erfinv, logistic, probit, PostTransform};
+pub use vector_state::clean_vector_state;
+#[cfg(target_arch = "x86_64")]
+pub use vector_state::upper_state_dirty;
 
 use tract_onnx::model::OnnxOpRegister;
 

@@ -2,6 +2,7 @@
 
 mod kernels;
 mod support;
+mod vector_state;
 mod work;
 
 use support::*;
