@@ -359,8 +359,7 @@ impl Live {
     /// poisoned (no request was answered); a refused request is its own
     /// `Err` inside the `Ok`.
     pub async fn predict_batch(&mut self, bodies: &[Vec<u8>]) -> Result<BatchReplies, CallError> {
-        if let Some(host_rows) = &self.optional.rows {
-            let features = host_rows.features;
+        if let Some(features) = self.optional.rows.as_ref().map(|r| r.features) {
             return self.predict_merged_rows(bodies, features).await;
         }
         if self.optional.batch.is_none() {

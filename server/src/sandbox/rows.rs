@@ -2,10 +2,10 @@
 //! answers written natively, with the same predict-core code a row guest
 //! runs inside its sandbox, for a guest that exports `predict-rows`.
 //!
-//! The JSON is then parsed and written once, natively, instead of in
-//! WebAssembly (Cranelift's code) and checked again by the host, so for the
-//! generic guest this path is the cheaper one; the guest still sees every
-//! row and decides every answer's values and labels.
+//! The JSON is then parsed and written natively instead of in WebAssembly
+//! (Cranelift's code), so for the generic guest this path is the cheaper
+//! one; the guest still sees every row and decides every answer's values and
+//! labels.
 
 use std::ops::Range;
 
