@@ -109,23 +109,18 @@ fn predict(model: &Model, body: &[u8]) -> Result<Vec<u8>, (StatusCode, String)> 
         .try_as_plain_ram()
         .and_then(|v| v.as_slice::<f32>())
         .map_err(fail)?;
-    let answer = predict_core::write_response(
+    let answer = predict_core::write_answer(
         probabilities,
         probabilities.len() / batch.rows,
         predict_core::Labels::Argmax,
     );
-    // The same work as the host adding who answered to a guest's answer.
+    // The same work as the host adding who answered to an answer it wrote.
     let origin = predict_core::Origin {
         model: &model.name,
         instance: "native",
         version: "native",
     };
-    predict_core::with_origin(origin, &answer).map_err(|_| {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the answer is not a JSON object".to_string(),
-        )
-    })
+    Ok(answer.with_origin(origin))
 }
 
 /// The model's answer to `body`, or with `--http-floor` the fixed one.

@@ -32,7 +32,7 @@ fn native(model: &LoadedModel, body: &[u8]) -> Vec<u8> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    let answer = predict_core::write_response(
+    let answer = predict_core::write_answer(
         &values,
         values.len() / batch.rows,
         predict_core::Labels::Argmax,
@@ -42,7 +42,7 @@ fn native(model: &LoadedModel, body: &[u8]) -> Vec<u8> {
         instance: "native",
         version: "native",
     };
-    predict_core::with_origin(origin, &answer).unwrap()
+    answer.with_origin(origin)
 }
 
 fn predictions(c: &mut Criterion) {
@@ -76,13 +76,13 @@ fn predictions(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("guest", rows), &body, |b, body| {
             b.iter(|| {
                 let answer = rt.block_on(live.predict(body)).unwrap();
-                predict_core::with_origin(origin, &answer).unwrap()
+                answer.with_origin(origin).unwrap()
             })
         });
         group.bench_with_input(BenchmarkId::new("guest-json", rows), &body, |b, body| {
             b.iter(|| {
                 let answer = rt.block_on(parsing_guest.predict(body)).unwrap();
-                predict_core::with_origin(origin, &answer).unwrap()
+                answer.with_origin(origin).unwrap()
             })
         });
         group.bench_with_input(BenchmarkId::new("native", rows), &body, |b, body| {

@@ -142,7 +142,7 @@ async fn xgboost_regressor_matches_xgboost() {
 async fn rows_parsed_on_the_host_are_answered_as_the_guest_answers_its_own_bodies() {
     use hadr_server::sandbox::deployment::Deployment;
     use hadr_server::sandbox::engine::{HostRuntime, Limits};
-    use hadr_server::sandbox::live::CallError;
+    use hadr_server::sandbox::live::{CallError, Predicted};
     use hadr_server::sandbox::nn::{LoadedModel, DEFAULT_MODEL_BUDGET};
 
     let runtime = HostRuntime::new(Limits::default(), 1).unwrap();
@@ -153,11 +153,23 @@ async fn rows_parsed_on_the_host_are_answered_as_the_guest_answers_its_own_bodie
     )
     .map(std::sync::Arc::new)
     .unwrap();
-    let refusal = |r: Result<Vec<u8>, CallError>| match r {
-        Ok(answer) => Ok(String::from_utf8(answer).unwrap()),
+    // What the client is sent: the answer with its origin (added without a
+    // second read for the host's JSON, checked for the guest's), or the
+    // refusal; and whether the host wrote it.
+    let origin = predict_core::Origin {
+        model: "m",
+        instance: "i",
+        version: "v",
+    };
+    let sent = |r: Result<Predicted, CallError>| match r {
+        Ok(answer) => Ok((
+            String::from_utf8(answer.with_origin(origin).unwrap()).unwrap(),
+            matches!(answer, Predicted::Host(_)),
+        )),
         Err(CallError::Rejected(e)) => Err(e),
         Err(fault) => panic!("{fault}"),
     };
+    let text = |answer: Result<(String, bool), _>| answer.map(|(text, _)| text);
     for model in ["digits", "breast_cancer", "lgbm_wine", "xgb_diabetes"] {
         let path = repo().join("models").join(format!("{model}.onnx"));
         let loaded = LoadedModel::from_file(&path, DEFAULT_MODEL_BUDGET).unwrap();
@@ -171,7 +183,11 @@ async fn rows_parsed_on_the_host_are_answered_as_the_guest_answers_its_own_bodie
             .iter()
             .map(|c| c["input"].clone())
             .collect();
-        let mut bodies: Vec<Vec<u8>> = rows.chunks(1).chain(rows.chunks(7)).map(inputs).collect();
+        let mut bodies: Vec<bytes::Bytes> = rows
+            .chunks(1)
+            .chain(rows.chunks(7))
+            .map(|rows| inputs(rows).into())
+            .collect();
         let refused: [&[u8]; 7] = [
             b"not json",
             b"{}",
@@ -181,28 +197,33 @@ async fn rows_parsed_on_the_host_are_answered_as_the_guest_answers_its_own_bodie
             b"{\"inputs\": [[\"a\"]]}",
             b"{\"inputs\": [[1]], \"inputs\": [[2]]}",
         ];
-        bodies.extend(refused.iter().map(|b| b.to_vec()));
+        bodies.extend(refused.iter().map(|b| bytes::Bytes::from_static(b)));
         let mut answered = 0;
         for body in &bodies {
-            let by_host = refusal(host.predict(body).await);
-            let by_guest = refusal(own.predict(body).await);
+            let by_host = sent(host.predict(body).await);
+            let by_guest = sent(own.predict(body).await);
             assert_eq!(
-                by_host,
-                by_guest,
+                text(by_host.clone()),
+                text(by_guest.clone()),
                 "{model}: {}",
                 String::from_utf8_lossy(body)
             );
+            if let (Ok((_, host_wrote)), Ok((_, guest_wrote))) = (&by_host, &by_guest) {
+                assert!(host_wrote & !guest_wrote, "{model}: who wrote the answer");
+            }
             answered += usize::from(by_host.is_ok());
         }
         assert_eq!(answered, bodies.len() - refused.len(), "{model}");
         // Merged: good and refused bodies mixed, in batches of 5.
         for batch in bodies.chunks(5) {
-            let text = |replies: Vec<Result<Vec<u8>, _>>| -> Vec<_> {
-                let utf8 = |a: Vec<u8>| String::from_utf8(a).unwrap();
-                replies.into_iter().map(|r| r.map(utf8)).collect()
+            let texts = |replies: Vec<Result<Predicted, _>>| -> Vec<_> {
+                replies
+                    .into_iter()
+                    .map(|r| text(sent(r.map_err(CallError::Rejected))))
+                    .collect()
             };
-            let by_host = text(host.predict_batch(batch).await.unwrap());
-            let by_guest = text(own.predict_batch(batch).await.unwrap());
+            let by_host = texts(host.predict_batch(batch).await.unwrap());
+            let by_guest = texts(own.predict_batch(batch).await.unwrap());
             assert_eq!(by_host, by_guest, "{model}: a merged batch");
         }
     }

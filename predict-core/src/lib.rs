@@ -249,6 +249,36 @@ pub enum Labels<'a> {
 /// per row. The host adds `model`, `instance` and `version` (see
 /// [`with_origin`]).
 pub fn write_response(outputs: &[f32], width: usize, labels: Labels<'_>) -> Vec<u8> {
+    write_answer(outputs, width, labels).into_bytes()
+}
+
+/// An answer [`write_answer`] wrote: one JSON object that holds `outputs`
+/// and none of the origin fields. The host adds them with
+/// [`Written::with_origin`] without reading the answer again, as
+/// [`with_origin`] must for JSON a guest wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written(Vec<u8>);
+
+impl Written {
+    /// The answer with `"model"`, `"instance"` and `"version"` first.
+    pub fn with_origin(&self, origin: Origin<'_>) -> Vec<u8> {
+        splice_origin(origin, &self.0[1..], false)
+    }
+
+    /// The answer as it was written.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The answer's bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// [`write_response`], typed as an answer the host can add the origin to
+/// without checking it.
+pub fn write_answer(outputs: &[f32], width: usize, labels: Labels<'_>) -> Written {
     #[derive(Serialize)]
     struct Response<'a> {
         outputs: Rows<'a>,
@@ -267,7 +297,7 @@ pub fn write_response(outputs: &[f32], width: usize, labels: Labels<'_>) -> Vec<
     };
     let mut out = Vec::with_capacity(32 + outputs.len() * 14);
     serde_json::to_writer(&mut out, &response).expect("serialising to a Vec cannot fail");
-    out
+    Written(out)
 }
 
 /// Who answered: the host writes it into every answer.
@@ -311,7 +341,13 @@ pub fn with_origin(origin: Origin<'_>, body: &[u8]) -> Result<Vec<u8>, BadAnswer
         .iter()
         .position(|&b| b == b'{')
         .expect("a checked object starts with `{`");
-    let mut out = Vec::with_capacity(body.len() + 64);
+    Ok(splice_origin(origin, &body[open + 1..], empty))
+}
+
+/// `{`, the origin fields, then `rest`: an object's members after its `{`
+/// and its closing `}` (`empty`: no members).
+fn splice_origin(origin: Origin<'_>, rest: &[u8], empty: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rest.len() + 64);
     out.push(b'{');
     for (key, value) in
         ORIGIN_FIELDS
@@ -328,8 +364,8 @@ pub fn with_origin(origin: Origin<'_>, body: &[u8]) -> Result<Vec<u8>, BadAnswer
     if !empty {
         out.push(b',');
     }
-    out.extend_from_slice(&body[open + 1..]);
-    Ok(out)
+    out.extend_from_slice(rest);
+    out
 }
 
 /// Checks a guest's answer: an object not writing the origin fields.
@@ -497,6 +533,28 @@ mod tests {
                 panic!("{:?} was accepted", String::from_utf8_lossy(body));
             };
             assert!(message.contains(why), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_written_answer_takes_its_origin_as_a_checked_one_does() {
+        let origin = Origin {
+            model: "digits",
+            instance: "p\\1",
+            version: "v\"2",
+        };
+        for (outputs, width, labels) in [
+            (&[0.1f32, 0.9, 0.7, 0.3][..], 2, Labels::Argmax),
+            (&[0.25, 0.75], 2, Labels::Given(&[-3])),
+            (&[1.5, -2.5e-12], 1, Labels::Omitted),
+            (&[], 1, Labels::Omitted),
+        ] {
+            let written = write_answer(outputs, width, labels);
+            let checked = with_origin(origin, written.as_bytes()).unwrap();
+            assert_eq!(
+                String::from_utf8(written.with_origin(origin)).unwrap(),
+                String::from_utf8(checked).unwrap()
+            );
         }
     }
 

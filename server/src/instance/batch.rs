@@ -36,13 +36,14 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::bindings::hadr::predictor::types::PredictError;
 use crate::lock;
+use crate::sandbox::live::Predicted;
 use crate::topology::BatchSpec;
 
 use super::fine_timer;
 
 /// What a request of a merged batch is sent: the guest's answer for it, or
 /// its refusal of it. A closed channel instead says: run on your own.
-pub(super) type Delivery = Result<Vec<u8>, PredictError>;
+pub(super) type Delivery = Result<Predicted, PredictError>;
 
 /// One instance's batching: its settings, the batch forming, and counters.
 #[derive(Debug)]

@@ -10,7 +10,7 @@ use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
 use crate::oip;
 use crate::sandbox::deployment::Deployment;
 use crate::sandbox::engine::HostRuntime;
-use crate::sandbox::live::{CallError, Live};
+use crate::sandbox::live::{CallError, Live, Predicted};
 
 /// What a prediction is asked for.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub(super) enum Prepared {
     Body(bytes::Bytes),
     Tensors(Vec<Tensor>),
     /// The bodies of a merged batch, in order.
-    Batch(Vec<Vec<u8>>),
+    Batch(Vec<bytes::Bytes>),
 }
 
 impl Input {
@@ -80,7 +80,7 @@ impl Answer {
 
 /// A guest's answer before the host adds who answered.
 pub(super) enum Reply {
-    Json(Vec<u8>),
+    Json(Predicted),
     Tensors(Vec<Tensor>),
     /// One answer (or refusal) per request of a merged batch, in order.
     Batch(crate::sandbox::live::BatchReplies),

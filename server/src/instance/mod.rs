@@ -587,10 +587,14 @@ impl Instance {
             return;
         };
         let requests = batch.bodies.len();
-        let bodies = batch.bodies.iter().map(|b| b.to_vec()).collect();
         let started = Instant::now();
         let reply = self
-            .execute(Slot::Current, taken, &deployment, Prepared::Batch(bodies))
+            .execute(
+                Slot::Current,
+                taken,
+                &deployment,
+                Prepared::Batch(batch.bodies),
+            )
             .await;
         self.stats.cost(started.elapsed());
         match reply {
@@ -724,7 +728,7 @@ impl Instance {
                     instance: self.name(),
                     version: &deployment.version,
                 };
-                Ok(Answer::Json(predict_core::with_origin(origin, &answer)?))
+                Ok(Answer::Json(answer.with_origin(origin)?))
             }
             Reply::Tensors(outputs) => Ok(Answer::Tensors {
                 outputs,

@@ -30,7 +30,7 @@ use crate::bindings::{Predictor, PredictorIndices};
 use crate::sandbox::compiled_cache::{CacheOutcome, CompiledCache};
 use crate::sandbox::engine::{ticks_duration, HostRuntime, InstanceState};
 use crate::sandbox::guest_log::{GuestLog, LogName};
-use crate::sandbox::live::{CallError, Live};
+use crate::sandbox::live::{CallError, Live, Predicted};
 use crate::sandbox::nn::{GraphRegistry, LoadedModel, TractBackend};
 
 /// Why a deployment failed its smoke test.
@@ -525,13 +525,13 @@ fn instance_config(model: &LoadedModel) -> InstanceConfig {
 }
 
 /// Whether the host can send `answer` (with its origin fields added).
-fn check_answer(answer: &[u8]) -> Result<(), predict_core::BadAnswer> {
+fn check_answer(answer: &Predicted) -> Result<(), predict_core::BadAnswer> {
     let origin = predict_core::Origin {
         model: "",
         instance: "",
         version: "",
     };
-    predict_core::with_origin(origin, answer).map(drop)
+    answer.with_origin(origin).map(drop)
 }
 
 /// A deployment's version: 8 hex digits of each digest.

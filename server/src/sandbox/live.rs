@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use wasmtime::Store;
 
 use crate::bindings::batch::BatchPredictor;
@@ -245,7 +246,41 @@ const MERGED_DEADLINES: usize = 4;
 
 /// A merged batch's answers, one per request in order: each the guest's
 /// answer or its refusal of that request.
-pub type BatchReplies = Vec<Result<Vec<u8>, PredictError>>;
+pub type BatchReplies = Vec<Result<Predicted, PredictError>>;
+
+/// A `/predict` answer, before the host adds who answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Predicted {
+    /// JSON the guest wrote: read once more when the origin is added, to
+    /// check that it is one object that leaves the origin fields alone.
+    Guest(Vec<u8>),
+    /// JSON the host wrote from the guest's scores (`rows`): known to be
+    /// such an object, so the origin is added without reading it again.
+    Host(predict_core::Written),
+}
+
+impl Predicted {
+    /// The answer with `"model"`, `"instance"` and `"version"` first; a
+    /// guest's JSON that is not one object, or writes those fields itself,
+    /// is a bad answer.
+    pub fn with_origin(
+        &self,
+        origin: predict_core::Origin<'_>,
+    ) -> Result<Vec<u8>, predict_core::BadAnswer> {
+        match self {
+            Predicted::Guest(json) => predict_core::with_origin(origin, json),
+            Predicted::Host(written) => Ok(written.with_origin(origin)),
+        }
+    }
+
+    /// The answer as the guest, or the host for it, wrote it.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Predicted::Guest(json) => json,
+            Predicted::Host(written) => written.as_bytes(),
+        }
+    }
+}
 
 impl Live {
     pub(crate) fn new(
@@ -339,15 +374,15 @@ impl Live {
 
     /// One prediction, interrupted at the deadline. An `Err` other than
     /// [`CallError::Rejected`] means the store is poisoned and must be dropped.
-    pub async fn predict(&mut self, body: &[u8]) -> Result<Vec<u8>, CallError> {
+    pub async fn predict(&mut self, body: &[u8]) -> Result<Predicted, CallError> {
         if let Some(host_rows) = &self.optional.rows {
             let parsed = rows::parse(body, host_rows.features).map_err(CallError::Rejected)?;
             let scores = self.predict_rows(&parsed, self.deadline_ticks).await?;
-            return Ok(rows::answer(&scores, 0..parsed.rows));
+            return Ok(Predicted::Host(rows::answer(&scores, 0..parsed.rows)));
         }
         let deadline = self.begin(self.deadline_ticks);
         match within(deadline, self.predictor.call_predict(&mut self.store, body)).await? {
-            Ok(Ok(out)) => Ok(out),
+            Ok(Ok(out)) => Ok(Predicted::Guest(out)),
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
             Err(e) => Err(CallError::from_wasmtime("calling predict", e, deadline)),
         }
@@ -358,7 +393,7 @@ impl Live {
     /// exports `batch`, else one `predict` each. An `Err` means the store is
     /// poisoned (no request was answered); a refused request is its own
     /// `Err` inside the `Ok`.
-    pub async fn predict_batch(&mut self, bodies: &[Vec<u8>]) -> Result<BatchReplies, CallError> {
+    pub async fn predict_batch(&mut self, bodies: &[Bytes]) -> Result<BatchReplies, CallError> {
         if let Some(features) = self.optional.rows.as_ref().map(|r| r.features) {
             return self.predict_merged_rows(bodies, features).await;
         }
@@ -366,7 +401,7 @@ impl Live {
             let mut replies = Vec::with_capacity(bodies.len());
             for body in bodies {
                 match self.predict(body).await {
-                    Ok(out) => replies.push(Ok(out)),
+                    Ok(answer) => replies.push(Ok(answer)),
                     Err(CallError::Rejected(refused)) => replies.push(Err(refused)),
                     Err(e) => return Err(e),
                 }
@@ -381,11 +416,16 @@ impl Live {
         let Some(batch) = &self.optional.batch else {
             unreachable!("checked above");
         };
+        // The bindings take owned bodies: this guest reads them all itself.
+        let owned: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
         let call = batch
             .hadr_predictor_batch()
-            .call_predict_batch(&mut self.store, bodies);
+            .call_predict_batch(&mut self.store, &owned);
         match within(deadline, call).await? {
-            Ok(replies) if replies.len() == bodies.len() => Ok(replies),
+            Ok(replies) if replies.len() == bodies.len() => Ok(replies
+                .into_iter()
+                .map(|reply| reply.map(Predicted::Guest))
+                .collect()),
             Ok(replies) => Err(CallError::Trap(format!(
                 "the guest answered {} of a batch of {} requests",
                 replies.len(),
@@ -408,7 +448,7 @@ impl Live {
     /// fails only its own request.
     async fn predict_merged_rows(
         &mut self,
-        bodies: &[Vec<u8>],
+        bodies: &[Bytes],
         features: usize,
     ) -> Result<BatchReplies, CallError> {
         let parsed: Vec<_> = bodies.iter().map(|b| rows::parse(b, features)).collect();
@@ -435,10 +475,10 @@ impl Live {
                 (Err(refused), _) => Err(refused),
                 (Ok(body), Some(all)) => {
                     first += body.rows;
-                    Ok(rows::answer(all, first - body.rows..first))
+                    Ok(Predicted::Host(rows::answer(all, first - body.rows..first)))
                 }
                 (Ok(body), None) => match self.predict_rows(&body, self.deadline_ticks).await {
-                    Ok(own) => Ok(rows::answer(&own, 0..body.rows)),
+                    Ok(own) => Ok(Predicted::Host(rows::answer(&own, 0..body.rows))),
                     Err(CallError::Rejected(refused)) => Err(refused),
                     Err(fault) => return Err(fault),
                 },

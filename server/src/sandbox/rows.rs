@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use predict_core::{BadAnswer, Batch, Labels, RequestError};
+use predict_core::{BadAnswer, Batch, Labels, RequestError, Written};
 
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
 use crate::bindings::rows::exports::hadr::predictor::rows::Scores;
@@ -57,7 +57,7 @@ pub(crate) fn check(scores: &Scores, rows: usize, max_values: usize) -> Result<(
 
 /// The JSON answer for rows `rows` of checked `scores`: what the guest's own
 /// `predict` writes for them.
-pub(crate) fn answer(scores: &Scores, rows: Range<usize>) -> Vec<u8> {
+pub(crate) fn answer(scores: &Scores, rows: Range<usize>) -> Written {
     let width = scores.width as usize;
     let values = &scores.values[rows.start * width..rows.end * width];
     let labels = match (&scores.labels, scores.classifier) {
@@ -65,7 +65,7 @@ pub(crate) fn answer(scores: &Scores, rows: Range<usize>) -> Vec<u8> {
         (None, true) => Labels::Argmax,
         (None, false) => Labels::Omitted,
     };
-    predict_core::write_response(values, width, labels)
+    predict_core::write_answer(values, width, labels)
 }
 
 #[cfg(test)]
@@ -107,19 +107,22 @@ mod tests {
     #[test]
     fn each_request_of_a_merged_call_gets_its_own_rows() {
         let merged = scores(vec![0.1, 0.9, 0.8, 0.2, 0.3, 0.7], 2, None);
-        let second: serde_json::Value = serde_json::from_slice(&answer(&merged, 1..3)).unwrap();
+        let second: serde_json::Value =
+            serde_json::from_slice(answer(&merged, 1..3).as_bytes()).unwrap();
         assert_eq!(
             second,
             serde_json::json!({"outputs": [[0.8, 0.2], [0.3, 0.7]], "labels": [0, 1]})
         );
         let given = scores(vec![0.1, 0.9], 2, Some(vec![7]));
-        let own: serde_json::Value = serde_json::from_slice(&answer(&given, 0..1)).unwrap();
+        let own: serde_json::Value =
+            serde_json::from_slice(answer(&given, 0..1).as_bytes()).unwrap();
         assert_eq!(own["labels"], serde_json::json!([7]));
         let regression = Scores {
             classifier: false,
             ..scores(vec![1.5], 1, None)
         };
-        let plain: serde_json::Value = serde_json::from_slice(&answer(&regression, 0..1)).unwrap();
+        let plain: serde_json::Value =
+            serde_json::from_slice(answer(&regression, 0..1).as_bytes()).unwrap();
         assert_eq!(plain, serde_json::json!({"outputs": [[1.5]]}));
     }
 }
