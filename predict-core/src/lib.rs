@@ -262,6 +262,7 @@ pub struct Written(Vec<u8>);
 impl Written {
     /// The answer with `"model"`, `"instance"` and `"version"` first.
     pub fn with_origin(&self, origin: Origin<'_>) -> Vec<u8> {
+        debug_assert_eq!(self.0.first(), Some(&b'{'), "a written answer is an object");
         splice_origin(origin, &self.0[1..], false)
     }
 
