@@ -683,7 +683,10 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let err = StateStore::open(&dir).err().unwrap().to_string();
+        let err = when_free(|| StateStore::open(&dir))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("schema version 99"), "{err}");
         assert!(err.contains("another --state-dir"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
@@ -732,7 +735,7 @@ mod tests {
                 std::fs::write(&path, vec![0xA5u8; 4096]).unwrap();
             }
         }
-        let outcome = StateStore::open(&dir).and_then(|s| s.instance("predict1"));
+        let outcome = when_free(|| StateStore::open(&dir)).and_then(|s| s.instance("predict1"));
         let err = outcome
             .expect_err("a damaged database is refused")
             .to_string();
