@@ -564,7 +564,7 @@ impl Instance {
             Ok(reply) => {
                 let outcome = reply
                     .map_err(CallError::Rejected)
-                    .and_then(|json| self.answer(deployment, Reply::Json(json)));
+                    .and_then(|answer| self.answer(deployment, Reply::Json(answer)));
                 self.stats.count(outcome.as_ref().map(drop));
                 outcome
             }
