@@ -323,10 +323,29 @@ fn main() {
         "\nPOST /predict, {}, 1 row, {rounds} x {seconds} s rounds (medians); ratio = req/s over the native baseline's on the same cores and connections\n",
         model.name
     );
+    // Each round's ratio on its own: how far the machine moved during the
+    // run, which a ratio of medians hides.
+    let ratio_by_round = |key: &str, native: &str| {
+        let rps_of = |name: &str| -> Vec<f64> {
+            results
+                .iter()
+                .filter(|(k, ..)| k == name)
+                .map(|(_, r, ..)| r.rps)
+                .collect()
+        };
+        let ratios: Vec<f64> = rps_of(key)
+            .iter()
+            .zip(rps_of(native))
+            .map(|(h, n)| h / n)
+            .collect();
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{low:.2}–{high:.2}")
+    };
     println!(
-        "| cores | server | connections | req/s | ratio | p99 µs | p99 ratio | CPU µs/request | client CPU µs/request |"
+        "| cores | server | connections | req/s | ratio | ratio by round | p99 µs | p99 ratio | CPU µs/request | client CPU µs/request |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (name, _) in &runs {
         let cores = name.split(" |").next().unwrap();
         for connections in [16usize, 64] {
@@ -337,8 +356,9 @@ fn main() {
             let n_rps = median_of(&reports, &native, |r| r.rps);
             let n_p99 = median_of(&reports, &native, |r| r.p99_us as f64);
             println!(
-                "| {name} | {connections} | {rps:.0} | {:.2} | {p99:.0} | {:.2} | {:.1} | {:.1} |",
+                "| {name} | {connections} | {rps:.0} | {:.2} | {} | {p99:.0} | {:.2} | {:.1} | {:.1} |",
                 rps / n_rps,
+                ratio_by_round(&key, &native),
                 p99 / n_p99,
                 cpu_of(&key, false),
                 cpu_of(&key, true)
