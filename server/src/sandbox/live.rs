@@ -272,14 +272,6 @@ impl Predicted {
             Predicted::Host(written) => Ok(written.with_origin(origin)),
         }
     }
-
-    /// The answer as the guest, or the host for it, wrote it.
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Predicted::Guest(json) => json,
-            Predicted::Host(written) => written.as_bytes(),
-        }
-    }
 }
 
 impl Live {
