@@ -31,8 +31,8 @@ unsafe fn zero_upper() {
 #[cfg(target_arch = "x86_64")]
 pub fn upper_state_dirty() -> Option<bool> {
     use std::arch::x86_64::__cpuid_count;
-    let xsave = __cpuid_count(1, 0).ecx & (1 << 27) != 0; // OSXSAVE
-                                                          // Leaf 0xD exists when the OS enabled XSAVE.
+    // OSXSAVE: the OS enabled XSAVE, so leaf 0xD exists.
+    let xsave = __cpuid_count(1, 0).ecx & (1 << 27) != 0;
     let xgetbv1 = xsave && __cpuid_count(0xD, 1).eax & (1 << 2) != 0;
     if !xgetbv1 || !std::arch::is_x86_feature_detected!("avx") {
         return None;
