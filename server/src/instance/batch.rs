@@ -4,8 +4,9 @@
 //! No task of its own: the first request of a batch leads it. It opens the
 //! batch, waits for a free sandbox (others join meanwhile: the busier the
 //! instance, the fuller its batches), then waits at most what is left of
-//! `max_delay` since it opened, or until `max_requests` joined, closes the
-//! batch and runs it as one call on a task of its own (so the leader's
+//! `max_delay` since it opened, or until `max_requests` joined (yielding
+//! to its worker's other tasks while requests keep joining, and only then
+//! asking the timer thread to wake it), closes the batch and runs it as one call on a task of its own (so the leader's
 //! client hanging up cancels nobody's answer). A leader whose client hangs
 //! up before that gives its sandbox back unused (`Sandboxes::hold`). Every
 //! request of a merged call, the leader's included, is answered through a
@@ -201,21 +202,9 @@ impl Lead<'_> {
     /// closes it: later requests open the next one.
     pub(super) async fn close(self) -> Batch {
         let until = self.opened + self.batcher.spec.max_delay;
-        // One sleep for the whole wait: each new one would ask the timer
-        // thread for another wake-up.
-        let sleep = fine_timer::sleep_until(until);
-        tokio::pin!(sleep);
-        let waited = loop {
-            if self.is_enough() {
-                break false;
-            }
-            if Instant::now() >= until {
-                break true;
-            }
-            tokio::select! {
-                _ = self.full.notified() => {}
-                _ = &mut sleep => {}
-            }
+        let waited = match self.yield_while_joined(until).await {
+            Some(waited) => waited,
+            None => self.sleep_until_enough(until).await,
         };
         let mut queue = lock(&self.batcher.queue);
         let batch = queue
@@ -230,12 +219,58 @@ impl Lead<'_> {
         batch
     }
 
-    /// Whether the batch is full, or holds its `close_at`.
-    fn is_enough(&self) -> bool {
+    /// While requests keep joining, lets them: yields to this worker's other
+    /// tasks (the connections whose requests join) and looks again. A busy
+    /// instance's batches fill this way without the timer thread, whose
+    /// every wake-up is a context switch that on a busy core preempts a
+    /// worker. `Some(waited)` once the batch is enough (`false`) or its
+    /// delay is over (`true`); `None` once a round brought nobody.
+    async fn yield_while_joined(&self, until: Instant) -> Option<bool> {
+        let mut seen = 0;
+        loop {
+            let (enough, joined) = self.look();
+            if enough {
+                return Some(false);
+            }
+            if Instant::now() >= until {
+                return Some(true);
+            }
+            if joined == seen {
+                return None;
+            }
+            seen = joined;
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Sleeps until the batch is enough (`false`) or its delay is over
+    /// (`true`).
+    async fn sleep_until_enough(&self, until: Instant) -> bool {
+        // One sleep for the whole wait: each new one would ask the timer
+        // thread for another wake-up.
+        let sleep = fine_timer::sleep_until(until);
+        tokio::pin!(sleep);
+        loop {
+            if self.look().0 {
+                return false;
+            }
+            if Instant::now() >= until {
+                return true;
+            }
+            tokio::select! {
+                _ = self.full.notified() => {}
+                _ = &mut sleep => {}
+            }
+        }
+    }
+
+    /// Whether the batch is full or holds its `close_at`, and how many
+    /// requests it holds.
+    fn look(&self) -> (bool, usize) {
         let queue = lock(&self.batcher.queue);
         match &queue.forming {
-            Some(b) if b.id == self.id => b.bodies.len() >= b.close_at,
-            _ => queue.sealed.iter().any(|b| b.id == self.id),
+            Some(b) if b.id == self.id => (b.bodies.len() >= b.close_at, b.bodies.len()),
+            _ => (queue.sealed.iter().any(|b| b.id == self.id), usize::MAX),
         }
     }
 }
@@ -399,13 +434,13 @@ mod tests {
         let lead = leader(b.join("v1", Bytes::from_static(b"a")));
         let _f = follower(b.join("v1", Bytes::from_static(b"b")));
         let _g = follower(b.join("v1", Bytes::from_static(b"c")));
-        assert!(!lead.is_enough(), "nothing learned: it waits");
+        assert!(!lead.look().0, "nothing learned: it waits");
         assert_eq!(lead.close().await.bodies.len(), 3, "waited its delay");
         let lead = leader(b.join("v1", Bytes::from_static(b"d")));
         let _f = follower(b.join("v1", Bytes::from_static(b"e")));
-        assert!(!lead.is_enough());
+        assert!(!lead.look().0);
         let _g = follower(b.join("v1", Bytes::from_static(b"f")));
-        assert!(lead.is_enough(), "three, as the batch that waited");
+        assert!(lead.look().0, "three, as the batch that waited");
         // Until its leader closes it (it waited for a sandbox), it grows.
         let _h = follower(b.join("v1", Bytes::from_static(b"g")));
         let batch = tokio::time::timeout(SOON, lead.close()).await;
@@ -420,7 +455,7 @@ mod tests {
         let lead = leader(b.join("v1", Bytes::from_static(b"a")));
         assert_eq!(lead.close().await.bodies.len(), 1);
         let lead = leader(b.join("v1", Bytes::from_static(b"b")));
-        assert!(lead.is_enough());
+        assert!(lead.look().0);
         let batch = tokio::time::timeout(SOON, lead.close()).await;
         assert_eq!(batch.expect("closed at once").bodies, vec!["b"]);
     }
