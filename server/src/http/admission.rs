@@ -237,7 +237,8 @@ pub fn raise_open_files() -> u64 {
 }
 
 /// Descriptors kept back from connections: listeners, the state database,
-/// compiled guests, the log, with room to spare.
+/// compiled guests, the log, a batch timer per batching instance, with room
+/// to spare.
 pub const RESERVED_FILES: usize = 128;
 
 /// The public connection cap that fits beside the admin listener's cap, the

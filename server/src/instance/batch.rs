@@ -6,7 +6,7 @@
 //! instance, the fuller its batches), then waits at most what is left of
 //! `max_delay` since it opened, or until `max_requests` joined (yielding
 //! to its worker's other tasks while requests keep joining, and only then
-//! asking the timer thread to wake it), closes the batch and runs it as one call on a task of its own (so the leader's
+//! sleeping on a timer), closes the batch and runs it as one call on a task of its own (so the leader's
 //! client hanging up cancels nobody's answer). A leader whose client hangs
 //! up before that gives its sandbox back unused (`Sandboxes::hold`). Every
 //! request of a merged call, the leader's included, is answered through a
@@ -221,9 +221,9 @@ impl Lead<'_> {
 
     /// While requests keep joining, lets them: yields to this worker's other
     /// tasks (the connections whose requests join) and looks again. A busy
-    /// instance's batches fill this way without the timer thread, whose
-    /// every wake-up is a context switch that on a busy core preempts a
-    /// worker. `Some(waited)` once the batch is enough (`false`) or its
+    /// instance's batches fill this way without arming a timer (a few
+    /// system calls, and a wake-up that on a busy core preempts a worker).
+    /// `Some(waited)` once the batch is enough (`false`) or its
     /// delay is over (`true`); `None` once a round brought nobody.
     async fn yield_while_joined(&self, until: Instant) -> Option<bool> {
         let mut seen = 0;
@@ -246,8 +246,8 @@ impl Lead<'_> {
     /// Sleeps until the batch is enough (`false`) or its delay is over
     /// (`true`).
     async fn sleep_until_enough(&self, until: Instant) -> bool {
-        // One sleep for the whole wait: each new one would ask the timer
-        // thread for another wake-up.
+        // One sleep for the whole wait: each new one would arm another
+        // timer.
         let sleep = fine_timer::sleep_until(until);
         tokio::pin!(sleep);
         loop {
