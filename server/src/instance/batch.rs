@@ -19,8 +19,9 @@
 //! and, once its leader has a sandbox, closes a batch as soon as it holds
 //! that many rather than wait out the delay; one batch in
 //! [`Pace::PROBE_EVERY`] waits anyway (a probe), so the size grows again
-//! when the load does, and probes that find nothing new get rarer. While the leader waits for a sandbox, requests keep joining
-//! up to `max_requests`: a busy instance still makes full batches.
+//! when the load does, and probes that find nothing new get rarer. While
+//! the leader waits for a sandbox, requests keep joining up to
+//! `max_requests`: a busy instance still makes full batches.
 //!
 //! A request never fails for another's sake: a refused body is refused alone
 //! by the guest, and when the merged call faults (a trap, a deadline), or its
@@ -97,6 +98,8 @@ pub(super) struct Batch {
     /// How many requests are enough to close it without waiting out the
     /// delay ([`Pace`]).
     close_at: usize,
+    /// Whether it waits its delay (or fills) whatever was learned: a probe.
+    probe: bool,
 }
 
 /// What [`Batcher::join`] made of a request.
@@ -159,13 +162,15 @@ impl Batcher {
         let id = queue.next_id;
         queue.next_id += 1;
         let full = Arc::new(Notify::new());
+        let (close_at, probe) = queue.pace.open(self.spec.max_requests);
         queue.forming = Some(Batch {
             id,
             version: version.into(),
             bodies: vec![body],
             followers: Vec::new(),
             full: full.clone(),
-            close_at: queue.pace.close_at(self.spec.max_requests),
+            close_at,
+            probe,
         });
         Joined::Leader(Lead {
             batcher: self,
@@ -215,10 +220,10 @@ impl Lead<'_> {
         // that outgrew it while its leader waited for a sandbox says more
         // came than were learned.
         let size = batch.bodies.len();
-        let max = self.batcher.spec.max_requests;
-        if waited || size >= max {
-            queue.pace.observe(size, batch.close_at >= max);
-        } else if size > batch.close_at {
+        if waited || size >= self.batcher.spec.max_requests {
+            queue.pace.observe(size, batch.probe);
+        }
+        if !batch.probe && size > batch.close_at {
             queue.pace.outgrown();
         }
         batch
@@ -329,14 +334,17 @@ impl Pace {
     /// Probes that keep finding nothing new get this rare, no rarer.
     const PROBE_AT_MOST_EVERY: u64 = 256;
 
-    /// How many requests close a batch opened now (at most `max_requests`).
-    fn close_at(&mut self, max_requests: usize) -> usize {
+    /// How many requests close a batch opened now (at most `max_requests`),
+    /// and whether it is a probe.
+    fn open(&mut self, max_requests: usize) -> (usize, bool) {
         self.opened += 1;
         match self.mean16 {
-            Some(mean) if self.opened < self.next_probe => Self::learned(mean, max_requests),
+            Some(mean) if self.opened < self.next_probe => {
+                (Self::learned(mean, max_requests), false)
+            }
             _ => {
                 self.next_probe = self.opened + self.probe_every;
-                max_requests
+                (max_requests, true)
             }
         }
     }
@@ -516,9 +524,13 @@ mod tests {
     #[test]
     fn pace_closes_at_the_mean_of_what_waited_except_one_batch_in_eight() {
         let mut pace = Pace::default();
-        assert_eq!(pace.close_at(32), 32, "nothing learned: only a full batch");
+        assert_eq!(
+            pace.open(32),
+            (32, true),
+            "nothing learned: only a full batch"
+        );
         pace.observe(8, true);
-        let sizes: Vec<usize> = (0..16).map(|_| pace.close_at(32)).collect();
+        let sizes: Vec<usize> = (0..16).map(|_| pace.open(32).0).collect();
         let probes = sizes.iter().filter(|&&n| n == 32).count();
         assert_eq!(probes, 16 / Pace::PROBE_EVERY as usize, "{sizes:?}");
         assert!(sizes.iter().all(|&n| n == 8 || n == 32), "{sizes:?}");
@@ -526,7 +538,7 @@ mod tests {
         pace.observe(16, false);
         let learned = |pace: &mut Pace, max| {
             (0..Pace::PROBE_EVERY)
-                .map(|_| pace.close_at(max))
+                .map(|_| pace.open(max).0)
                 .min()
                 .unwrap()
         };
@@ -544,7 +556,7 @@ mod tests {
         let mut gaps = Vec::new();
         let mut last = None;
         for _ in 0..batches {
-            if pace.close_at(32) == 32 {
+            if pace.open(32).1 {
                 if let Some(last) = last {
                     gaps.push(pace.opened - last);
                 }
@@ -574,7 +586,7 @@ mod tests {
         probe_gaps(&mut pace, 1000, 1);
         assert_eq!(pace.probe_every, Pace::PROBE_AT_MOST_EVERY);
         pace.outgrown();
-        let next = (1..=Pace::PROBE_EVERY).find(|_| pace.close_at(32) == 32);
+        let next = (1..=Pace::PROBE_EVERY).find(|_| pace.open(32).1);
         assert!(
             next.is_some(),
             "a probe within {} batches",
@@ -582,24 +594,40 @@ mod tests {
         );
     }
 
+    /// A batcher of `max_requests` that learned one request and made its
+    /// probes rare, and the leader of a batch that is not a probe.
+    async fn learned_alone(b: &Batcher) -> Lead<'_> {
+        for _ in 0..200 {
+            leader(b.join("v1", Bytes::from_static(b"a"))).close().await;
+        }
+        assert!(lock(&b.queue).pace.probe_every > Pace::PROBE_EVERY);
+        loop {
+            let lead = leader(b.join("v1", Bytes::from_static(b"b")));
+            if !lock(&b.queue).forming.as_ref().unwrap().probe {
+                return lead;
+            }
+            lead.close().await;
+        }
+    }
+
     #[tokio::test]
     async fn a_batch_that_grew_past_its_learned_size_while_its_leader_waited_counts() {
         let b = batcher(8, Duration::from_millis(20));
-        // Learn one request, and make probes rare.
-        for _ in 0..200 {
-            let lead = leader(b.join("v1", Bytes::from_static(b"a")));
-            lead.close().await;
-        }
-        assert!(lock(&b.queue).pace.probe_every > Pace::PROBE_EVERY);
-        // A batch closes at one; two more join before its leader closes it.
-        let mut lead = leader(b.join("v1", Bytes::from_static(b"b")));
-        while lock(&b.queue).forming.as_ref().unwrap().close_at != 1 {
-            lead.close().await;
-            lead = leader(b.join("v1", Bytes::from_static(b"b")));
-        }
+        let lead = learned_alone(&b).await;
+        // It closes at one; two more join before its leader closes it.
         let _f = follower(b.join("v1", Bytes::from_static(b"c")));
         let _g = follower(b.join("v1", Bytes::from_static(b"d")));
         assert_eq!(lead.close().await.bodies.len(), 3);
+        assert_eq!(lock(&b.queue).pace.probe_every, Pace::PROBE_EVERY);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_filled_while_its_leader_waited_counts_too() {
+        let b = batcher(3, Duration::from_millis(20));
+        let lead = learned_alone(&b).await;
+        let _f = follower(b.join("v1", Bytes::from_static(b"c")));
+        let _g = follower(b.join("v1", Bytes::from_static(b"d")));
+        assert_eq!(lead.close().await.bodies.len(), 3, "full");
         assert_eq!(lock(&b.queue).pace.probe_every, Pace::PROBE_EVERY);
     }
 
