@@ -611,24 +611,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_that_grew_past_its_learned_size_while_its_leader_waited_counts() {
-        let b = batcher(8, Duration::from_millis(20));
-        let lead = learned_alone(&b).await;
-        // It closes at one; two more join before its leader closes it.
-        let _f = follower(b.join("v1", Bytes::from_static(b"c")));
-        let _g = follower(b.join("v1", Bytes::from_static(b"d")));
-        assert_eq!(lead.close().await.bodies.len(), 3);
-        assert_eq!(lock(&b.queue).pace.probe_every, Pace::PROBE_EVERY);
-    }
-
-    #[tokio::test]
-    async fn a_batch_that_filled_while_its_leader_waited_counts_too() {
-        let b = batcher(3, Duration::from_millis(20));
-        let lead = learned_alone(&b).await;
-        let _f = follower(b.join("v1", Bytes::from_static(b"c")));
-        let _g = follower(b.join("v1", Bytes::from_static(b"d")));
-        assert_eq!(lead.close().await.bodies.len(), 3, "full");
-        assert_eq!(lock(&b.queue).pace.probe_every, Pace::PROBE_EVERY);
+    async fn a_batch_that_outgrew_or_filled_while_its_leader_waited_counts() {
+        // Of 8 it outgrows its learned one; of 3 it fills.
+        for max_requests in [8, 3] {
+            let b = batcher(max_requests, Duration::from_millis(20));
+            let lead = learned_alone(&b).await;
+            // Two more join before its leader closes it.
+            let _f = follower(b.join("v1", Bytes::from_static(b"c")));
+            let _g = follower(b.join("v1", Bytes::from_static(b"d")));
+            assert_eq!(lead.close().await.bodies.len(), 3);
+            let every = lock(&b.queue).pace.probe_every;
+            assert_eq!(every, Pace::PROBE_EVERY, "max_requests {max_requests}");
+        }
     }
 
     #[test]
