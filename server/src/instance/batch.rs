@@ -365,7 +365,7 @@ impl Pace {
             } else {
                 (self.probe_every * 2).min(Self::PROBE_AT_MOST_EVERY)
             };
-            // Counted from now, at the new rate (the one `close_at` set
+            // Counted from now, at the new rate (the one `open` set
             // stands only if this probe is never observed: abandoned).
             self.next_probe = self.opened + self.probe_every;
         }
