@@ -6,8 +6,8 @@
 //! instance, the fuller its batches), then waits at most what is left of
 //! `max_delay` since it opened, or until `max_requests` joined (yielding
 //! to its worker's other tasks while requests keep joining, and only then
-//! sleeping on a timer), closes the batch and runs it as one call on a task of its own (so the leader's
-//! client hanging up cancels nobody's answer). A leader whose client hangs
+//! sleeping on a timer), closes the batch and runs it as one call on a task
+//! of its own (so the leader's client hanging up cancels nobody's answer). A leader whose client hangs
 //! up before that gives its sandbox back unused (`Sandboxes::hold`). Every
 //! request of a merged call, the leader's included, is answered through a
 //! channel.
@@ -207,10 +207,7 @@ impl Lead<'_> {
     /// closes it: later requests open the next one.
     pub(super) async fn close(self) -> Batch {
         let until = self.opened + self.batcher.spec.max_delay;
-        let waited = match self.yield_while_joined(until).await {
-            Some(waited) => waited,
-            None => self.sleep_until_enough(until).await,
-        };
+        let waited = self.wait(until).await;
         let mut queue = lock(&self.batcher.queue);
         let batch = queue
             .take(self.id)
@@ -229,43 +226,30 @@ impl Lead<'_> {
         batch
     }
 
-    /// While requests keep joining, lets them: yields to this worker's other
-    /// tasks (the connections whose requests join) and looks again. A busy
-    /// instance's batches fill this way without arming a timer (a few
-    /// system calls, and a wake-up that on a busy core preempts a worker).
-    /// `Some(waited)` once the batch is enough (`false`) or its
-    /// delay is over (`true`); `None` once a round brought nobody.
-    async fn yield_while_joined(&self, until: Instant) -> Option<bool> {
+    /// Waits until the batch is enough (`false`) or its delay is over
+    /// (`true`). While requests keep joining, it lets them: it yields to
+    /// this worker's other tasks (the connections whose requests join) and
+    /// looks again, so a busy instance's batches fill without arming a timer
+    /// (a few system calls, and a wake-up that on a busy core preempts a
+    /// worker). Once a round brings nobody, it sleeps.
+    async fn wait(&self, until: Instant) -> bool {
+        // One sleep for the whole wait, armed only if first polled: each new
+        // one would arm another timer.
+        let sleep = fine_timer::sleep_until(until);
+        tokio::pin!(sleep);
         let mut seen = 0;
         loop {
             let (enough, joined) = self.look();
             if enough {
-                return Some(false);
-            }
-            if Instant::now() >= until {
-                return Some(true);
-            }
-            if joined == seen {
-                return None;
-            }
-            seen = joined;
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// Sleeps until the batch is enough (`false`) or its delay is over
-    /// (`true`).
-    async fn sleep_until_enough(&self, until: Instant) -> bool {
-        // One sleep for the whole wait: each new one would arm another
-        // timer.
-        let sleep = fine_timer::sleep_until(until);
-        tokio::pin!(sleep);
-        loop {
-            if self.look().0 {
                 return false;
             }
             if Instant::now() >= until {
                 return true;
+            }
+            if joined > seen {
+                seen = joined;
+                tokio::task::yield_now().await;
+                continue;
             }
             tokio::select! {
                 _ = self.full.notified() => {}
@@ -340,7 +324,7 @@ impl Pace {
         self.opened += 1;
         match self.mean16 {
             Some(mean) if self.opened < self.next_probe => {
-                (Self::learned(mean, max_requests), false)
+                (Self::learned(mean).min(max_requests), false)
             }
             _ => {
                 self.next_probe = self.opened + self.probe_every;
@@ -349,17 +333,16 @@ impl Pace {
         }
     }
 
-    fn learned(mean16: u32, max_requests: usize) -> usize {
-        ((mean16 + 8) / 16).clamp(1, max_requests as u32) as usize
+    /// The size a mean of `mean16` sixteenths stands for: at least one.
+    fn learned(mean16: u32) -> usize {
+        ((mean16 + 8) / 16).max(1) as usize
     }
 
     /// A batch of `size` requests waited its whole delay, or filled; a
     /// probe if `probed`.
     fn observe(&mut self, size: usize, probed: bool) {
         if probed {
-            let more = self
-                .mean16
-                .is_none_or(|mean| size > Self::learned(mean, usize::MAX));
+            let more = self.mean16.is_none_or(|mean| size > Self::learned(mean));
             self.probe_every = if more {
                 Self::PROBE_EVERY
             } else {

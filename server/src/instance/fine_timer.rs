@@ -29,21 +29,17 @@ use tokio::io::Interest;
 /// Resolves at `until`: a few tens of µs late on an idle worker; on a busy
 /// one, when it next polls for I/O.
 pub(super) fn sleep_until(until: Instant) -> Sleep {
-    Sleep {
-        until,
-        timer: Timer::Unarmed,
-    }
+    Sleep { until, timer: None }
 }
 
 pub(super) struct Sleep {
     until: Instant,
-    timer: Timer,
+    /// Armed by the first poll that finds it early.
+    timer: Option<Timer>,
 }
 
 /// What wakes a sleep polled before its deadline.
 enum Timer {
-    /// Not polled early yet.
-    Unarmed,
     /// Its timerfd, readable once the deadline has passed.
     Fine(AsyncFd<OwnedFd>),
     /// tokio's own timer, when no timerfd could be had (out of file
@@ -59,12 +55,11 @@ fn armed(after: Duration) -> std::io::Result<AsyncFd<OwnedFd>> {
         TimerfdClockId::Monotonic,
         TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
     )?;
-    let zero = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
     let once = Itimerspec {
-        it_interval: zero,
+        it_interval: Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
         it_value: Timespec {
             tv_sec: after.as_secs() as _,
             tv_nsec: after.subsec_nanos() as _,
@@ -89,21 +84,19 @@ impl Future for Sleep {
         if now >= self.until {
             return Poll::Ready(());
         }
-        if let Timer::Unarmed = self.timer {
-            self.timer = match armed(self.until - now) {
-                Ok(timer) => Timer::Fine(timer),
-                Err(error) => {
-                    tracing::debug!(%error, "no timerfd for a batch delay; tokio's timer instead");
-                    coarse(self.until)
-                }
-            };
-        }
-        match &mut self.timer {
+        let until = self.until;
+        let timer = self.timer.get_or_insert_with(|| match armed(until - now) {
+            Ok(timer) => Timer::Fine(timer),
+            Err(error) => {
+                tracing::debug!(%error, "no timerfd for a batch delay; tokio's timer instead");
+                coarse(until)
+            }
+        });
+        match timer {
             // Readable once expired. An error means the runtime is shutting
             // down: resolve rather than wait on a reactor that is gone.
             Timer::Fine(timer) => timer.poll_read_ready(cx).map(drop),
             Timer::Coarse(sleep) => sleep.as_mut().poll(cx),
-            Timer::Unarmed => unreachable!("armed above"),
         }
     }
 }
@@ -159,7 +152,7 @@ mod tests {
     async fn a_sleep_past_its_deadline_resolves_without_a_timer() {
         let mut sleep = Box::pin(sleep_until(Instant::now()));
         assert!(poll_once(sleep.as_mut()).is_ready());
-        assert!(matches!(sleep.timer, Timer::Unarmed));
+        assert!(sleep.timer.is_none());
     }
 
     #[tokio::test]
@@ -167,7 +160,7 @@ mod tests {
         let until = Instant::now() + Duration::from_micros(300);
         let sleep = Sleep {
             until,
-            timer: coarse(until),
+            timer: Some(coarse(until)),
         };
         resolves_at(sleep, until).await;
     }
