@@ -4,8 +4,10 @@
 //! refuses) fails alone, through the router and on an instance's port.
 //!
 //! Each test sends `N` requests at once to an instance whose batch holds `N`
-//! and waits up to 1 s for them, so the requests are merged however slowly
-//! the machine runs them; the counters in `/topology` show what was merged.
+//! and waits its full delay, up to 1 s, for them, so the requests are merged
+//! however slowly the machine runs them; the counters in `/topology` show
+//! what was merged. By default a batch waits only while requests keep
+//! arriving: requests that queue behind a busy sandbox are merged then.
 
 mod common;
 
@@ -19,7 +21,7 @@ const N: usize = 6;
 fn batching(max_requests: usize) -> (&'static str, serde_json::Value) {
     (
         "batch",
-        serde_json::json!({"max_requests": max_requests, "max_delay": "1s"}),
+        serde_json::json!({"max_requests": max_requests, "max_delay": "1s", "wait": "full-delay"}),
     )
 }
 
@@ -91,6 +93,7 @@ async fn merged_requests_are_answered_each_with_its_own_rows_and_a_refused_one_a
     assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
     let t = host.topology().await;
     let p1 = &t["predict1"];
+    assert_eq!(p1["batching"]["wait"], "full-delay", "{t}");
     assert_eq!(p1["batching"]["batches"], 1, "one merged call: {t}");
     assert_eq!(p1["batching"]["batched_requests"], N, "{t}");
     assert_eq!(
@@ -174,6 +177,42 @@ async fn a_request_that_hangs_meets_its_deadline_and_the_rest_of_its_batch_is_an
     assert_eq!(t["predict1"]["load"], 0, "{t}");
 }
 
+/// By default a batch waits only while requests keep arriving: requests
+/// that queue behind a busy sandbox (here, held by a call that hangs until
+/// its deadline) are merged when it frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_a_busy_sandbox_are_merged_by_default() {
+    let batch = serde_json::json!({"max_requests": N - 1, "max_delay": "1s"});
+    let host = Host::start(
+        &with_faulty_guest(
+            "single.json",
+            &[("batch", batch), ("concurrency", 1.into())],
+        ),
+        &["--deadline", "2s"],
+    );
+    let port = host.instance_addr("predict1").await;
+    let cases = safe_cases();
+    let hang = inputs(&[common::hanging_row(&cases[0]["input"])]);
+    let hung = tokio::spawn(async move { post(port, "/predict", Bytes::from(hang)).await });
+    host.wait_for("the hanging call to hold the sandbox", |t| {
+        t["predict1"]["sandboxes"]["busy"] == 1
+    })
+    .await;
+    let bodies = cases
+        .iter()
+        .map(|c| inputs(&[c["input"].clone()]))
+        .collect();
+    let answers = all_at_once(port, bodies).await;
+    assert_own_answers(&cases, &answers);
+    let (status, _, hung) = hung.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{hung}");
+    let t = host.topology().await;
+    let batching = &t["predict1"]["batching"];
+    assert_eq!(batching["wait"], "while-arriving", "{t}");
+    assert_eq!(batching["batches"], 1, "one merged call: {t}");
+    assert_eq!(batching["batched_requests"], N - 1, "{t}");
+}
+
 /// A batch's leader whose client hangs up while the batch fills gives its
 /// sandbox back unused: the instance keeps the one it had, and answers the
 /// next request in it.
@@ -181,9 +220,7 @@ async fn a_request_that_hangs_meets_its_deadline_and_the_rest_of_its_batch_is_an
 async fn a_leader_whose_client_hangs_up_gives_its_sandbox_back() {
     let (host, port) = batching_instance().await;
     let body = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
-    // A first batch leaves a sandbox idle. It is filled: a batch that waited
-    // its delay alone would teach the batcher to run the next request at
-    // once, without the wait this test hangs up in.
+    // A first batch leaves a sandbox idle.
     for (status, _, answer) in all_at_once(port, vec![body.clone(); N]).await {
         assert_eq!(status, StatusCode::OK, "{answer}");
     }

@@ -189,7 +189,7 @@ async fn get_predict_answers_the_example_through_router_and_instance_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn candidates_sent_together_are_scored_in_one_merged_call() {
     const N: usize = 20;
-    let batch = serde_json::json!({"max_requests": N, "max_delay": "1s"});
+    let batch = serde_json::json!({"max_requests": N, "max_delay": "1s", "wait": "full-delay"});
     let host = serve_with(
         "single",
         &[

@@ -11,7 +11,8 @@
 //! serve `POST /predict` directly. `concurrency` is the most calls the entry
 //! runs at once, each in its own sandbox (default: `serve --concurrency`).
 //! `"batch": {"max_requests": 32, "max_delay": "200us"}` turns on dynamic
-//! batching: requests that arrive together are merged into one guest call.
+//! batching: requests that arrive together are merged into one guest call
+//! (`"wait": "full-delay"` makes each batch wait its whole delay).
 //! Relative `model` and `module` paths are resolved against the topology
 //! file's folder.
 //!
@@ -32,13 +33,13 @@ pub const DEFAULT_MAX_LOAD: usize = 10;
 /// (requests × `--max-body`) and its call's length.
 pub const MAX_BATCH_REQUESTS: usize = 1024;
 
-/// Longest `max_delay` a batch may wait: the delay is added to the latency
-/// of a request that arrives alone, so it is meant in microseconds.
+/// Longest `max_delay` a batch may wait: a batch that waits its whole delay
+/// adds it to its requests' latency, so it is meant in microseconds.
 pub const MAX_BATCH_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// An instance's dynamic batching (its `"batch"` entry): requests that
-/// arrive within `max_delay` of the first of a batch are merged into one
-/// guest call, up to `max_requests`.
+/// arrive while the first of a batch waits for them (at most `max_delay`,
+/// as `wait` says) are merged into one guest call, up to `max_requests`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchSpec {
     /// Most requests merged into one call. Requests, not rows: the host
@@ -46,9 +47,29 @@ pub struct BatchSpec {
     /// several rows.
     pub max_requests: usize,
     /// How long the first request of a batch waits at most for others to
-    /// join it, once a sandbox is free to run it (less once the instance
-    /// has learned how many come: see `instance::batch`).
+    /// join it, once a sandbox is free to run it.
     pub max_delay: std::time::Duration,
+    /// Whether it waits only while requests keep arriving, or its whole
+    /// delay.
+    pub wait: BatchWait,
+}
+
+/// How long a batch waits for requests to join it, within its `max_delay`
+/// (`"wait"` in a `"batch"` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchWait {
+    /// While requests keep arriving: the batch closes once its leader,
+    /// having let the connections on its thread run, finds that none of
+    /// them brought a new request. An instance that keeps up runs each
+    /// request at once; one that does not finds requests waiting, and
+    /// merges them.
+    #[default]
+    WhileArriving,
+    /// The whole `max_delay`, unless the batch fills first: merges every
+    /// request that arrives within the delay, and adds the delay to the
+    /// latency of every batch that does not fill.
+    FullDelay,
 }
 
 /// A validated topology: instances in file order.
@@ -161,6 +182,8 @@ struct RawInstance {
 struct RawBatch {
     max_requests: usize,
     max_delay: String,
+    #[serde(default)]
+    wait: BatchWait,
 }
 
 #[derive(Deserialize)]
@@ -365,7 +388,7 @@ fn batch_spec(raw: RawBatch) -> Result<BatchSpec, String> {
     })?;
     if max_delay > MAX_BATCH_DELAY {
         return Err(format!(
-            "field `batch.max_delay`: {} is longer than {}: a request that arrives alone waits this long, so it is meant in microseconds",
+            "field `batch.max_delay`: {} is longer than {}: a batch may wait this long for requests to join it, so it is meant in microseconds",
             raw.max_delay.trim(),
             humantime::format_duration(MAX_BATCH_DELAY)
         ));
@@ -373,6 +396,7 @@ fn batch_spec(raw: RawBatch) -> Result<BatchSpec, String> {
     Ok(BatchSpec {
         max_requests: raw.max_requests,
         max_delay,
+        wait: raw.wait,
     })
 }
 
@@ -510,6 +534,16 @@ mod tests {
         let want = BatchSpec {
             max_requests: 32,
             max_delay: std::time::Duration::from_micros(200),
+            wait: BatchWait::WhileArriving,
+        };
+        assert_eq!(t.instances[0].batch, Some(want));
+        let t = parse(
+            r#"{"p1": {"status": true, "batch": {"max_requests": 32, "max_delay": "200us", "wait": "full-delay"}}}"#,
+        )
+        .unwrap();
+        let want = BatchSpec {
+            wait: BatchWait::FullDelay,
+            ..want
         };
         assert_eq!(t.instances[0].batch, Some(want));
         assert_eq!(
@@ -537,6 +571,10 @@ mod tests {
             (
                 r#"{"max_requests": 8, "max_delay": "1ms", "rows": 2}"#,
                 "unknown field `rows`",
+            ),
+            (
+                r#"{"max_requests": 8, "max_delay": "1ms", "wait": "forever"}"#,
+                "unknown variant `forever`, expected `while-arriving` or `full-delay`",
             ),
         ] {
             let e = error(&format!(

@@ -782,6 +782,7 @@ impl Instance {
                 BatchReport {
                     max_requests: spec.max_requests,
                     max_delay_us: spec.max_delay.as_micros() as u64,
+                    wait: spec.wait,
                     batches,
                     batched_requests,
                     poisoned,

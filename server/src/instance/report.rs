@@ -3,6 +3,7 @@
 
 use super::load::Role;
 use crate::serving::Source;
+use crate::topology::BatchWait;
 
 pub use super::stats::LastFault;
 
@@ -72,14 +73,16 @@ pub struct SandboxReport {
     pub idle: usize,
 }
 
-/// A canary as `/topology` shows it.
 /// An instance's dynamic batching: its settings and what it merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BatchReport {
     /// Most requests merged into one call.
     pub max_requests: usize,
-    /// How long a batch waits for requests to join it, in µs.
+    /// How long a batch waits at most for requests to join it, in µs.
     pub max_delay_us: u64,
+    /// Whether it waits only while requests keep arriving, or its whole
+    /// delay.
+    pub wait: BatchWait,
     /// Merged calls run (two requests or more).
     pub batches: u64,
     /// Requests those calls answered.
@@ -88,6 +91,7 @@ pub struct BatchReport {
     pub poisoned: u64,
 }
 
+/// A canary as `/topology` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CanaryReport {
     /// Its version.

@@ -14,7 +14,8 @@ pub struct ServeArgs {
     /// The topology file (the article's format; see topologies/). Optional
     /// fields per entry: "port", "host", "max_load", "concurrency", "model",
     /// "module", and "batch" ({"max_requests": 32, "max_delay": "200us"}:
-    /// merge requests that arrive together into one guest call).
+    /// merge requests that arrive together into one guest call; add
+    /// "wait": "full-delay" to wait out the delay for requests to join).
     pub topology: PathBuf,
     /// Address of the router's listener. Instance ports bind on the same IP.
     #[arg(long, default_value = "127.0.0.1:8000", env = "HADR_LISTEN")]
