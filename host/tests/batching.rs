@@ -179,16 +179,18 @@ async fn a_request_that_hangs_meets_its_deadline_and_the_rest_of_its_batch_is_an
 
 /// By default a batch waits only while requests keep arriving: requests
 /// that queue behind a busy sandbox (here, held by a call that hangs until
-/// its deadline) are merged when it frees.
+/// its 200 ms deadline, and again in its retry) are merged when it frees,
+/// and their batch, which has room for more, closes then rather than after
+/// its 1 s delay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_queued_behind_a_busy_sandbox_are_merged_by_default() {
-    let batch = serde_json::json!({"max_requests": N - 1, "max_delay": "1s"});
+async fn requests_queued_behind_a_busy_sandbox_are_merged_without_waiting_out_the_delay() {
+    let batch = serde_json::json!({"max_requests": 2 * N, "max_delay": "1s"});
     let host = Host::start(
         &with_faulty_guest(
             "single.json",
             &[("batch", batch), ("concurrency", 1.into())],
         ),
-        &["--deadline", "2s"],
+        &["--deadline", "200ms"],
     );
     let port = host.instance_addr("predict1").await;
     let cases = safe_cases();
@@ -202,7 +204,11 @@ async fn requests_queued_behind_a_busy_sandbox_are_merged_by_default() {
         .iter()
         .map(|c| inputs(&[c["input"].clone()]))
         .collect();
+    let sent = std::time::Instant::now();
     let answers = all_at_once(port, bodies).await;
+    // Waiting out the delay would take a second from the batch's opening.
+    let took = sent.elapsed();
+    assert!(took < std::time::Duration::from_secs(1), "{took:?}");
     assert_own_answers(&cases, &answers);
     let (status, _, hung) = hung.await.unwrap();
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{hung}");

@@ -46,8 +46,10 @@ pub struct BatchSpec {
     /// does not read bodies (the guest does), and a request may hold
     /// several rows.
     pub max_requests: usize,
-    /// How long the first request of a batch waits at most for others to
-    /// join it, once a sandbox is free to run it.
+    /// How long a batch stays open at most for others to join it, from
+    /// when its first request arrived (a leader that waited longer for a
+    /// sandbox closes its batch at once). A round of the worker's ready
+    /// tasks is not cut short, so a batch may close a little later.
     pub max_delay: std::time::Duration,
     /// Whether it waits only while requests keep arriving, or its whole
     /// delay.
@@ -60,8 +62,8 @@ pub struct BatchSpec {
 #[serde(rename_all = "kebab-case")]
 pub enum BatchWait {
     /// While requests keep arriving: the batch closes once its leader,
-    /// having let the connections on its thread run, finds that none of
-    /// them brought a new request. An instance that keeps up runs each
+    /// having let its worker's ready tasks (the connections it serves) run,
+    /// finds that none of them brought a new request. An instance that keeps up runs each
     /// request at once; one that does not finds requests waiting, and
     /// merges them.
     #[default]
@@ -182,8 +184,9 @@ struct RawInstance {
 struct RawBatch {
     max_requests: usize,
     max_delay: String,
+    /// Read in [`batch_wait`], so that its errors name the field.
     #[serde(default)]
-    wait: BatchWait,
+    wait: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -396,8 +399,25 @@ fn batch_spec(raw: RawBatch) -> Result<BatchSpec, String> {
     Ok(BatchSpec {
         max_requests: raw.max_requests,
         max_delay,
-        wait: raw.wait,
+        wait: batch_wait(raw.wait)?,
     })
+}
+
+fn batch_wait(raw: Option<serde_json::Value>) -> Result<BatchWait, String> {
+    use serde::de::IntoDeserializer;
+    let Some(value) = raw else {
+        return Ok(BatchWait::default());
+    };
+    let refused = |why: String| {
+        format!(
+            "field `batch.wait`: {value} is not a way to wait ({why}); write \"while-arriving\" (the default) or \"full-delay\""
+        )
+    };
+    let text = value
+        .as_str()
+        .ok_or_else(|| refused("not a string".into()))?;
+    BatchWait::deserialize(text.into_deserializer())
+        .map_err(|e: serde::de::value::Error| refused(e.to_string()))
 }
 
 fn port(raw: RawPort) -> Result<u16, String> {
@@ -574,7 +594,15 @@ mod tests {
             ),
             (
                 r#"{"max_requests": 8, "max_delay": "1ms", "wait": "forever"}"#,
-                "unknown variant `forever`, expected `while-arriving` or `full-delay`",
+                "field `batch.wait`: \"forever\" is not a way to wait (unknown variant `forever`",
+            ),
+            (
+                r#"{"max_requests": 8, "max_delay": "1ms", "wait": 5}"#,
+                "field `batch.wait`: 5 is not a way to wait (not a string)",
+            ),
+            (
+                r#"{"max_requests": 8, "max_delay": "1ms", "wait": {"full-delay": null}}"#,
+                "field `batch.wait`: {\"full-delay\":null} is not a way to wait",
             ),
         ] {
             let e = error(&format!(

@@ -11,15 +11,15 @@
 //! the leader's included, is answered through a channel.
 //!
 //! Waiting for requests pays only while they are arriving. The leader
-//! yields to its worker's other tasks (the connections whose requests
+//! yields to its worker's ready tasks (the connections whose requests
 //! join) and looks again, for as long as each round brings new requests, up
-//! to `max_delay` or `max_requests`. Once a round brings nobody the
+//! to about `max_delay` (a round is not cut short) or `max_requests`. Once a round brings nobody the
 //! instance is keeping up: by default (`while-arriving`) the batch closes
 //! then, so a request that arrives alone runs at once, and a busy instance
 //! still merges what arrives while it works. `full-delay` sleeps instead,
 //! until the delay has passed or the batch is full. (A batcher that slept
 //! until the size that past batches reached cost two closed-loop clients a
-//! third of their throughput, 16 clients a sixth: see docs/benchmarks.md.)
+//! third of their throughput, 16 clients an eighth: see docs/benchmarks.md.)
 //!
 //! A request never fails for another's sake: a refused body is refused alone
 //! by the guest, and when the merged call faults (a trap, a deadline), or its
@@ -374,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_that_keep_arriving_hold_a_batch_open_no_longer_than_max_delay() {
-        let delay = Duration::from_millis(250);
+        let delay = Duration::from_millis(50);
         let b = Arc::new(batcher(usize::MAX, delay, WhileArriving));
         let started = Instant::now();
         let lead = leader(b.join("v1", body("a")));

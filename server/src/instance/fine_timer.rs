@@ -1,6 +1,6 @@
 //! Sleeps to within tens of microseconds. tokio's timer ticks in
-//! milliseconds, which would stretch a 200 µs batch delay to 1–2 ms (and, at
-//! few connections, cut throughput by as much).
+//! milliseconds, which would stretch a 200 µs batch delay (`full-delay`) to
+//! 1–2 ms, and so would cut the throughput of few connections by as much.
 //!
 //! Each sleep is a Linux timerfd that tokio's reactor watches: it fires into
 //! the epoll set the workers already wait on, so an idle worker wakes for it
