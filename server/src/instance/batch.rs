@@ -13,11 +13,12 @@
 //! Waiting for requests pays only while they are arriving. The leader
 //! yields to its worker's ready tasks (the connections whose requests
 //! join) and looks again, for as long as each round brings new requests, up
-//! to about `max_delay` (a round is not cut short) or `max_requests`. Once a round brings nobody the
-//! instance is keeping up: by default (`while-arriving`) the batch closes
-//! then, so a request that arrives alone runs at once, and a busy instance
-//! still merges what arrives while it works. `full-delay` sleeps instead,
-//! until the delay has passed or the batch is full. (A batcher that slept
+//! to about `max_delay` (a round is not cut short) or `max_requests`. Once
+//! a round brings nobody the instance is keeping up: by default
+//! (`while-arriving`) the batch closes then, so a request that arrives
+//! alone runs at once, and a busy instance still merges what arrives while
+//! it works. `full-delay` sleeps instead, until the delay has passed or the
+//! batch is full. (A batcher that slept
 //! until the size that past batches reached cost two closed-loop clients a
 //! third of their throughput, 16 clients an eighth: see docs/benchmarks.md.)
 //!
@@ -257,6 +258,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use BatchWait::{FullDelay, WhileArriving};
 
     fn batcher(max_requests: usize, max_delay: Duration, wait: BatchWait) -> Batcher {
         Batcher::new(BatchSpec {
@@ -288,7 +290,6 @@ mod tests {
     /// uses it for the tests): a delay of a minute stands for "never".
     const NEVER: Duration = Duration::from_secs(60);
     const SOON: Duration = Duration::from_secs(10);
-    use BatchWait::{FullDelay, WhileArriving};
 
     #[tokio::test]
     async fn a_full_batch_closes_at_once_and_the_next_request_opens_another() {
