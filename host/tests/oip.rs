@@ -358,6 +358,22 @@ async fn bad_requests_get_their_status_and_the_host_keeps_serving() {
             "holds 128 elements, `data` has 64",
         ),
         (
+            // Sized from the data, not the shape: allocating for this shape
+            // up front would abort the process (256 TiB).
+            "a shape of 2^45 elements against one value",
+            path.into(),
+            json!({"inputs": [{"name": "float_input", "shape": [35184372088832u64], "datatype": "FP32", "data": [0]}]}),
+            StatusCode::BAD_REQUEST,
+            "holds 35184372088832 elements, `data` has 1",
+        ),
+        (
+            "a shape whose element count overflows",
+            path.into(),
+            json!({"inputs": [{"name": "float_input", "shape": [4294967296u64, 4294967296u64], "datatype": "FP32", "data": [0]}]}),
+            StatusCode::BAD_REQUEST,
+            "is too large",
+        ),
+        (
             "shape against model",
             path.into(),
             json!({"inputs": [{"name": "float_input", "shape": [2, 32], "datatype": "FP32", "data": rows[0]}]}),

@@ -323,7 +323,9 @@ fn from_json(
     elements: usize,
     json: &Value,
 ) -> Result<Vec<u8>, BadRequest> {
-    let mut flat = Vec::with_capacity(elements);
+    // Sized by the data, never by the shape: the shape is the client's
+    // word, and `[35184372088832]` would ask for 256 TiB up front.
+    let mut flat = Vec::new();
     flatten(json, &mut flat);
     if flat.len() != elements {
         return bad(format!(

@@ -97,6 +97,26 @@ fn sizes_that_disagree_are_refused_with_what_was_expected() {
 }
 
 #[test]
+fn a_huge_shape_is_refused_by_its_data_without_allocating_for_it() {
+    // 2^45 elements: sizing anything by the shape would abort the process.
+    for datatype in ["FP32", "BYTES"] {
+        let e = json_request(serde_json::json!({
+            "name": "x", "shape": [1u64 << 45], "datatype": datatype, "data": [0]
+        }))
+        .unwrap_err();
+        assert!(
+            e.0.contains("holds 35184372088832 elements, `data` has 1"),
+            "{datatype}: {e}"
+        );
+    }
+    let e = json_request(serde_json::json!({
+        "name": "x", "shape": [1u64 << 32, 1u64 << 32], "datatype": "FP32", "data": [0]
+    }))
+    .unwrap_err();
+    assert!(e.0.contains("is too large"), "{e}");
+}
+
+#[test]
 fn bad_datatypes_and_values_name_the_input() {
     let e = json_request(serde_json::json!({
         "name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]
