@@ -514,6 +514,24 @@ async fn two_hundred_injections_at_ten_a_second_fire_exactly_two_hundred_faults(
     eprintln!("200 faults fired; {refused} injections refused while one was armed");
 }
 
+/// `predict1`'s sandboxes in a `/topology` answer.
+fn sandboxes(t: &serde_json::Value) -> serde_json::Value {
+    t["predict1"]["sandboxes"].clone()
+}
+
+/// Arms a hang in `predict1`, sends it a request on its own port, and hangs
+/// up once the call runs.
+async fn hang_up_on_an_armed_hang(host: &Host) {
+    all_answered(host, 1, "before the fault").await;
+    let (s, _, b) = chaos(host, "predict1", "hang").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let addr = host.instance_addr("predict1").await;
+    let client = common::send_unread(addr, &row()).await;
+    host.wait_for("the call to start", |t| sandboxes(t)["busy"] == 1)
+        .await;
+    drop(client);
+}
+
 /// A client that hangs up while its call runs on the blocking pool
 /// (`--offload-above 0s`) leaves nothing behind: the call goes on to its
 /// armed hang, and the replacement of the faulted sandbox goes back to the
@@ -527,17 +545,7 @@ async fn a_client_hanging_up_on_an_offloaded_call_loses_no_sandbox_and_no_count(
         // to see the client gone and drop the request.
         &["--deadline", "2s", "--offload-above", "0s"],
     );
-    all_answered(&host, 1, "before the fault").await;
-    let (s, _, b) = chaos(&host, "predict1", "hang").await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    let addr = host.instance_addr("predict1").await;
-    let body = row();
-    let client = common::send_unread(addr, &body).await;
-    // Hang up once the call runs.
-    let sandboxes = |t: &serde_json::Value| t["predict1"]["sandboxes"].clone();
-    host.wait_for("the call to start", |t| sandboxes(t)["busy"] == 1)
-        .await;
-    drop(client);
+    hang_up_on_an_armed_hang(&host).await;
     // The counts land on the call's thread, some after the sandbox is back.
     host.wait_for("the hang to end and be counted", |t| {
         sandboxes(t)["busy"] == 0
@@ -550,5 +558,26 @@ async fn a_client_hanging_up_on_an_offloaded_call_loses_no_sandbox_and_no_count(
     let t = host.topology().await;
     assert_eq!(t["predict1"]["broken"], false, "{t}");
     assert!(t["predict1"].get("armed_fault").is_none(), "{t}");
+    all_answered(&host, 2, "after the hang").await;
+}
+
+/// The same hang-up with the call on the request's own task (the default
+/// for short calls): hyper drops the request, and the call with it, in the
+/// middle of the hang. The fault fired all the same: it is counted, no longer
+/// reported as armed, and the next one can be armed (it used to stay
+/// "armed" until a restart, every new fault refused with 409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_on_a_faulting_call_leaves_no_fault_armed() {
+    let host = Host::start(&free_ports("single.json"), &["--deadline", "2s"]);
+    hang_up_on_an_armed_hang(&host).await;
+    host.wait_for("the dropped call to free its place", |t| {
+        sandboxes(t)["busy"] == 0
+    })
+    .await;
+    let t = host.topology().await;
+    assert!(t["predict1"].get("armed_fault").is_none(), "{t}");
+    assert_eq!(t["predict1"]["faults_fired"], 1, "{t}");
+    let (s, _, b) = chaos(&host, "predict1", "trap").await;
+    assert_eq!(s, StatusCode::OK, "a new fault can be armed: {b}");
     all_answered(&host, 2, "after the hang").await;
 }

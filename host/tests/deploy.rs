@@ -662,3 +662,92 @@ async fn a_fault_armed_in_a_replaced_sandbox_goes_with_it() {
     let (s, _, b) = common::chaos(&host, "predict1", "hang").await;
     assert_eq!(s, StatusCode::OK, "a new fault can be armed: {b}");
 }
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// The digits model with metadata that makes the faulty guest refuse to
+/// start between `from` and `until` (Unix ms).
+fn model_refusing_to_start(dir: &TempDir, from: u128, until: u128) -> PathBuf {
+    use prost::Message;
+    use tract_onnx::pb::{ModelProto, StringStringEntryProto};
+    let bytes = std::fs::read(repo().join("models/digits.onnx")).unwrap();
+    let mut model = ModelProto::decode(bytes.as_slice()).unwrap();
+    model.metadata_props.push(StringStringEntryProto {
+        key: "hadr.faulty.refuse-init".into(),
+        value: format!("{from}..{until}"),
+    });
+    let path = dir.0.join("digits-refusing.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    // Its smoke test's example: digits' own (the faulty guest traps on a
+    // row of zeros).
+    std::fs::copy(
+        repo().join("models/digits.cases.json"),
+        dir.0.join("digits-refusing.cases.json"),
+    )
+    .unwrap();
+    path
+}
+
+/// An instance whose faulted sandbox cannot be replaced (every build fails
+/// for a while: the faulty guest refuses to start during a window its model
+/// names) is unready on its own port, where a balancer then sends it
+/// nothing; once builds work again it is rebuilt without any request and is
+/// ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_left_without_a_sandbox_is_rebuilt_without_traffic() {
+    let dir = TempDir::new("repair");
+    let host = Host::start(
+        &common::with_faulty_guest("single.json", &[]),
+        &["--warm-pool", "0", "--concurrency", "1"],
+    );
+    let p1 = host.instance_addr("predict1").await;
+    // Builds fail for 2 s, starting 3 s from now: the deploy's own builds
+    // (its smoke test, the instance's sandbox) come first.
+    let from = unix_ms() + 3000;
+    let until = from + 2000;
+    let model = model_refusing_to_start(&dir, from, until);
+    let guest = faulty_guest();
+    let model_arg = format!("digits={}", model.display());
+    let outcome = deploy(
+        &host,
+        &["--module", guest.to_str().unwrap(), "--model", &model_arg],
+    );
+    assert_eq!(outcome["action"], "deployed", "{outcome}");
+    assert!(unix_ms() < from, "the deploy ended inside the window");
+    tokio::time::sleep(Duration::from_millis((from - unix_ms()) as u64 + 50)).await;
+
+    // A trap whose replacement cannot be built: the request fails, and the
+    // instance is left without a sandbox.
+    let (s, _, b) = common::chaos(&host, "predict1", "trap").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, b) = post(p1, "/predict", one_row()).await;
+    assert_ne!(s, StatusCode::OK, "{b}");
+    let t = host.topology().await;
+    assert_eq!(t["predict1"]["broken"], true, "{t}");
+    let served = t["predict1"]["served"].clone();
+    let (s, _, b) = common::get(p1, "/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("built again every"),
+        "{b}"
+    );
+
+    // No request from here on: it is rebuilt once the window has passed.
+    host.wait_for("the instance to be rebuilt", |t| {
+        t["predict1"]["broken"] == false
+    })
+    .await;
+    assert!(unix_ms() >= until, "rebuilt while builds still failed");
+    let (s, _, b) = common::get(p1, "/readyz").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let t = host.topology().await;
+    assert_eq!(t["predict1"]["served"], served, "no request was sent: {t}");
+    let (s, _, b) = post(p1, "/predict", one_row()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}

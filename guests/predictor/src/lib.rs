@@ -64,6 +64,8 @@ struct Predictor;
 
 impl Guest for Predictor {
     fn init(config: InstanceConfig) -> Result<(), PredictError> {
+        #[cfg(feature = "faulty")]
+        refuse_to_start_in_window(&config.metadata)?;
         let features = row_width(&config.inputs)?;
         // A name two outputs share (unlabelled outputs of one node) says
         // nothing of which is which: those are asked.
@@ -406,6 +408,32 @@ const BLOCK_SENTINEL: f32 = -8.0;
 /// first value is this: a long call that succeeds.
 #[cfg(feature = "faulty")]
 const SLOW_SENTINEL: f32 = -9.0;
+
+/// ... and refuses to start (`init` fails) while the wall clock is inside
+/// the window its model's metadata names, `hadr.faulty.refuse-init` =
+/// `"FROM..UNTIL"` in Unix milliseconds: sandboxes built then fail, as in a
+/// host short of memory, and those built before or after work.
+#[cfg(feature = "faulty")]
+fn refuse_to_start_in_window(metadata: &[(String, String)]) -> Result<(), PredictError> {
+    let window = metadata
+        .iter()
+        .find(|(key, _)| key == "hadr.faulty.refuse-init")
+        .and_then(|(_, value)| value.split_once(".."))
+        .and_then(|(from, until)| Some(from.parse::<u128>().ok()?..until.parse().ok()?));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    match window {
+        Some(window) if window.contains(&now) => Err(error(
+            ErrorKind::Internal,
+            format!(
+                "the faulty fixture refuses to start until {} ms",
+                window.end
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Spins in WebAssembly (reading the clock) for `how_long` of wall time.
 #[cfg(feature = "faulty")]

@@ -44,8 +44,9 @@ pub(super) fn readyz(app: &PublicApp, target: &Scope) -> Result<Response<Full<By
     } else {
         let why_not = match target {
             Scope::Instance(i) => format!(
-                "instance `{}` has no working sandbox: its last fault could not be repaired yet",
-                i.name()
+                "instance `{}` has no working sandbox: its last fault could not be repaired yet (a sandbox is built again every {:?} until one works)",
+                i.name(),
+                crate::routing::router::REPAIR_EVERY
             ),
             Scope::Router => "no instance that takes traffic can take a request now (saturated, standby or without a working sandbox)".to_string(),
         };

@@ -113,39 +113,37 @@ pub(super) async fn live<'a>(
 /// A call that poisons its sandbox drops it and puts a replacement in its
 /// place at once: a warm spare (the pool is refilled in the background), or,
 /// with the pool empty, a sandbox built cold. Returns whether it was
-/// replaced, and whether the call fired an armed chaos fault.
+/// replaced.
 pub(super) async fn call(
     slot: &mut Option<Live>,
     deployment: &Arc<Deployment>,
     runtime: &Arc<HostRuntime>,
     name: &str,
     input: &Prepared,
-) -> (Result<Reply, CallError>, bool, bool) {
+) -> (Result<Reply, CallError>, bool) {
     let live = match live(slot, deployment, runtime, name).await {
         Ok(live) => live,
-        Err(e) => return (Err(e), false, false),
+        Err(e) => return (Err(e), false),
     };
-    let armed = live.armed().is_some();
     let outcome = match input {
         Prepared::Body(body) => live.predict(body).await.map(Reply::Json),
         Prepared::Tensors(tensors) => live.infer(tensors).await.map(Reply::Tensors),
         Prepared::Batch(bodies) => live.predict_batch(bodies).await.map(Reply::Batch),
     };
-    // Fired only if the call went into the guest: one the host refused
-    // first (an infer on a guest without `tensors`, a body the host parses
-    // and refuses for a guest with `rows`) leaves it armed.
-    let fired = armed && live.armed().is_none();
     let Err(e) = &outcome else {
-        return (outcome, false, fired);
+        return (outcome, false);
     };
     if !e.poisons_the_store() {
-        return (outcome, false, fired);
+        return (outcome, false);
     }
     let faulted = Instant::now();
+    // Dropped before its replacement is built: its memory and its place in
+    // the pooling allocator go to the replacement.
+    *slot = None;
     let (replacement, warm) = Box::pin(deployment.sandbox_for(runtime, name)).await;
     *slot = replacement.ok();
     let replaced = slot.is_some();
     tracing::warn!(instance = name, error = %e, replaced, from_warm_pool = warm,
         replaced_in = ?faulted.elapsed(), "instance faulted; its sandbox was dropped and replaced");
-    (outcome, replaced, fired)
+    (outcome, replaced)
 }

@@ -259,6 +259,10 @@ impl Instance {
         let main = self
             .ready(&self.sandboxes, &serving.current.deployment)
             .await;
+        if main.is_ok() {
+            // A working sandbox of the version in force is idle now.
+            self.stats.broken.store(false, Ordering::Relaxed);
+        }
         // The canary's sandboxes follow the canary whatever became of the
         // main ones.
         match &serving.canary {
@@ -266,6 +270,17 @@ impl Instance {
             None => self.canary_sandboxes.clear(),
         }
         main
+    }
+
+    /// Builds a sandbox again for an instance whose last fault left it
+    /// none ([`Self::is_broken`]): no request need come for it to be ready
+    /// again, which matters on its own port, where a balancer that saw it
+    /// unready sends none. `None` if it was not broken.
+    pub async fn repair(&self) -> Option<Result<(), CallError>> {
+        if !self.is_broken() {
+            return None;
+        }
+        Some(self.refresh().await)
     }
 
     /// One sandbox of `deployment` in `set`, built if none is idle.
@@ -669,7 +684,7 @@ impl Instance {
             Ok(unclaimed) => unclaimed.claim(),
             Err(e) => {
                 // The sandbox went down with the thread.
-                self.stats.after_call(false, false, true);
+                self.stats.after_call(false, true);
                 Err(CallError::Trap(format!("the call's thread failed: {e}")))
             }
         }
@@ -681,7 +696,7 @@ impl Instance {
         &self,
         slot: Slot,
         taken: Taken,
-        (outcome, replaced, fired): (Result<Reply, CallError>, bool, bool),
+        (outcome, replaced): (Result<Reply, CallError>, bool),
     ) -> Result<Reply, CallError> {
         self.set(slot).put_back(taken);
         if slot == Slot::Canary && self.serving.load().canary.is_none() {
@@ -690,7 +705,7 @@ impl Instance {
             self.canary_sandboxes.clear();
         }
         let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
-        self.stats.after_call(replaced, fired, broken);
+        self.stats.after_call(replaced, broken);
         outcome
     }
 
@@ -789,7 +804,7 @@ impl Instance {
                 }
             }),
             armed_fault: self.stats.armed(),
-            faults_fired: self.stats.faults_fired.load(Ordering::Relaxed),
+            faults_fired: self.stats.armed.fired(),
             last_fault: self.stats.last_fault(),
         }
     }

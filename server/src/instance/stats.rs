@@ -36,10 +36,9 @@ pub(super) struct Stats {
     pub(super) promotions: AtomicU64,
     /// Its last fault could not be repaired: it has no working sandbox.
     pub(super) broken: AtomicBool,
-    /// The chaos fault armed in one of its sandboxes and not fired yet.
+    /// The chaos fault armed in one of its sandboxes and not fired yet,
+    /// and how many fired.
     pub(super) armed: ArmedFault,
-    /// Chaos faults that fired (the calls that ran into an armed fault).
-    pub(super) faults_fired: AtomicU64,
     /// The most recent fault.
     pub(super) last_fault: Mutex<Option<LastFault>>,
     /// Recent average call time in microseconds (exponentially weighted):
@@ -61,15 +60,11 @@ impl Stats {
         });
     }
 
-    /// What a call did to its sandbox: replaced it after a fault, fired an
-    /// armed fault, or left the instance without a working one.
-    pub(super) fn after_call(&self, replaced: bool, fired: bool, broken: bool) {
+    /// What a call did to its sandbox: replaced it after a fault, or left
+    /// the instance without a working one.
+    pub(super) fn after_call(&self, replaced: bool, broken: bool) {
         if replaced {
             self.respawns.fetch_add(1, Ordering::Relaxed);
-        }
-        if fired {
-            self.faults_fired.fetch_add(1, Ordering::Relaxed);
-            self.armed.clear();
         }
         self.broken.store(broken, Ordering::Relaxed);
     }
@@ -165,13 +160,12 @@ mod tests {
     }
 
     #[test]
-    fn a_fired_fault_is_no_longer_armed() {
+    fn a_replaced_sandbox_counts_a_respawn_and_a_call_says_whether_it_left_none() {
         let stats = Stats::default();
-        let trap = crate::bindings::drillable::exports::hadr::predictor::chaos::Fault::Trap;
-        stats.armed.claim(trap).unwrap().keep();
-        stats.after_call(true, true, false);
-        assert_eq!(stats.armed(), None);
-        assert_eq!(stats.faults_fired.load(Ordering::Relaxed), 1);
+        stats.after_call(false, true);
+        assert!(stats.broken.load(Ordering::Relaxed));
+        stats.after_call(true, false);
+        assert!(!stats.broken.load(Ordering::Relaxed));
         assert_eq!(stats.respawns.load(Ordering::Relaxed), 1);
     }
 }

@@ -14,6 +14,11 @@ use crate::routing::policy::{decide, demote, Decision, Role, View};
 use crate::shutdown::Shutdown;
 use crate::state::sync::StateSync;
 
+/// How often an instance left without a working sandbox is rebuilt: a
+/// failed build costs little, and a balancer polling `/readyz` sees the
+/// instance back within about this.
+pub const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Routes requests over a topology's instances.
 pub struct Router {
     instances: Vec<Arc<Instance>>,
@@ -204,6 +209,41 @@ impl Router {
                         dropped,
                         "idle sandboxes released"
                     );
+                }
+            }
+        }
+    }
+
+    /// Repairs every instance whose last fault left it without a working
+    /// sandbox ([`Instance::repair`]), every [`REPAIR_EVERY`] until
+    /// `shutdown`. Failures are logged at the 1st, 2nd, 4th, 8th... attempt
+    /// in a row, so an instance that stays broken is reported without
+    /// flooding the log.
+    pub async fn repair_broken(&self, shutdown: Shutdown) {
+        let mut failures = vec![0u32; self.instances.len()];
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(REPAIR_EVERY) => {}
+                _ = shutdown.wait() => return,
+            }
+            for (instance, failed) in self.instances.iter().zip(&mut failures) {
+                match instance.repair().await {
+                    None => *failed = 0,
+                    Some(Ok(())) => {
+                        tracing::info!(
+                            instance = instance.name(),
+                            attempts = *failed + 1,
+                            "instance repaired: a sandbox was built again; it takes requests"
+                        );
+                        *failed = 0;
+                    }
+                    Some(Err(e)) => {
+                        *failed += 1;
+                        if failed.is_power_of_two() {
+                            tracing::warn!(instance = instance.name(), attempts = *failed, error = %e,
+                                every = ?REPAIR_EVERY, "instance still has no working sandbox; trying again");
+                        }
+                    }
                 }
             }
         }

@@ -144,12 +144,19 @@ impl CallError {
 }
 
 /// Where an instance reports the chaos fault armed in one of its
-/// sandboxes: claimed before the fault is armed, cleared when it fires, or when
-/// the sandbox holding it is dropped first (a deploy replaced it, or its
-/// caller went away), so an instance never reports, and refuses a new
-/// fault for, a fault no sandbox holds any more.
+/// sandboxes, and counts those that fired: claimed before the fault is
+/// armed, cleared when a call starts with it (it fires in that call, even if
+/// the call's request goes away before the call ends), or when the sandbox
+/// holding it is dropped first (a deploy replaced it), so an instance never
+/// reports, and refuses a new fault for, a fault no sandbox holds any more.
 #[derive(Debug, Clone, Default)]
-pub struct ArmedFault(Arc<Mutex<Option<&'static str>>>);
+pub struct ArmedFault(Arc<Reported>);
+
+#[derive(Debug, Default)]
+struct Reported {
+    armed: Mutex<Option<&'static str>>,
+    fired: std::sync::atomic::AtomicU64,
+}
 
 impl ArmedFault {
     /// The fault armed and not fired yet.
@@ -157,9 +164,22 @@ impl ArmedFault {
         *self.lock()
     }
 
-    /// No fault armed any more.
-    pub fn clear(&self) {
+    /// Faults that fired: calls that started with one armed.
+    pub fn fired(&self) -> u64 {
+        self.0.fired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// No fault armed any more, and none fired.
+    fn clear(&self) {
         *self.lock() = None;
+    }
+
+    /// The armed fault fired: a call started with it.
+    fn fire(&self) {
+        self.clear();
+        self.0
+            .fired
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Claims the report for `fault` before it is armed, so that two arms
@@ -176,7 +196,7 @@ impl ArmedFault {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<&'static str>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.armed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -357,7 +377,12 @@ impl Live {
     /// fires in it. Returns the call's deadline.
     fn begin(&mut self, ticks: u64) -> Duration {
         start_call(&mut self.store, ticks);
-        self.armed = None;
+        // Counted as fired here, not when the call ends: a call whose
+        // request goes away is dropped mid-way, and its fault fired all
+        // the same.
+        if let Some((_, report)) = self.armed.take() {
+            report.fire();
+        }
         if let Some(fault) = self.injected.take() {
             self.inject(fault);
         }
@@ -592,5 +617,19 @@ mod tests {
         let other = wasmtime::Error::msg("no such export");
         let e = CallError::from_wasmtime("instantiating", other, deadline);
         assert!(matches!(&e, CallError::Instantiate(m) if m.starts_with("instantiating")));
+    }
+
+    #[test]
+    fn a_fault_is_reported_from_its_claim_until_it_fires_and_counted_once() {
+        let report = ArmedFault::default();
+        report.claim(Fault::Trap).unwrap().keep();
+        assert_eq!(report.get(), Some("trap"));
+        assert_eq!(report.claim(Fault::Hang).unwrap_err(), "trap");
+        report.fire();
+        assert_eq!((report.get(), report.fired()), (None, 1));
+        // A claim given up before its fault was armed: nothing reported,
+        // nothing fired.
+        drop(report.claim(Fault::Hang).unwrap());
+        assert_eq!((report.get(), report.fired()), (None, 1));
     }
 }

@@ -384,6 +384,8 @@ impl Host {
         tasks.spawn(async move { router.return_standbys(cooldown, stop).await });
         let (router, stop) = (self.router.clone(), shutdown.clone());
         tasks.spawn(async move { router.trim_idle_sandboxes(stop).await });
+        let (router, stop) = (self.router.clone(), shutdown.clone());
+        tasks.spawn(async move { router.repair_broken(stop).await });
         let public = |scope| Service::Public(self.public.clone(), scope);
         for (instance, listener) in self.instance_listeners {
             tasks.spawn(server::serve(
