@@ -568,13 +568,22 @@ async fn a_client_hanging_up_on_an_offloaded_call_loses_no_sandbox_and_no_count(
 /// "armed" until a restart, every new fault refused with 409).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hanging_up_on_a_faulting_call_leaves_no_fault_armed() {
-    let host = Host::start(&free_ports("single.json"), &["--deadline", "2s"]);
+    let host = Host::start(
+        &free_ports("single.json"),
+        // The call stays on the request's task however long the first ones
+        // took on a loaded machine.
+        &["--deadline", "2s", "--offload-above", "1h"],
+    );
     hang_up_on_an_armed_hang(&host).await;
     host.wait_for("the dropped call to free its place", |t| {
         sandboxes(t)["busy"] == 0
     })
     .await;
     let t = host.topology().await;
+    // Dropped mid-way, with its sandbox: not replaced, not given back (a
+    // call that ran to its deadline would have been replaced).
+    assert_eq!(sandboxes(&t)["idle"], 0, "{t}");
+    assert_eq!(t["predict1"]["respawns"], 0, "{t}");
     assert!(t["predict1"].get("armed_fault").is_none(), "{t}");
     assert_eq!(t["predict1"]["faults_fired"], 1, "{t}");
     let (s, _, b) = chaos(&host, "predict1", "trap").await;

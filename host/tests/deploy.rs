@@ -707,10 +707,11 @@ async fn an_instance_left_without_a_sandbox_is_rebuilt_without_traffic() {
         &["--warm-pool", "0", "--concurrency", "1"],
     );
     let p1 = host.instance_addr("predict1").await;
-    // Builds fail for 2 s, starting 3 s from now: the deploy's own builds
-    // (its smoke test, the instance's sandbox) come first.
+    // Builds fail for 5 s (the arm and three builds fit in it on a loaded
+    // machine), starting 3 s from now: the deploy's own builds (its smoke
+    // test, the instance's sandbox) come first.
     let from = unix_ms() + 3000;
-    let until = from + 2000;
+    let until = from + 5000;
     let model = model_refusing_to_start(&dir, from, until);
     let guest = faulty_guest();
     let model_arg = format!("digits={}", model.display());
@@ -720,7 +721,8 @@ async fn an_instance_left_without_a_sandbox_is_rebuilt_without_traffic() {
     );
     assert_eq!(outcome["action"], "deployed", "{outcome}");
     assert!(unix_ms() < from, "the deploy ended inside the window");
-    tokio::time::sleep(Duration::from_millis((from - unix_ms()) as u64 + 50)).await;
+    let to_window = from.saturating_sub(unix_ms()) as u64;
+    tokio::time::sleep(Duration::from_millis(to_window + 50)).await;
 
     // A trap whose replacement cannot be built: the request fails, and the
     // instance is left without a sandbox.

@@ -259,10 +259,6 @@ impl Instance {
         let main = self
             .ready(&self.sandboxes, &serving.current.deployment)
             .await;
-        if main.is_ok() {
-            // A working sandbox of the version in force is idle now.
-            self.stats.broken.store(false, Ordering::Relaxed);
-        }
         // The canary's sandboxes follow the canary whatever became of the
         // main ones.
         match &serving.canary {
@@ -275,20 +271,42 @@ impl Instance {
     /// Builds a sandbox again for an instance whose last fault left it
     /// none ([`Self::is_broken`]): no request need come for it to be ready
     /// again, which matters on its own port, where a balancer that saw it
-    /// unready sends none. `None` if it was not broken.
+    /// unready sends none. Never waits for a place: with every one taken,
+    /// the calls holding them rebuild a sandbox or say it is still broken.
+    /// `None` if there was nothing to do.
     pub async fn repair(&self) -> Option<Result<(), CallError>> {
         if !self.is_broken() {
             return None;
         }
-        Some(self.refresh().await)
+        let deployment = self.deployment();
+        let taken = self.sandboxes.try_take(&deployment.version)?;
+        Some(self.build_in(&self.sandboxes, taken, &deployment).await)
     }
 
     /// One sandbox of `deployment` in `set`, built if none is idle.
     async fn ready(&self, set: &Sandboxes, deployment: &Arc<Deployment>) -> Result<(), CallError> {
-        let mut taken = set.take(&deployment.version).await;
+        let taken = set.take(&deployment.version).await;
+        self.build_in(set, taken, deployment).await
+    }
+
+    /// Builds a sandbox of `deployment` in `taken` if it holds none and
+    /// gives it back to `set`. A working sandbox of the version in force
+    /// clears `broken`, before it is given back: a call may take it at once,
+    /// fault, and find the instance broken again.
+    async fn build_in(
+        &self,
+        set: &Sandboxes,
+        mut taken: Taken,
+        deployment: &Arc<Deployment>,
+    ) -> Result<(), CallError> {
         let built = live(&mut taken.live, deployment, &self.runtime, self.name())
             .await
             .map(drop);
+        let in_force =
+            std::ptr::eq(set, &self.sandboxes) && Arc::ptr_eq(deployment, &self.deployment());
+        if built.is_ok() && in_force {
+            self.stats.broken.store(false, Ordering::Relaxed);
+        }
         set.put_back(taken);
         built
     }

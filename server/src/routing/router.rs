@@ -215,8 +215,8 @@ impl Router {
     }
 
     /// Repairs every instance whose last fault left it without a working
-    /// sandbox ([`Instance::repair`]), every [`REPAIR_EVERY`] until
-    /// `shutdown`. Failures are logged at the 1st, 2nd, 4th, 8th... attempt
+    /// sandbox and has a place free ([`Instance::repair`]), every
+    /// [`REPAIR_EVERY`] until `shutdown`. Failures are logged at the 1st, 2nd, 4th, 8th... attempt
     /// in a row, so an instance that stays broken is reported without
     /// flooding the log.
     pub async fn repair_broken(&self, shutdown: Shutdown) {
@@ -227,7 +227,11 @@ impl Router {
                 _ = shutdown.wait() => return,
             }
             for (instance, failed) in self.instances.iter().zip(&mut failures) {
-                match instance.repair().await {
+                let repaired = tokio::select! {
+                    repaired = instance.repair() => repaired,
+                    _ = shutdown.wait() => return,
+                };
+                match repaired {
                     None => *failed = 0,
                     Some(Ok(())) => {
                         tracing::info!(

@@ -169,17 +169,19 @@ impl ArmedFault {
         self.0.fired.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// No fault armed any more, and none fired.
+    /// No fault armed any more (it never fired: its claim was given up,
+    /// or its sandbox dropped).
     fn clear(&self) {
         *self.lock() = None;
     }
 
-    /// The armed fault fired: a call started with it.
+    /// The armed fault fired: a call started with it. Counted first, so
+    /// that a reader never sees it neither armed nor fired.
     fn fire(&self) {
-        self.clear();
         self.0
             .fired
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.clear();
     }
 
     /// Claims the report for `fault` before it is armed, so that two arms

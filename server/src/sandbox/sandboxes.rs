@@ -162,6 +162,12 @@ impl<T: Pooled> Sandboxes<T> {
             .acquire_owned()
             .await
             .expect("the sandbox semaphore is never closed");
+        self.with_idle(place, version)
+    }
+
+    /// `place`, with an idle sandbox built from `version` as [`choose`]
+    /// says (idle ones of other versions are stale and dropped).
+    fn with_idle(&self, place: OwnedSemaphorePermit, version: &str) -> Taken<T> {
         let live = {
             let mut idle = lock(&self.idle);
             idle.retain(|i| i.live.version() == version);
@@ -171,6 +177,13 @@ impl<T: Pooled> Sandboxes<T> {
             live,
             _place: place,
         }
+    }
+
+    /// Like [`Self::take`], without waiting: `None` while every place is
+    /// taken (or awaited).
+    pub fn try_take(&self, version: &str) -> Option<Taken<T>> {
+        let place = self.places.clone().try_acquire_owned().ok()?;
+        Some(self.with_idle(place, version))
     }
 
     /// Holds `taken` until its call starts (see [`Held`]).
@@ -319,6 +332,17 @@ mod tests {
             .expect("a place came free");
         drop((b, c));
         assert_eq!(set.busy(), 0);
+    }
+
+    #[tokio::test]
+    async fn trying_to_take_never_waits_and_takes_what_take_would() {
+        let set = set(1, 1);
+        fill(&set, vec![fake(7)]).await;
+        let first = set.try_take("v1").expect("a place is free");
+        assert_eq!(first.live.as_ref().map(|f| f.id), Some(7));
+        assert!(set.try_take("v1").is_none(), "the only place is taken");
+        set.put_back(first);
+        assert!(set.try_take("v1").is_some_and(|t| t.live.is_some()));
     }
 
     #[tokio::test]
