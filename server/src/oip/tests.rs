@@ -318,6 +318,25 @@ mod fuzz {
             }
         }
 
+        /// Shapes of any size, huge ones included, against a little data:
+        /// refused (nothing is sized by the shape) unless they hold exactly
+        /// the data's elements.
+        #[test]
+        fn any_declared_shape_is_checked_against_the_data(
+            shape in proptest::collection::vec(prop_oneof![0u64..4, Just(1u64 << 45), Just(u64::MAX), any::<u64>()], 0..4),
+            values in proptest::collection::vec(-1e6f64..1e6, 0..8),
+            datatype in prop::sample::select(vec!["FP32", "FP64", "INT64", "BOOL", "BYTES"])) {
+            let body = serde_json::to_vec(&serde_json::json!({"inputs": [
+                {"name": "x", "shape": shape, "datatype": datatype, "data": values}
+            ]})).unwrap();
+            let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+            if parse_request(&body, None).is_ok() {
+                prop_assert_eq!(elements, Some(values.len() as u64));
+            } else {
+                prop_assert!(elements != Some(values.len() as u64) || datatype != "FP64");
+            }
+        }
+
         /// Well-formed JSON requests with random shapes and values either
         /// parse to the right number of elements or are refused; a fitted
         /// tensor always has the model's type.
