@@ -374,6 +374,15 @@ async fn bad_requests_get_their_status_and_the_host_keeps_serving() {
             "is too large",
         ),
         (
+            // Refused before the sandbox: an empty batch is the client's
+            // error (it counted as the instance's failure, a 500).
+            "an empty batch",
+            path.into(),
+            json!({"inputs": [{"name": "float_input", "shape": [0, width], "datatype": "FP32", "data": []}]}),
+            StatusCode::BAD_REQUEST,
+            "holds no elements",
+        ),
+        (
             "shape against model",
             path.into(),
             json!({"inputs": [{"name": "float_input", "shape": [2, 32], "datatype": "FP32", "data": rows[0]}]}),

@@ -451,6 +451,14 @@ fn fit_one(input: &Tensor, shape: &[i64], onnx: &str) -> Result<Tensor, BadReque
             input.shape
         ));
     }
+    // The client's mistake, not the model's: tract refuses an empty batch
+    // as a runtime error, which would count against the instance.
+    if input.shape.contains(&0) {
+        return bad(format!(
+            "input `{name}` has shape {:?}, which holds no elements; send at least one row",
+            input.shape
+        ));
+    }
     let target = from_onnx(onnx).ok_or_else(|| {
         BadRequest(format!(
             "input `{name}` is of ONNX type {onnx}, which the protocol cannot carry"

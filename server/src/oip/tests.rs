@@ -183,6 +183,12 @@ fn fitting_converts_to_the_models_type_and_checks_fixed_dimensions() {
     .unwrap();
     let e = fit(&lossy.inputs, &model(vec![-1, 3], "int64")).unwrap_err();
     assert!(e.0.contains("is FP32, and the model takes INT64"), "{e}");
+    let empty = json_request(serde_json::json!({
+        "name": "float_input", "shape": [0, 3], "datatype": "FP32", "data": []
+    }))
+    .unwrap();
+    let e = fit(&empty.inputs, &model(vec![-1, 3], "float")).unwrap_err();
+    assert!(e.0.contains("[0, 3], which holds no elements"), "{e}");
 }
 
 #[test]
