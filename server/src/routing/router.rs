@@ -216,9 +216,9 @@ impl Router {
 
     /// Repairs every instance whose last fault left it without a working
     /// sandbox and has a place free ([`Instance::repair`]), every
-    /// [`REPAIR_EVERY`] until `shutdown`. Failures are logged at the 1st, 2nd, 4th, 8th... attempt
-    /// in a row, so an instance that stays broken is reported without
-    /// flooding the log.
+    /// [`REPAIR_EVERY`] until `shutdown`. Failures are logged at the 1st,
+    /// 2nd, 4th, 8th... attempt in a row, so an instance that stays broken
+    /// is reported without flooding the log.
     pub async fn repair_broken(&self, shutdown: Shutdown) {
         let mut failures = vec![0u32; self.instances.len()];
         loop {
@@ -232,12 +232,14 @@ impl Router {
                     _ = shutdown.wait() => return,
                 };
                 match repaired {
-                    None => *failed = 0,
+                    // Not broken, or every place busy: those calls decide.
+                    None if !instance.is_broken() => *failed = 0,
+                    None => {}
                     Some(Ok(())) => {
                         tracing::info!(
                             instance = instance.name(),
                             attempts = *failed + 1,
-                            "instance repaired: a sandbox was built again; it takes requests"
+                            "instance repaired: it has a working sandbox again and takes requests"
                         );
                         *failed = 0;
                     }
