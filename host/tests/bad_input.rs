@@ -60,10 +60,10 @@ async fn each_bad_input_gets_its_status_and_the_host_keeps_serving() {
 
     let (s, h, b) = request(addr, Method::DELETE, "/predict", Default::default()).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{b}");
-    assert_eq!(h["allow"], "POST, GET");
+    assert_eq!(h["allow"], "POST, GET, HEAD");
     let (s, h, _) = request(addr, Method::DELETE, "/topology", Default::default()).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(h["allow"], "GET");
+    assert_eq!(h["allow"], "GET, HEAD");
 
     // Still serving, and bad input did not count as instance failures.
     let (s, _, b) = post(addr, "/predict", inputs(&[row])).await;

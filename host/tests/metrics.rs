@@ -179,3 +179,47 @@ async fn readyz_is_503_while_nothing_can_take_a_request() {
     let (s, _, _) = get(host.router, "/readyz").await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// The whole answer to one request sent raw with `connection: close`.
+async fn exchange_to_end(addr: std::net::SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the connection was not closed")
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// HEAD is GET without the body (RFC 9110), on the router, an instance's
+/// port and the protocol's probes: what balancers and probes may send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_as_get_without_the_body() {
+    let host = Host::start(&free_ports("single.json"), &[]);
+    let instance = host.instance_addr("predict1").await;
+    for (addr, path) in [
+        (host.router, "/healthz"),
+        (host.router, "/readyz"),
+        (host.router, "/topology"),
+        (instance, "/readyz"),
+        (host.router, "/v2/health/ready"),
+    ] {
+        let answer = exchange_to_end(
+            addr,
+            &format!("HEAD {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        let (head, rest) = answer.split_once("\r\n\r\n").expect("a whole head");
+        assert!(head.starts_with("HTTP/1.1 200"), "HEAD {path}: {answer}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: "),
+            "HEAD {path}: {head}"
+        );
+        assert_eq!(rest, "", "HEAD {path} sent a body");
+    }
+}

@@ -158,7 +158,7 @@ async fn metadata_health_and_readiness_follow_the_spec() {
     assert!(e["error"].as_str().unwrap().contains(&version), "{e}");
     let (status, headers, e) = v2(host.router, Method::DELETE, "/v2/models/digits", &[], "").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(headers["allow"], "GET");
+    assert_eq!(headers["allow"], "GET, HEAD");
     assert!(String::from_utf8_lossy(&e).contains("\"error\""));
 
     // An instance's port lists its own model only.

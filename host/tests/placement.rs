@@ -179,7 +179,7 @@ async fn get_predict_answers_the_example_through_router_and_instance_port() {
     let (status, headers, _) =
         common::request(host.router, hyper::Method::PUT, "/predict", "".into()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(headers["allow"], "POST, GET");
+    assert_eq!(headers["allow"], "POST, GET, HEAD");
 }
 
 /// Candidates sent at once to an instance that batches are scored in one

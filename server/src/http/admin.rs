@@ -90,7 +90,7 @@ pub async fn handle(
         (_, "/admin/chaos" | "/admin/demote" | "/admin/deploy" | "/admin/deploy/promote" | "/admin/deploy/abort" | "/admin/rollback") => {
             Err(ApiError::method_not_allowed("POST"))
         }
-        (_, "/admin/deployments") => Err(ApiError::method_not_allowed("GET")),
+        (_, "/admin/deployments") => Err(ApiError::method_not_allowed("GET, HEAD")),
         (_, p) if p.starts_with("/admin/blobs/") => Err(ApiError::method_not_allowed("PUT")),
         (_, path) => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -59,7 +59,7 @@ pub async fn handle(
                 .observe(instance, response.status().as_u16(), started.elapsed());
             Ok(response)
         }
-        ("/predict", _) => Err(not_allowed("POST, GET")),
+        ("/predict", _) => Err(not_allowed("POST, GET, HEAD")),
         ("/topology", Scope::Router) if req.method() == Method::GET => {
             let mut response = json(StatusCode::OK, &topology(&app.router));
             response
@@ -80,7 +80,7 @@ pub async fn handle(
             Ok(response)
         }
         ("/topology" | "/metrics", Scope::Router) | ("/healthz" | "/readyz", _) => {
-            Err(not_allowed("GET"))
+            Err(not_allowed("GET, HEAD"))
         }
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -124,8 +124,14 @@ pub async fn serve(
 /// see each other's requests.
 async fn dispatch(
     service: Service,
-    req: hyper::Request<hyper::body::Incoming>,
+    mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    // HEAD is GET without the body (RFC 9110 9.3.2), which balancers and
+    // probes use: routed as GET, and hyper, which parsed a HEAD, sends the
+    // headers only.
+    if req.method() == hyper::Method::HEAD {
+        *req.method_mut() = hyper::Method::GET;
+    }
     match service {
         Service::Admin(app) => {
             let response = Box::pin(super::admin::handle(&app, req)).await;

@@ -62,7 +62,7 @@ pub async fn handle(
         }
         (["v2", "health", "ready"], &Method::GET) => readyz(app, scope),
         (["v2"] | ["v2", "health", "live" | "ready"], _) => {
-            Err(ApiError::method_not_allowed("GET"))
+            Err(ApiError::method_not_allowed("GET, HEAD"))
         }
         (["v2", "models", name, rest @ ..], _) => {
             let (version, rest) = match rest {
@@ -88,7 +88,7 @@ pub async fn handle(
                         .observe(instance, status.as_u16(), started.elapsed());
                     response
                 }
-                ([] | ["ready"], _) => Err(ApiError::method_not_allowed("GET")),
+                ([] | ["ready"], _) => Err(ApiError::method_not_allowed("GET, HEAD")),
                 (["infer"], _) => Err(ApiError::method_not_allowed("POST")),
                 _ => Err(not_found(&path)),
             }
