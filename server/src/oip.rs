@@ -452,10 +452,12 @@ fn fit_one(input: &Tensor, shape: &[i64], onnx: &str) -> Result<Tensor, BadReque
         ));
     }
     // The client's mistake, not the model's: tract refuses an empty batch
-    // as a runtime error, which would count against the instance.
-    if input.shape.contains(&0) {
+    // as a runtime error, which would count against the instance. Only the
+    // batch the model leaves open: a 0 elsewhere may be the model's own
+    // (a fixed 0, an empty cache on a first step).
+    if input.shape.first() == Some(&0) && shape.first().is_some_and(|&d| d < 0) {
         return bad(format!(
-            "input `{name}` has shape {:?}, which holds no elements; send at least one row",
+            "input `{name}` has shape {:?}, which holds no elements (an empty batch); send at least one row",
             input.shape
         ));
     }

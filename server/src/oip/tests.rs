@@ -189,6 +189,13 @@ fn fitting_converts_to_the_models_type_and_checks_fixed_dimensions() {
     .unwrap();
     let e = fit(&empty.inputs, &model(vec![-1, 3], "float")).unwrap_err();
     assert!(e.0.contains("[0, 3], which holds no elements"), "{e}");
+    // A 0 the model declares, or one outside the batch, is the model's.
+    let zero_width = json_request(serde_json::json!({
+        "name": "float_input", "shape": [2, 0], "datatype": "FP32", "data": []
+    }))
+    .unwrap();
+    assert!(fit(&zero_width.inputs, &model(vec![-1, -1], "float")).is_ok());
+    assert!(fit(&empty.inputs, &model(vec![0, 3], "float")).is_ok());
 }
 
 #[test]
