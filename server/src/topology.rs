@@ -63,9 +63,9 @@ pub struct BatchSpec {
 pub enum BatchWait {
     /// While requests keep arriving: the batch closes once its leader,
     /// having let its worker's ready tasks (the connections it serves) run,
-    /// finds that none of them brought a new request. An instance that keeps up runs each
-    /// request at once; one that does not finds requests waiting, and
-    /// merges them.
+    /// finds that none of them brought a new request. An instance that
+    /// keeps up runs each request at once; one that does not finds requests
+    /// waiting, and merges them.
     #[default]
     WhileArriving,
     /// The whole `max_delay`, unless the batch fills first: merges every

@@ -18,9 +18,9 @@
 //! (`while-arriving`) the batch closes then, so a request that arrives
 //! alone runs at once, and a busy instance still merges what arrives while
 //! it works. `full-delay` sleeps instead, until the delay has passed or the
-//! batch is full. (A batcher that slept
-//! until the size that past batches reached cost two closed-loop clients a
-//! third of their throughput, 16 clients an eighth: see docs/benchmarks.md.)
+//! batch is full. (A batcher that slept until the size that past batches
+//! reached cost two closed-loop clients a third of their throughput, 16
+//! clients an eighth: see docs/benchmarks.md.)
 //!
 //! A request never fails for another's sake: a refused body is refused alone
 //! by the guest, and when the merged call faults (a trap, a deadline), or its

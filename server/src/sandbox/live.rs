@@ -9,6 +9,7 @@
 //! It uses only the bindings, the guest log and the host runtime's types;
 //! deployments build sandboxes and instances call them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -155,7 +156,7 @@ pub struct ArmedFault(Arc<Reported>);
 #[derive(Debug, Default)]
 struct Reported {
     armed: Mutex<Option<&'static str>>,
-    fired: std::sync::atomic::AtomicU64,
+    fired: AtomicU64,
 }
 
 impl ArmedFault {
@@ -166,7 +167,7 @@ impl ArmedFault {
 
     /// Faults that fired: calls that started with one armed.
     pub fn fired(&self) -> u64 {
-        self.0.fired.load(std::sync::atomic::Ordering::Relaxed)
+        self.0.fired.load(Ordering::Relaxed)
     }
 
     /// No fault armed any more (it never fired: its claim was given up,
@@ -178,9 +179,7 @@ impl ArmedFault {
     /// The armed fault fired: a call started with it. Counted first, so
     /// that a reader never sees it neither armed nor fired.
     fn fire(&self) {
-        self.0
-            .fired
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fired.fetch_add(1, Ordering::Relaxed);
         self.clear();
     }
 
