@@ -113,7 +113,8 @@ fn predict(model: &Model, body: &[u8]) -> Result<Vec<u8>, (StatusCode, String)> 
         probabilities,
         probabilities.len() / batch.rows,
         predict_core::Labels::Argmax,
-    );
+    )
+    .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     // The same work as the host adding who answered to an answer it wrote.
     let origin = predict_core::Origin {
         model: &model.name,

@@ -18,11 +18,12 @@ pub trait Rows {
 /// Answers each parsed body in order: a body the guest refused fails alone;
 /// the others share one `run` of all their rows, each answered from its own
 /// `rows` of it; if that merged run fails, each body runs on its own, so
-/// one input the model cannot take fails only its own request.
+/// one input the model cannot take fails only its own request. `answer` may
+/// refuse a body's rows too (outputs it cannot write): that body alone.
 pub fn merged<R: Rows, S>(
     parsed: Vec<Result<R, PredictError>>,
     run: impl Fn(usize, &[f32]) -> Result<S, PredictError>,
-    answer: impl Fn(&S, Range<usize>) -> Vec<u8>,
+    answer: impl Fn(&S, Range<usize>) -> Result<Vec<u8>, PredictError>,
 ) -> Vec<Result<Vec<u8>, PredictError>> {
     let readable: Vec<&R> = parsed.iter().flatten().collect();
     let merged = match readable[..] {
@@ -41,8 +42,8 @@ pub fn merged<R: Rows, S>(
             let rows = first..first + body.rows();
             first = rows.end;
             match &merged {
-                Some(all) => Ok(answer(all, rows)),
-                None => Ok(answer(&run(body.rows(), body.values())?, 0..body.rows())),
+                Some(all) => answer(all, rows),
+                None => answer(&run(body.rows(), body.values())?, 0..body.rows()),
             }
         })
         .collect()

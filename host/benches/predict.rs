@@ -36,7 +36,8 @@ fn native(model: &LoadedModel, body: &[u8]) -> Vec<u8> {
         &values,
         values.len() / batch.rows,
         predict_core::Labels::Argmax,
-    );
+    )
+    .expect("the digits model's outputs are finite");
     let origin = predict_core::Origin {
         model: "digits",
         instance: "native",

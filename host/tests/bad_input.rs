@@ -43,6 +43,14 @@ async fn each_bad_input_gets_its_status_and_the_host_keeps_serving() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     assert!(message(&b).contains("not a finite"), "{b}");
 
+    // Finite inputs the model overflows on: no NaN written as `null` with
+    // a 200 and a made-up label, but the request's own 422.
+    let overflow = inputs(&[serde_json::json!(vec![3.0e38; 64])]);
+    let (s, _, b) = post(addr, "/predict", overflow).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(b["error"], "invalid_input");
+    assert!(message(&b).contains("not a finite number"), "{b}");
+
     let (s, _, b) = post(addr, "/predict", r#"{"rows": []}"#).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     assert!(message(&b).contains("unknown field `rows`"), "{b}");

@@ -464,6 +464,34 @@ async fn bad_requests_get_their_status_and_the_host_keeps_serving() {
         "bad input is the client's: {topo}"
     );
     assert_eq!(topo["digits1"]["served"], 1);
+
+    // Finite inputs the model overflows on: JSON has no number for its NaN
+    // outputs (they were written as `null` with a 200); binary data has.
+    let overflow = vec![3.0e38f32; width];
+    let request = json!({"inputs": [{"name": "float_input", "shape": [1, width], "datatype": "FP32", "data": overflow}],
+                         "outputs": [{"name": "probabilities"}]});
+    let (status, answer) = infer_json(host.router, path, &request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("output `probabilities` element 0 is NaN") && error.contains("binary_data"),
+        "{answer}"
+    );
+    let mut binary = request.clone();
+    binary["parameters"] = json!({"binary_data_output": true});
+    let (status, headers, body) =
+        v2(host.router, Method::POST, path, &[], binary.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let n: usize = headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let probabilities = f32s(&body[n..]);
+    assert!(
+        probabilities.len() == 10 && probabilities.iter().all(|p| p.is_nan()),
+        "{probabilities:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,10 +247,41 @@ pub enum Labels<'a> {
 /// Writes `{"outputs": [[...] per row], "labels": [...]}` where `outputs`
 /// holds `width` values per input row and `labels` (unless omitted) one label
 /// per row. The host adds `model`, `instance` and `version` (see
-/// [`with_origin`]).
-pub fn write_response(outputs: &[f32], width: usize, labels: Labels<'_>) -> Vec<u8> {
-    write_answer(outputs, width, labels).into_bytes()
+/// [`with_origin`]). Outputs JSON cannot carry are refused: see [`NotFinite`].
+pub fn write_response(
+    outputs: &[f32],
+    width: usize,
+    labels: Labels<'_>,
+) -> Result<Vec<u8>, NotFinite> {
+    write_answer(outputs, width, labels).map(Written::into_bytes)
 }
+
+/// A model output that is NaN or infinite: JSON has no number for it (serde
+/// would write `null`), and its row's argmax label would be meaningless.
+/// Finite inputs far outside what the model was trained on overflow like
+/// this, so the request is answered 422, not 200 with a wrong label.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NotFinite {
+    /// The row of the answer, from 0.
+    pub row: usize,
+    /// The output's index within its row.
+    pub column: usize,
+    /// What the model gave.
+    pub value: f32,
+}
+
+impl fmt::Display for NotFinite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { row, column, value } = self;
+        write!(
+            f,
+            "row {row}: the model's output {column} is {value}, not a finite number, so there is \
+             no answer for it; inputs far outside the range the model was trained on overflow it"
+        )
+    }
+}
+
+impl std::error::Error for NotFinite {}
 
 /// An answer [`write_answer`] wrote: one JSON object that holds `outputs`
 /// and none of the origin fields. The host adds them with
@@ -279,7 +310,11 @@ impl Written {
 
 /// [`write_response`], typed as an answer the host can add the origin to
 /// without checking it.
-pub fn write_answer(outputs: &[f32], width: usize, labels: Labels<'_>) -> Written {
+pub fn write_answer(
+    outputs: &[f32],
+    width: usize,
+    labels: Labels<'_>,
+) -> Result<Written, NotFinite> {
     #[derive(Serialize)]
     struct Response<'a> {
         outputs: Rows<'a>,
@@ -287,6 +322,13 @@ pub fn write_answer(outputs: &[f32], width: usize, labels: Labels<'_>) -> Writte
         labels: Option<LabelRows<'a>>,
     }
     let width = width.max(1);
+    if let Some(at) = outputs.iter().position(|v| !v.is_finite()) {
+        return Err(NotFinite {
+            row: at / width,
+            column: at % width,
+            value: outputs[at],
+        });
+    }
     let labels = match labels {
         Labels::Argmax => Some(LabelRows::Argmax(outputs, width)),
         Labels::Given(given) => Some(LabelRows::Given(given)),
@@ -298,7 +340,7 @@ pub fn write_answer(outputs: &[f32], width: usize, labels: Labels<'_>) -> Writte
     };
     let mut out = Vec::with_capacity(32 + outputs.len() * 14);
     serde_json::to_writer(&mut out, &response).expect("serialising to a Vec cannot fail");
-    Written(out)
+    Ok(Written(out))
 }
 
 /// Who answered: the host writes it into every answer.
@@ -484,7 +526,7 @@ mod tests {
 
     #[test]
     fn response_has_one_output_row_and_label_per_input_row() {
-        let body = write_response(&[0.1, 0.9, 0.7, 0.3], 2, Labels::Argmax);
+        let body = write_response(&[0.1, 0.9, 0.7, 0.3], 2, Labels::Argmax).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["labels"], serde_json::json!([1, 0]));
         assert_eq!(v["outputs"][1][0].as_f64().unwrap() as f32, 0.7);
@@ -492,12 +534,31 @@ mod tests {
 
     #[test]
     fn labels_can_be_the_models_own_or_none() {
-        let given = write_response(&[0.1, 0.9], 2, Labels::Given(&[7]));
+        let given = write_response(&[0.1, 0.9], 2, Labels::Given(&[7])).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&given).unwrap();
         assert_eq!(v["labels"], serde_json::json!([7]));
-        let regression = write_response(&[1.5, 2.5], 1, Labels::Omitted);
+        let regression = write_response(&[1.5, 2.5], 1, Labels::Omitted).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&regression).unwrap();
         assert_eq!(v, serde_json::json!({"outputs": [[1.5], [2.5]]}));
+    }
+
+    #[test]
+    fn outputs_json_cannot_carry_are_refused_with_their_place() {
+        for (outputs, width, at) in [
+            (&[0.1f32, f32::NAN, 0.7, 0.3][..], 2, (0, 1)),
+            (&[0.1, 0.9, f32::INFINITY, 0.3], 2, (1, 0)),
+            (&[1.5, f32::NEG_INFINITY], 1, (1, 0)),
+        ] {
+            for labels in [Labels::Argmax, Labels::Omitted] {
+                let refused = write_response(outputs, width, labels).unwrap_err();
+                assert_eq!((refused.row, refused.column), at, "{refused}");
+                assert!(refused.to_string().contains("not a finite number"));
+            }
+        }
+        // The largest finite f32 is an answer (in JSON, 3.4028235e38).
+        let edge = write_response(&[f32::MAX, f32::MIN], 2, Labels::Argmax).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&edge).unwrap();
+        assert_eq!(v["labels"], serde_json::json!([0]));
     }
 
     #[test]
@@ -550,7 +611,7 @@ mod tests {
             (&[1.5, -2.5e-12], 1, Labels::Omitted),
             (&[], 1, Labels::Omitted),
         ] {
-            let written = write_answer(outputs, width, labels);
+            let written = write_answer(outputs, width, labels).unwrap();
             let checked = with_origin(origin, written.as_bytes()).unwrap();
             assert_eq!(
                 String::from_utf8(written.with_origin(origin)).unwrap(),

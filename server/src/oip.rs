@@ -685,6 +685,26 @@ pub fn encode_response(
     })
 }
 
+/// A float output's elements for JSON, which has no number for NaN or an
+/// infinity (serde would write `null`): such an output is refused, naming
+/// the binary form that carries it.
+fn finite<F: Copy + Into<f64>>(
+    tensor: &Tensor,
+    values: impl Iterator<Item = F>,
+) -> Result<Vec<F>, BadRequest> {
+    values
+        .enumerate()
+        .map(|(i, v)| match v.into() {
+            x if x.is_finite() => Ok(v),
+            x => Err(BadRequest(format!(
+                "output `{}` element {i} is {x}, which JSON cannot carry: ask for it with \
+                 binary_data, or send inputs the model can answer",
+                tensor.name
+            ))),
+        })
+        .collect()
+}
+
 /// One output's elements as JSON.
 fn to_json(tensor: &Tensor) -> Result<Data, BadRequest> {
     let refuse = || {
@@ -696,20 +716,20 @@ fn to_json(tensor: &Tensor) -> Result<Data, BadRequest> {
     };
     Ok(match tensor.datatype {
         Datatype::Bool => Data::Bool(tensor.data.iter().map(|&b| b != 0).collect()),
-        Datatype::Fp32 => Data::F32(
+        Datatype::Fp32 => Data::F32(finite(
+            tensor,
             tensor
                 .data
                 .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().expect("exact chunk")))
-                .collect(),
-        ),
-        Datatype::Fp64 => Data::F64(
+                .map(|c| f32::from_le_bytes(c.try_into().expect("exact chunk"))),
+        )?),
+        Datatype::Fp64 => Data::F64(finite(
+            tensor,
             tensor
                 .data
                 .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("exact chunk")))
-                .collect(),
-        ),
+                .map(|c| f64::from_le_bytes(c.try_into().expect("exact chunk"))),
+        )?),
         Datatype::Bytes => {
             let mut items = Vec::new();
             let mut rest = &tensor.data[..];

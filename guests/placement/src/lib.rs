@@ -191,7 +191,7 @@ impl Loaded {
         batch::merged(
             parsed,
             |rows, data| self.probabilities(rows, data),
-            |probabilities: &Vec<f32>, rows| answer(&probabilities[rows]),
+            |probabilities: &Vec<f32>, rows| Ok(answer(&probabilities[rows])),
         )
     }
 

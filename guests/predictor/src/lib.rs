@@ -140,7 +140,7 @@ impl Loaded {
     fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
         let batch = self.parse(body)?;
         let scores = self.run(batch.rows, &batch.data)?;
-        Ok(scores.answer(0..batch.rows))
+        scores.answer(0..batch.rows)
     }
 
     /// Runs the bodies of a merged batch as one model call (see
@@ -299,8 +299,9 @@ impl Scores {
 }
 
 impl Scores {
-    /// The JSON answer for rows `rows` of the call.
-    fn answer(&self, rows: std::ops::Range<usize>) -> Vec<u8> {
+    /// The JSON answer for rows `rows` of the call; outputs JSON cannot
+    /// carry (NaN, infinities) refuse the request, as the host's writer does.
+    fn answer(&self, rows: std::ops::Range<usize>) -> Result<Vec<u8>, PredictError> {
         let values = &self.values[rows.start * self.width..rows.end * self.width];
         let given = self
             .labels
@@ -312,6 +313,7 @@ impl Scores {
             predict_core::Labels::Omitted
         });
         predict_core::write_response(values, self.width, labels)
+            .map_err(|e| error(ErrorKind::InvalidInput, e.to_string()))
     }
 }
 

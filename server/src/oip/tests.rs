@@ -267,6 +267,32 @@ fn json_responses_carry_every_output_in_model_order() {
 }
 
 #[test]
+fn float_outputs_json_cannot_carry_are_refused_unless_binary() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let outputs = [label(3), output("probabilities", &[0.25, bad])];
+        let e = encode_response(ORIGIN, &outputs, &[], false).unwrap_err();
+        assert!(
+            e.0.contains("output `probabilities` element 1 is")
+                && e.0.contains("ask for it with binary_data"),
+            "{e}"
+        );
+        let binary = encode_response(ORIGIN, &outputs, &[], true).unwrap();
+        let n = binary.header_length.expect("binary outputs");
+        assert_eq!(
+            f32s(&binary.body[n..]).last().unwrap().to_bits(),
+            bad.to_bits()
+        );
+    }
+    let fp64 = Tensor {
+        name: "y".into(),
+        datatype: Datatype::Fp64,
+        shape: vec![1],
+        data: f64::NAN.to_le_bytes().to_vec(),
+    };
+    assert!(encode_response(ORIGIN, &[fp64], &[], false).is_err());
+}
+
+#[test]
 fn binary_outputs_follow_the_json_in_its_order_and_the_header_says_where() {
     let outputs = [label(3), output("probabilities", &[0.25, 0.75])];
     let asked = [
@@ -298,6 +324,14 @@ fn binary_outputs_follow_the_json_in_its_order_and_the_header_says_where() {
         e.0.contains("no output `scores`; its outputs are `label`, `probabilities`"),
         "{e}"
     );
+}
+
+#[test]
+fn a_dimension_past_int64_is_refused_even_in_a_shape_of_no_elements() {
+    let body = serde_json::json!({"inputs": [
+        {"name": "x", "shape": [0u64, u64::MAX], "datatype": "FP64", "data": []}
+    ]});
+    assert!(parse_request(&serde_json::to_vec(&body).unwrap(), None).is_err());
 }
 
 #[test]
@@ -343,10 +377,16 @@ mod fuzz {
                 {"name": "x", "shape": shape, "datatype": datatype, "data": values}
             ]})).unwrap();
             let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+            // Dimensions are the protocol's INT64: past i64::MAX is refused,
+            // even in a shape of no elements (`[0, u64::MAX]`).
+            let dimensions_fit = shape.iter().all(|&d| i64::try_from(d).is_ok());
             if parse_request(&body, None).is_ok() {
+                prop_assert!(dimensions_fit);
                 prop_assert_eq!(elements, Some(values.len() as u64));
             } else {
-                prop_assert!(elements != Some(values.len() as u64) || datatype != "FP64");
+                prop_assert!(
+                    !dimensions_fit || elements != Some(values.len() as u64) || datatype != "FP64"
+                );
             }
         }
 

@@ -396,7 +396,8 @@ impl Live {
         if let Some(host_rows) = &self.optional.rows {
             let parsed = rows::parse(body, host_rows.features).map_err(CallError::Rejected)?;
             let scores = self.predict_rows(&parsed, self.deadline_ticks).await?;
-            return Ok(Predicted::Host(rows::answer(&scores, 0..parsed.rows)));
+            let answer = rows::answer(&scores, 0..parsed.rows).map_err(CallError::Rejected)?;
+            return Ok(Predicted::Host(answer));
         }
         let deadline = self.begin(self.deadline_ticks);
         match within(deadline, self.predictor.call_predict(&mut self.store, body)).await? {
@@ -493,10 +494,10 @@ impl Live {
                 (Err(refused), _) => Err(refused),
                 (Ok(body), Some(all)) => {
                     first += body.rows;
-                    Ok(Predicted::Host(rows::answer(all, first - body.rows..first)))
+                    rows::answer(all, first - body.rows..first).map(Predicted::Host)
                 }
                 (Ok(body), None) => match self.predict_rows(&body, self.deadline_ticks).await {
-                    Ok(own) => Ok(Predicted::Host(rows::answer(&own, 0..body.rows))),
+                    Ok(own) => rows::answer(&own, 0..body.rows).map(Predicted::Host),
                     Err(CallError::Rejected(refused)) => Err(refused),
                     Err(fault) => return Err(fault),
                 },

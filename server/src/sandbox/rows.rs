@@ -56,8 +56,9 @@ pub(crate) fn check(scores: &Scores, rows: usize, max_values: usize) -> Result<(
 }
 
 /// The JSON answer for rows `rows` of checked `scores`: what the guest's own
-/// `predict` writes for them.
-pub(crate) fn answer(scores: &Scores, rows: Range<usize>) -> Written {
+/// `predict` writes for them, and refuses as it does (outputs that are not
+/// finite: the request's fault, not the sandbox's).
+pub(crate) fn answer(scores: &Scores, rows: Range<usize>) -> Result<Written, PredictError> {
     let width = scores.width as usize;
     let values = &scores.values[rows.start * width..rows.end * width];
     let labels = match (&scores.labels, scores.classifier) {
@@ -65,7 +66,10 @@ pub(crate) fn answer(scores: &Scores, rows: Range<usize>) -> Written {
         (None, true) => Labels::Argmax,
         (None, false) => Labels::Omitted,
     };
-    predict_core::write_answer(values, width, labels)
+    predict_core::write_answer(values, width, labels).map_err(|e| PredictError {
+        kind: ErrorKind::InvalidInput,
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -108,21 +112,31 @@ mod tests {
     fn each_request_of_a_merged_call_gets_its_own_rows() {
         let merged = scores(vec![0.1, 0.9, 0.8, 0.2, 0.3, 0.7], 2, None);
         let second: serde_json::Value =
-            serde_json::from_slice(answer(&merged, 1..3).as_bytes()).unwrap();
+            serde_json::from_slice(answer(&merged, 1..3).unwrap().as_bytes()).unwrap();
         assert_eq!(
             second,
             serde_json::json!({"outputs": [[0.8, 0.2], [0.3, 0.7]], "labels": [0, 1]})
         );
         let given = scores(vec![0.1, 0.9], 2, Some(vec![7]));
         let own: serde_json::Value =
-            serde_json::from_slice(answer(&given, 0..1).as_bytes()).unwrap();
+            serde_json::from_slice(answer(&given, 0..1).unwrap().as_bytes()).unwrap();
         assert_eq!(own["labels"], serde_json::json!([7]));
         let regression = Scores {
             classifier: false,
             ..scores(vec![1.5], 1, None)
         };
         let plain: serde_json::Value =
-            serde_json::from_slice(answer(&regression, 0..1).as_bytes()).unwrap();
+            serde_json::from_slice(answer(&regression, 0..1).unwrap().as_bytes()).unwrap();
         assert_eq!(plain, serde_json::json!({"outputs": [[1.5]]}));
+    }
+
+    #[test]
+    fn outputs_that_are_not_finite_refuse_only_their_own_request() {
+        let merged = scores(vec![0.1, 0.9, f32::NAN, 0.2, 0.3, 0.7], 2, None);
+        let refused = answer(&merged, 1..2).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::InvalidInput, "{refused:?}");
+        assert!(refused.message.starts_with("row 0: "), "{refused:?}");
+        assert!(answer(&merged, 0..1).is_ok());
+        assert!(answer(&merged, 2..3).is_ok());
     }
 }
