@@ -105,6 +105,55 @@ async fn a_chunked_body_over_the_limit_is_refused() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 }
 
+/// A body in a coding hadr does not decode is refused unread, whatever it
+/// holds (it was read as JSON and answered 400 "not valid JSON"), on the
+/// router, on an instance's port and on `/v2`; `identity` is no coding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_a_coding_hadr_does_not_decode_is_refused_unread() {
+    let host = Host::start(&free_ports("single.json"), &[]);
+    let row = cases("digits")["cases"][0]["input"].clone();
+    let predict = String::from_utf8(inputs(std::slice::from_ref(&row))).unwrap();
+    let infer = serde_json::json!({"inputs": [
+        {"name": "float_input", "shape": [1, 64], "datatype": "FP32", "data": row}
+    ]})
+    .to_string();
+    let instance = host.instance_addr("predict1").await;
+    for (addr, path, body) in [
+        (host.router, "/predict", &predict),
+        (instance, "/predict", &predict),
+        (host.router, "/v2/models/digits/infer", &infer),
+    ] {
+        let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+        let post = |headers: &str, body: &str| {
+            format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{headers}\r\n{body}")
+        };
+        let gzip = post(
+            &format!(
+                "content-encoding: gzip\r\ncontent-length: {}\r\n",
+                body.len()
+            ),
+            body,
+        );
+        let text = raw_exchange(addr, gzip.as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 415"), "{path}: {text}");
+        assert!(text.contains("accept-encoding: identity"), "{text}");
+        assert!(text.contains("`gzip`-encoded"), "{text}");
+        let gzip_chunked = post("transfer-encoding: gzip, chunked\r\n", &chunked);
+        let text = raw_exchange(addr, gzip_chunked.as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 501"), "{path}: {text}");
+        assert!(text.contains("transfer coding `gzip`"), "{text}");
+        let identity = post(
+            &format!(
+                "content-encoding: identity\r\ncontent-length: {}\r\n",
+                body.len()
+            ),
+            body,
+        );
+        let text = raw_exchange(addr, identity.as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+    }
+}
+
 /// Resident memory of a process, in KiB (Linux).
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

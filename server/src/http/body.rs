@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::CONTENT_LENGTH;
+use hyper::header::{HeaderMap, CONTENT_ENCODING, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::{Request, StatusCode};
 
 use super::error::ApiError;
@@ -23,8 +23,10 @@ pub struct Limit {
 
 /// Reads the whole body, refusing (413) anything over the limit before
 /// reading it when `Content-Length` says so, and as soon as it passes the
-/// limit otherwise; a body slower than [`BODY_TIMEOUT`] gets 408.
+/// limit otherwise; a body slower than [`BODY_TIMEOUT`] gets 408. A body in
+/// a coding hadr does not decode is refused unread (see [`check_codings`]).
 pub async fn read(req: Request<Incoming>, limit: Limit) -> Result<Bytes, ApiError> {
+    check_codings(req.headers())?;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -52,6 +54,39 @@ pub async fn read(req: Request<Incoming>, limit: Limit) -> Result<Bytes, ApiErro
     }
 }
 
+/// Refuses, before a byte is read, a body hadr would otherwise take for
+/// garbled JSON: a content coding (`gzip`, …: 415 with `Accept-Encoding:
+/// identity`, RFC 9110 §15.5.16), or a transfer coding other than `chunked`,
+/// which hyper decodes and lets through with the others undone (501, as RFC
+/// 9112 §6.1 asks of a server that does not know a coding).
+fn check_codings(headers: &HeaderMap) -> Result<(), ApiError> {
+    let codings = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+    };
+    if let Some(coding) = codings(CONTENT_ENCODING).find(|c| !c.eq_ignore_ascii_case("identity")) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!("the body is `{coding}`-encoded (Content-Encoding); send it uncompressed"),
+        )
+        .body_unread());
+    }
+    if let Some(coding) = codings(TRANSFER_ENCODING).find(|c| !c.eq_ignore_ascii_case("chunked")) {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_encoding",
+            format!("the body has transfer coding `{coding}`; hadr takes `chunked` only"),
+        )
+        .body_unread());
+    }
+    Ok(())
+}
+
 fn too_large(limit: Limit) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -61,4 +96,5 @@ fn too_large(limit: Limit) -> ApiError {
             limit.bytes, limit.flag
         ),
     )
+    .body_unread()
 }

@@ -2,7 +2,9 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ACCEPT_ENCODING, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -20,6 +22,9 @@ pub struct ApiError {
     pub message: String,
     /// For 405: the method the route takes.
     pub allow: Option<&'static str>,
+    /// The request's body was left unread, so its connection cannot carry
+    /// another request: the answer says `Connection: close`.
+    pub close: bool,
 }
 
 #[derive(Serialize)]
@@ -36,6 +41,15 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            close: false,
+        }
+    }
+
+    /// The same answer, refused before the body was read (see [`Self::close`]).
+    pub fn body_unread(self) -> Self {
+        Self {
+            close: true,
+            ..self
         }
     }
 
@@ -92,8 +106,11 @@ impl ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The unread body leaves the connection unusable: say so.
+        if self.status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            // RFC 9110 §12.5.3: the codings a body may have.
+            headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
+        if self.close {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
