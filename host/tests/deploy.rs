@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    cases, faulty_guest, free_ports, hanging_row, inputs, post, repo, request_with,
+    cases, faulty_guest, free_ports, get, hanging_row, inputs, post, repo, request_with,
     safe_and_deadly_rows, send_unread, try_post, Host, Load, TempDir, ADMIN_TOKEN,
 };
 use hyper::{Method, StatusCode};
@@ -171,6 +171,55 @@ async fn deploy_then_rollback_under_load_fails_no_request() {
         answers.iter().filter(|a| a.version == v1).count(),
         answers.iter().filter(|a| a.version == v2).count()
     );
+}
+
+/// A deploy retried (its answer lost) or repeated finds the version already
+/// in force: it changes nothing, so the previous version stays what a
+/// rollback returns to. A model replaces only the model of its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_of_the_version_in_force_leaves_the_rollback_target() {
+    let host = Host::start(&free_ports("2-active.json"), &[]);
+    let v1 = versions(&host.topology().await)[0].clone();
+    let model = repo().join("models/digits-v2.onnx");
+    let model_arg = format!("digits={}", model.display());
+    let first = deploy(&host, &["--model", &model_arg]);
+    assert_eq!(first["action"], "deployed", "{first}");
+    let v2 = first["instances"]["predict1"].as_str().unwrap().to_string();
+    for again in [
+        vec!["--model", &model_arg],
+        vec!["--model", &model_arg, "--to", "predict2"],
+    ] {
+        let outcome = deploy(&host, &again);
+        assert_eq!(outcome["action"], "unchanged", "{again:?}: {outcome}");
+        assert_eq!(outcome["instances"]["predict2"], v2.as_str(), "{outcome}");
+    }
+    let t = host.topology().await;
+    assert_eq!(versions(&t), vec![v2.clone(); 3], "{t}");
+    for name in ["predict1", "predict2", "predict3"] {
+        assert_eq!(t[name]["previous_version"], v1.as_str(), "{name}: {t}");
+    }
+    let (code, _, stderr) = cli(&host, &["deploy", "--model", &model_arg, "--canary", "50"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("already serves version"), "{stderr}");
+
+    let renamed = format!("cancer={}", model.display());
+    let (code, _, stderr) = cli(&host, &["deploy", "--model", &renamed]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("no instance serves a model named `cancer`; this topology serves `digits`"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cli(&host, &["deploy", "--model", &renamed, "--to", "predict1"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("instance `predict1` serves the model `digits`, not `cancer`"),
+        "{stderr}"
+    );
+
+    let (code, stdout, stderr) = cli(&host, &["rollback"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("rolled back"), "{stdout}");
+    assert_eq!(versions(&host.topology().await), vec![v1; 3]);
 }
 
 /// Acceptance 2: each unfit version is refused with 422 and its reason, no
@@ -402,10 +451,26 @@ async fn a_restart_serves_the_deployed_version_from_the_compiled_cache() {
     let (host, _) = start_timed(&topology, &state, &log);
     first_ok(host.router).await;
     let cold = started.elapsed();
-    let v2 = deploy(&host, &["--module", guest.to_str().unwrap()])["instances"]["predict1"]
+    // An example of its own, which `GET /predict` sends: kept across the
+    // restart (it was rebuilt as a row of zeros).
+    let example = inputs(&[cases("digits")["cases"][3]["input"].clone()]);
+    let example_file = dir.write("example.json", std::str::from_utf8(&example).unwrap());
+    let deployed = deploy(
+        &host,
+        &[
+            "--module",
+            guest.to_str().unwrap(),
+            "--example",
+            example_file.to_str().unwrap(),
+        ],
+    );
+    let v2 = deployed["instances"]["predict1"]
         .as_str()
         .unwrap()
         .to_string();
+    let (_, _, of_example) = post(host.router, "/predict", example.clone()).await;
+    let (_, _, got) = get(host.router, "/predict").await;
+    assert_eq!(got["outputs"], of_example["outputs"], "{got}");
     drop(host); // kill -9
 
     let log = dir.0.join("second.log");
@@ -415,6 +480,12 @@ async fn a_restart_serves_the_deployed_version_from_the_compiled_cache() {
     let warm = started.elapsed();
     let (_, _, b) = post(host.router, "/predict", one_row()).await;
     assert_eq!(b["version"], v2.as_str(), "{b}");
+    let (s, _, got) = get(host.router, "/predict").await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(
+        got["outputs"], of_example["outputs"],
+        "the example after a restart: {got}"
+    );
     drop(host);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(

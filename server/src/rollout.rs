@@ -211,6 +211,10 @@ pub enum Action {
     /// The previous version is back in force.
     #[serde(rename = "rolled back")]
     RolledBack,
+    /// Every chosen instance already served the version: nothing changed,
+    /// so a retried deploy does not make the version its own previous.
+    #[serde(rename = "unchanged")]
+    Unchanged,
 }
 
 /// The running canary.
@@ -294,7 +298,10 @@ impl Rollouts {
             )));
         }
         validate_canary(&req)?;
-        let targets = self.targets(&req.to)?;
+        let mut targets = self.targets(&req.to)?;
+        if let Some(m) = &req.model {
+            targets = serving_model(targets, &m.name, &req.to)?;
+        }
         let module = match &req.module {
             Some(digest) => Some(self.compile(digest).await?),
             None => None,
@@ -310,6 +317,10 @@ impl Rollouts {
         // One deployment per distinct (module, model) the targets end up on.
         let mut built: HashMap<String, Arc<Deployment>> = HashMap::new();
         let mut plan = Vec::new();
+        // Instances that already serve the version they would get: left as
+        // they are (swapping would make the version its own previous, and a
+        // rollback a no-op that loses the real previous one).
+        let mut unchanged = HashMap::new();
         for instance in &targets {
             let now = instance.deployment();
             let module = module.clone().unwrap_or_else(|| now.module.clone());
@@ -321,6 +332,10 @@ impl Rollouts {
                 ),
             };
             let version = crate::sandbox::deployment::version(&module.digest, &model.digest);
+            if version == now.version {
+                unchanged.insert(instance.name().to_string(), version);
+                continue;
+            }
             let deployment = match built.get(&version) {
                 Some(d) => d.clone(),
                 None => {
@@ -337,16 +352,32 @@ impl Rollouts {
             };
             plan.push((instance.clone(), deployment));
         }
+        if let Some(name) = unchanged.keys().next().filter(|_| req.canary.is_some()) {
+            return Err(RolloutError::Conflict(format!(
+                "instance `{name}` already serves version {}: a canary of it would change nothing",
+                unchanged[name]
+            )));
+        }
+        if plan.is_empty() {
+            tracing::info!(detail = %describe(&unchanged), "deploy left every instance as it was: each already serves the version");
+            return Ok(RolloutOutcome {
+                action: Action::Unchanged,
+                instances: unchanged,
+                canary: None,
+            });
+        }
         for deployment in built.values() {
             deployment
                 .fill_pool(&self.runtime)
                 .await
                 .map_err(RolloutError::WarmPool)?;
         }
-        match req.canary {
+        let mut outcome = match req.canary {
             Some(percent) => self.start_canary(&mut active, plan, percent, &req).await,
             None => self.switch(plan, EventKind::Deploy).await,
-        }
+        }?;
+        outcome.instances.extend(unchanged);
+        Ok(outcome)
     }
 
     /// Makes the running canary the deployment in force.
@@ -717,6 +748,44 @@ fn names(instances: &[Arc<Instance>]) -> String {
         .map(|i| i.name())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The targets of a model deploy: a model replaces the model of its name, so
+/// `all` means every instance serving a model of that name, and a named
+/// instance serving another model is refused (it would answer for its own
+/// model's name with this one).
+fn serving_model(
+    targets: Vec<Arc<Instance>>,
+    name: &str,
+    to: &Targets,
+) -> Result<Vec<Arc<Instance>>, RolloutError> {
+    if let Some(other) = targets.iter().find(|i| i.model_name() != name) {
+        if matches!(to, Targets::Some(_)) {
+            return Err(RolloutError::Invalid(format!(
+                "instance `{}` serves the model `{}`, not `{name}`: a model replaces the one of its name",
+                other.name(),
+                other.model_name()
+            )));
+        }
+    }
+    let mut served: Vec<String> = targets.iter().map(|i| i.model_name()).collect();
+    let chosen: Vec<_> = targets
+        .into_iter()
+        .filter(|i| i.model_name() == name)
+        .collect();
+    if chosen.is_empty() {
+        served.sort();
+        served.dedup();
+        return Err(RolloutError::Invalid(format!(
+            "no instance serves a model named `{name}`; this topology serves {}",
+            served
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(chosen)
 }
 
 fn describe(instances: &HashMap<String, String>) -> String {

@@ -153,6 +153,9 @@ pub struct DeploymentRecord {
     pub source: Source,
     /// When it came into force, in RFC 3339 (UTC).
     pub since: String,
+    /// The request its smoke test and `GET /predict` send (JSON text), so
+    /// a restart keeps it; `None` in records saved before it was kept.
+    pub example: Option<String>,
 }
 
 /// An instance's persisted facts.

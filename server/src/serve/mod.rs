@@ -566,7 +566,7 @@ impl Library {
         };
         let current = match &outcome.deployed {
             None => from_file,
-            Some(record) => match self.rebuild(record) {
+            Some(record) => match self.rebuild(record, &file) {
                 Ok(d) => {
                     tracing::info!(instance = name, version = %d.version, since = %record.since,
                         file_version = %file.version,
@@ -586,7 +586,7 @@ impl Library {
         };
         let previous = outcome.previous.as_ref().and_then(|record| {
             let source = record.source;
-            self.rebuild(record)
+            self.rebuild(record, &file)
                 .map(|d| InForce {
                     deployment: d,
                     source,
@@ -605,8 +605,15 @@ impl Library {
         }
     }
 
-    /// A deployment rebuilt from its saved module and model blobs.
-    fn rebuild(&mut self, record: &DeploymentRecord) -> Result<Arc<Deployment>, String> {
+    /// A deployment rebuilt from its saved module and model blobs, with its
+    /// saved example (in a record older than that, the topology file's
+    /// when the model is the file's: a zero row may not be a request the
+    /// guest takes).
+    fn rebuild(
+        &mut self,
+        record: &DeploymentRecord,
+        file: &Deployment,
+    ) -> Result<Arc<Deployment>, String> {
         if let Some(d) = self.by_version.get(&record.version) {
             return Ok(d.clone());
         }
@@ -632,11 +639,15 @@ impl Library {
         let model = LoadedModel::from_bytes(record.model.clone(), &path, &model_bytes, budget)
             .map_err(|e| e.to_string())?;
         tracing::info!(version = %record.version, cache = ?module.cache, "deployed version rebuilt from the blob store");
+        let example = match &record.example {
+            Some(text) => Some(bytes::Bytes::from(text.clone())),
+            None => (record.model_digest == file.model.digest).then(|| file.example.clone()),
+        };
         let deployment = Arc::new(Deployment::new(
             Arc::new(module),
             Arc::new(model),
             self.spares,
-            None,
+            example,
         ));
         self.by_version
             .insert(record.version.clone(), deployment.clone());
