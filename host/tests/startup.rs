@@ -75,6 +75,23 @@ fn more_instances_than_a_process_serves_is_a_configuration_error() {
     );
 }
 
+/// A concurrency whose sandbox count overflows is refused as too many
+/// (it wrapped to 0, passed, and panicked in tokio's semaphore).
+#[test]
+#[ignore = "full suite: runs hadr-host processes to their exit"]
+fn a_concurrency_past_what_a_process_reserves_is_a_configuration_error() {
+    for concurrency in ["9223372036854775807", "18446744073709551615", "4000"] {
+        let (code, stderr) = refused(&format!(
+            r#"{{"predict1": {{"status": true, "concurrency": {concurrency}}}}}"#
+        ));
+        assert_eq!(code, Some(2), "{concurrency}: {stderr}");
+        assert!(
+            stderr.contains("one process serves at most 1024 instances and 6144 sandboxes"),
+            "{concurrency}: {stderr}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "full suite: runs hadr-host processes to their exit"]
 fn a_file_that_is_not_a_model_or_not_a_guest_is_refused_by_name() {

@@ -166,7 +166,14 @@ async fn upload(app: &AdminApp, req: Request<Incoming>) -> Result<Response<Full<
         flag: "--max-upload",
     };
     let body = body::read(req, limit).await?;
-    let actual = hadr_state::blobs::digest(&body);
+    // Hashing up to --max-upload bytes holds a thread for a second or so:
+    // not one of the workers that answer predictions during the deploy.
+    let (actual, body) =
+        tokio::task::spawn_blocking(move || (hadr_state::blobs::digest(&body), body))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
     if actual != digest {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -210,9 +210,13 @@ impl HostRuntime {
 
 /// Sandboxes to reserve for instances of these concurrencies: each may run
 /// its concurrency in the version in force and as many in a canary, plus a
-/// replacement being built and a warm spare.
+/// replacement being built and a warm spare. Saturates: a concurrency near
+/// `usize::MAX` must fail the start-up check, not wrap past it.
 pub fn sandboxes_for(concurrencies: impl IntoIterator<Item = usize>) -> usize {
-    concurrencies.into_iter().map(|c| 2 * c.max(1) + 2).sum()
+    concurrencies
+        .into_iter()
+        .map(|c| c.max(1).saturating_mul(2).saturating_add(2))
+        .fold(0, usize::saturating_add)
 }
 
 fn engine_config(limits: Limits, sandboxes: usize) -> Config {
@@ -308,6 +312,13 @@ impl Drop for EpochTicker {
 mod tests {
     use super::*;
     use wasmtime::UpdateDeadline;
+
+    #[test]
+    fn sandboxes_are_counted_without_wrapping() {
+        assert_eq!(sandboxes_for([1, 2, 0]), 4 + 6 + 4);
+        assert_eq!(sandboxes_for([usize::MAX / 2 + 1]), usize::MAX);
+        assert_eq!(sandboxes_for([usize::MAX - 1, 1]), usize::MAX);
+    }
 
     fn step(used: u64, allowed: u64) -> UpdateDeadline {
         next_step(TickBudget { used, allowed })
