@@ -525,6 +525,90 @@ async fn a_restart_serves_the_deployed_version_from_the_compiled_cache() {
     assert!(text.contains("ignoring a compiled-cache entry"), "{text}");
 }
 
+/// A deployed version a start cannot rebuild (its model blob gone) is held,
+/// not forgotten: the file's version serves meanwhile, and once the file is
+/// back a start serves the deployed version again, with its rollback. (The
+/// start that could not rebuild it overwrote its record with the file's
+/// version and collected its remaining files.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: measures or restarts a hadr-host process"]
+async fn a_deployed_version_a_start_cannot_rebuild_is_held_for_the_next() {
+    let dir = TempDir::new("held");
+    let state = dir.0.join("state");
+    let topology = free_ports("2-active.json");
+    let model = repo().join("models/digits-v2.onnx");
+    let (host, _) = start_timed(&topology, &state, &dir.0.join("first.log"));
+    let v1 = versions(&host.topology().await)[0].clone();
+    let model_arg = format!("digits={}", model.display());
+    let v2 = deploy(&host, &["--model", &model_arg])["instances"]["predict1"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(host); // kill -9
+
+    let digest = hadr_state::blobs::digest(&std::fs::read(&model).unwrap());
+    let blob = state.join("blobs").join(digest);
+    let aside = dir.0.join("model-blob");
+    std::fs::rename(&blob, &aside).unwrap();
+    let log = dir.0.join("second.log");
+    let (host, _) = start_timed(&topology, &state, &log);
+    let (s, _, b) = post(host.router, "/predict", one_row()).await;
+    assert_eq!(
+        (s, b["version"].as_str()),
+        (StatusCode::OK, Some(v1.as_str())),
+        "{b}"
+    );
+    drop(host);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("the deployed version cannot be restored"),
+        "{text}"
+    );
+
+    std::fs::rename(&aside, &blob).unwrap();
+    let (host, _) = start_timed(&topology, &state, &dir.0.join("third.log"));
+    let (s, _, b) = post(host.router, "/predict", one_row()).await;
+    assert_eq!(
+        (s, b["version"].as_str()),
+        (StatusCode::OK, Some(v2.as_str())),
+        "{b}"
+    );
+    let (code, _, stderr) = cli(&host, &["rollback"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(versions(&host.topology().await), vec![v1; 3]);
+}
+
+/// `serve --only` serves some entries of a file whose others another process
+/// serves: their saved state stays (it was dropped, their deployed version
+/// and its files with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: measures or restarts a hadr-host process"]
+async fn serving_only_some_entries_keeps_the_others_state() {
+    let dir = TempDir::new("only");
+    let state = dir.0.join("state");
+    let topology = free_ports("2-active.json");
+    let log = dir.0.join("first.log");
+    let host = Host::start_with(&topology, Some(&state), Some(&log), &[]);
+    let model_arg = format!("digits={}", repo().join("models/digits-v2.onnx").display());
+    let v2 = deploy(&host, &["--model", &model_arg])["instances"]["predict2"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    drop(host);
+    let log = dir.0.join("second.log");
+    let only = Host::start_with(&topology, Some(&state), Some(&log), &["--only", "predict1"]);
+    let (s, _, b) = post(only.router, "/predict", one_row()).await;
+    assert_eq!(
+        (s, b["version"].as_str()),
+        (StatusCode::OK, Some(v2.as_str())),
+        "{b}"
+    );
+    drop(only);
+    let log = dir.0.join("third.log");
+    let host = Host::start_with(&topology, Some(&state), Some(&log), &[]);
+    assert_eq!(versions(&host.topology().await), vec![v2; 3]);
+}
+
 /// A canary judged only by calls whose clients gave up waiting is still
 /// judged: with every call on the blocking pool (`--offload-above 0s`), a
 /// canary that hangs on a request runs to its deadline after the client

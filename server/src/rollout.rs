@@ -531,6 +531,7 @@ impl Rollouts {
                 current,
                 previous: Some(old),
                 canary: None,
+                held: Default::default(),
             });
             instances.insert(instance.name().to_string(), deployment.version.clone());
         }

@@ -64,6 +64,38 @@ pub struct Serving {
     pub previous: Option<InForce>,
     /// A canary taking a share of this instance's requests, if any.
     pub canary: Option<Arc<Canary>>,
+    /// Saved deployments this start could not rebuild, kept for the state.
+    pub held: Held,
+}
+
+/// Deployments saved for an instance that the last start could not rebuild
+/// (blobs missing or damaged, or refused under this start's limits). The
+/// state keeps recording them, and the garbage collector their files,
+/// instead of what stands in for them, so a later start that can rebuild
+/// them (the old limits back, the files restored) serves them again. A
+/// deploy, promote or rollback on the instance lets them go.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    /// The version a deploy put in force; the file's serves meanwhile.
+    pub deployed: Option<DeploymentRecord>,
+    /// The version before it; there is no rollback meanwhile.
+    pub previous: Option<DeploymentRecord>,
+}
+
+impl Serving {
+    /// What the state keeps of the deployment in force and the one before.
+    pub fn records(&self) -> (DeploymentRecord, Option<DeploymentRecord>) {
+        let current = self
+            .held
+            .deployed
+            .clone()
+            .unwrap_or_else(|| self.current.record());
+        let previous = match &self.held.previous {
+            Some(held) => Some(held.clone()),
+            None => self.previous.as_ref().map(InForce::record),
+        };
+        (current, previous)
+    }
 }
 
 /// A canary: a deployment taking a share of some instances' requests.

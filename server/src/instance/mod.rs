@@ -59,7 +59,7 @@ use load::Load;
 use stats::Stats;
 
 pub use crate::sandbox::live::{CallError, Live};
-pub use crate::serving::{InForce, Serving, Source};
+pub use crate::serving::{Held, InForce, Serving, Source};
 pub use call::{Answer, Input};
 pub use load::Role;
 pub use report::{BatchReport, CanaryReport, InstanceReport, LastFault, SandboxReport};
@@ -206,6 +206,7 @@ impl Instance {
                 current,
                 previous: None,
                 canary: None,
+                held: Default::default(),
             }),
             load: Load::new(role),
             stats: Stats::default(),
@@ -371,7 +372,7 @@ impl Instance {
 
     /// What the state store keeps of it.
     pub fn state_record(&self) -> InstanceRecord {
-        let serving = self.serving();
+        let (deployment, previous) = self.serving().records();
         let mut record = InstanceRecord {
             role: self.role().into(),
             broken: false,
@@ -381,8 +382,8 @@ impl Instance {
             respawns: 0,
             promotions: 0,
             last_fault: None,
-            deployment: Some(serving.current.record()),
-            previous: serving.previous.as_ref().map(InForce::record),
+            deployment: Some(deployment),
+            previous,
         };
         self.stats.fill(&mut record);
         record

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use crate::http::admission::{self, Admission};
 use crate::http::app::Scope;
 use crate::http::{server, AdminApp, Connections, PublicApp, Service};
-use crate::instance::{CallError, InForce, Instance, Serving, Source};
+use crate::instance::{CallError, Held, InForce, Instance, Serving, Source};
 use crate::rollout::{RolloutParts, Rollouts};
 use crate::routing::router::Router;
 use crate::sandbox::compiled_cache::{CacheOutcome, CompiledCache};
@@ -191,6 +191,9 @@ impl Host {
     /// Builds every deployment and instance and binds every listener.
     pub async fn start(options: &ServeOptions) -> Result<Self, StartError> {
         let mut topology = Topology::load(&options.topology, &options.defaults)?;
+        // Every entry of the file, served here or not: `--only` must not
+        // drop the state of the entries another process serves.
+        let listed: Vec<String> = topology.instances.iter().map(|i| i.name.clone()).collect();
         if let Some(only) = &options.only {
             topology = topology.only(only)?;
             tracing::info!(entries = ?only, "serving only these entries of the topology (--only)");
@@ -251,7 +254,7 @@ impl Host {
             }
             instances.push(Arc::new(instance));
         }
-        forget_missing(&store, &instances)?;
+        forget_missing(&store, &listed)?;
         let mut filled: Vec<Arc<Deployment>> = Vec::new();
         for instance in &instances {
             let deployment = instance.deployment();
@@ -526,9 +529,9 @@ fn restore_marks(store: &StateStore, topology: &Topology) -> Result<u64, StartEr
 }
 
 /// Forgets saved instances the topology file no longer lists.
-fn forget_missing(store: &StateStore, instances: &[Arc<Instance>]) -> Result<(), StartError> {
+fn forget_missing(store: &StateStore, listed: &[String]) -> Result<(), StartError> {
     for (name, _) in store.instances()? {
-        if !instances.iter().any(|i| i.name() == name) {
+        if !listed.contains(&name) {
             tracing::warn!(instance = %name, "the saved state has an instance the topology file no longer lists: its record is dropped");
             store.remove_instance(&name)?;
         }
@@ -547,7 +550,8 @@ struct Library {
 
 impl Library {
     /// What `name` serves after a restart: the deployment a `deploy` put in
-    /// force if its blobs are intact, else the file's; and the one before.
+    /// force if it can be rebuilt, else the file's; and the one before. What
+    /// cannot be rebuilt is held (see [`Held`]): its record and files stay.
     fn serving(
         &mut self,
         name: &str,
@@ -564,6 +568,7 @@ impl Library {
             deployment: file.clone(),
             source: Source::Topology,
         };
+        let mut held = Held::default();
         let current = match &outcome.deployed {
             None => from_file,
             Some(record) => match self.rebuild(record, &file) {
@@ -579,7 +584,8 @@ impl Library {
                 }
                 Err(e) => {
                     tracing::warn!(instance = name, version = %record.version, error = %e,
-                        "the deployed version cannot be restored; serving the topology file's");
+                        "the deployed version cannot be restored; serving the topology file's meanwhile (its record and files are kept: a start that can rebuild it serves it again, a deploy or rollback lets it go)");
+                    held.deployed = Some(record.clone());
                     from_file
                 }
             },
@@ -594,7 +600,8 @@ impl Library {
                 })
                 .map_err(|e| {
                     tracing::warn!(instance = name, version = %record.version, error = %e,
-                    "the previous deployment cannot be restored; rollback will not be possible")
+                    "the previous deployment cannot be restored; rollback will not be possible until a start can rebuild it (its record and files are kept)");
+                    held.previous = Some(record.clone());
                 })
                 .ok()
         });
@@ -602,6 +609,7 @@ impl Library {
             current,
             previous,
             canary: None,
+            held,
         }
     }
 
