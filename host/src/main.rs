@@ -505,6 +505,15 @@ async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure
         max_error_rate: None,
         min_calls: None,
     };
+    if let (Some((name, _)), []) = (
+        &plan.model,
+        &hadr_tools::fleet::rolling::hosts_for(&topology, &plan)[..],
+    ) {
+        return Err(Failure::Config(anyhow::anyhow!(
+            "{}: no entry serves a model named `{name}` (a model replaces the model of its name)",
+            topology.path.display()
+        )));
+    }
     match hadr_tools::fleet::rolling::deploy(&topology, args.admin_port, &token, &plan).await {
         Ok(hosts) => {
             println!(

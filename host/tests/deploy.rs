@@ -201,6 +201,22 @@ async fn a_deploy_of_the_version_in_force_leaves_the_rollback_target() {
     let (code, _, stderr) = cli(&host, &["deploy", "--model", &model_arg, "--canary", "50"]);
     assert_ne!(code, Some(0));
     assert!(stderr.contains("already serves version"), "{stderr}");
+    // A new example for the version in force is a change (smoke-tested,
+    // then what GET /predict sends), but not a new version: the rollback
+    // target stays.
+    let dir = TempDir::new("example-only");
+    let example = inputs(&[cases("digits")["cases"][5]["input"].clone()]);
+    let file = dir.write("example.json", std::str::from_utf8(&example).unwrap());
+    let args = ["--model", &model_arg, "--example", file.to_str().unwrap()];
+    let outcome = deploy(&host, &args);
+    assert_eq!(outcome["action"], "deployed", "{outcome}");
+    let (_, _, of_example) = post(host.router, "/predict", example).await;
+    let (_, _, got) = get(host.router, "/predict").await;
+    assert_eq!(got["outputs"], of_example["outputs"], "{got}");
+    let t = host.topology().await;
+    assert_eq!(versions(&t), vec![v2.clone(); 3], "{t}");
+    assert_eq!(t["predict3"]["previous_version"], v1.as_str(), "{t}");
+    assert_eq!(deploy(&host, &args)["action"], "unchanged");
 
     let renamed = format!("cancer={}", model.display());
     let (code, _, stderr) = cli(&host, &["deploy", "--model", &renamed]);

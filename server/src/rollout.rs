@@ -317,9 +317,10 @@ impl Rollouts {
         // One deployment per distinct (module, model) the targets end up on.
         let mut built: HashMap<String, Arc<Deployment>> = HashMap::new();
         let mut plan = Vec::new();
-        // Instances that already serve the version they would get: left as
-        // they are (swapping would make the version its own previous, and a
-        // rollback a no-op that loses the real previous one).
+        // Instances that already serve the version they would get, with the
+        // example they would get: left as they are (swapping would make the
+        // version its own previous, and a rollback a no-op that loses the
+        // real previous one).
         let mut unchanged = HashMap::new();
         for instance in &targets {
             let now = instance.deployment();
@@ -332,23 +333,35 @@ impl Rollouts {
                 ),
             };
             let version = crate::sandbox::deployment::version(&module.digest, &model.digest);
-            if version == now.version {
+            if version == now.version && example.as_ref().is_none_or(|e| *e == now.example) {
                 unchanged.insert(instance.name().to_string(), version);
                 continue;
             }
             let deployment = match built.get(&version) {
                 Some(d) => d.clone(),
-                None => {
-                    let d = Arc::new(Deployment::new(module, model, self.warm_pool, example));
-                    smoke_test(&d, &self.runtime).await.map_err(|source| {
-                        RolloutError::SmokeTest {
-                            version: version.clone(),
-                            source,
-                        }
-                    })?;
-                    built.insert(version, d.clone());
-                    d
-                }
+                // Another instance serves it already: one deployment (one
+                // pool, one loaded model) per version. Not for a canary,
+                // whose end drains its deployment's pool.
+                None => match self
+                    .in_force(&version, &example)
+                    .filter(|_| req.canary.is_none())
+                {
+                    Some(d) => {
+                        built.insert(version, d.clone());
+                        d
+                    }
+                    None => {
+                        let d = Arc::new(Deployment::new(module, model, self.warm_pool, example));
+                        smoke_test(&d, &self.runtime).await.map_err(|source| {
+                            RolloutError::SmokeTest {
+                                version: version.clone(),
+                                source,
+                            }
+                        })?;
+                        built.insert(version, d.clone());
+                        d
+                    }
+                },
             };
             plan.push((instance.clone(), deployment));
         }
@@ -445,6 +458,15 @@ impl Rollouts {
         self.store.events(n).map_err(RolloutError::Storage)
     }
 
+    /// The deployment an instance serves in force as `version`, with
+    /// `example` when one is asked for.
+    fn in_force(&self, version: &str, example: &Option<Bytes>) -> Option<Arc<Deployment>> {
+        self.instances
+            .iter()
+            .map(|i| i.deployment())
+            .find(|d| d.version == version && example.as_ref().is_none_or(|e| *e == d.example))
+    }
+
     fn targets(&self, to: &Targets) -> Result<Vec<Arc<Instance>>, RolloutError> {
         match to {
             Targets::All => Ok(self.instances.clone()),
@@ -527,9 +549,17 @@ impl Rollouts {
                 },
                 _ => InForce::now(deployment.clone(), Source::Deploy),
             };
+            // A new example for the version in force changes what it is
+            // smoke-tested and `GET /predict` answered with, not the
+            // version: the one before stays the rollback target.
+            let previous = if old.deployment.version == deployment.version {
+                serving.previous.clone()
+            } else {
+                Some(old)
+            };
             instance.set_serving(Serving {
                 current,
-                previous: Some(old),
+                previous,
                 canary: None,
                 held: Default::default(),
             });

@@ -57,15 +57,34 @@ impl RollingError {
     }
 }
 
-/// Deploys `plan` to every host of `topology` in turn, each host's admin
-/// listener at its address and `admin_port`, with `token`.
+/// The hosts a deploy of `plan` goes to: all of them, but for a model only
+/// those with an entry serving a model of its name (a host replaces the
+/// model of that name only, and refuses a model it does not serve).
+pub fn hosts_for(topology: &Topology, plan: &DeployPlan) -> Vec<(IpAddr, Vec<String>)> {
+    let Some((name, _)) = &plan.model else {
+        return hosts(topology);
+    };
+    let serves = |entry: &String| {
+        topology.instances.iter().any(|spec| {
+            spec.name == *entry && spec.model.file_stem() == Some(std::ffi::OsStr::new(name))
+        })
+    };
+    hosts(topology)
+        .into_iter()
+        .filter(|(_, entries)| entries.iter().any(serves))
+        .collect()
+}
+
+/// Deploys `plan` to each host of `topology` it concerns ([`hosts_for`]) in
+/// turn, each host's admin listener at its address and `admin_port`, with
+/// `token`.
 pub async fn deploy(
     topology: &Topology,
     admin_port: u16,
     token: &str,
     plan: &DeployPlan,
 ) -> Result<Vec<HostOutcome>, RollingError> {
-    let hosts = hosts(topology);
+    let hosts = hosts_for(topology, plan);
     let admin = |ip: &IpAddr| std::net::SocketAddr::new(*ip, admin_port).to_string();
     let mut done = Vec::new();
     for (k, (ip, entries)) in hosts.iter().enumerate() {
@@ -125,5 +144,36 @@ mod tests {
                 ("127.0.0.1".to_string(), vec!["d".to_string()]),
             ]
         );
+    }
+
+    #[test]
+    fn a_model_goes_only_to_the_hosts_serving_its_name() {
+        let t = Topology::parse_shape(
+            r#"{"a": {"status": true, "host": "127.0.0.2", "port": 1, "model": "models/digits.onnx"},
+                "b": {"status": true, "host": "127.0.0.3", "port": 1, "model": "models/breast_cancer.onnx"},
+                "c": {"status": false, "host": "127.0.0.3", "port": 2, "model": "models/digits.onnx"},
+                "d": {"status": true, "host": "127.0.0.4", "port": 1, "model": "models/breast_cancer.onnx"}}"#,
+            std::path::Path::new("fleet.json"),
+        )
+        .unwrap();
+        let plan = |model: Option<&str>| DeployPlan {
+            module: model.is_none().then(|| "guest.wasm".into()),
+            model: model.map(|m| (m.to_string(), format!("{m}-v2.onnx").into())),
+            to: hadr_server::rollout::Targets::All,
+            canary: None,
+            example: None,
+            max_error_rate: None,
+            min_calls: None,
+        };
+        let ips = |plan: DeployPlan| -> Vec<String> {
+            hosts_for(&t, &plan)
+                .into_iter()
+                .map(|(ip, _)| ip.to_string())
+                .collect()
+        };
+        assert_eq!(ips(plan(Some("digits"))), ["127.0.0.2", "127.0.0.3"]);
+        assert_eq!(ips(plan(Some("breast_cancer"))), ["127.0.0.3", "127.0.0.4"]);
+        assert!(ips(plan(Some("wine"))).is_empty());
+        assert_eq!(ips(plan(None)).len(), 3);
     }
 }
