@@ -181,7 +181,7 @@ impl Loaded {
 
     fn predict(&self, body: &[u8]) -> Result<Vec<u8>, PredictError> {
         let records = self.parse(body)?;
-        Ok(answer(&self.probabilities(records.rows, &records.data)?))
+        answer(&self.probabilities(records.rows, &records.data)?)
     }
 
     /// Scores the records of a merged batch in one call of the model (see
@@ -191,7 +191,7 @@ impl Loaded {
         batch::merged(
             parsed,
             |rows, data| self.probabilities(rows, data),
-            |probabilities: &Vec<f32>, rows| Ok(answer(&probabilities[rows])),
+            |probabilities: &Vec<f32>, rows| answer(&probabilities[rows]),
         )
     }
 
@@ -261,8 +261,15 @@ impl batch::Rows for Records {
 
 /// The article's answer: its two fields for one record (a record, or a list
 /// of one, as the article's clients send); `predictions`, one per record, for
-/// several.
-fn answer(probabilities: &[f32]) -> Vec<u8> {
+/// several. A probability that is not finite (another model deployed under
+/// this guest) refuses the request: JSON has no number for it.
+fn answer(probabilities: &[f32]) -> Result<Vec<u8>, PredictError> {
+    if let Some(row) = probabilities.iter().position(|p| !p.is_finite()) {
+        return Err(tensors::invalid(format!(
+            "record {row}: the model's probability is {}, not a finite number, so there is no answer for it",
+            probabilities[row]
+        )));
+    }
     #[derive(serde::Serialize)]
     struct Prediction {
         #[serde(rename = "Placement_Probability")]
@@ -285,7 +292,7 @@ fn answer(probabilities: &[f32]) -> Vec<u8> {
         1 => serde_json::to_vec(&predictions.remove(0)),
         _ => serde_json::to_vec(&Many { predictions }),
     };
-    written.expect("serialising to a Vec cannot fail")
+    Ok(written.expect("serialising to a Vec cannot fail"))
 }
 
 /// The elements of a BYTES tensor (each a 4-byte little-endian length, then
@@ -324,3 +331,20 @@ fn model_failure(message: String) -> PredictError {
 }
 
 export!(Placement);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_carry_finite_probabilities_only() {
+        let one: serde_json::Value = serde_json::from_slice(&answer(&[0.75]).unwrap()).unwrap();
+        assert_eq!(
+            one,
+            serde_json::json!({"Placement_Probability": 0.75, "Placement": true})
+        );
+        let refused = answer(&[0.25, f32::NAN]).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::InvalidInput);
+        assert!(refused.message.starts_with("record 1: "), "{refused:?}");
+    }
+}

@@ -24,9 +24,9 @@ pub struct Limit {
 /// Reads the whole body, refusing (413) anything over the limit before
 /// reading it when `Content-Length` says so, and as soon as it passes the
 /// limit otherwise; a body slower than [`BODY_TIMEOUT`] gets 408. A body in
-/// a coding hadr does not decode is refused unread (see [`check_codings`]).
+/// a coding hadr does not decode is refused once read (see [`check_codings`]).
 pub async fn read(req: Request<Incoming>, limit: Limit) -> Result<Bytes, ApiError> {
-    check_codings(req.headers())?;
+    let coded = check_codings(req.headers()).err();
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -43,10 +43,11 @@ pub async fn read(req: Request<Incoming>, limit: Limit) -> Result<Bytes, ApiErro
             format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
         ));
     };
-    match read {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
-        Err(e) => Err(ApiError::new(
+    match (read, coded) {
+        (Ok(_), Some(refused)) => Err(refused),
+        (Ok(collected), None) => Ok(collected.to_bytes()),
+        (Err(e), _) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        (Err(e), _) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_request",
             format!("could not read the request body: {e}"),
@@ -54,11 +55,14 @@ pub async fn read(req: Request<Incoming>, limit: Limit) -> Result<Bytes, ApiErro
     }
 }
 
-/// Refuses, before a byte is read, a body hadr would otherwise take for
-/// garbled JSON: a content coding (`gzip`, …: 415 with `Accept-Encoding:
-/// identity`, RFC 9110 §15.5.16), or a transfer coding other than `chunked`,
-/// which hyper decodes and lets through with the others undone (501, as RFC
-/// 9112 §6.1 asks of a server that does not know a coding).
+/// Refuses a body hadr would otherwise take for garbled JSON: a content
+/// coding (`gzip`, …: 415 with `Accept-Encoding: identity`, RFC 9110
+/// §15.5.16), or a transfer coding before `chunked`, which hyper lets
+/// through with only the chunking undone (501, as RFC 9112 §6.1 asks of a
+/// server that does not know a coding; hyper itself refuses other layouts).
+/// The body, within the limit, is read first: answering with it unread
+/// means closing the connection, and a close with unread bytes makes the
+/// kernel reset it, so the client might never see the answer.
 fn check_codings(headers: &HeaderMap) -> Result<(), ApiError> {
     let codings = |name| {
         headers
@@ -73,16 +77,14 @@ fn check_codings(headers: &HeaderMap) -> Result<(), ApiError> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_encoding",
             format!("the body is `{coding}`-encoded (Content-Encoding); send it uncompressed"),
-        )
-        .body_unread());
+        ));
     }
     if let Some(coding) = codings(TRANSFER_ENCODING).find(|c| !c.eq_ignore_ascii_case("chunked")) {
         return Err(ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
             "unsupported_encoding",
             format!("the body has transfer coding `{coding}`; hadr takes `chunked` only"),
-        )
-        .body_unread());
+        ));
     }
     Ok(())
 }
