@@ -176,6 +176,9 @@ pub enum RolloutError {
     /// The change is in force but was not saved (500).
     #[error("the change is in force but was not saved")]
     Unsaved(#[source] hadr_state::StateError),
+    /// The new version's example could not be saved for restarts (500).
+    #[error("the example could not be saved")]
+    SaveExample(#[source] hadr_state::blobs::BlobError),
     /// A task of the rollout failed (a panic; 500).
     #[error("the {0} failed")]
     Task(&'static str, #[source] tokio::task::JoinError),
@@ -380,6 +383,7 @@ impl Rollouts {
             });
         }
         for deployment in built.values() {
+            self.save_example(deployment).await?;
             deployment
                 .fill_pool(&self.runtime)
                 .await
@@ -456,6 +460,17 @@ impl Rollouts {
     /// Instances and the recent events, for `GET /admin/deployments`.
     pub fn events(&self, n: usize) -> Result<Vec<Event>, RolloutError> {
         self.store.events(n).map_err(RolloutError::Storage)
+    }
+
+    /// Keeps the example in the blob store, where a restart finds it by the
+    /// digest the state records.
+    async fn save_example(&self, deployment: &Deployment) -> Result<(), RolloutError> {
+        let (blobs, example) = (self.blobs.clone(), deployment.example.clone());
+        tokio::task::spawn_blocking(move || blobs.put(&example))
+            .await
+            .map_err(|e| RolloutError::Task("example writer's thread", e))?
+            .map(drop)
+            .map_err(RolloutError::SaveExample)
     }
 
     /// The deployment an instance serves in force as `version`, with

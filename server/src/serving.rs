@@ -50,7 +50,7 @@ impl InForce {
             version: d.version.clone(),
             source: self.source,
             since: self.since.clone(),
-            example: String::from_utf8(d.example.to_vec()).ok(),
+            example_digest: Some(d.example_digest.clone()),
         }
     }
 }

@@ -153,9 +153,11 @@ pub struct DeploymentRecord {
     pub source: Source,
     /// When it came into force, in RFC 3339 (UTC).
     pub since: String,
-    /// The request its smoke test and `GET /predict` send (JSON text), so
-    /// a restart keeps it; `None` in records saved before it was kept.
-    pub example: Option<String>,
+    /// Hex SHA-256 of the request its smoke test and `GET /predict` send,
+    /// which a deploy keeps in the blob store, so a restart keeps it (the
+    /// record, rewritten with every counter flush, holds only its digest);
+    /// `None` in records saved before examples were kept.
+    pub example_digest: Option<String>,
 }
 
 /// An instance's persisted facts.

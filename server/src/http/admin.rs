@@ -138,7 +138,9 @@ fn outcome(
                 RolloutError::UnknownInstance(_) => (StatusCode::NOT_FOUND, "unknown_instance"),
                 RolloutError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
                 RolloutError::Blob { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "blob_unreadable"),
-                RolloutError::Storage(_) | RolloutError::Unsaved(_) => {
+                RolloutError::Storage(_)
+                | RolloutError::Unsaved(_)
+                | RolloutError::SaveExample(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "state_not_saved")
                 }
                 RolloutError::Task(..) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

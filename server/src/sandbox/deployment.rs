@@ -197,6 +197,8 @@ pub struct Deployment {
     pub version: String,
     /// The request body its smoke test predicts.
     pub example: Bytes,
+    /// Its SHA-256, hashed once: the state records it with every flush.
+    pub example_digest: String,
     registry: GraphRegistry,
     pool: WarmPool,
 }
@@ -245,6 +247,7 @@ impl Deployment {
             module,
             model,
             version,
+            example_digest: hadr_state::blobs::digest(&example),
             example,
             registry,
             pool: WarmPool {

@@ -442,6 +442,7 @@ fn collect_garbage(store: &StateStore, library: &Library) {
     let blobs: std::collections::HashSet<String> = deployments
         .iter()
         .flat_map(|d| [d.module_digest.clone(), d.model_digest.clone()])
+        .chain(deployments.iter().filter_map(|d| d.example_digest.clone()))
         .collect();
     match (library.blobs.retain(&blobs), library.cache.retain(&modules)) {
         (Ok(0), Ok(0)) => {}
@@ -647,8 +648,18 @@ impl Library {
         let model = LoadedModel::from_bytes(record.model.clone(), &path, &model_bytes, budget)
             .map_err(|e| e.to_string())?;
         tracing::info!(version = %record.version, cache = ?module.cache, "deployed version rebuilt from the blob store");
-        let example = match &record.example {
-            Some(text) => Some(bytes::Bytes::from(text.clone())),
+        let saved = record
+            .example_digest
+            .as_deref()
+            .and_then(|digest| match self.blobs.get(digest) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(version = %record.version, error = %e, "the deployed example cannot be read");
+                    None
+                }
+            });
+        let example = match saved {
+            Some(bytes) => Some(bytes::Bytes::from(bytes)),
             None => (record.model_digest == file.model.digest).then(|| file.example.clone()),
         };
         let deployment = Arc::new(Deployment::new(
