@@ -220,6 +220,10 @@ pub enum Action {
     Unchanged,
 }
 
+/// No rollout runs, nor can one start, while this lives (see
+/// [`Rollouts::settle`]).
+pub struct Settled<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, Option<Active>>);
+
 /// The running canary.
 struct Active {
     canary: Arc<Canary>,
@@ -274,6 +278,16 @@ impl Rollouts {
             applied: parts.applied,
             active: Mutex::new(None),
         }
+    }
+
+    /// Waits up to `limit` for the rollout in progress, if any, to finish,
+    /// and holds off any other while the guard lives: a stopping host takes
+    /// it before its last commit. `None` if one still runs after `limit`.
+    pub async fn settle(&self, limit: std::time::Duration) -> Option<Settled<'_>> {
+        tokio::time::timeout(limit, self.active.lock())
+            .await
+            .ok()
+            .map(Settled)
     }
 
     /// The uploaded blobs.

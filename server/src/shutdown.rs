@@ -46,7 +46,7 @@ impl Shutdown {
     /// Fires the signal on SIGINT or SIGTERM, after draining: `draining` is
     /// set at once (readiness turns 503, so a balancer stops sending) and
     /// the host keeps serving for `drain` before it stops accepting. A second
-    /// signal stops it at once.
+    /// signal stops it at once; one more while it stops exits the process.
     pub fn on_signals(
         &self,
         drain: std::time::Duration,
@@ -76,6 +76,17 @@ impl Shutdown {
                 tracing::info!("{name} received: stopping");
             }
             this.trigger();
+            // Still listening: tokio keeps its handler installed, so a
+            // signal while the host stops (a rollout settling, the last
+            // commit) would otherwise be swallowed.
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!(
+                "another signal while stopping: exiting now, without the last state commit"
+            );
+            std::process::exit(1);
         });
         Ok(())
     }

@@ -414,6 +414,14 @@ impl Host {
             self.grace,
         ));
         while tasks.join_next().await.is_some() {}
+        // A rollout runs in its own task, which the runtime's end would drop
+        // halfway (swapped, with no event): let it finish, then hold the
+        // lock so none starts before the last commit.
+        let rollouts = self.admin.rollouts.clone();
+        let settled = rollouts.settle(SETTLE_ROLLOUT).await;
+        if settled.is_none() {
+            tracing::warn!(waited = ?SETTLE_ROLLOUT, "a rollout is still running; stopping without it (it may be in force without its event)");
+        }
         self.state.commit().await?;
         tracing::info!("state flushed");
         Ok(())
@@ -456,6 +464,9 @@ fn collect_garbage(store: &StateStore, library: &Library) {
         }
     }
 }
+
+/// How long a stopping host waits for a rollout in progress to finish.
+const SETTLE_ROLLOUT: Duration = Duration::from_secs(30);
 
 /// The most instances one process serves.
 pub const MAX_INSTANCES: usize = 1024;
