@@ -339,6 +339,7 @@ impl Rollouts {
         // version its own previous, and a rollback a no-op that loses the
         // real previous one).
         let mut unchanged = HashMap::new();
+        let mut kept = Vec::new();
         for instance in &targets {
             let now = instance.deployment();
             let module = module.clone().unwrap_or_else(|| now.module.clone());
@@ -352,6 +353,7 @@ impl Rollouts {
             let version = crate::sandbox::deployment::version(&module.digest, &model.digest);
             if version == now.version && example.as_ref().is_none_or(|e| *e == now.example) {
                 unchanged.insert(instance.name().to_string(), version);
+                kept.push(instance.clone());
                 continue;
             }
             let deployment = match built.get(&version) {
@@ -388,8 +390,17 @@ impl Rollouts {
                 unchanged[name]
             )));
         }
+        // The version asked for is the one wanted from now on: versions held
+        // since the start (see `Held`) are let go, as by a swap.
+        let released = kept.iter().filter(|i| release_held(i)).count();
         if plan.is_empty() {
-            tracing::info!(detail = %describe(&unchanged), "deploy left every instance as it was: each already serves the version");
+            if released > 0 {
+                self.state
+                    .commit_all()
+                    .await
+                    .map_err(RolloutError::Unsaved)?;
+            }
+            tracing::info!(detail = %describe(&unchanged), released, "deploy left every instance as it was: each already serves the version");
             return Ok(RolloutOutcome {
                 action: Action::Unchanged,
                 instances: unchanged,
@@ -808,6 +819,21 @@ fn names(instances: &[Arc<Instance>]) -> String {
         .map(|i| i.name())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Lets go of the versions `instance` holds since the start; whether it held
+/// any.
+fn release_held(instance: &Arc<Instance>) -> bool {
+    let serving = instance.serving();
+    if serving.held.deployed.is_none() && serving.held.previous.is_none() {
+        return false;
+    }
+    tracing::info!(instance = instance.name(), held = ?serving.held, "versions held since the start are let go: the deploy asked for the one in force");
+    instance.set_serving(Serving {
+        held: Default::default(),
+        ..(*serving).clone()
+    });
+    true
 }
 
 /// The targets of a model deploy: a model replaces the model of its name, so

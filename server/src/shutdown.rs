@@ -46,7 +46,7 @@ impl Shutdown {
     /// Fires the signal on SIGINT or SIGTERM, after draining: `draining` is
     /// set at once (readiness turns 503, so a balancer stops sending) and
     /// the host keeps serving for `drain` before it stops accepting. A second
-    /// signal stops it at once; one more while it stops exits the process.
+    /// signal stops it at once; two more while it stops exit the process.
     pub fn on_signals(
         &self,
         drain: std::time::Duration,
@@ -76,16 +76,21 @@ impl Shutdown {
                 tracing::info!("{name} received: stopping");
             }
             this.trigger();
-            // Still listening: tokio keeps its handler installed, so a
-            // signal while the host stops (a rollout settling, the last
-            // commit) would otherwise be swallowed.
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+            // Still listening: tokio keeps its handler installed, so signals
+            // while the host stops (in-flight calls, a rollout settling, the
+            // last commit) would otherwise be swallowed. The first one may
+            // be a doubled stop (SIGINT, then a script's SIGTERM): only the
+            // one after it exits.
+            for left in [1, 0] {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                if left > 0 {
+                    tracing::warn!("signal while stopping: the host is finishing its calls and saving its state; one more exits at once");
+                }
             }
-            tracing::warn!(
-                "another signal while stopping: exiting now, without the last state commit"
-            );
+            tracing::warn!("signal while stopping: exiting now, without the last state commit");
             std::process::exit(1);
         });
         Ok(())

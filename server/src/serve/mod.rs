@@ -191,9 +191,10 @@ impl Host {
     /// Builds every deployment and instance and binds every listener.
     pub async fn start(options: &ServeOptions) -> Result<Self, StartError> {
         let mut topology = Topology::load(&options.topology, &options.defaults)?;
-        // Every entry of the file, served here or not: `--only` must not
-        // drop the state of the entries another process serves.
-        let listed: Vec<String> = topology.instances.iter().map(|i| i.name.clone()).collect();
+        // The whole file, served here or not: `--only` must neither drop
+        // the state of the entries another process serves nor change the
+        // file's generation.
+        let file = topology.clone();
         if let Some(only) = &options.only {
             topology = topology.only(only)?;
             tracing::info!(entries = ?only, "serving only these entries of the topology (--only)");
@@ -234,7 +235,7 @@ impl Host {
             by_version: HashMap::new(),
         };
         let files = build_deployments(&mut library, &topology)?;
-        let generation = restore_marks(&store, &topology)?;
+        let generation = restore_marks(&store, &file)?;
         let mut instances = Vec::new();
         for spec in &topology.instances {
             let file = files[&(spec.module.clone(), spec.model.clone())].clone();
@@ -254,7 +255,7 @@ impl Host {
             }
             instances.push(Arc::new(instance));
         }
-        forget_missing(&store, &listed)?;
+        forget_missing(&store, &file)?;
         let mut filled: Vec<Arc<Deployment>> = Vec::new();
         for instance in &instances {
             let deployment = instance.deployment();
@@ -541,9 +542,9 @@ fn restore_marks(store: &StateStore, topology: &Topology) -> Result<u64, StartEr
 }
 
 /// Forgets saved instances the topology file no longer lists.
-fn forget_missing(store: &StateStore, listed: &[String]) -> Result<(), StartError> {
+fn forget_missing(store: &StateStore, file: &Topology) -> Result<(), StartError> {
     for (name, _) in store.instances()? {
-        if !listed.contains(&name) {
+        if !file.instances.iter().any(|i| i.name == name) {
             tracing::warn!(instance = %name, "the saved state has an instance the topology file no longer lists: its record is dropped");
             store.remove_instance(&name)?;
         }
@@ -625,6 +626,18 @@ impl Library {
         }
     }
 
+    /// The example a record names, from the blob store.
+    fn saved_example(&self, record: &DeploymentRecord) -> Option<bytes::Bytes> {
+        let digest = record.example_digest.as_deref()?;
+        match self.blobs.get(digest) {
+            Ok(found) => found.map(bytes::Bytes::from),
+            Err(e) => {
+                tracing::warn!(version = %record.version, error = %e, "the saved example cannot be read");
+                None
+            }
+        }
+    }
+
     /// A deployment rebuilt from its saved module and model blobs, with its
     /// saved example (in a record older than that, the topology file's
     /// when the model is the file's: a zero row may not be a request the
@@ -635,6 +648,23 @@ impl Library {
         file: &Deployment,
     ) -> Result<Arc<Deployment>, String> {
         if let Some(d) = self.by_version.get(&record.version) {
+            if record
+                .example_digest
+                .as_ref()
+                .is_none_or(|e| *e == d.example_digest)
+            {
+                return Ok(d.clone());
+            }
+            // The version with an example of its own: the same module and
+            // model, its saved example.
+            if let Some(example) = self.saved_example(record) {
+                return Ok(Arc::new(Deployment::new(
+                    d.module.clone(),
+                    d.model.clone(),
+                    self.spares,
+                    Some(example),
+                )));
+            }
             return Ok(d.clone());
         }
         let blob = |digest: &str, what: &str| match self.blobs.get(digest) {
@@ -659,20 +689,9 @@ impl Library {
         let model = LoadedModel::from_bytes(record.model.clone(), &path, &model_bytes, budget)
             .map_err(|e| e.to_string())?;
         tracing::info!(version = %record.version, cache = ?module.cache, "deployed version rebuilt from the blob store");
-        let saved = record
-            .example_digest
-            .as_deref()
-            .and_then(|digest| match self.blobs.get(digest) {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::warn!(version = %record.version, error = %e, "the deployed example cannot be read");
-                    None
-                }
-            });
-        let example = match saved {
-            Some(bytes) => Some(bytes::Bytes::from(bytes)),
-            None => (record.model_digest == file.model.digest).then(|| file.example.clone()),
-        };
+        let example = self
+            .saved_example(record)
+            .or_else(|| (record.model_digest == file.model.digest).then(|| file.example.clone()));
         let deployment = Arc::new(Deployment::new(
             Arc::new(module),
             Arc::new(model),
@@ -785,6 +804,9 @@ fn build_deployments(
                 library.spares,
                 crate::topology::example_beside(&spec.model),
             ));
+            // Its record names the example by digest, like a deploy's: a
+            // restart after the file changed rebuilds it from the copy.
+            keep_copy(library, &deployment.example, &spec.model);
             library
                 .by_version
                 .insert(deployment.version.clone(), deployment.clone());

@@ -59,14 +59,18 @@ impl RollingError {
 
 /// The hosts a deploy of `plan` goes to: all of them, but for a model only
 /// those with an entry serving a model of its name (a host replaces the
-/// model of that name only, and refuses a model it does not serve).
+/// model of that name only, and refuses a model it does not serve). An
+/// entry that names no model serves its host's default, which the file
+/// does not say: its host is asked, and decides.
 pub fn hosts_for(topology: &Topology, plan: &DeployPlan) -> Vec<(IpAddr, Vec<String>)> {
     let Some((name, _)) = &plan.model else {
         return hosts(topology);
     };
     let serves = |entry: &String| {
         topology.instances.iter().any(|spec| {
-            spec.name == *entry && spec.model.file_stem() == Some(std::ffi::OsStr::new(name))
+            spec.name == *entry
+                && (spec.model.as_os_str().is_empty()
+                    || spec.model.file_stem() == Some(std::ffi::OsStr::new(name)))
         })
     };
     hosts(topology)
@@ -152,7 +156,8 @@ mod tests {
             r#"{"a": {"status": true, "host": "127.0.0.2", "port": 1, "model": "models/digits.onnx"},
                 "b": {"status": true, "host": "127.0.0.3", "port": 1, "model": "models/breast_cancer.onnx"},
                 "c": {"status": false, "host": "127.0.0.3", "port": 2, "model": "models/digits.onnx"},
-                "d": {"status": true, "host": "127.0.0.4", "port": 1, "model": "models/breast_cancer.onnx"}}"#,
+                "d": {"status": true, "host": "127.0.0.4", "port": 1, "model": "models/breast_cancer.onnx"},
+                "e": {"status": true, "host": "127.0.0.5", "port": 1}}"#,
             std::path::Path::new("fleet.json"),
         )
         .unwrap();
@@ -171,9 +176,16 @@ mod tests {
                 .map(|(ip, _)| ip.to_string())
                 .collect()
         };
-        assert_eq!(ips(plan(Some("digits"))), ["127.0.0.2", "127.0.0.3"]);
-        assert_eq!(ips(plan(Some("breast_cancer"))), ["127.0.0.3", "127.0.0.4"]);
-        assert!(ips(plan(Some("wine"))).is_empty());
-        assert_eq!(ips(plan(None)).len(), 3);
+        // 127.0.0.5's entry names no model: its host decides.
+        assert_eq!(
+            ips(plan(Some("digits"))),
+            ["127.0.0.2", "127.0.0.3", "127.0.0.5"]
+        );
+        assert_eq!(
+            ips(plan(Some("breast_cancer"))),
+            ["127.0.0.3", "127.0.0.4", "127.0.0.5"]
+        );
+        assert_eq!(ips(plan(Some("wine"))), ["127.0.0.5"]);
+        assert_eq!(ips(plan(None)).len(), 4);
     }
 }
