@@ -568,6 +568,8 @@ async fn a_deployed_version_a_start_cannot_rebuild_is_held_for_the_next() {
     std::fs::rename(&blob, &aside).unwrap();
     let log = dir.0.join("second.log");
     let (host, _) = start_timed(&topology, &state, &log);
+    let t = host.topology().await;
+    assert_eq!(t["predict1"]["held"]["deployed"], v2.as_str(), "{t}");
     let (s, _, b) = post(host.router, "/predict", one_row()).await;
     assert_eq!(
         (s, b["version"].as_str()),

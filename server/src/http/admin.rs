@@ -213,6 +213,7 @@ fn deployments(app: &AdminApp) -> Result<Response<Full<Bytes>>, ApiError> {
                 "source": r.source,
                 "since": r.since,
                 "previous_version": r.previous_version,
+                "held": r.held,
                 "canary": r.canary,
             });
             (i.name().to_string(), value)

@@ -62,7 +62,7 @@ pub use crate::sandbox::live::{CallError, Live};
 pub use crate::serving::{Held, InForce, Serving, Source};
 pub use call::{Answer, Input};
 pub use load::Role;
-pub use report::{BatchReport, CanaryReport, InstanceReport, LastFault, SandboxReport};
+pub use report::{BatchReport, CanaryReport, HeldReport, InstanceReport, LastFault, SandboxReport};
 
 /// Which of an instance's sandbox sets a call runs in. Named rather than
 /// borrowed, so that a call offloaded to the blocking pool can give its
@@ -795,6 +795,12 @@ impl Instance {
                 .previous
                 .as_ref()
                 .map(|p| p.deployment.version.clone()),
+            held: (serving.held.deployed.is_some() || serving.held.previous.is_some()).then(|| {
+                HeldReport {
+                    deployed: serving.held.deployed.as_ref().map(|d| d.version.clone()),
+                    previous: serving.held.previous.as_ref().map(|d| d.version.clone()),
+                }
+            }),
             canary: serving.canary.as_ref().map(|c| CanaryReport {
                 version: c.deployment.version.clone(),
                 percent: c.percent,

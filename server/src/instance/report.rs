@@ -32,6 +32,10 @@ pub struct InstanceReport {
     /// The version `rollback` would return to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<String>,
+    /// Saved versions the last start could not rebuild, kept until a start
+    /// can or a rollout lets them go (see [`crate::serving::Held`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldReport>,
     /// A canary taking a share of requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryReport>,
@@ -89,6 +93,17 @@ pub struct BatchReport {
     pub batched_requests: u64,
     /// Merged calls that faulted; their requests then ran on their own.
     pub poisoned: u64,
+}
+
+/// The versions an instance holds: saved, not rebuilt at the last start.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HeldReport {
+    /// The version a deploy put in force (the file's serves meanwhile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<String>,
+    /// The version before it (no rollback meanwhile).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// A canary as `/topology` shows it.
