@@ -362,7 +362,7 @@ impl Rollouts {
                 // pool, one loaded model) per version. Not for a canary,
                 // whose end drains its deployment's pool.
                 None => match self
-                    .in_force(&version, &example)
+                    .in_force(&version, &model.name, &example)
                     .filter(|_| req.canary.is_none())
                 {
                     Some(d) => {
@@ -498,13 +498,20 @@ impl Rollouts {
             .map_err(RolloutError::SaveExample)
     }
 
-    /// The deployment an instance serves in force as `version`, with
+    /// The deployment an instance serves in force as `version` under the
+    /// model name `model` (the version names only the bytes), with
     /// `example` when one is asked for.
-    fn in_force(&self, version: &str, example: &Option<Bytes>) -> Option<Arc<Deployment>> {
-        self.instances
-            .iter()
-            .map(|i| i.deployment())
-            .find(|d| d.version == version && example.as_ref().is_none_or(|e| *e == d.example))
+    fn in_force(
+        &self,
+        version: &str,
+        model: &str,
+        example: &Option<Bytes>,
+    ) -> Option<Arc<Deployment>> {
+        self.instances.iter().map(|i| i.deployment()).find(|d| {
+            d.version == version
+                && d.model.name == model
+                && example.as_ref().is_none_or(|e| *e == d.example)
+        })
     }
 
     fn targets(&self, to: &Targets) -> Result<Vec<Arc<Instance>>, RolloutError> {

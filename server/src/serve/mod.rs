@@ -647,7 +647,12 @@ impl Library {
         record: &DeploymentRecord,
         file: &Deployment,
     ) -> Result<Arc<Deployment>, String> {
-        if let Some(d) = self.by_version.get(&record.version) {
+        // The version names only the bytes: the model's name must match too.
+        let built = self
+            .by_version
+            .get(&record.version)
+            .filter(|d| d.model.name == record.model);
+        if let Some(d) = built {
             if record
                 .example_digest
                 .as_ref()
