@@ -73,6 +73,13 @@ fn has_event(deployments: &serde_json::Value, kind: &str) -> bool {
         .is_some_and(|e| e.iter().any(|e| e["kind"] == kind))
 }
 
+/// The version that answers one row through `router`, which must be 200.
+async fn served_version(router: std::net::SocketAddr) -> String {
+    let (s, _, b) = post(router, "/predict", one_row()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["version"].as_str().unwrap_or_default().to_string()
+}
+
 fn one_row() -> Bytes {
     inputs(&[cases("digits")["cases"][0]["input"].clone()]).into()
 }
@@ -530,12 +537,7 @@ async fn a_restart_serves_the_deployed_version_from_the_compiled_cache() {
     }
     let log = dir.0.join("third.log");
     let (host, _) = start_timed(&topology, &state, &log);
-    let (s, _, b) = post(host.router, "/predict", one_row()).await;
-    assert_eq!(
-        (s, b["version"].as_str()),
-        (StatusCode::OK, Some(v2.as_str())),
-        "{b}"
-    );
+    assert_eq!(served_version(host.router).await, v2);
     drop(host);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("ignoring a compiled-cache entry"), "{text}");
@@ -570,12 +572,7 @@ async fn a_deployed_version_a_start_cannot_rebuild_is_held_for_the_next() {
     let (host, _) = start_timed(&topology, &state, &log);
     let t = host.topology().await;
     assert_eq!(t["predict1"]["held"]["deployed"], v2.as_str(), "{t}");
-    let (s, _, b) = post(host.router, "/predict", one_row()).await;
-    assert_eq!(
-        (s, b["version"].as_str()),
-        (StatusCode::OK, Some(v1.as_str())),
-        "{b}"
-    );
+    assert_eq!(served_version(host.router).await, v1);
     drop(host);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -585,12 +582,7 @@ async fn a_deployed_version_a_start_cannot_rebuild_is_held_for_the_next() {
 
     std::fs::rename(&aside, &blob).unwrap();
     let (host, _) = start_timed(&topology, &state, &dir.0.join("third.log"));
-    let (s, _, b) = post(host.router, "/predict", one_row()).await;
-    assert_eq!(
-        (s, b["version"].as_str()),
-        (StatusCode::OK, Some(v2.as_str())),
-        "{b}"
-    );
+    assert_eq!(served_version(host.router).await, v2);
     drop(host);
 
     // Held again; then a deploy of the version serving meanwhile says it
@@ -656,12 +648,7 @@ async fn serving_only_some_entries_keeps_the_others_state() {
     drop(host);
     let log = dir.0.join("second.log");
     let only = Host::start_with(&topology, Some(&state), Some(&log), &["--only", "predict1"]);
-    let (s, _, b) = post(only.router, "/predict", one_row()).await;
-    assert_eq!(
-        (s, b["version"].as_str()),
-        (StatusCode::OK, Some(v2.as_str())),
-        "{b}"
-    );
+    assert_eq!(served_version(only.router).await, v2);
     drop(only);
     let log = dir.0.join("third.log");
     let host = Host::start_with(&topology, Some(&state), Some(&log), &[]);
