@@ -74,8 +74,15 @@ async fn each_bad_input_gets_its_status_and_the_host_keeps_serving() {
     assert_eq!(h["allow"], "GET, HEAD");
 
     // Still serving, and bad input did not count as instance failures.
-    let (s, _, b) = post(addr, "/predict", inputs(&[row])).await;
+    let (s, _, b) = post(addr, "/predict", inputs(std::slice::from_ref(&row))).await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // A trailing slash names the same route (as on `/v2`), not a 404.
+    let (s, _, b) = post(addr, "/predict/", inputs(&[row])).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, b) = get(addr, "/topology/").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, b) = get(addr, "/predict//").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     let t = host.topology().await;
     assert_eq!(t["predict1"]["failed"], 0, "{t}");
     assert_eq!(t["predict2"]["failed"], 0, "{t}");

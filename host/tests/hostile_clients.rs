@@ -325,3 +325,40 @@ async fn connections_without_complete_headers_are_closed_and_busy_ones_kept() {
         "the slow body got {answer}"
     );
 }
+
+/// Local processes holding the admin listener's 64 places with idle
+/// connections from four loopback addresses (16 each, the per-address cap)
+/// cannot keep the operator out: a newcomer at the cap closes the oldest
+/// connection that never carried an authorized request, and the operator's
+/// own keep-alive connection, authorized once, is never the one closed.
+/// (Before, the operator waited in the backlog until the header timeout
+/// closed an idle connection: 10 s, and the attackers reconnect.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: fills a hadr-host process's admin listener"]
+async fn idle_connections_from_many_addresses_cannot_keep_the_operator_out() {
+    let host = Host::process(&free_ports("single.json"), &[]);
+    let ask = format!(
+        "GET /admin/deployments HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    let mut kept = connect_from(1, host.admin).await.unwrap();
+    kept.write_all(ask.as_bytes()).await.unwrap();
+    assert!(read_answer(&mut kept).await.starts_with("HTTP/1.1 200"));
+
+    // 64 more connections, sending nothing: with the kept one, one over the
+    // cap. They are accepted in the order they connected.
+    let mut idle = Vec::new();
+    for from in 2..=5 {
+        for _ in 0..16 {
+            idle.push(connect_from(from, host.admin).await.unwrap());
+        }
+    }
+    let took = operator_call(&host).await;
+    eprintln!("the operator was answered in {took:?} with the admin listener full");
+    // The oldest idle connection made room for the last one.
+    let (answers, ended) = drain(idle.remove(0), Duration::from_secs(5)).await;
+    assert!(ended && answers == 0, "the oldest idle connection is open");
+    // The authorized keep-alive connection still carries requests.
+    kept.write_all(ask.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut kept).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

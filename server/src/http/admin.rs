@@ -25,6 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::admission::Proof;
 use super::app::{json, AdminApp};
 use super::body::{self, Limit};
 use super::error::ApiError;
@@ -56,7 +57,11 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     authorize(app, &req)?;
-    let path = req.uri().path().to_string();
+    // The operator's connection: a newcomer at the cap may not close it.
+    if let Some(proof) = req.extensions().get::<Proof>() {
+        proof.prove();
+    }
+    let path = super::route(req.uri().path()).to_string();
     match (req.method(), path.as_str()) {
         (&Method::POST, "/admin/chaos") => chaos(app, req).await,
         (&Method::POST, "/admin/demote") => {

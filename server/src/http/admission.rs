@@ -10,24 +10,44 @@
 //! before `accept`: with several listeners sharing a cap, each idle accept
 //! would hold a place no client uses.)
 //!
+//! The admin listener's group also asks its connections to prove
+//! themselves ([`AtCap::EvictUnproven`]): at its cap, a newcomer closes the
+//! oldest connection that has not yet been authorized (one that sent
+//! nothing, or nothing complete: a token-less request is answered 401 and
+//! closed anyway), so local processes holding idle connections from many
+//! loopback addresses cannot keep the operator out. A connection that
+//! carried an authorized request keeps its place.
+//!
 //! [`WriteDeadline`] closes a connection whose peer stops reading: hyper has
 //! no write timeout, and a client that pipelines requests without reading
 //! the answers would otherwise hold its place forever.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use super::heads::Heads;
+
+/// What a connection arriving at a full group does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtCap {
+    /// It waits for a place (the public listeners: every client is alike).
+    Wait,
+    /// It closes the oldest connection that has not proven itself
+    /// ([`Proof::prove`]), if any, and takes its place (the admin listener:
+    /// only the operator's connections matter).
+    EvictUnproven,
+}
 
 /// The connection caps of one listener group.
 #[derive(Debug)]
@@ -38,6 +58,41 @@ pub struct Admission {
     per_client: usize,
     /// Open connections by client address (absent: none).
     open: Mutex<HashMap<IpAddr, usize>>,
+    /// With [`AtCap::EvictUnproven`], the placed connections that have not
+    /// proven themselves, by admission order (oldest first); `None` with
+    /// [`AtCap::Wait`].
+    unproven: Option<Mutex<BTreeMap<u64, Arc<Standing>>>>,
+    /// The next connection's admission number.
+    next: AtomicU64,
+}
+
+/// One placed connection's standing in an [`AtCap::EvictUnproven`] group.
+#[derive(Debug, Default)]
+struct Standing {
+    /// Set once the connection carried an authorized request; read only on
+    /// the connection's own task, which also runs its requests, so it cannot
+    /// change while the task decides whether to close.
+    proven: AtomicBool,
+    /// Woken when a newcomer at the cap picks this connection to close.
+    evicted: Notify,
+}
+
+/// A connection's way to prove itself (it goes into each of its requests'
+/// extensions; the admin routes call [`Proof::prove`] once the token
+/// matched).
+#[derive(Debug, Clone)]
+pub struct Proof {
+    admission: Arc<Admission>,
+    id: u64,
+    standing: Arc<Standing>,
+}
+
+impl Proof {
+    /// Marks the connection as the operator's: no newcomer closes it.
+    pub fn prove(&self) {
+        self.standing.proven.store(true, Ordering::Relaxed);
+        self.admission.forget(self.id);
+    }
 }
 
 /// A client's share, held by one of its connections; returned when dropped.
@@ -52,16 +107,50 @@ pub struct Share {
 pub struct Place {
     _permit: OwnedSemaphorePermit,
     _share: Share,
+    /// In an [`AtCap::EvictUnproven`] group: the connection's standing,
+    /// forgotten when the place is dropped.
+    proof: Option<Proof>,
+}
+
+impl Place {
+    /// The connection's [`Proof`], in a group that asks for one.
+    pub fn proof(&self) -> Option<Proof> {
+        self.proof.clone()
+    }
+
+    /// Resolves once a newcomer has picked this connection to close and it
+    /// has not proven itself since; never in a group that evicts nobody.
+    pub async fn evicted(&self) {
+        let Some(proof) = &self.proof else {
+            return std::future::pending().await;
+        };
+        loop {
+            proof.standing.evicted.notified().await;
+            if !proof.standing.proven.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(proof) = &self.proof {
+            proof.admission.forget(proof.id);
+        }
+    }
 }
 
 impl Admission {
     /// At most `total` open connections, `per_client` of them from one
-    /// address.
-    pub fn new(total: usize, per_client: usize) -> Arc<Self> {
+    /// address; `at_cap` says what a connection arriving at `total` does.
+    pub fn new(total: usize, per_client: usize, at_cap: AtCap) -> Arc<Self> {
         Arc::new(Self {
             places: Arc::new(Semaphore::new(total.max(1))),
             per_client: per_client.max(1),
             open: Mutex::new(HashMap::new()),
+            unproven: (at_cap == AtCap::EvictUnproven).then(|| Mutex::new(BTreeMap::new())),
+            next: AtomicU64::new(0),
         })
     }
 
@@ -80,17 +169,55 @@ impl Admission {
         })
     }
 
-    /// Waits for a place in the group for a connection holding `share`.
-    pub async fn place(&self, share: Share) -> Place {
-        let permit = self
-            .places
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the connection semaphore is never closed");
+    /// Waits for a place in the group for a connection holding `share`; in
+    /// an [`AtCap::EvictUnproven`] group at its cap, first asks the oldest
+    /// unproven connection to close.
+    pub async fn place(self: &Arc<Self>, share: Share) -> Place {
+        let permit = match self.places.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.evict_oldest_unproven();
+                self.places
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the connection semaphore is never closed")
+            }
+        };
+        let proof = self.unproven.as_ref().map(|unproven| {
+            let proof = Proof {
+                admission: self.clone(),
+                id: self.next.fetch_add(1, Ordering::Relaxed),
+                standing: Arc::default(),
+            };
+            crate::lock(unproven).insert(proof.id, proof.standing.clone());
+            proof
+        });
         Place {
             _permit: permit,
             _share: share,
+            proof,
+        }
+    }
+
+    /// Picks the oldest unproven connection to close, if there is one.
+    fn evict_oldest_unproven(&self) {
+        let Some(unproven) = &self.unproven else {
+            return;
+        };
+        if let Some((id, standing)) = crate::lock(unproven).pop_first() {
+            tracing::debug!(
+                connection = id,
+                "at the connection cap: closing the oldest connection not yet authorized"
+            );
+            standing.evicted.notify_one();
+        }
+    }
+
+    /// Removes connection `id` from those a newcomer may close.
+    fn forget(&self, id: u64) {
+        if let Some(unproven) = &self.unproven {
+            crate::lock(unproven).remove(&id);
         }
     }
 
@@ -260,7 +387,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_address_cannot_take_more_than_its_share() {
-        let admission = Admission::new(10, 2);
+        let admission = Admission::new(10, 2, AtCap::Wait);
         let a1 = admission.place(admission.share(ip(2)).unwrap()).await;
         let _a2 = admission.place(admission.share(ip(2)).unwrap()).await;
         assert!(admission.share(ip(2)).is_none());
@@ -272,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_cap_a_connection_waits_for_a_place_and_gets_the_freed_one() {
-        let admission = Admission::new(1, 5);
+        let admission = Admission::new(1, 5, AtCap::Wait);
         let held = admission.place(admission.share(ip(2)).unwrap()).await;
         let share = admission.share(ip(3)).unwrap();
         let waiting =
@@ -287,6 +414,97 @@ mod tests {
         let share = admission.share(ip(3)).unwrap();
         let again = tokio::time::timeout(Duration::from_secs(1), admission.place(share)).await;
         assert!(again.is_ok(), "the place came back");
+    }
+
+    /// Whether `place` has been picked to close, within `within`.
+    async fn evicted_within(place: &Place, within: Duration) -> bool {
+        tokio::time::timeout(within, place.evicted()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn at_the_admin_cap_a_newcomer_closes_the_oldest_unproven_connection() {
+        let admission = Admission::new(3, 5, AtCap::EvictUnproven);
+        let operator = admission.place(admission.share(ip(1)).unwrap()).await;
+        let idle_old = admission.place(admission.share(ip(2)).unwrap()).await;
+        let idle_new = admission.place(admission.share(ip(3)).unwrap()).await;
+        operator.proof().unwrap().prove();
+
+        // At the cap: the newcomer picks the oldest connection not proven,
+        // and gets its place once that connection has closed.
+        let share = admission.share(ip(4)).unwrap();
+        let newcomer = tokio::spawn({
+            let admission = admission.clone();
+            async move { admission.place(share).await }
+        });
+        assert!(evicted_within(&idle_old, Duration::from_secs(1)).await);
+        assert!(!evicted_within(&idle_new, Duration::from_millis(50)).await);
+        assert!(!evicted_within(&operator, Duration::from_millis(50)).await);
+        drop(idle_old);
+        let newcomer = tokio::time::timeout(Duration::from_secs(1), newcomer)
+            .await
+            .expect("the freed place goes to the newcomer")
+            .unwrap();
+
+        // The next newcomer picks the next oldest, never the proven one.
+        newcomer.proof().unwrap().prove();
+        let share = admission.share(ip(5)).unwrap();
+        let next = tokio::spawn({
+            let admission = admission.clone();
+            async move { admission.place(share).await }
+        });
+        assert!(evicted_within(&idle_new, Duration::from_secs(1)).await);
+        drop(idle_new);
+        let last = tokio::time::timeout(Duration::from_secs(1), next)
+            .await
+            .expect("the place goes to the newcomer")
+            .unwrap();
+        last.proof().unwrap().prove();
+
+        // Every place proven: a newcomer waits, as on the public listeners.
+        let share = admission.share(ip(6)).unwrap();
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(200), admission.place(share)).await;
+        assert!(waiting.is_err(), "no proven connection is closed");
+        assert!(!evicted_within(&operator, Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn a_connection_proven_after_it_was_picked_keeps_its_place() {
+        let admission = Admission::new(1, 5, AtCap::EvictUnproven);
+        let held = admission.place(admission.share(ip(2)).unwrap()).await;
+        let share = admission.share(ip(3)).unwrap();
+        let newcomer = tokio::spawn({
+            let admission = admission.clone();
+            async move { admission.place(share).await }
+        });
+        // Picked, but its request was authorized before its task looked.
+        while admission
+            .unproven
+            .as_ref()
+            .is_some_and(|u| !crate::lock(u).is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        held.proof().unwrap().prove();
+        assert!(!evicted_within(&held, Duration::from_millis(200)).await);
+        assert!(!newcomer.is_finished(), "the newcomer waits for a place");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(1), newcomer)
+            .await
+            .expect("and gets it when the proven one closes")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_public_listeners_close_nobody_at_the_cap() {
+        let admission = Admission::new(1, 5, AtCap::Wait);
+        let held = admission.place(admission.share(ip(2)).unwrap()).await;
+        assert!(held.proof().is_none());
+        let share = admission.share(ip(3)).unwrap();
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(200), admission.place(share)).await;
+        assert!(waiting.is_err());
+        assert!(!evicted_within(&held, Duration::from_millis(50)).await);
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub async fn handle(
     target: Scope,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path();
+    let path = super::route(req.uri().path());
     let response = match (path, &target) {
         ("/predict", _) if req.method() == Method::POST || req.method() == Method::GET => {
             let started = std::time::Instant::now();

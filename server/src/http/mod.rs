@@ -30,3 +30,28 @@ pub mod v2;
 
 pub use app::{AdminApp, Connections, PublicApp, Service};
 pub use error::ApiError;
+
+/// The route a path names: one trailing slash is not part of it
+/// (`/predict/` is `/predict`, as `/v2/…/infer/` is `/v2/…/infer`), so a
+/// client that adds one is served rather than told there is no such route.
+pub(crate) fn route(path: &str) -> &str {
+    match path.strip_suffix('/') {
+        Some(route) if !route.is_empty() => route,
+        _ => path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn one_trailing_slash_is_not_part_of_the_route() {
+        assert_eq!(route("/predict/"), "/predict");
+        assert_eq!(route("/predict"), "/predict");
+        assert_eq!(route("/admin/deploy/"), "/admin/deploy");
+        assert_eq!(route("/"), "/");
+        // Only one: `//` is no route hadr serves, and must not become one.
+        assert_eq!(route("/predict//"), "/predict/");
+    }
+}

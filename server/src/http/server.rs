@@ -13,7 +13,9 @@
 //! why hadr counts instead of using hyper's timer), or reads nothing of an
 //! answer for `--write-timeout`. hyper answers one request at a time and
 //! reads ahead at most its read buffer, so pipelining cannot queue unbounded
-//! work. A refused admin request (401) closes its connection. On shutdown
+//! work. A refused admin request (401) closes its connection, and at the
+//! admin cap a newcomer closes the oldest connection that never carried an
+//! authorized request (see [`super::admission`]). On shutdown
 //! the loop stops accepting and every open connection is asked to close
 //! after its in-flight request, bounded by a grace period.
 
@@ -87,8 +89,12 @@ pub async fn serve(
         let service = service.clone();
         let handler = {
             let heads = heads.clone();
-            service_fn(move |req| {
+            let proof = place.proof();
+            service_fn(move |mut req| {
                 let in_flight = heads.begin();
+                if let Some(proof) = &proof {
+                    req.extensions_mut().insert(proof.clone());
+                }
                 let answer = dispatch(service.clone(), req);
                 async move {
                     let _in_flight = in_flight; // until the answer is ready
@@ -106,6 +112,9 @@ pub async fn serve(
                 },
                 () = heads.idle(header_timeout) => {
                     tracing::debug!(%client, "connection closed: no request headers for {header_timeout:?}");
+                }
+                () = place.evicted() => {
+                    tracing::debug!(%client, "connection closed: a newcomer at the cap took the place it held without authorizing");
                 }
             }
             drop(place);

@@ -23,7 +23,7 @@ use std::time::Duration;
 use hadr_state::{BlobStore, DeploymentRecord, StateError, StateStore};
 use tokio::net::TcpListener;
 
-use crate::http::admission::{self, Admission};
+use crate::http::admission::{self, Admission, AtCap};
 use crate::http::app::Scope;
 use crate::http::{server, AdminApp, Connections, PublicApp, Service};
 use crate::instance::{CallError, Held, InForce, Instance, Serving, Source};
@@ -323,12 +323,20 @@ impl Host {
             admin_token: admin_token(&options.state_dir)?,
         });
         let public_connections = Connections {
-            admission: Admission::new(max_connections, options.max_connections_per_client),
+            admission: Admission::new(
+                max_connections,
+                options.max_connections_per_client,
+                AtCap::Wait,
+            ),
             write_timeout: options.write_timeout,
             header_timeout: options.header_timeout,
         };
         let admin_connections = Connections {
-            admission: Admission::new(ADMIN_CONNECTIONS, ADMIN_CONNECTIONS_PER_CLIENT),
+            admission: Admission::new(
+                ADMIN_CONNECTIONS,
+                ADMIN_CONNECTIONS_PER_CLIENT,
+                AtCap::EvictUnproven,
+            ),
             write_timeout: options.write_timeout,
             header_timeout: options.header_timeout,
         };
