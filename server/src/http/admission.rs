@@ -416,6 +416,12 @@ mod tests {
         assert!(again.is_ok(), "the place came back");
     }
 
+    /// A connection of `share` waiting for its place, on a task of its own.
+    fn place_later(admission: &Arc<Admission>, share: Share) -> tokio::task::JoinHandle<Place> {
+        let admission = admission.clone();
+        tokio::spawn(async move { admission.place(share).await })
+    }
+
     /// Whether `place` has been picked to close, within `within`.
     async fn evicted_within(place: &Place, within: Duration) -> bool {
         tokio::time::timeout(within, place.evicted()).await.is_ok()
@@ -432,10 +438,7 @@ mod tests {
         // At the cap: the newcomer picks the oldest connection not proven,
         // and gets its place once that connection has closed.
         let share = admission.share(ip(4)).unwrap();
-        let newcomer = tokio::spawn({
-            let admission = admission.clone();
-            async move { admission.place(share).await }
-        });
+        let newcomer = place_later(&admission, share);
         assert!(evicted_within(&idle_old, Duration::from_secs(1)).await);
         assert!(!evicted_within(&idle_new, Duration::from_millis(50)).await);
         assert!(!evicted_within(&operator, Duration::from_millis(50)).await);
@@ -448,10 +451,7 @@ mod tests {
         // The next newcomer picks the next oldest, never the proven one.
         newcomer.proof().unwrap().prove();
         let share = admission.share(ip(5)).unwrap();
-        let next = tokio::spawn({
-            let admission = admission.clone();
-            async move { admission.place(share).await }
-        });
+        let next = place_later(&admission, share);
         assert!(evicted_within(&idle_new, Duration::from_secs(1)).await);
         drop(idle_new);
         let last = tokio::time::timeout(Duration::from_secs(1), next)
@@ -473,10 +473,7 @@ mod tests {
         let admission = Admission::new(1, 5, AtCap::EvictUnproven);
         let held = admission.place(admission.share(ip(2)).unwrap()).await;
         let share = admission.share(ip(3)).unwrap();
-        let newcomer = tokio::spawn({
-            let admission = admission.clone();
-            async move { admission.place(share).await }
-        });
+        let newcomer = place_later(&admission, share);
         // Picked, but its request was authorized before its task looked.
         while admission
             .unproven
