@@ -275,7 +275,7 @@ impl Host {
             options.state_interval,
         ));
         state.commit_all().await?;
-        collect_garbage(&store, &library);
+        collect_garbage(&store, &library, files.values());
         let applied = Arc::new(crate::metrics::RolloutCount::default());
         let metrics = Arc::new(crate::metrics::Metrics::new(
             instances.clone(),
@@ -439,8 +439,16 @@ impl Host {
 
 /// Removes from `blobs/` and `compiled/` what no instance's deployment (in
 /// force or kept for rollback) uses, and what a `kill -9` left half
-/// written. Runs at start, before any rollout can upload.
-fn collect_garbage(store: &StateStore, library: &Library) {
+/// written; keeps the topology file's deployments (`files`: their compiled
+/// modules and their module, model and example blobs), which every start
+/// builds and copies whatever serves (removed after two deploys, each start
+/// compiled and wrote them again).
+/// Runs at start, before any rollout can upload.
+fn collect_garbage<'a>(
+    store: &StateStore,
+    library: &Library,
+    files: impl Iterator<Item = &'a Arc<Deployment>> + Clone,
+) {
     let records = match store.instances() {
         Ok(records) => records,
         Err(e) => {
@@ -455,11 +463,19 @@ fn collect_garbage(store: &StateStore, library: &Library) {
     let modules = deployments
         .iter()
         .map(|d| d.module_digest.clone())
+        .chain(files.clone().map(|d| d.module.digest.clone()))
         .collect();
     let blobs: std::collections::HashSet<String> = deployments
         .iter()
         .flat_map(|d| [d.module_digest.clone(), d.model_digest.clone()])
         .chain(deployments.iter().filter_map(|d| d.example_digest.clone()))
+        .chain(files.flat_map(|d| {
+            [
+                d.module.digest.clone(),
+                d.model.digest.clone(),
+                d.example_digest.clone(),
+            ]
+        }))
         .collect();
     match (library.blobs.retain(&blobs), library.cache.retain(&modules)) {
         (Ok(0), Ok(0)) => {}
