@@ -20,10 +20,19 @@ pub fn to_nn(t: &Named) -> Result<Tensor, PredictError> {
         Datatype::Int32 => TensorType::I32,
         Datatype::Int64 => TensorType::I64,
         other => {
+            // The protocol's names, as the client wrote them.
+            let name = match other {
+                Datatype::Uint16 => "UINT16",
+                Datatype::Uint32 => "UINT32",
+                Datatype::Uint64 => "UINT64",
+                Datatype::Int8 => "INT8",
+                Datatype::Int16 => "INT16",
+                _ => "BYTES",
+            };
             return Err(invalid(format!(
-                "input `{}` is {other:?}, which this model cannot take",
+                "input `{}` is {name}, which this model cannot take",
                 t.name
-            )))
+            )));
         }
     };
     let dims = t

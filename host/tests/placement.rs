@@ -137,6 +137,14 @@ async fn a_field_of_the_wrong_type_is_refused_naming_it() {
         let (got, _, answer) = post(host.router, "/predict", body).await;
         assert_eq!(got, status, "{body}: {answer}");
     }
+    // 300,000 empty records fit in 900 KB, under --max-body, and ran the
+    // guest out of memory (a trap on two instances, counted against them,
+    // enough to abort a healthy canary): refused as too many.
+    let many = format!("[{}]", vec!["{}"; 300_000].join(","));
+    let (got, _, answer) = post(host.router, "/predict", many).await;
+    assert_eq!(got, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(message.contains("send them in several"), "{message}");
     // Refusals are the client's, not the instance's: it still serves.
     let (status, _, _) = post(
         host.router,

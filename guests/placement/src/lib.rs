@@ -168,11 +168,7 @@ impl Loaded {
                 input.name
             )));
         }
-        let records = Records::parse(&json_list(&input.data)?, &self.vocabulary).map_err(|e| {
-            tensors::invalid(match e {
-                records::Error::Malformed(m) | records::Error::Invalid(m) => m,
-            })
-        })?;
+        let records = element_records(&input.data, &self.vocabulary)?;
         tensors::run(
             &self.context,
             vec![(String::new(), self.rows(records.rows, &records.data))],
@@ -295,27 +291,56 @@ fn answer(probabilities: &[f32]) -> Result<Vec<u8>, PredictError> {
     Ok(written.expect("serialising to a Vec cannot fail"))
 }
 
-/// The elements of a BYTES tensor (each a 4-byte little-endian length, then
-/// the bytes: one JSON record) as one JSON list of them.
-fn json_list(data: &[u8]) -> Result<Vec<u8>, PredictError> {
-    let mut list = vec![b'['];
-    let mut rest = data;
-    while !rest.is_empty() {
-        let (len, tail) = rest
-            .split_first_chunk::<4>()
-            .ok_or_else(|| tensors::invalid("`records` ends inside an element's length".into()))?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if tail.len() < len {
-            return Err(tensors::invalid("`records` ends inside an element".into()));
-        }
-        if list.len() > 1 {
-            list.push(b',');
-        }
-        list.extend_from_slice(&tail[..len]);
-        rest = &tail[len..];
+/// The `records` input's elements, each exactly one JSON record, as
+/// rows in element order: output row i answers element i, as the
+/// protocol's clients read it (joined as one list, an element holding
+/// two records or half of one would shift every row after it).
+fn element_records(data: &[u8], vocabulary: &Vocabulary) -> Result<Records, PredictError> {
+    let elements = bytes_elements(data)?;
+    if elements.len() > records::MAX_RECORDS {
+        return Err(tensors::invalid(format!(
+            "`{RECORDS_INPUT}` has {} elements; at most {} records go in one request: send them in several",
+            elements.len(),
+            records::MAX_RECORDS
+        )));
     }
-    list.push(b']');
-    Ok(list)
+    let mut all = Records {
+        rows: 0,
+        data: Vec::with_capacity(elements.len() * vocabulary.len()),
+    };
+    for (i, element) in elements.iter().enumerate() {
+        let refused = |m: String| tensors::invalid(format!("`{RECORDS_INPUT}` element {i}: {m}"));
+        let record = Records::parse(element, vocabulary).map_err(|e| match e {
+            records::Error::Malformed(m) | records::Error::Invalid(m) => refused(m),
+        })?;
+        if record.rows != 1 {
+            return Err(refused(format!(
+                "holds {} records; give one JSON record per element",
+                record.rows
+            )));
+        }
+        all.rows += 1;
+        all.data.extend_from_slice(&record.data);
+    }
+    Ok(all)
+}
+
+/// The elements of a BYTES tensor: each a 4-byte little-endian length,
+/// then that many bytes.
+fn bytes_elements(mut data: &[u8]) -> Result<Vec<&[u8]>, PredictError> {
+    let mut elements = Vec::new();
+    while !data.is_empty() {
+        let (len, tail) = data.split_first_chunk::<4>().ok_or_else(|| {
+            tensors::invalid(format!("`{RECORDS_INPUT}` ends inside an element's length"))
+        })?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let element = tail
+            .get(..len)
+            .ok_or_else(|| tensors::invalid(format!("`{RECORDS_INPUT}` ends inside an element")))?;
+        elements.push(element);
+        data = &tail[len..];
+    }
+    Ok(elements)
 }
 
 fn error(kind: ErrorKind, message: String) -> PredictError {
@@ -335,6 +360,43 @@ export!(Placement);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A BYTES tensor of these elements.
+    fn bytes(elements: &[&str]) -> Vec<u8> {
+        elements
+            .iter()
+            .flat_map(|e| (e.len() as u32).to_le_bytes().into_iter().chain(e.bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn each_records_element_is_exactly_one_record() {
+        let vocabulary =
+            Vocabulary::from_json(r#"{"feature_names": ["age", "gender=M"], "separator": "="}"#)
+                .unwrap();
+        let r = element_records(
+            &bytes(&[r#"{"age": 3}"#, r#"{"gender": "M"}"#]),
+            &vocabulary,
+        )
+        .unwrap();
+        assert_eq!((r.rows, r.data), (2, vec![3.0, 0.0, 0.0, 1.0]));
+        // Joined as one list, each of these gave a row count other than the
+        // element count, with a 200.
+        for (elements, why) in [
+            (&["{},{}"][..], "element 0: "),
+            (&["", "{}"], "element 0: "),
+            (&[r#"{"age": 3"#, r#""gender": "M"}"#], "element 0: "),
+            (&["[{}, {}]"], "element 0: holds 2 records"),
+            (&["{}", "", "{}"], "element 1: "),
+        ] {
+            let e = element_records(&bytes(elements), &vocabulary).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidInput);
+            assert!(e.message.contains(why), "{elements:?}: {}", e.message);
+        }
+        let too_many = vec!["{}"; records::MAX_RECORDS + 1];
+        let e = element_records(&bytes(&too_many), &vocabulary).unwrap_err();
+        assert!(e.message.contains("send them in several"), "{}", e.message);
+    }
 
     #[test]
     fn answers_carry_finite_probabilities_only() {

@@ -64,6 +64,13 @@ impl Vocabulary {
     }
 }
 
+/// Most records one request may hold: each is a row of the vocabulary's
+/// width in the sandbox's memory (84 bytes for the article's 21 columns),
+/// and a 1 MiB body of `{}`s holds 350,000, which ran the guest out of its
+/// memory (a trap, counted against the instance) instead of being refused.
+/// A merged batch of 32 such requests still fits in the default 64 MiB.
+pub const MAX_RECORDS: usize = 4096;
+
 /// Parsed records: `rows` rows of the vocabulary's width, row-major.
 #[derive(Debug)]
 pub struct Records {
@@ -165,6 +172,11 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let row = self.records.rows;
+        if row == MAX_RECORDS {
+            return Err(de::Error::custom(format!(
+                "more than {MAX_RECORDS} records in one request: send them in several"
+            )));
+        }
         let width = self.vocabulary.len();
         let start = self.records.data.len();
         self.records.data.resize(start + width, 0.0);
@@ -345,6 +357,16 @@ mod tests {
             assert!(m.contains(&format!("field `{field}` is {what}")), "{m}");
             assert!(m.starts_with("record "), "{m}");
         }
+    }
+
+    #[test]
+    fn a_request_holds_at_most_max_records() {
+        let list = |n: usize| format!("[{}]", vec!["{}"; n].join(","));
+        assert_eq!(rows(&list(MAX_RECORDS)).unwrap().rows, MAX_RECORDS);
+        let Err(Error::Invalid(m)) = rows(&list(MAX_RECORDS + 1)) else {
+            panic!("one record too many was taken");
+        };
+        assert!(m.contains("send them in several"), "{m}");
     }
 
     #[test]
