@@ -176,6 +176,57 @@ async fn a_body_in_a_coding_hadr_does_not_decode_is_refused() {
     }
 }
 
+/// A request refused before its body mattered (no such route, a wrong
+/// method, an unknown model or version, a bad binary header) is answered
+/// once its body is read, like any other refusal: with the body unread, the
+/// connection closed, and a 48 KiB body left in the socket reset it before
+/// the answer arrived (a pinned Triton client after a rollout met this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_early_still_has_its_body_read() {
+    let host = Host::start(&free_ports("single.json"), &[]);
+    let row = cases("digits")["cases"][0]["input"].clone();
+    let good = String::from_utf8(inputs(std::slice::from_ref(&row))).unwrap();
+    let then = format!(
+        "POST /predict HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{good}",
+        good.len()
+    );
+    let padded = format!("{{\"inputs\": []}}{}", " ".repeat(48 * 1024));
+    for (method, path, extra, status) in [
+        ("POST", "/nowhere", "", "404"),
+        ("DELETE", "/predict", "", "405"),
+        ("POST", "/v2/models/nope/infer", "", "404"),
+        ("POST", "/v2/models/digits/versions/old/infer", "", "404"),
+        (
+            "POST",
+            "/v2/models/digits/infer",
+            "inference-header-content-length: many\r\n",
+            "400",
+        ),
+        ("PUT", "/v2/models/digits/infer", "", "405"),
+        ("POST", "/v2/health/live", "", "405"),
+    ] {
+        let refused = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\n{extra}content-length: {}\r\n\r\n{padded}",
+            padded.len()
+        );
+        let text = exchange_answers(host.router, format!("{refused}{then}").as_bytes(), 2).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{method} {path}: {text}"
+        );
+        assert!(text.contains("\"error\""), "{text}");
+        assert!(
+            !text.contains("connection: close"),
+            "{method} {path}: {text}"
+        );
+        let second = text.rfind("HTTP/1.1 ").unwrap();
+        assert!(
+            text[second..].starts_with("HTTP/1.1 200"),
+            "{method} {path}: {text}"
+        );
+    }
+}
+
 /// Writes `bytes` and reads until `answers` status lines came back (5 s at
 /// most).
 async fn exchange_answers(addr: std::net::SocketAddr, bytes: &[u8], answers: usize) -> String {

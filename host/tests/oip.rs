@@ -327,6 +327,33 @@ async fn the_articles_model_takes_feature_rows_or_records() {
         answer["error"].as_str().unwrap().contains("ssc_p"),
         "{answer}"
     );
+    // Row i answers element i: an element holding two records (or half of
+    // one) was joined into the list and shifted the rows, with a 200.
+    let request = json!({"inputs": [{"name": "records", "shape": [1], "datatype": "BYTES", "data": ["{},{}"]}]});
+    let (status, answer) = infer_json(host.router, "/v2/models/placement/infer", &request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("`records` element 0"),
+        "{answer}"
+    );
+
+    // FP16 feature rows, binary (the extension's own case), widened to the
+    // model's FP32.
+    let halves: Vec<u8> = vectors
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter())
+        .flat_map(|v| half::f16::from_f64(v.as_f64().unwrap()).to_le_bytes())
+        .collect();
+    let header = json!({"inputs": [{"name": "float_input", "shape": [vectors.len(), width], "datatype": "FP16",
+                                     "parameters": {"binary_data_size": halves.len()}}],
+                        "outputs": [{"name": "probabilities", "parameters": {"binary_data": false}}]});
+    let (status, answer, _) =
+        infer_binary(host.router, "/v2/models/placement/infer", &header, &halves).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(positive(&answer).len(), vectors.len(), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,6 +519,38 @@ async fn bad_requests_get_their_status_and_the_host_keeps_serving() {
         probabilities.len() == 10 && probabilities.iter().all(|p| p.is_nan()),
         "{probabilities:?}"
     );
+    // The label alone, computed from those NaNs, would be made up (it was
+    // a 200 with label 0): refused, in JSON or binary, and not counted as
+    // served (the encoding was checked after the instance counted it).
+    let served = host.topology().await["digits1"]["served"].clone();
+    for binary in [false, true] {
+        let mut label = request.clone();
+        label["outputs"] = json!([{"name": "label", "parameters": {"binary_data": binary}}]);
+        let (status, answer) = infer_json(host.router, path, &label).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("output `label` would be made up"),
+            "{answer}"
+        );
+    }
+    // Inputs no finite FP32 holds: refused as /predict refuses them.
+    let mut past = overflow.iter().map(|&v| json!(v)).collect::<Vec<_>>();
+    past[5] = json!(1e39);
+    for datatype in ["FP32", "FP64"] {
+        let request = json!({"inputs": [{"name": "float_input", "shape": [1, width], "datatype": datatype, "data": past}]});
+        let (status, answer) = infer_json(host.router, path, &request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("element 5"),
+            "{answer}"
+        );
+    }
+    let topo = host.topology().await;
+    assert_eq!(topo["digits1"]["served"], served, "{topo}");
+    assert_eq!(topo["digits1"]["failed"], 0, "{topo}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

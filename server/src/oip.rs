@@ -119,16 +119,18 @@ pub struct InferRequest {
     pub binary_output: bool,
 }
 
+// Optional members are `Option`s so that an explicit `null` (what clients
+// serialising unset fields send) reads as absent.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestJson {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    parameters: Parameters,
+    parameters: Option<Parameters>,
     inputs: Vec<InputJson>,
     #[serde(default)]
-    outputs: Vec<OutputJson>,
+    outputs: Option<Vec<OutputJson>>,
 }
 
 #[derive(Deserialize)]
@@ -138,7 +140,7 @@ struct InputJson {
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
-    parameters: Parameters,
+    parameters: Option<Parameters>,
     #[serde(default)]
     data: Option<Value>,
 }
@@ -148,7 +150,7 @@ struct InputJson {
 struct OutputJson {
     name: String,
     #[serde(default)]
-    parameters: Parameters,
+    parameters: Option<Parameters>,
 }
 
 /// The parameters hadr reads; others (the protocol lets clients add their
@@ -187,11 +189,14 @@ pub fn parse_request(
     if request.inputs.is_empty() {
         return bad("the request has no inputs".into());
     }
+    // A set, not a scan of those before: a body of thousands of inputs
+    // would otherwise cost the square of their count on a request worker.
+    let mut names = std::collections::HashSet::with_capacity(request.inputs.len());
+    if let Some(twice) = request.inputs.iter().find(|i| !names.insert(&i.name)) {
+        return bad(format!("input `{}` is given twice", twice.name));
+    }
     let mut inputs: Vec<Tensor> = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        if inputs.iter().any(|t| t.name == input.name) {
-            return bad(format!("input `{}` is given twice", input.name));
-        }
         inputs.push(parse_input(input, &mut binary)?);
     }
     if !binary.is_empty() {
@@ -200,9 +205,11 @@ pub fn parse_request(
             binary.len()
         ));
     }
-    let mut outputs = Vec::with_capacity(request.outputs.len());
-    for output in request.outputs {
-        if output.parameters.classification.is_some() {
+    let requested = request.outputs.unwrap_or_default();
+    let mut outputs = Vec::with_capacity(requested.len());
+    for output in requested {
+        let parameters = output.parameters.unwrap_or_default();
+        if parameters.classification.is_some() {
             return bad(format!(
                 "output `{}` asks for the classification extension, which hadr does not offer",
                 output.name
@@ -210,14 +217,17 @@ pub fn parse_request(
         }
         outputs.push(RequestedOutput {
             name: output.name,
-            binary: output.parameters.binary_data,
+            binary: parameters.binary_data,
         });
     }
     Ok(InferRequest {
         id: request.id,
         inputs,
         outputs,
-        binary_output: request.parameters.binary_data_output.unwrap_or(false),
+        binary_output: request
+            .parameters
+            .and_then(|p| p.binary_data_output)
+            .unwrap_or(false),
     })
 }
 
@@ -241,7 +251,8 @@ fn parse_input(input: InputJson, binary: &mut &[u8]) -> Result<Tensor, BadReques
         .try_fold(1u64, |n, &d| n.checked_mul(d))
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| BadRequest(format!("input `{name}`: shape {shape:?} is too large")))?;
-    let data = match (input.parameters.binary_data_size, input.data) {
+    let binary_data_size = input.parameters.and_then(|p| p.binary_data_size);
+    let data = match (binary_data_size, input.data) {
         (Some(_), Some(_)) => {
             return bad(format!(
                 "input `{name}` has both `data` and a binary_data_size; give one"
@@ -376,7 +387,11 @@ fn push_json(datatype: Datatype, value: &Value, out: &mut Vec<u8>) -> Result<(),
         Datatype::Int32 => int!(i32, "an INT32"),
         Datatype::Int64 => int!(i64, "an INT64"),
         Datatype::Fp32 => {
+            // `as` makes a number past FP32's range an infinity.
             let v = value.as_f64().ok_or("a number")? as f32;
+            if !v.is_finite() {
+                return Err("a number within FP32's range");
+            }
             out.extend_from_slice(&v.to_le_bytes());
         }
         Datatype::Fp64 => out.extend_from_slice(&value.as_f64().ok_or("a number")?.to_le_bytes()),
@@ -473,6 +488,14 @@ fn fit_one(input: &Tensor, shape: &[i64], onnx: &str) -> Result<Tensor, BadReque
             datatype_name(target)
         ))
     })?;
+    // As `/predict` refuses them: a model answers an infinity or NaN with
+    // outputs JSON cannot carry, or with a label made up from them.
+    if let Some((i, value)) = first_not_finite(&data, target) {
+        return bad(format!(
+            "input `{name}` element {i} is {value} as {}, not a finite number",
+            datatype_name(target)
+        ));
+    }
     Ok(Tensor {
         name: input.name.clone(),
         datatype: target,
@@ -481,24 +504,41 @@ fn fit_one(input: &Tensor, shape: &[i64], onnx: &str) -> Result<Tensor, BadReque
     })
 }
 
+/// The first element of float data that is NaN or infinite, if any.
+fn first_not_finite(data: &[u8], datatype: Datatype) -> Option<(usize, f64)> {
+    match datatype {
+        Datatype::Fp16 | Datatype::Fp32 | Datatype::Fp64 => numbers(data, datatype)?
+            .map(Number::as_f64)
+            .enumerate()
+            .find(|(_, v)| !v.is_finite()),
+        _ => None,
+    }
+}
+
 /// Packed elements of `from` as `to`, where no accepted value changes:
 /// any number to a float (FP32 rounds large integers, as a model taking
-/// floats would), and integers to integers they fit in.
+/// floats would; a value past its range becomes an infinity, which
+/// [`fit_one`] then refuses), and integers to integers they fit in (BOOL:
+/// 0 and 1). Element by element: parsed into a list first, each element
+/// would take 32 bytes.
 fn convert(data: &[u8], from: Datatype, to: Datatype) -> Option<Vec<u8>> {
     if from == to {
         return Some(data.to_vec());
     }
-    let values = numbers(data, from)?;
-    let mut out = Vec::with_capacity(values.len() * element_size(to)?);
-    for v in values {
+    let elements = data.len() / element_size(from)?;
+    let mut out = Vec::with_capacity(elements * element_size(to)?);
+    for v in numbers(data, from)? {
         match (to, v) {
             (Datatype::Fp32, n) => out.extend_from_slice(&(n.as_f64() as f32).to_le_bytes()),
             (Datatype::Fp64, n) => out.extend_from_slice(&n.as_f64().to_le_bytes()),
-            (Datatype::Int64, Number::Int(i)) => out.extend_from_slice(&i.to_le_bytes()),
+            (Datatype::Int64, Number::Int(i)) => {
+                out.extend_from_slice(&i64::try_from(i).ok()?.to_le_bytes())
+            }
             (Datatype::Int32, Number::Int(i)) => {
                 out.extend_from_slice(&i32::try_from(i).ok()?.to_le_bytes())
             }
-            (Datatype::Uint8 | Datatype::Bool, Number::Int(i)) => out.push(u8::try_from(i).ok()?),
+            (Datatype::Uint8, Number::Int(i)) => out.push(u8::try_from(i).ok()?),
+            (Datatype::Bool, Number::Int(i @ 0..=1)) => out.push(i as u8),
             _ => return None,
         }
     }
@@ -520,30 +560,29 @@ impl Number {
     }
 }
 
-/// The elements of packed numeric data; `None` for BYTES and FP16.
-fn numbers(data: &[u8], datatype: Datatype) -> Option<Vec<Number>> {
+/// The elements of packed numeric data, one by one; `None` for BYTES.
+fn numbers(data: &[u8], datatype: Datatype) -> Option<Box<dyn Iterator<Item = Number> + '_>> {
     macro_rules! each {
         ($t:ty, $wrap:expr) => {
-            data.chunks_exact(size_of::<$t>())
-                .map(|c| $wrap(<$t>::from_le_bytes(c.try_into().expect("exact chunk"))))
-                .collect()
+            Box::new(
+                data.chunks_exact(size_of::<$t>())
+                    .map(|c| $wrap(<$t>::from_le_bytes(c.try_into().expect("exact chunk")))),
+            )
         };
     }
     Some(match datatype {
-        Datatype::Bool | Datatype::Uint8 => data.iter().map(|&b| Number::Int(b.into())).collect(),
-        Datatype::Int8 => data
-            .iter()
-            .map(|&b| Number::Int((b as i8).into()))
-            .collect(),
+        Datatype::Bool | Datatype::Uint8 => Box::new(data.iter().map(|&b| Number::Int(b.into()))),
+        Datatype::Int8 => Box::new(data.iter().map(|&b| Number::Int((b as i8).into()))),
         Datatype::Uint16 => each!(u16, |v: u16| Number::Int(v.into())),
         Datatype::Int16 => each!(i16, |v: i16| Number::Int(v.into())),
         Datatype::Uint32 => each!(u32, |v: u32| Number::Int(v.into())),
         Datatype::Int32 => each!(i32, |v: i32| Number::Int(v.into())),
         Datatype::Uint64 => each!(u64, |v: u64| Number::Int(v.into())),
         Datatype::Int64 => each!(i64, |v: i64| Number::Int(v.into())),
+        Datatype::Fp16 => each!(u16, |v| Number::Float(half::f16::from_bits(v).to_f64())),
         Datatype::Fp32 => each!(f32, |v: f32| Number::Float(v.into())),
         Datatype::Fp64 => each!(f64, Number::Float),
-        Datatype::Fp16 | Datatype::Bytes => return None,
+        Datatype::Bytes => return None,
     })
 }
 
@@ -629,22 +668,106 @@ fn unknown_output<'a>(
     ))
 }
 
+/// Why an answer cannot be sent as the client asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The guest's outputs are no tensors the protocol can describe (data
+    /// that does not fill its shape, a name given twice): the guest's
+    /// fault, counted against its instance.
+    #[error("{0}")]
+    Malformed(String),
+    /// The answer cannot be sent as asked (an output it lacks, values JSON
+    /// cannot carry, outputs made up from NaN): the client's to change.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<BadRequest> for EncodeError {
+    fn from(e: BadRequest) -> Self {
+        EncodeError::Refused(e.0)
+    }
+}
+
+/// Checks a guest's outputs: each one's data fills its shape exactly, and
+/// no name is given twice.
+fn check_outputs(outputs: &[Tensor]) -> Result<(), EncodeError> {
+    let mut names = std::collections::HashSet::with_capacity(outputs.len());
+    for t in outputs {
+        let malformed = |what: String| {
+            EncodeError::Malformed(format!(
+                "the guest's output `{}` ({} {:?}) {what}",
+                t.name,
+                datatype_name(t.datatype),
+                t.shape
+            ))
+        };
+        if !names.insert(&t.name) {
+            return Err(malformed("is given twice".into()));
+        }
+        let elements = t
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| malformed("has a shape too large to hold".into()))?;
+        match element_size(t.datatype) {
+            Some(width) if elements.checked_mul(width) != Some(t.data.len()) => {
+                return Err(malformed(format!("has {} bytes of data", t.data.len())))
+            }
+            None if count_bytes_elements(&t.data) != Some(elements) => {
+                return Err(malformed(
+                    "has BYTES data that is not one length-prefixed element per place".into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to send an output that is not a float while a float output of
+/// the same answer is NaN or infinite: a label or class computed from it
+/// would be made up (as `/predict` refuses such an answer). Float outputs
+/// alone pass, for the binary form to carry them as they are.
+fn nothing_made_up(outputs: &[Tensor], chosen: &[(&Tensor, bool)]) -> Result<(), EncodeError> {
+    let is_float =
+        |t: &Tensor| matches!(t.datatype, Datatype::Fp16 | Datatype::Fp32 | Datatype::Fp64);
+    let Some((other, _)) = chosen.iter().find(|(t, _)| !is_float(t)) else {
+        return Ok(());
+    };
+    for t in outputs.iter().filter(|t| is_float(t)) {
+        if let Some((i, value)) = first_not_finite(&t.data, t.datatype) {
+            return Err(EncodeError::Refused(format!(
+                "output `{}` element {i} is {value}, so output `{}` would be made up from it: send inputs the model can answer",
+                t.name, other.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Writes the response: the requested outputs (all when none were named),
-/// in the model's order as Triton does, each binary or JSON as asked.
+/// in the model's order as Triton does, each binary or JSON as asked. The
+/// guest's outputs are checked first (see [`EncodeError`]).
 pub fn encode_response(
     origin: Origin<'_>,
     outputs: &[Tensor],
     requested: &[RequestedOutput],
     binary_output: bool,
-) -> Result<Encoded, BadRequest> {
+) -> Result<Encoded, EncodeError> {
+    check_outputs(outputs)?;
     unknown_output(requested, outputs.iter().map(|t| t.name.as_str()))?;
-    let chosen = outputs.iter().filter_map(|t| {
-        if requested.is_empty() {
-            return Some((t, binary_output));
-        }
-        let asked = requested.iter().find(|r| r.name == t.name)?;
-        Some((t, asked.binary.unwrap_or(binary_output)))
-    });
+    let chosen: Vec<(&Tensor, bool)> = outputs
+        .iter()
+        .filter_map(|t| {
+            if requested.is_empty() {
+                return Some((t, binary_output));
+            }
+            let asked = requested.iter().find(|r| r.name == t.name)?;
+            Some((t, asked.binary.unwrap_or(binary_output)))
+        })
+        .collect();
+    nothing_made_up(outputs, &chosen)?;
     let mut binary = Vec::new();
     let mut any_binary = false;
     let mut out = Vec::new();
@@ -745,7 +868,6 @@ fn to_json(tensor: &Tensor) -> Result<Data, BadRequest> {
         integer => Data::Int(
             numbers(&tensor.data, integer)
                 .ok_or_else(refuse)?
-                .into_iter()
                 .map(|n| match n {
                     Number::Int(i) => i,
                     Number::Float(_) => unreachable!("integer datatypes give integers"),

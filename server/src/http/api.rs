@@ -33,7 +33,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::app::Scope;
 use super::app::{json, PublicApp};
-use super::body::{self, Limit};
+use super::body;
 use super::call::{call, readyz};
 use super::error::ApiError;
 use crate::instance::{Input, Instance, InstanceReport};
@@ -47,18 +47,18 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = super::route(req.uri().path());
+    if path == "/predict" && (req.method() == Method::POST || req.method() == Method::GET) {
+        let started = std::time::Instant::now();
+        let mut served_by = None;
+        let response = predict(&app, &target, req, &mut served_by)
+            .await
+            .unwrap_or_else(ApiError::into_response);
+        let instance = served_by.as_ref().map(|i: &Arc<Instance>| i.name());
+        app.metrics
+            .observe(instance, response.status().as_u16(), started.elapsed());
+        return Ok(response);
+    }
     let response = match (path, &target) {
-        ("/predict", _) if req.method() == Method::POST || req.method() == Method::GET => {
-            let started = std::time::Instant::now();
-            let mut served_by = None;
-            let response = predict(&app, &target, req, &mut served_by)
-                .await
-                .unwrap_or_else(ApiError::into_response);
-            let instance = served_by.as_ref().map(|i: &Arc<Instance>| i.name());
-            app.metrics
-                .observe(instance, response.status().as_u16(), started.elapsed());
-            Ok(response)
-        }
         ("/predict", _) => Err(not_allowed("POST, GET, HEAD")),
         ("/topology", Scope::Router) if req.method() == Method::GET => {
             let mut response = json(StatusCode::OK, &topology(&app.router));
@@ -96,6 +96,10 @@ pub async fn handle(
             ),
         )),
     };
+    let response = match response {
+        Err(refused) => Err(body::refuse(req, app.body_limit(), refused).await),
+        ok => ok,
+    };
     Ok(response.unwrap_or_else(ApiError::into_response))
 }
 
@@ -110,16 +114,7 @@ async fn predict(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let body = match *req.method() {
         Method::GET => Input::Example,
-        _ => Input::Body(
-            body::read(
-                req,
-                Limit {
-                    bytes: app.max_body,
-                    flag: "--max-body",
-                },
-            )
-            .await?,
-        ),
+        _ => Input::Body(body::read(req, app.body_limit()).await?),
     };
     let out = call(app, target, Want::default(), body, served_by).await?;
     let mut response = Response::new(Full::new(Bytes::from(out.into_json())));

@@ -39,6 +39,16 @@ pub struct PublicApp {
     pub draining: Arc<AtomicBool>,
 }
 
+impl PublicApp {
+    /// The limit every public request body is read within.
+    pub fn body_limit(&self) -> super::body::Limit {
+        super::body::Limit {
+            bytes: self.max_body,
+            flag: "--max-body",
+        }
+    }
+}
+
 /// What the operator's routes (`/admin/...`) share.
 pub struct AdminApp {
     /// The topology's router: chaos finds its instance there, demotion

@@ -89,6 +89,19 @@ fn check_codings(headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `error`, to be answered once `req`'s body is read (within `limit`),
+/// for a request refused before its body mattered (no such route, a wrong
+/// method, an unknown model): answered with the body unread, the connection
+/// would close, and closing a socket with unread bytes resets it, so the
+/// client could lose the answer. A body the limit does not take is left
+/// unread, and the connection closes after the answer.
+pub async fn refuse(req: Request<Incoming>, limit: Limit, error: ApiError) -> ApiError {
+    match read(req, limit).await {
+        Ok(_) => error,
+        Err(_) => error.body_unread(),
+    }
+}
+
 fn too_large(limit: Limit) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -24,15 +24,9 @@ use crate::routing::router::Want;
 /// under load would take capacity away exactly when it is needed (the
 /// balancer's `maxconn` and hadr's 503 handle saturation).
 pub(super) fn readyz(app: &PublicApp, target: &Scope) -> Result<Response<Full<Bytes>>, ApiError> {
-    if app.draining.load(std::sync::atomic::Ordering::Acquire) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "the host is draining before it stops (SIGTERM with --drain); it still answers requests that arrive",
-        ));
-    }
+    not_draining(app)?;
     let ready = match target {
-        Scope::Instance(i) => !i.is_broken(),
+        Scope::Instance(i) => instance_ready(i),
         Scope::Router => app
             .router
             .instances()
@@ -56,6 +50,25 @@ pub(super) fn readyz(app: &PublicApp, target: &Scope) -> Result<Response<Full<By
             why_not,
         ))
     }
+}
+
+/// 503 `draining` while the host drains before it stops: every readiness
+/// check says so, whatever it checks.
+pub(super) fn not_draining(app: &PublicApp) -> Result<(), ApiError> {
+    if app.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the host is draining before it stops (SIGTERM with --drain); it still answers requests that arrive",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an instance's own port is ready: it has a working sandbox,
+/// whatever its load (see [`readyz`]).
+pub(super) fn instance_ready(instance: &Instance) -> bool {
+    !instance.is_broken()
 }
 
 /// Runs one request on an instance `want` admits: leased by load on the

@@ -35,8 +35,8 @@ use serde::Serialize;
 
 use super::app::Scope;
 use super::app::{json, PublicApp};
-use super::body::{self, Limit};
-use super::call::{call, readyz};
+use super::body;
+use super::call::{call, instance_ready, not_draining, readyz};
 use super::error::ApiError;
 use crate::instance::{Answer, Input, Instance};
 use crate::oip;
@@ -55,6 +55,9 @@ pub async fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     let started = std::time::Instant::now();
+    // Taken by the one route that reads the body; a refusal elsewhere reads
+    // it first (see `body::refuse`).
+    let mut req = Some(req);
     let outcome = match (segments.as_slice(), &method) {
         (["v2"], &Method::GET) => Ok(json(StatusCode::OK, &server_metadata())),
         (["v2", "health", "live"], &Method::GET) => {
@@ -78,6 +81,7 @@ pub async fn handle(
                 (["ready"], &Method::GET) => model_ready(app, scope, want),
                 (["infer"], &Method::POST) => {
                     let mut served_by = None;
+                    let req = req.take().expect("only this route takes the request");
                     let response = infer(app, scope, want, req, &mut served_by).await;
                     let status = match &response {
                         Ok(r) => r.status(),
@@ -94,6 +98,10 @@ pub async fn handle(
             }
         }
         _ => Err(not_found(&path)),
+    };
+    let outcome = match (outcome, req) {
+        (Err(refused), Some(req)) => Err(body::refuse(req, app.body_limit(), refused).await),
+        (outcome, _) => outcome,
     };
     outcome.unwrap_or_else(ApiError::into_v2_response)
 }
@@ -217,8 +225,14 @@ fn model_ready(
     want: Want,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let instances = serving(app, scope, want)?;
-    // Any role counts: on the router a standby would be promoted.
-    if instances.iter().any(|i| i.can_take()) {
+    not_draining(app)?;
+    let ready = match scope {
+        // As `/readyz` on this port: a working sandbox, whatever the load.
+        Scope::Instance(i) => instance_ready(i),
+        // Any role counts: on the router a standby would be promoted.
+        Scope::Router => instances.iter().any(|i| i.can_take()),
+    };
+    if ready {
         Ok(json(
             StatusCode::OK,
             &serde_json::json!({"name": want.model, "ready": true}),
@@ -235,7 +249,10 @@ fn model_ready(
     }
 }
 
-/// `POST .../infer`: parse, run through [`call`], encode.
+/// `POST .../infer`: read, parse, run through [`call`] (whose instance
+/// encodes the answer). The body is read first, whatever the answer: one
+/// refused with its body unread closes the connection, and the close of a
+/// socket with unread bytes resets it, so the client could lose the answer.
 async fn infer(
     app: &PublicApp,
     scope: &Scope,
@@ -243,23 +260,17 @@ async fn infer(
     req: Request<Incoming>,
     served_by: &mut Option<Arc<Instance>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let header_length = req
+        .headers()
+        .get(HEADER_LENGTH)
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()));
+    let body = body::read(req, app.body_limit()).await?;
     let instances = serving(app, scope, want)?;
-    let header_length = match req.headers().get(HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or_else(|| {
-                    bad_request("Inference-Header-Content-Length is not a byte count")
-                })?,
-        ),
-    };
-    let limit = Limit {
-        bytes: app.max_body,
-        flag: "--max-body",
-    };
-    let body = body::read(req, limit).await?;
+    let header_length = header_length
+        .map(|n| {
+            n.ok_or_else(|| bad_request("Inference-Header-Content-Length is not a byte count"))
+        })
+        .transpose()?;
     let request = oip::parse_request(&body, header_length).map_err(|e| bad_request(e.0))?;
     drop(body);
     // Outputs the model does not have are refused before it runs (the
@@ -269,7 +280,7 @@ async fn infer(
         let (_, outputs) = oip::tensor_metadata(declared.model.graph.info());
         oip::check_requested(&request.outputs, &outputs).map_err(|e| bad_request(e.0))?;
     }
-    let input = Input::Tensors(request.inputs.into());
+    let input = Input::Tensors(Arc::new(request));
     let answer = call(app, scope, want, input, served_by)
         .await
         .map_err(|e| match e.status {
@@ -280,16 +291,9 @@ async fn infer(
             },
             _ => e,
         })?;
-    let Answer::Tensors { outputs, version } = answer else {
+    let Answer::Infer(encoded) = answer else {
         unreachable!("tensors in, tensors out");
     };
-    let origin = oip::Origin {
-        model: want.model.unwrap_or_default(),
-        version: &version,
-        id: request.id.as_deref(),
-    };
-    let encoded = oip::encode_response(origin, &outputs, &request.outputs, request.binary_output)
-        .map_err(|e| bad_request(e.0))?;
     let mut response = Response::new(Full::new(Bytes::from(encoded.body)));
     let headers = response.headers_mut();
     match encoded.header_length {

@@ -21,15 +21,18 @@ pub enum Input {
     /// request that deployment's smoke test proved it takes, so a canary or
     /// a retry on another version is asked its own example.
     Example,
-    /// Open Inference Protocol tensors as the client sent them: fitted to
-    /// the model of whichever deployment answers, like the example.
-    Tensors(Arc<[Tensor]>),
+    /// An Open Inference Protocol request: its tensors as the client sent
+    /// them are fitted to the model of whichever deployment answers, like
+    /// the example, and its answer is encoded as it asks.
+    Tensors(Arc<oip::InferRequest>),
 }
 
 /// An input made ready for one deployment.
 pub(super) enum Prepared {
     Body(bytes::Bytes),
-    Tensors(Vec<Tensor>),
+    /// The inputs fitted to the deployment's model, and the request (for
+    /// the answer's encoding).
+    Tensors(Vec<Tensor>, Arc<oip::InferRequest>),
     /// The bodies of a merged batch, in order.
     Batch(Vec<bytes::Bytes>),
 }
@@ -39,8 +42,8 @@ impl Input {
         match self {
             Input::Body(body) => Ok(Prepared::Body(body)),
             Input::Example => Ok(Prepared::Body(deployment.example.clone())),
-            Input::Tensors(tensors) => oip::fit(&tensors, deployment.model.graph.info())
-                .map(Prepared::Tensors)
+            Input::Tensors(request) => oip::fit(&request.inputs, deployment.model.graph.info())
+                .map(|fitted| Prepared::Tensors(fitted, request))
                 .map_err(|e| {
                     CallError::Rejected(PredictError {
                         kind: ErrorKind::InvalidInput,
@@ -57,14 +60,10 @@ pub enum Answer {
     /// For `/predict`: the guest's JSON, with `model`, `instance` and
     /// `version` added.
     Json(Vec<u8>),
-    /// For `/v2/.../infer`: the model's outputs, and the version that ran
-    /// them (a canary's, when the canary answered).
-    Tensors {
-        /// The outputs, in the model's order.
-        outputs: Vec<Tensor>,
-        /// The deployment version.
-        version: String,
-    },
+    /// For `/v2/.../infer`: the response, encoded as the request asked,
+    /// naming the version that ran it (a canary's, when the canary
+    /// answered).
+    Infer(oip::Encoded),
 }
 
 impl Answer {
@@ -73,7 +72,7 @@ impl Answer {
     pub fn into_json(self) -> Vec<u8> {
         match self {
             Answer::Json(json) => json,
-            Answer::Tensors { .. } => b"{}".to_vec(),
+            Answer::Infer(_) => b"{}".to_vec(),
         }
     }
 }
@@ -81,7 +80,8 @@ impl Answer {
 /// A guest's answer before the host adds who answered.
 pub(super) enum Reply {
     Json(Predicted),
-    Tensors(Vec<Tensor>),
+    /// The model's outputs, and the request they answer.
+    Tensors(Vec<Tensor>, Arc<oip::InferRequest>),
     /// One answer (or refusal) per request of a merged batch, in order.
     Batch(crate::sandbox::live::BatchReplies),
 }
@@ -127,7 +127,10 @@ pub(super) async fn call(
     };
     let outcome = match input {
         Prepared::Body(body) => live.predict(body).await.map(Reply::Json),
-        Prepared::Tensors(tensors) => live.infer(tensors).await.map(Reply::Tensors),
+        Prepared::Tensors(tensors, request) => live
+            .infer(tensors)
+            .await
+            .map(|outputs| Reply::Tensors(outputs, request.clone())),
         Prepared::Batch(bodies) => live.predict_batch(bodies).await.map(Reply::Batch),
     };
     let Err(e) = &outcome else {

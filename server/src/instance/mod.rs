@@ -48,6 +48,8 @@ use hadr_state::InstanceRecord;
 use tokio::runtime::Handle;
 
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
+use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
+use crate::oip;
 use crate::sandbox::deployment::Deployment;
 use crate::sandbox::engine::HostRuntime;
 use crate::sandbox::sandboxes::{Elasticity, Sandboxes, Taken};
@@ -753,7 +755,10 @@ impl Instance {
     }
 
     /// A guest's reply as the client's answer: `/predict`'s JSON with who
-    /// answered added, or the model's tensors.
+    /// answered added, or the infer response encoded as it asks. Here, so
+    /// that an answer that cannot be sent counts as what it is: a guest's
+    /// malformed outputs as a failure, a client's impossible ask as a
+    /// refusal, never as served.
     fn answer(&self, deployment: &Deployment, reply: Reply) -> Result<Answer, CallError> {
         match reply {
             Reply::Json(answer) => {
@@ -764,10 +769,24 @@ impl Instance {
                 };
                 Ok(Answer::Json(answer.with_origin(origin)?))
             }
-            Reply::Tensors(outputs) => Ok(Answer::Tensors {
-                outputs,
-                version: deployment.version.clone(),
-            }),
+            Reply::Tensors(outputs, request) => {
+                let origin = oip::Origin {
+                    model: &deployment.model.name,
+                    version: &deployment.version,
+                    id: request.id.as_deref(),
+                };
+                oip::encode_response(origin, &outputs, &request.outputs, request.binary_output)
+                    .map(Answer::Infer)
+                    .map_err(|e| match e {
+                        oip::EncodeError::Malformed(m) => {
+                            CallError::BadAnswer(predict_core::BadAnswer(m))
+                        }
+                        oip::EncodeError::Refused(message) => CallError::Rejected(PredictError {
+                            kind: ErrorKind::InvalidInput,
+                            message,
+                        }),
+                    })
+            }
             Reply::Batch(_) => unreachable!("a merged batch is answered request by request"),
         }
     }

@@ -269,12 +269,13 @@ fn json_responses_carry_every_output_in_model_order() {
 #[test]
 fn float_outputs_json_cannot_carry_are_refused_unless_binary() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let outputs = [label(3), output("probabilities", &[0.25, bad])];
+        // Floats alone (a label beside them is refused: see below).
+        let outputs = [output("probabilities", &[0.25, bad])];
         let e = encode_response(ORIGIN, &outputs, &[], false).unwrap_err();
         assert!(
-            e.0.contains("output `probabilities` element 1 is")
-                && e.0.contains("ask for it with binary_data"),
-            "{e}"
+            matches!(&e, EncodeError::Refused(m) if m.contains("output `probabilities` element 1 is")
+                && m.contains("ask for it with binary_data")),
+            "{e:?}"
         );
         let binary = encode_response(ORIGIN, &outputs, &[], true).unwrap();
         let n = binary.header_length.expect("binary outputs");
@@ -321,9 +322,167 @@ fn binary_outputs_follow_the_json_in_its_order_and_the_header_says_where() {
     }];
     let e = encode_response(ORIGIN, &outputs, &unknown, false).unwrap_err();
     assert!(
-        e.0.contains("no output `scores`; its outputs are `label`, `probabilities`"),
+        matches!(&e, EncodeError::Refused(m) if m.contains("no output `scores`; its outputs are `label`, `probabilities`")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn explicit_nulls_read_as_absent_members() {
+    let body = serde_json::json!({
+        "id": null, "parameters": null, "outputs": null,
+        "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "parameters": null, "data": [1]}]
+    });
+    let request = parse_request(&serde_json::to_vec(&body).unwrap(), None).unwrap();
+    assert_eq!(request.id, None);
+    assert!(request.outputs.is_empty());
+    assert!(!request.binary_output);
+    let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+        "outputs": [{"name": "label", "parameters": null}]});
+    let request = parse_request(&serde_json::to_vec(&body).unwrap(), None).unwrap();
+    assert_eq!(request.outputs[0].binary, None);
+}
+
+#[test]
+fn an_input_given_twice_is_found_among_thousands() {
+    let mut inputs: Vec<_> = (0..20_000)
+        .map(|i| serde_json::json!({"name": format!("a{i:05}"), "shape": [], "datatype": "BOOL", "data": true}))
+        .collect();
+    inputs
+        .push(serde_json::json!({"name": "a12345", "shape": [], "datatype": "BOOL", "data": true}));
+    let body = serde_json::to_vec(&serde_json::json!({ "inputs": inputs })).unwrap();
+    let e = parse_request(&body, None).unwrap_err();
+    assert!(e.0.contains("input `a12345` is given twice"), "{e}");
+}
+
+#[test]
+fn values_past_a_floats_range_or_not_finite_are_refused() {
+    // JSON past FP32's range would become an infinity.
+    let e = json_request(
+        serde_json::json!({"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 1e39]}),
+    )
+    .unwrap_err();
+    assert!(
+        e.0.contains("element 1 is 1e+39, not a number within FP32's range"),
         "{e}"
     );
+    // FP64 past FP32's range, fitted to a float model.
+    let request = json_request(serde_json::json!({"name": "float_input", "shape": [1, 2], "datatype": "FP64", "data": [1, 1e39]}))
+        .unwrap();
+    let e = fit(&request.inputs, &model(vec![-1, 2], "float")).unwrap_err();
+    assert!(
+        e.0.contains("element 1 is inf as FP32, not a finite number"),
+        "{e}"
+    );
+    // Binary NaN, in the model's own type.
+    let mut data = 1f32.to_le_bytes().to_vec();
+    data.extend_from_slice(&f32::NAN.to_le_bytes());
+    let nan = Tensor {
+        name: "float_input".into(),
+        datatype: Datatype::Fp32,
+        shape: vec![1, 2],
+        data,
+    };
+    let e = fit(&[nan], &model(vec![-1, 2], "float")).unwrap_err();
+    assert!(e.0.contains("element 1 is NaN as FP32"), "{e}");
+}
+
+#[test]
+fn conversions_write_each_target_types_own_width_and_range() {
+    let ints = |datatype, data: Vec<u8>| Tensor {
+        name: "float_input".into(),
+        datatype,
+        shape: vec![1, 2],
+        data,
+    };
+    let int32: Vec<u8> = [7i32, -1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    // INT32 to INT64: 8 bytes an element (it was an i128's 16).
+    let fitted = fit(
+        &[ints(Datatype::Int32, int32)],
+        &model(vec![-1, 2], "int64"),
+    )
+    .unwrap();
+    assert_eq!(
+        fitted[0].data,
+        [7i64, -1]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    );
+    // UINT64 past INT64's range does not fit.
+    let big: Vec<u8> = [1u64, u64::MAX]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert!(fit(&[ints(Datatype::Uint64, big)], &model(vec![-1, 2], "int64")).is_err());
+    // BOOL takes 0 and 1 only.
+    assert!(fit(
+        &[ints(Datatype::Uint8, vec![0, 1])],
+        &model(vec![-1, 2], "bool")
+    )
+    .is_ok());
+    assert!(fit(
+        &[ints(Datatype::Uint8, vec![0, 2])],
+        &model(vec![-1, 2], "bool")
+    )
+    .is_err());
+    // FP16 (binary) to FP32, exactly.
+    let halves: Vec<u8> = [half::f16::from_f32(1.5), half::f16::from_f32(-0.25)]
+        .iter()
+        .flat_map(|v| v.to_bits().to_le_bytes())
+        .collect();
+    let fitted = fit(
+        &[ints(Datatype::Fp16, halves)],
+        &model(vec![-1, 2], "float"),
+    )
+    .unwrap();
+    assert_eq!(f32s(&fitted[0].data), [1.5, -0.25]);
+}
+
+#[test]
+fn a_guests_outputs_that_do_not_fill_their_shapes_are_its_fault() {
+    let mut short = output("probabilities", &[0.25, 0.75]);
+    short.shape = vec![1, 3];
+    let e = encode_response(ORIGIN, &[short], &[], false).unwrap_err();
+    assert!(
+        matches!(&e, EncodeError::Malformed(m) if m.contains("has 8 bytes")),
+        "{e:?}"
+    );
+    let twice = [label(1), label(2)];
+    let e = encode_response(ORIGIN, &twice, &[], false).unwrap_err();
+    assert!(
+        matches!(&e, EncodeError::Malformed(m) if m.contains("given twice")),
+        "{e:?}"
+    );
+    let bytes = Tensor {
+        name: "records".into(),
+        datatype: Datatype::Bytes,
+        shape: vec![2],
+        data: vec![1, 0, 0, 0, b'x'],
+    };
+    let e = encode_response(ORIGIN, &[bytes], &[], true).unwrap_err();
+    assert!(matches!(e, EncodeError::Malformed(_)), "{e:?}");
+}
+
+#[test]
+fn outputs_made_up_from_nan_are_refused_and_floats_alone_pass_as_binary() {
+    let outputs = [label(3), output("probabilities", &[f32::NAN, 0.5])];
+    let only = |name: &str, binary| {
+        [RequestedOutput {
+            name: name.into(),
+            binary: Some(binary),
+        }]
+    };
+    for asked in [&only("label", false)[..], &only("label", true), &[]] {
+        let e = encode_response(ORIGIN, &outputs, asked, true).unwrap_err();
+        assert!(
+            matches!(&e, EncodeError::Refused(m) if m.contains("output `probabilities` element 0 is NaN, so output `label` would be made up")),
+            "{asked:?}: {e:?}"
+        );
+    }
+    let encoded = encode_response(ORIGIN, &outputs, &only("probabilities", true), false).unwrap();
+    let n = encoded.header_length.unwrap();
+    assert!(f32s(&encoded.body[n..])[0].is_nan());
 }
 
 #[test]
