@@ -227,6 +227,31 @@ async fn a_request_refused_early_still_has_its_body_read() {
     }
 }
 
+/// Requests RFC 9112 says a server must refuse, which hyper lets through:
+/// 400 with a JSON message, and the connection closed (their framing is in
+/// doubt). HTTP/1.0 needs no Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_framing_is_in_doubt_are_refused() {
+    let host = Host::start(&free_ports("single.json"), &[]);
+    for (head, why) in [
+        ("GET /healthz HTTP/1.1\r\n\r\n", "exactly one Host"),
+        ("GET /healthz HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", "exactly one Host"),
+        (
+            "POST /predict HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            "chunked more than once",
+        ),
+    ] {
+        for addr in [host.router, host.admin] {
+            let text = raw_exchange(addr, head.as_bytes()).await;
+            assert!(text.starts_with("HTTP/1.1 400"), "{head:?}: {text}");
+            assert!(text.contains(why), "{text}");
+            assert!(text.contains("connection: close"), "{text}");
+        }
+    }
+    let text = raw_exchange(host.router, b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+}
+
 /// Writes `bytes` and reads until `answers` status lines came back (5 s at
 /// most).
 async fn exchange_answers(addr: std::net::SocketAddr, bytes: &[u8], answers: usize) -> String {

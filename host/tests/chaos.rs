@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cases, chaos, free_ports, get, inputs, post, request_with, Host};
+use common::{cases, chaos, free_ports, get, inputs, post, request_with, Host, ADMIN_TOKEN};
 use hyper::{Method, StatusCode};
 
 fn row() -> Vec<u8> {
@@ -140,6 +140,16 @@ async fn admin_calls_without_the_token_are_refused_and_change_nothing() {
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}: {b}");
         assert_eq!(h["www-authenticate"], "Bearer");
     }
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let (s, _, b) = request_with(
+        host.admin,
+        Method::GET,
+        "/admin/deployments",
+        Default::default(),
+        Some(&format!("bearer {ADMIN_TOKEN}")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
     // Nothing was armed: the next prediction succeeds.
     let row = inputs(&[cases("digits")["cases"][0]["input"].clone()]);
     let (s, _, b) = post(host.router, "/predict", row).await;

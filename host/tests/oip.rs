@@ -482,6 +482,15 @@ async fn bad_requests_get_their_status_and_the_host_keeps_serving() {
     let headers = [("inference-header-content-length", "many".to_string())];
     let (status, _, _) = v2(host.router, Method::POST, path, &headers, "{}").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Given twice, it cannot say where the JSON ends (the second was ignored).
+    let good_text = good.to_string();
+    let n = good_text.len().to_string();
+    let twice = [
+        ("inference-header-content-length", n.clone()),
+        ("inference-header-content-length", n),
+    ];
+    let (status, _, body) = v2(host.router, Method::POST, path, &twice, good_text).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}");
 
     let (status, answer) = infer_json(host.router, path, &good).await;
     assert_eq!(status, StatusCode::OK, "{answer}");

@@ -242,7 +242,9 @@ fn authorize(app: &AdminApp, req: &Request<Incoming>) -> Result<(), ApiError> {
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
     // Compare digests so the time taken does not depend on where they differ.
     let matches = given.is_some_and(|given| {
         Sha256::digest(given.as_bytes()) == Sha256::digest(app.admin_token.as_bytes())

@@ -141,6 +141,9 @@ async fn dispatch(
     if req.method() == hyper::Method::HEAD {
         *req.method_mut() = hyper::Method::GET;
     }
+    if let Err(refused) = check_framing(&req) {
+        return Ok(refused.body_unread().into_response());
+    }
     match service {
         Service::Admin(app) => {
             let response = Box::pin(super::admin::handle(&app, req)).await;
@@ -164,4 +167,34 @@ async fn dispatch(
             api::handle(app, scope, req).await
         }
     }
+}
+
+/// Refuses a request hyper lets through that RFC 9112 says a server must
+/// refuse (400, and the connection closed: its framing is in doubt): an
+/// HTTP/1.1 request without exactly one `Host` (§3.2), or a body chunked
+/// more than once (§6.1), which a proxy in front may frame differently
+/// (request smuggling).
+fn check_framing(req: &hyper::Request<hyper::body::Incoming>) -> Result<(), ApiError> {
+    let refuse = |message: &str| {
+        Err(ApiError::new(
+            hyper::StatusCode::BAD_REQUEST,
+            "malformed_request",
+            message,
+        ))
+    };
+    let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
+    if req.version() == hyper::Version::HTTP_11 && hosts != 1 {
+        return refuse("an HTTP/1.1 request carries exactly one Host header (RFC 9112 §3.2)");
+    }
+    let chunked = req
+        .headers()
+        .get_all(hyper::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+        .filter(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        .count();
+    if chunked > 1 {
+        return refuse("the body is chunked more than once (RFC 9112 §6.1)");
+    }
+    Ok(())
 }

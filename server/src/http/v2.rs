@@ -260,15 +260,18 @@ async fn infer(
     req: Request<Incoming>,
     served_by: &mut Option<Arc<Instance>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let header_length = req
-        .headers()
-        .get(HEADER_LENGTH)
-        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()));
+    // Given twice, the header is refused: which one frames the body?
+    let mut lengths = req.headers().get_all(HEADER_LENGTH).iter();
+    let header_length = match (lengths.next(), lengths.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok())),
+        (Some(_), Some(_)) => Some(None),
+    };
     let body = body::read(req, app.body_limit()).await?;
     let instances = serving(app, scope, want)?;
     let header_length = header_length
         .map(|n| {
-            n.ok_or_else(|| bad_request("Inference-Header-Content-Length is not a byte count"))
+            n.ok_or_else(|| bad_request("Inference-Header-Content-Length is not one byte count"))
         })
         .transpose()?;
     let request = oip::parse_request(&body, header_length).map_err(|e| bad_request(e.0))?;
