@@ -264,7 +264,7 @@ fn parse_input(input: InputJson, binary: &mut &[u8]) -> Result<Tensor, BadReques
             ))
         }
         (Some(size), None) => take_binary(&name, datatype, elements, size, binary)?,
-        (None, Some(json)) => from_json(&name, datatype, elements, &json)?,
+        (None, Some(json)) => from_json(&name, datatype, &shape, elements, &json)?,
     };
     Ok(Tensor {
         name,
@@ -331,11 +331,17 @@ fn count_bytes_elements(mut data: &[u8]) -> Option<usize> {
 fn from_json(
     name: &str,
     datatype: Datatype,
+    shape: &[u64],
     elements: usize,
     json: &Value,
 ) -> Result<Vec<u8>, BadRequest> {
     // Sized by the data, never by the shape: the shape is the client's
     // word, and `[35184372088832]` would ask for 256 TiB up front.
+    if !nests_as(json, shape) {
+        return bad(format!(
+            "input `{name}`: `data` is nested, but not as shape {shape:?} says (give it flat, or one list per dimension)"
+        ));
+    }
     let mut flat = Vec::new();
     flatten(json, &mut flat);
     if flat.len() != elements {
@@ -354,6 +360,32 @@ fn from_json(
         })?;
     }
     Ok(out)
+}
+
+/// Whether JSON `data` is flat (the protocol's other form: its length is
+/// checked against the shape after) or nested as `shape` says, each list
+/// holding its dimension's count (the last lists may hold the remaining
+/// dimensions flat). Flattened unchecked, `[[63 values], [1 value]]` passed
+/// as a `[1, 64]` row.
+fn nests_as(data: &Value, shape: &[u64]) -> bool {
+    match data {
+        Value::Array(items) if items.iter().any(Value::is_array) => nested(items, shape),
+        _ => true,
+    }
+}
+
+fn nested(items: &[Value], shape: &[u64]) -> bool {
+    let Some((&first, rest)) = shape.split_first() else {
+        return false;
+    };
+    if !items.iter().any(Value::is_array) {
+        let rest = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        return rest == Some(items.len() as u64);
+    }
+    items.len() as u64 == first
+        && items
+            .iter()
+            .all(|i| matches!(i, Value::Array(inner) if nested(inner, rest)))
 }
 
 fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {

@@ -40,6 +40,35 @@ fn nested_and_flat_json_data_give_the_same_packed_tensor() {
 }
 
 #[test]
+fn nested_data_must_nest_as_its_shape() {
+    let with = |shape: serde_json::Value, data: serde_json::Value| {
+        json_request(
+            serde_json::json!({"name": "x", "shape": shape, "datatype": "FP32", "data": data}),
+        )
+    };
+    assert!(with(
+        serde_json::json!([2, 2]),
+        serde_json::json!([[1, 2], [3, 4]])
+    )
+    .is_ok());
+    assert!(with(serde_json::json!([2, 2]), serde_json::json!([1, 2, 3, 4])).is_ok());
+    assert!(with(
+        serde_json::json!([2, 1, 2]),
+        serde_json::json!([[1, 2], [3, 4]])
+    )
+    .is_ok());
+    for ragged in [
+        serde_json::json!([[1, 2, 3], [4]]),
+        serde_json::json!([[1, 2, 3, 4]]),
+        serde_json::json!([[1, 2], 3, 4]),
+        serde_json::json!([[[1, 2], [3, 4]]]),
+    ] {
+        let e = with(serde_json::json!([2, 2]), ragged.clone()).unwrap_err();
+        assert!(e.0.contains("not as shape [2, 2] says"), "{ragged}: {e}");
+    }
+}
+
+#[test]
 fn binary_inputs_are_cut_from_the_tail_in_input_order() {
     let header = serde_json::to_vec(&serde_json::json!({
         "id": "r1",
