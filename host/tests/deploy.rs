@@ -505,6 +505,50 @@ async fn restarts_after_two_deploys_compile_nothing() {
     }
 }
 
+/// A canary lives in memory: a restart ends it, and the event log says so
+/// (its last word was still `canary`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: restarts a hadr-host process"]
+async fn a_restart_ends_the_canary_in_the_event_log() {
+    let dir = TempDir::new("canary-restart");
+    let state = dir.0.join("state");
+    let topology = free_ports("single.json");
+    let (host, _) = start_timed(&topology, &state, &dir.0.join("first.log"));
+    let in_force = served_version(host.router).await;
+    let guest = variant_guest(&dir);
+    deploy(
+        &host,
+        &["--module", guest.to_str().unwrap(), "--canary", "50"],
+    );
+    assert!(has_event(&deployments(&host).await, "canary"));
+    drop(host); // kill -9
+    let (host, _) = start_timed(&topology, &state, &dir.0.join("second.log"));
+    assert_eq!(served_version(host.router).await, in_force);
+    let events = deployments(&host).await["events"].clone();
+    let last = events
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(last["kind"], "abort", "{events}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ended by a restart"),
+        "{last}"
+    );
+    drop(host);
+    // Said once: the next start finds the canary closed.
+    let (host, _) = start_timed(&topology, &state, &dir.0.join("third.log"));
+    let again = deployments(&host).await["events"].clone();
+    assert_eq!(
+        again.as_array().unwrap().len(),
+        events.as_array().unwrap().len(),
+        "{again}"
+    );
+}
+
 /// Acceptance 4: a restart after a deploy serves the deployed version and
 /// says so; with a warm compiled cache it does not compile, and the time
 /// from process start to the first 200 is reported against a cold start. A

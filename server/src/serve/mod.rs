@@ -256,6 +256,13 @@ impl Host {
             instances.push(Arc::new(instance));
         }
         forget_missing(&store, &file)?;
+        let events = store.events(1)?;
+        if let Some(ended) =
+            recovery::canary_ended_by_restart(&events, crate::serving::now_rfc3339())
+        {
+            tracing::warn!(detail = %ended.detail, "the canary the last run left open has ended");
+            store.push_event(&ended)?;
+        }
         let mut filled: Vec<Arc<Deployment>> = Vec::new();
         for instance in &instances {
             let deployment = instance.deployment();

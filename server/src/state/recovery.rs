@@ -25,7 +25,9 @@
 //! A changed shape (instances, roles, ports, thresholds) bumps the
 //! topology generation.
 
-use hadr_state::{DeploymentRecord, InstanceRecord, Role as Saved, Source, TopologyMark};
+use hadr_state::{
+    DeploymentRecord, Event, EventKind, InstanceRecord, Role as Saved, Source, TopologyMark,
+};
 use sha2::{Digest, Sha256};
 
 use crate::instance::Role;
@@ -123,6 +125,22 @@ pub fn next_mark(topology: &Topology, saved: Option<&TopologyMark>) -> TopologyM
     }
 }
 
+/// The event that closes a canary the last run left open (its last rollout
+/// event started one): a canary lives in memory only, so a restart ends it
+/// (its instances serve their version in force), and without this event the
+/// log's last word would still be the canary. `at` is now.
+pub fn canary_ended_by_restart(events: &[Event], at: String) -> Option<Event> {
+    let last = events.last()?;
+    (last.kind == EventKind::Canary).then(|| Event {
+        at,
+        kind: EventKind::Abort,
+        detail: format!(
+            "ended by a restart (a canary is not kept across restarts; its instances serve their version in force): {}",
+            last.detail
+        ),
+    })
+}
+
 /// Names, roles, ports and thresholds, in file order: what the file shapes.
 fn shape_digest(topology: &Topology) -> String {
     let mut hasher = Sha256::new();
@@ -141,6 +159,32 @@ mod tests {
     use super::*;
     use hadr_state::DeploymentRecord;
     use std::path::PathBuf;
+
+    #[test]
+    fn only_a_canary_left_open_is_ended_by_a_restart() {
+        let event = |kind| Event {
+            at: "t".into(),
+            kind,
+            detail: "v2 at 10%".into(),
+        };
+        let now = || "now".to_string();
+        assert_eq!(canary_ended_by_restart(&[], now()), None);
+        let open =
+            canary_ended_by_restart(&[event(EventKind::Deploy), event(EventKind::Canary)], now())
+                .expect("a canary was open");
+        assert_eq!((open.kind, open.at.as_str()), (EventKind::Abort, "now"));
+        assert!(open.detail.contains("ended by a restart") && open.detail.ends_with("v2 at 10%"));
+        for closed in [
+            EventKind::Deploy,
+            EventKind::Promote,
+            EventKind::Abort,
+            EventKind::AutoAbort,
+            EventKind::Rollback,
+        ] {
+            let events = [event(EventKind::Canary), event(closed)];
+            assert_eq!(canary_ended_by_restart(&events, now()), None, "{closed:?}");
+        }
+    }
 
     fn spec(name: &str, active: bool) -> InstanceSpec {
         InstanceSpec {
