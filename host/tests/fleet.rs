@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{cases, failures, inputs, repo, Answered, Load, TempDir};
-use hadr_tools::fleet::local::{haproxy_exe, FleetOptions, LocalFleet};
+use hadr_tools::fleet::haproxy;
+use hadr_tools::fleet::local::{haproxy_exe, FleetOptions, Haproxy, LocalFleet};
+use hadr_tools::spawn::Ports;
 use hyper::StatusCode;
 
 /// Generous bounds: the fleet shares two cores with the load and HAProxy.
@@ -351,4 +353,87 @@ fn the_exported_configuration_passes_haproxys_check_for_every_article_topology()
             String::from_utf8_lossy(&check.stderr)
         );
     }
+}
+
+/// A stand-in host whose `/readyz` answers 200 after `delay` (a host busy
+/// computing); counts the checks it answered.
+async fn slow_readyz(
+    addr: std::net::SocketAddr,
+    delay: Duration,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                tokio::time::sleep(delay).await;
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                if stream.write_all(ok).await.is_ok() {
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (answered, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: a real HAProxy"]
+async fn a_readyz_answered_late_under_load_keeps_its_server_up() {
+    let exe = haproxy_exe().expect("HAProxy is not installed: apt-get install -y haproxy");
+    let dir = TempDir::new("slow-check");
+    let ip = |k: u8| std::net::IpAddr::from([127, 0, 24, k]);
+    let mut ports = Ports::default();
+    let (host, frontend, stats) = (
+        ports.pick(ip(2)).unwrap(),
+        ports.pick(ip(1)).unwrap(),
+        ports.pick(ip(1)).unwrap(),
+    );
+    let topology = dir.write(
+        "slow.json",
+        &serde_json::json!({"slow": {"status": true, "host": host.ip(), "port": host.port().to_string()}})
+            .to_string(),
+    );
+    let topology = hadr_server::topology::Topology::load_shape(&topology).unwrap();
+    let options = haproxy::Options {
+        listen: frontend,
+        max_body: 64 << 10,
+        addresses: vec![],
+        queue_timeout_ms: 1000,
+        server_timeout_ms: 10_000,
+    };
+    let config = haproxy::config(&topology, &options).unwrap();
+    drop(ports);
+    // 300 ms: three times the check interval, well inside a 1 s check timeout.
+    let (answered, server) = slow_readyz(host, Duration::from_millis(300)).await;
+    let haproxy = Haproxy::start(&exe, &config, &dir.0, stats).unwrap();
+    let watched = Instant::now();
+    let mut seen = Vec::new();
+    while watched.elapsed() < Duration::from_secs(2) {
+        let states = tokio::task::block_in_place(|| haproxy.server_states());
+        seen.extend(states.into_iter().map(|(_, _, status)| status));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(haproxy);
+    server.abort();
+    assert!(!seen.is_empty(), "HAProxy's stats never answered");
+    // HAProxy starts a server at "UP 1/2" (one failed check from down), and
+    // each passing check keeps or takes it to "UP".
+    assert!(
+        !seen.iter().any(|s| s.starts_with("DOWN")) && seen.last().unwrap() == "UP",
+        "a check answered in 300 ms took the server down: {seen:?}"
+    );
+    let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(answered >= 3, "only {answered} checks were answered");
 }

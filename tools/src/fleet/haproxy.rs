@@ -10,8 +10,9 @@
 //!   takes traffic only when every active is down, so the standby is also a
 //!   `backup` of the actives' backend: a request retried after its active
 //!   died can then still reach it;
-//! - health checks on each entry's `/readyz` every 100 ms, down after 2
-//!   failures or at the first connection error, up after 2 successes;
+//! - health checks on each entry's `/readyz` every 100 ms, each allowed 1 s
+//!   to answer, down after 2 failures or at the first connection error, up
+//!   after 2 successes;
 //! - a request whose server failed (refused, reset, no answer) is retried up
 //!   to 3 times on another server. Safe only because a prediction has no
 //!   side effects. HAProxy must hold the whole body to retry it, so its
@@ -55,6 +56,10 @@ pub enum ExportError {
     #[error("--address names `{0}`, which the topology does not have")]
     UnknownAddress(String),
 }
+
+/// How long a health check may wait for `/readyz`'s answer once connected:
+/// far above a loaded host's answer time, far below `timeout server`.
+const CHECK_TIMEOUT_MS: u64 = 1000;
 
 /// Room HAProxy needs beside the body in its buffer (request line and headers).
 const HEADER_ROOM: usize = 16 * 1024;
@@ -123,6 +128,9 @@ pub fn config(topology: &Topology, options: &Options) -> Result<String, ExportEr
         "option redispatch 1".into(),
         "# /readyz every 100 ms; down after 2 failures or the first connection error, up after 2.".into(),
         "default-server check inter 100ms fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down".into(),
+        "# Without it `inter` (100 ms) bounds the whole check: a /readyz answered late by a host".into(),
+        "# busy computing would take a healthy server out exactly when it is needed.".into(),
+        format!("timeout check {CHECK_TIMEOUT_MS}ms"),
         r#"http-error status 503 content-type application/json string "{\"error\": \"no_capacity\", \"message\": \"every server of the topology is at its max_load or down; retry later\"}""#.into(),
     ];
     let _ = writeln!(w, "defaults");

@@ -65,15 +65,22 @@ pub struct LocalFleet {
     pub hosts: Vec<FleetHost>,
     /// Where clients send requests (HAProxy's frontend).
     pub frontend: SocketAddr,
-    /// HAProxy's statistics page (CSV at `/stats;csv`).
-    pub stats: SocketAddr,
     /// The topology the hosts run (rewritten with their addresses).
     pub topology: PathBuf,
     /// The admin port every host listens on, at its own address.
     pub admin_port: u16,
     /// The admin token every host takes.
     pub token: String,
-    haproxy: Child,
+    /// The HAProxy in front of them.
+    pub haproxy: Haproxy,
+}
+
+/// A running HAProxy, with a statistics listener added to its configuration
+/// so that its view of each server can be read.
+pub struct Haproxy {
+    child: Child,
+    /// Its statistics page (CSV at `/stats;csv`).
+    pub stats: SocketAddr,
 }
 
 /// The HAProxy executable, if installed.
@@ -153,26 +160,11 @@ impl LocalFleet {
             },
         )
         .map_err(|e| FleetError::Config(e.to_string()))?;
-        let config = format!(
-            "{config}\n# For the drill and tests: server states.\nlisten stats\n    bind {stats}\n    stats enable\n    stats uri /stats\n"
-        );
-        let cfg = dir.join("haproxy.cfg");
-        std::fs::write(&cfg, config).map_err(|e| io("writing haproxy.cfg", e))?;
-        let log = std::fs::File::create(dir.join("haproxy.log"))
-            .map_err(|e| io("creating haproxy.log", e))?;
         drop(front);
-        let haproxy = Command::new(haproxy_exe)
-            .arg("-f")
-            .arg(&cfg)
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| FleetError::Haproxy(format!("starting it: {e}")))?;
+        let haproxy = Haproxy::start(&haproxy_exe, &config, dir, stats)?;
         let mut fleet = Self {
             hosts,
             frontend,
-            stats,
             topology: copy,
             admin_port,
             token,
@@ -188,6 +180,78 @@ impl LocalFleet {
             .iter_mut()
             .find(|h| h.name == name)
             .unwrap_or_else(|| panic!("the fleet has no entry `{name}`"))
+    }
+
+    /// Waits (bounded) until HAProxy has `name` up in every backend it is in.
+    pub fn wait_up(&self, name: &str, within: Duration) -> Result<(), FleetError> {
+        self.haproxy
+            .wait_until(within, |states| {
+                let mine: Vec<_> = states.iter().filter(|(_, s, _)| s == name).collect();
+                !mine.is_empty() && mine.iter().all(|(_, _, st)| st == "UP")
+            })
+            .map_err(|states| FleetError::Haproxy(format!("`{name}` is not up: {states:?}")))
+    }
+
+    /// Waits (bounded) until HAProxy has `name` down everywhere.
+    pub fn wait_down(&self, name: &str, within: Duration) -> Result<(), FleetError> {
+        self.haproxy
+            .wait_until(within, |states| {
+                states
+                    .iter()
+                    .filter(|(_, s, _)| s == name)
+                    .all(|(_, _, st)| st.starts_with("DOWN"))
+            })
+            .map_err(|states| FleetError::Haproxy(format!("`{name}` is not down: {states:?}")))
+    }
+
+    fn wait_all_up(&mut self, within: Duration) -> Result<(), FleetError> {
+        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
+        for name in names {
+            if let Err(e) = self.wait_up(&name, within) {
+                let mut log = String::new();
+                if let Ok(Some(status)) = self.haproxy.child.try_wait() {
+                    log = format!(" (HAProxy exited: {status})");
+                }
+                return Err(FleetError::Haproxy(format!("{e}{log}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every host (SIGTERM) and HAProxy.
+    pub fn stop(mut self) {
+        for host in &mut self.hosts {
+            host.process.terminate();
+        }
+    }
+}
+
+impl Haproxy {
+    /// Starts HAProxy (`exe`) on `config` plus a statistics listener on
+    /// `stats`, writing `haproxy.cfg` and `haproxy.log` in `dir`.
+    pub fn start(
+        exe: &Path,
+        config: &str,
+        dir: &Path,
+        stats: SocketAddr,
+    ) -> Result<Self, FleetError> {
+        let io = |what: &str, e: std::io::Error| FleetError::Config(format!("{what}: {e}"));
+        let config = format!(
+            "{config}\n# For the drill and tests: server states.\nlisten stats\n    bind {stats}\n    stats enable\n    stats uri /stats\n"
+        );
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, config).map_err(|e| io("writing haproxy.cfg", e))?;
+        let log = std::fs::File::create(dir.join("haproxy.log"))
+            .map_err(|e| io("creating haproxy.log", e))?;
+        let child = Command::new(exe)
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| FleetError::Haproxy(format!("starting it: {e}")))?;
+        Ok(Self { child, stats })
     }
 
     /// HAProxy's view of each server: `(backend, server, status)`, e.g.
@@ -207,40 +271,6 @@ impl LocalFleet {
             .collect()
     }
 
-    /// Waits (bounded) until HAProxy has `name` up in every backend it is in.
-    pub fn wait_up(&self, name: &str, within: Duration) -> Result<(), FleetError> {
-        self.wait_until(within, |states| {
-            let mine: Vec<_> = states.iter().filter(|(_, s, _)| s == name).collect();
-            !mine.is_empty() && mine.iter().all(|(_, _, st)| st == "UP")
-        })
-        .map_err(|states| FleetError::Haproxy(format!("`{name}` is not up: {states:?}")))
-    }
-
-    /// Waits (bounded) until HAProxy has `name` down everywhere.
-    pub fn wait_down(&self, name: &str, within: Duration) -> Result<(), FleetError> {
-        self.wait_until(within, |states| {
-            states
-                .iter()
-                .filter(|(_, s, _)| s == name)
-                .all(|(_, _, st)| st.starts_with("DOWN"))
-        })
-        .map_err(|states| FleetError::Haproxy(format!("`{name}` is not down: {states:?}")))
-    }
-
-    fn wait_all_up(&mut self, within: Duration) -> Result<(), FleetError> {
-        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
-        for name in names {
-            if let Err(e) = self.wait_up(&name, within) {
-                let mut log = String::new();
-                if let Ok(Some(status)) = self.haproxy.try_wait() {
-                    log = format!(" (HAProxy exited: {status})");
-                }
-                return Err(FleetError::Haproxy(format!("{e}{log}")));
-            }
-        }
-        Ok(())
-    }
-
     fn wait_until(
         &self,
         within: Duration,
@@ -258,19 +288,12 @@ impl LocalFleet {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-
-    /// Stops every host (SIGTERM) and HAProxy.
-    pub fn stop(mut self) {
-        for host in &mut self.hosts {
-            host.process.terminate();
-        }
-    }
 }
 
-impl Drop for LocalFleet {
+impl Drop for Haproxy {
     fn drop(&mut self) {
-        let _ = self.haproxy.kill();
-        let _ = self.haproxy.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
