@@ -437,3 +437,40 @@ async fn a_readyz_answered_late_under_load_keeps_its_server_up() {
     let answered = answered.load(std::sync::atomic::Ordering::Relaxed);
     assert!(answered >= 3, "only {answered} checks were answered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_counts_refused_connections_and_html_answers_as_failures() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // HAProxy's own 502 page: HTML, not JSON.
+    let html = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let html_addr = html.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = html.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let page = "<html><body><h1>502 Bad Gateway</h1></body></html>";
+            let answer = format!(
+                "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    // Nothing listens there once the port is released.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (addr, expected) in [
+        (html_addr, "502 Bad Gateway not JSON"),
+        (refused, "no answer connect"),
+    ] {
+        let load = Load::start(addr, 2, digits_bodies());
+        load.wait_for(10).await;
+        let answers = load.stop().await;
+        let failed = failures(&answers);
+        assert_eq!(failed.len(), answers.len(), "{failed:?}");
+        assert!(failed[0].starts_with(expected), "{failed:?}");
+    }
+    server.abort();
+}
