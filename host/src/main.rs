@@ -505,16 +505,19 @@ async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure
         max_error_rate: None,
         min_calls: None,
     };
-    if let (Some((name, _)), []) = (
-        &plan.model,
-        &hadr_tools::fleet::rolling::hosts_for(&topology, &plan)[..],
-    ) {
+    let hosts = hadr_tools::fleet::rolling::hosts_for(&topology, &plan)
+        .map_err(|e| Failure::Config(e.into()))?;
+    if let (Some((name, _)), []) = (&plan.model, &hosts[..]) {
         return Err(Failure::Config(anyhow::anyhow!(
             "{}: no entry serves a model named `{name}` (a model replaces the model of its name)",
             topology.path.display()
         )));
     }
-    match hadr_tools::fleet::rolling::deploy(&topology, args.admin_port, &token, &plan).await {
+    let access = hadr_tools::fleet::rolling::Access {
+        admin_port: args.admin_port,
+        token,
+    };
+    match hadr_tools::fleet::rolling::deploy(&topology, &access, &plan).await {
         Ok(hosts) => {
             println!(
                 "{}",

@@ -126,6 +126,11 @@ impl AdminClient {
         self.call(Method::POST, path, body.into()).await
     }
 
+    /// `GET` an admin route (`/admin/deployments`).
+    pub async fn get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, path, Bytes::new()).await
+    }
+
     /// Uploads a file as a blob; returns its digest.
     async fn upload(&self, path: &Path) -> Result<String, ClientError> {
         let bytes = std::fs::read(path)
