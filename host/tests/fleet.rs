@@ -117,26 +117,10 @@ async fn losing_both_active_hosts_fails_no_request_and_they_rejoin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "full suite: hadr-host processes behind a real HAProxy"]
 async fn the_standby_takes_the_overflow_and_a_full_fleet_answers_503_at_once() {
-    // Every entry takes one request at a time. A request is held by a hang
-    // armed through the admin API: the placement guest has no `chaos`
-    // export, so the host commits it, asleep, until the deadline (then the
-    // host retries it once and it succeeds).
+    // Every entry takes one request at a time; requests are held by armed
+    // hangs (`arm_hang`).
     let dir = TempDir::new("overflow");
-    let placement = repo().join("guests/target/wasm32-wasip2/release/hadr_guest_placement.wasm");
-    let mut topology: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(repo().join("topologies/fleet/2-active.json")).unwrap(),
-    )
-    .unwrap();
-    for entry in topology.as_object_mut().unwrap().values_mut() {
-        entry["max_load"] = 1.into();
-        entry["model"] = repo()
-            .join("models/placement.onnx")
-            .to_string_lossy()
-            .into_owned()
-            .into();
-        entry["module"] = placement.to_string_lossy().into_owned().into();
-    }
-    let path = dir.write("2-active.json", &topology.to_string());
+    let path = dir.write("2-active.json", &placement_fleet(1).to_string());
     let (fleet, _fleet_dir) = fleet(&path, 22, &["--deadline", "4s"]);
     let body = Bytes::from(serde_json::to_vec(&cases("placement")["example"]).unwrap());
     let frontend = fleet.frontend;
@@ -148,24 +132,8 @@ async fn the_standby_takes_the_overflow_and_a_full_fleet_answers_503_at_once() {
             (status, answer, sent.elapsed())
         })
     };
-    let arm = |name: &str| {
-        let host = fleet.hosts.iter().find(|h| h.name == name).unwrap();
-        let (admin, auth) = (host.process.admin, format!("Bearer {}", fleet.token));
-        let body = serde_json::json!({"instance": name, "fault": "hang"}).to_string();
-        async move {
-            let (status, _, answer) = common::request_with(
-                admin,
-                hyper::Method::POST,
-                "/admin/chaos",
-                body.into(),
-                Some(&auth),
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK, "{answer}");
-        }
-    };
-    arm("predict1").await;
-    arm("predict2").await;
+    arm_hang(&fleet, "predict1").await;
+    arm_hang(&fleet, "predict2").await;
     let first = post();
     wait_loads(&fleet, |l| l[0] + l[1] == 1 && l[2] == 0).await;
     let second = post();
@@ -180,7 +148,7 @@ async fn the_standby_takes_the_overflow_and_a_full_fleet_answers_503_at_once() {
     );
 
     // Everything full: HAProxy's JSON 503 after its 1 s queue timeout.
-    arm("predict3").await;
+    arm_hang(&fleet, "predict3").await;
     let third = post();
     wait_loads(&fleet, |l| l == [1, 1, 1]).await;
     let (status, answer, took) = post().await.unwrap();
@@ -202,21 +170,66 @@ async fn the_standby_takes_the_overflow_and_a_full_fleet_answers_503_at_once() {
     }
 }
 
-/// Each host's load, from its own `/topology`.
-async fn loads(fleet: &LocalFleet) -> Vec<u64> {
+/// 2-active running the article's placement model and guest, each entry
+/// taking `max_load` requests at once.
+fn placement_fleet(max_load: u32) -> serde_json::Value {
+    let placement = repo().join("guests/target/wasm32-wasip2/release/hadr_guest_placement.wasm");
+    let mut topology: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("topologies/fleet/2-active.json")).unwrap(),
+    )
+    .unwrap();
+    for entry in topology.as_object_mut().unwrap().values_mut() {
+        entry["max_load"] = max_load.into();
+        entry["model"] = repo()
+            .join("models/placement.onnx")
+            .to_string_lossy()
+            .into_owned()
+            .into();
+        entry["module"] = placement.to_string_lossy().into_owned().into();
+    }
+    topology
+}
+
+/// Arms a hang of `name`'s next request through its admin API: the
+/// placement guest has no `chaos` export, so the host holds the request,
+/// asleep, until its deadline (then retries it once, and it succeeds).
+async fn arm_hang(fleet: &LocalFleet, name: &str) {
+    let host = fleet.hosts.iter().find(|h| h.name == name).unwrap();
+    let auth = format!("Bearer {}", fleet.token);
+    let body = serde_json::json!({"instance": name, "fault": "hang"}).to_string();
+    let (status, _, answer) = common::request_with(
+        host.process.admin,
+        hyper::Method::POST,
+        "/admin/chaos",
+        body.into(),
+        Some(&auth),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+/// The load of each host in `names`, from its own `/topology`.
+async fn loads(fleet: &LocalFleet, names: &[&str]) -> Vec<u64> {
     let mut loads = Vec::new();
-    for h in &fleet.hosts {
+    for name in names {
+        let h = fleet.hosts.iter().find(|h| h.name == *name).unwrap();
         let (_, _, topology) = common::get(h.process.router, "/topology").await;
         loads.push(topology[&h.name]["load"].as_u64().unwrap_or(0));
     }
     loads
 }
 
-/// Waits (bounded, polling) until the hosts' loads satisfy `done`.
+/// Waits (bounded, polling) until every host's load satisfies `done`.
 async fn wait_loads(fleet: &LocalFleet, done: impl Fn(&[u64]) -> bool) {
+    let names: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
+    wait_loads_of(fleet, &names, done).await;
+}
+
+/// Waits (bounded, polling) until the loads of `names` satisfy `done`.
+async fn wait_loads_of(fleet: &LocalFleet, names: &[&str], done: impl Fn(&[u64]) -> bool) {
     let deadline = Instant::now() + WITHIN;
     loop {
-        let now = loads(fleet).await;
+        let now = loads(fleet, names).await;
         if done(&now) {
             return;
         }
@@ -473,4 +486,35 @@ async fn the_load_counts_refused_connections_and_html_answers_as_failures() {
         assert!(failed[0].starts_with(expected), "{failed:?}");
     }
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full suite: hadr-host processes behind a real HAProxy"]
+async fn with_the_actives_down_the_standby_is_sent_at_most_its_max_load() {
+    let dir = TempDir::new("standby-bound");
+    let path = dir.write("2-active.json", &placement_fleet(1).to_string());
+    let (mut fleet, _fleet_dir) = fleet(&path, 25, &["--deadline", "4s"]);
+    tokio::task::block_in_place(|| {
+        for name in ["predict1", "predict2"] {
+            fleet.host(name).process.kill();
+            fleet.wait_down(name, WITHIN).unwrap();
+        }
+    });
+    let body = Bytes::from(serde_json::to_vec(&cases("placement")["example"]).unwrap());
+    arm_hang(&fleet, "predict3").await;
+    let frontend = fleet.frontend;
+    let held = tokio::spawn(common::post(frontend, "/predict", body.clone()));
+    wait_loads_of(&fleet, &["predict3"], |l| l == [1]).await;
+    // The standby is at its max_load of 1: the next request waits in
+    // HAProxy's queue and gets HAProxy's 503, never the host's own.
+    let (status, _, answer) = common::post(frontend, "/predict", body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("every server of the topology"),
+        "the standby was sent a second request: {answer}"
+    );
+    held.abort();
 }

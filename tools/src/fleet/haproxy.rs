@@ -6,10 +6,13 @@
 //!   its `max_load` requests at once (`maxconn`); more wait in HAProxy's
 //!   queue for at most `timeout queue`, then get 503;
 //! - the standby takes the overflow: when no active has a free slot (full or
-//!   down), requests go to the `standby` backend. A `backup` server alone
-//!   takes traffic only when every active is down, so the standby is also a
-//!   `backup` of the actives' backend: a request retried after its active
-//!   died can then still reach it;
+//!   down), a `use-server` rule sends the request to it. It is a `backup`
+//!   server of the same backend too, so that once every active is down the
+//!   balancing itself (and so a request retried after its active died)
+//!   reaches it. One backend, one server line per entry: HAProxy counts an
+//!   entry's connections once, so its `maxconn` bounds it however the request
+//!   got there (a server declared in two backends is two servers, each with
+//!   its own `maxconn`);
 //! - health checks on each entry's `/readyz` every 100 ms, each allowed 1 s
 //!   to answer, down after 2 failures or at the first connection error, up
 //!   after 2 successes;
@@ -138,31 +141,51 @@ pub fn config(topology: &Topology, options: &Options) -> Result<String, ExportEr
         let _ = writeln!(w, "    {line}");
     }
     let _ = writeln!(w);
-    let _ = writeln!(w, "frontend hadr\n    bind {}", options.listen);
-    if !standbys.is_empty() {
-        let _ = writeln!(
-            w,
-            "    # The article's overflow: no active has a free slot (full or down) -> the standby.\n\
-             \x20   acl actives_full be_conn_free(actives) le 0\n    use_backend standby if actives_full"
-        );
-    }
-    let _ = writeln!(w, "    default_backend actives\n");
-    let check =
-        "    balance leastconn\n    option httpchk GET /readyz\n    http-check expect status 200\n";
-    let _ = write!(w, "backend actives\n{check}");
+    let _ = writeln!(
+        w,
+        "frontend hadr\n    bind {}\n    default_backend fleet\n",
+        options.listen
+    );
+    let _ = write!(
+        w,
+        "backend fleet\n    balance leastconn\n    option httpchk GET /readyz\n    http-check expect status 200\n"
+    );
+    w.push_str(&overflow(&standbys));
     for spec in &actives {
         w.push_str(&server(spec, false)?);
     }
     for spec in &standbys {
         w.push_str(&server(spec, true)?);
     }
-    if !standbys.is_empty() {
-        let _ = write!(w, "\nbackend standby\n{check}");
-        for spec in &standbys {
-            w.push_str(&server(spec, false)?);
-        }
-    }
     Ok(out)
+}
+
+/// The article's overflow as `use-server` rules: no active has a free slot
+/// (full or down) -> a standby with room, in file order, else the last one
+/// (the request waits in its queue). Empty without a standby.
+fn overflow(standbys: &[&InstanceSpec]) -> String {
+    let Some((last, others)) = standbys.split_last() else {
+        return String::new();
+    };
+    let mut out = String::from(
+        "    # The article's overflow: no active has a free slot (full or down) -> the standby.\n\
+         \x20   # Backup servers count in be_conn_free only once every active is down.\n\
+         \x20   acl actives_full be_conn_free le 0\n",
+    );
+    for spec in others {
+        let _ = writeln!(
+            out,
+            "    use-server {0} if actives_full {{ srv_conn_free({0}) gt 0 }}",
+            spec.name
+        );
+    }
+    let _ = writeln!(out, "    use-server {} if actives_full", last.name);
+    if !others.is_empty() {
+        out.push_str(
+            "    # Every active down: the standbys share the load.\n    option allbackups\n",
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -193,39 +216,64 @@ mod tests {
     #[test]
     fn actives_share_by_least_connections_and_the_standby_takes_the_overflow() {
         let cfg = config(&topology(TWO_ACTIVE), &options()).unwrap();
-        let actives = cfg.split("\nbackend actives\n").nth(1).unwrap();
-        let actives = actives.split("\nbackend standby\n").next().unwrap();
-        assert!(actives.contains("balance leastconn"));
+        let fleet = cfg.split("\nbackend fleet\n").nth(1).unwrap();
+        assert!(fleet.contains("balance leastconn"));
         assert!(
-            actives.contains("server predict1 127.0.0.2:9696 maxconn 10\n"),
+            fleet.contains("server predict1 127.0.0.2:9696 maxconn 10\n"),
             "{cfg}"
         );
         assert!(
-            actives.contains("server predict2 127.0.0.3:9697 maxconn 20\n"),
+            fleet.contains("server predict2 127.0.0.3:9697 maxconn 20\n"),
             "{cfg}"
         );
         assert!(
-            actives.contains("server predict3 127.0.0.4:9698 maxconn 10 backup\n"),
+            fleet.contains("server predict3 127.0.0.4:9698 maxconn 10 backup\n"),
             "{cfg}"
         );
-        let standby = cfg.split("\nbackend standby\n").nth(1).unwrap();
         assert!(
-            standby.contains("server predict3 127.0.0.4:9698 maxconn 10\n"),
+            fleet.contains("use-server predict3 if actives_full\n"),
             "{cfg}"
         );
-        assert!(cfg.contains("use_backend standby if actives_full"));
         assert!(cfg.contains(&format!("tune.bufsize {}", (1 << 20) + HEADER_ROOM)));
     }
 
     #[test]
-    fn without_a_standby_there_is_no_overflow_backend() {
+    fn each_entry_is_one_server_so_its_maxconn_bounds_it_once() {
+        let cfg = config(&topology(TWO_ACTIVE), &options()).unwrap();
+        for name in ["predict1", "predict2", "predict3"] {
+            let lines = cfg
+                .lines()
+                .filter(|l| l.trim_start().starts_with(&format!("server {name} ")))
+                .count();
+            assert_eq!(lines, 1, "{name} is declared {lines} times: {cfg}");
+        }
+        assert_eq!(cfg.matches("\nbackend ").count(), 1, "{cfg}");
+    }
+
+    #[test]
+    fn several_standbys_take_the_overflow_in_turn() {
+        let cfg = config(
+            &topology(
+                r#"{"a": {"status": true, "port": 1}, "s1": {"status": false, "port": 2},
+                    "s2": {"status": false, "port": 3}}"#,
+            ),
+            &options(),
+        )
+        .unwrap();
+        let rules = "    use-server s1 if actives_full { srv_conn_free(s1) gt 0 }\n    use-server s2 if actives_full\n";
+        assert!(cfg.contains(rules), "{cfg}");
+        assert!(cfg.contains("option allbackups"), "{cfg}");
+    }
+
+    #[test]
+    fn without_a_standby_there_is_no_overflow_rule() {
         let cfg = config(
             &topology(r#"{"a": {"status": true, "port": 1}, "b": {"status": true, "port": 2}}"#),
             &options(),
         )
         .unwrap();
         assert!(
-            !cfg.contains("backend standby") && !cfg.contains("use_backend"),
+            !cfg.contains("actives_full") && !cfg.contains("use-server"),
             "{cfg}"
         );
         assert!(cfg.contains("server a 127.0.0.1:1 maxconn 10\n"));
