@@ -168,6 +168,11 @@ struct AdminArgs {
     /// The host's state directory, where its generated admin token lives.
     #[arg(long, default_value = "state-data", env = "HADR_STATE_DIR")]
     state_dir: PathBuf,
+    /// The longest one admin call may take, from connecting (itself at most
+    /// 5 s) to the whole answer: a deploy uploads, compiles and smoke-tests
+    /// first. Past it the host's state is unknown: check GET /admin/deployments.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 impl AdminArgs {
@@ -191,6 +196,7 @@ impl AdminArgs {
         Ok(AdminClient {
             url: self.admin.clone(),
             token,
+            timeout: self.timeout,
         })
     }
 }
@@ -488,7 +494,7 @@ fn export_haproxy(args: HaproxyArgs) -> Result<(), Failure> {
 }
 
 async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure> {
-    let token = args.admin.client().map_err(Failure::Config)?.token;
+    let client = args.admin.client().map_err(Failure::Config)?;
     let topology = hadr_server::topology::Topology::load_shape(&topology)
         .map_err(|e| Failure::Config(e.into()))?;
     if args.module.is_none() && args.model.is_none() {
@@ -515,7 +521,8 @@ async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure
     }
     let access = hadr_tools::fleet::rolling::Access {
         admin_port: args.admin_port,
-        token,
+        token: client.token,
+        timeout: client.timeout,
     };
     match hadr_tools::fleet::rolling::deploy(&topology, &access, &plan).await {
         Ok(hosts) => {

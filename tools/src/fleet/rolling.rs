@@ -190,6 +190,8 @@ pub struct Access {
     pub admin_port: u16,
     /// The token every host takes.
     pub token: String,
+    /// How long one admin call may take.
+    pub timeout: std::time::Duration,
 }
 
 impl Access {
@@ -199,6 +201,7 @@ impl Access {
                 .parse()
                 .expect("a valid URL"),
             token: self.token.clone(),
+            timeout: self.timeout,
         }
     }
 
@@ -440,6 +443,7 @@ mod tests {
             let access = Access {
                 admin_port,
                 token: "t".into(),
+                timeout: crate::admin_client::CALL_TIMEOUT,
             };
             Self { ips, access, dir }
         }
