@@ -92,6 +92,10 @@ pub struct HostOutcome {
     pub untouched: Vec<String>,
     /// What its admin API answered.
     pub answer: serde_json::Value,
+    /// Why nothing was deployed there, when nothing was: its entries name
+    /// no model, and it serves none of the name deployed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// Why the roll stopped at a host.
@@ -163,7 +167,8 @@ impl FleetDeployError {
 /// those with an entry serving a model of its name (a host replaces the
 /// model of that name only, and refuses a model it does not serve). An
 /// entry that names no model serves its host's default, which the file
-/// does not say: its host is asked, and decides.
+/// does not say: its host is asked, and decides (a refusal of a model it
+/// does not serve skips it, see [`deploy`]).
 pub fn hosts_for(
     topology: &Topology,
     plan: &DeployPlan,
@@ -182,6 +187,30 @@ pub fn hosts_for(
         .into_iter()
         .filter(|(_, entries)| entries.iter().any(serves))
         .collect())
+}
+
+/// Whether `entries` were chosen for a model deploy only because none names
+/// its model (each serves its host's default, which the file does not say).
+fn only_by_default(topology: &Topology, entries: &[String], plan: &DeployPlan) -> bool {
+    let Some((name, _)) = &plan.model else {
+        return false;
+    };
+    !topology.instances.iter().any(|spec| {
+        entries.contains(&spec.name) && spec.model.file_stem() == Some(std::ffi::OsStr::new(name))
+    })
+}
+
+/// The host's refusal of a model it serves under no instance (see
+/// `hadr_server::rollout`: "no instance serves a model named `NAME`; …").
+fn serves_no_such_model(reason: &StopReason, plan: &DeployPlan) -> Option<String> {
+    let (StopReason::Client(ClientError::Refused { status, message }), Some((name, _))) =
+        (reason, &plan.model)
+    else {
+        return None;
+    };
+    let prefix = format!("no instance serves a model named `{name}`");
+    (*status == hyper::StatusCode::UNPROCESSABLE_ENTITY && message.starts_with(&prefix))
+        .then(|| message.clone())
 }
 
 /// How to reach the fleet's admin listeners.
@@ -225,7 +254,11 @@ pub async fn deploy(
             admin: access.admin(*ip),
             entries: entries.clone(),
             source,
-            done: done.iter().map(|d| d.admin.clone()).collect(),
+            done: done
+                .iter()
+                .filter(|d| d.skipped.is_none())
+                .map(|d| d.admin.clone())
+                .collect(),
             rest: hosts[k + 1..]
                 .iter()
                 .map(|(ip, _)| access.admin(*ip))
@@ -255,7 +288,18 @@ pub async fn deploy(
         tracing::info!(host = %access.admin(*ip), ?entries, "deploying to the next host");
         match deploy_one(&access.client(*ip), entries, plan).await {
             Ok(outcome) => done.push(outcome),
-            Err(source) => return Err(stopped(k, source, &done).into()),
+            Err(source) => match serves_no_such_model(&source, plan)
+                .filter(|_| only_by_default(topology, entries, plan))
+            {
+                Some(why) => done.push(HostOutcome {
+                    admin: access.admin(*ip),
+                    deployed: Vec::new(),
+                    untouched: entries.clone(),
+                    answer: serde_json::Value::Null,
+                    skipped: Some(why),
+                }),
+                None => return Err(stopped(k, source, &done).into()),
+            },
         }
     }
     Ok(done)
@@ -280,6 +324,7 @@ async fn deploy_one(
         deployed: Vec::new(),
         untouched: Vec::new(),
         answer: serde_json::Value::Null,
+        skipped: None,
     };
     for entry in entries {
         let Some(wanted) = wanted(entry) else {
@@ -620,5 +665,33 @@ mod tests {
                 .contains("instance `c` serves version v1, not v2"),
             "{stopped}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_host_asked_only_for_its_default_model_may_serve_none_of_the_name() {
+        let lab = Lab::new(96, 3);
+        // b names no model: its host is asked, and serves no `digits`.
+        let entries = [
+            ("a", "127.0.96.2", Some("digits")),
+            ("b", "127.0.96.3", None),
+            ("c", "127.0.96.4", Some("digits")),
+        ];
+        let (t, plan) = plan_for(&lab, &entries, Some("digits"));
+        let none = "no instance serves a model named `digits`; this topology serves `wine`";
+        lab.host(0, "a", "v1", Ok("v2"), "v2").await;
+        lab.host(1, "b", "w1", Err(none), "w1").await;
+        let last = lab.host(2, "c", "v1", Ok("v2"), "v2").await;
+        let outcomes = deploy(&t, &lab.access, &plan).await.unwrap();
+        let shown: Vec<(&[String], bool)> = outcomes
+            .iter()
+            .map(|o| (&o.deployed[..], o.skipped.is_some()))
+            .collect();
+        let (a, c) = (["a".to_string()], ["c".to_string()]);
+        assert_eq!(shown, [(&a[..], false), (&[][..], true), (&c[..], false)]);
+        assert_eq!(last.load(SeqCst), 1, "the roll went on");
+        // A host whose entry names the model is not skipped on that answer.
+        let (t, plan) = plan_for(&lab, &[("b", "127.0.96.3", Some("digits"))], Some("digits"));
+        let e = deploy(&t, &lab.access, &plan).await.unwrap_err();
+        assert!(e.to_string().contains(none), "{e}");
     }
 }
