@@ -132,7 +132,8 @@ struct HaproxyArgs {
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     max_body: usize,
     /// Where HAProxy reaches an entry when that is not its host and port
-    /// (a Kubernetes Service name, say): NAME=HOST:PORT, repeatable.
+    /// (a Kubernetes Service name, say): NAME=HOST:PORT, repeatable. Needed
+    /// for an entry on 0.0.0.0 or ::, which HAProxy cannot reach as such.
     #[arg(long = "address", value_parser = parse_address)]
     addresses: Vec<(String, String)>,
     /// How long a request may wait for a free server before HAProxy answers

@@ -55,6 +55,18 @@ pub enum ExportError {
         /// The entry.
         instance: String,
     },
+    /// An entry listens on every address (`0.0.0.0`, `::`): as a server
+    /// address that means "the client's own destination" to HAProxy, not a
+    /// host it can reach.
+    #[error("{file}: instance `{instance}`: field `host`: {host} is every address of its machine, not one HAProxy can reach; give HAProxy the entry's address with --address {instance}=HOST:PORT")]
+    Unspecified {
+        /// The topology file.
+        file: String,
+        /// The entry.
+        instance: String,
+        /// Its address.
+        host: std::net::IpAddr,
+    },
     /// `--address` names an entry the topology does not have.
     #[error("--address names `{0}`, which the topology does not have")]
     UnknownAddress(String),
@@ -87,8 +99,15 @@ pub fn config(topology: &Topology, options: &Options) -> Result<String, ExportEr
                         file: topology.path.display().to_string(),
                         instance: spec.name.clone(),
                     })?;
-                let host = spec.host.map_or("127.0.0.1".to_string(), |h| h.to_string());
-                SocketAddr::new(host.parse().expect("an IP address"), port).to_string()
+                let host = spec.host.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+                if host.is_unspecified() {
+                    return Err(ExportError::Unspecified {
+                        file: topology.path.display().to_string(),
+                        instance: spec.name.clone(),
+                        host,
+                    });
+                }
+                SocketAddr::new(host, port).to_string()
             }
         };
         let backup = if backup { " backup" } else { "" };
@@ -293,5 +312,25 @@ mod tests {
         assert!(e.to_string().contains("`nope`"), "{e}");
         let e = config(&topology(r#"{"a": {"status": true}}"#), &options()).unwrap_err();
         assert!(e.to_string().contains("instance `a`: field `port`"), "{e}");
+    }
+
+    #[test]
+    fn an_entry_on_every_address_needs_an_address_for_haproxy() {
+        for any in ["0.0.0.0", "::"] {
+            let t = topology(&format!(
+                r#"{{"a": {{"status": true, "host": "{any}", "port": "9696"}}}}"#
+            ));
+            let e = config(&t, &options()).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "fleet.json: instance `a`: field `host`: {any} is every address"
+                )) && e.contains("--address a=HOST:PORT"),
+                "{e}"
+            );
+            let mut o = options();
+            o.addresses = vec![("a".into(), "hadr-a:9696".into())];
+            let cfg = config(&t, &o).unwrap();
+            assert!(cfg.contains("server a hadr-a:9696 maxconn 10\n"), "{cfg}");
+        }
     }
 }
