@@ -507,8 +507,9 @@ async fn with_the_actives_down_the_standby_is_sent_at_most_its_max_load() {
     wait_loads_of(&fleet, &["predict3"], |l| l == [1]).await;
     // The standby is at its max_load of 1: the next request waits in
     // HAProxy's queue and gets HAProxy's 503, never the host's own.
-    let (status, _, answer) = common::post(frontend, "/predict", body).await;
+    let (status, headers, answer) = common::post(frontend, "/predict", body).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(headers["retry-after"], "1", "as hadr's own 503 says");
     assert!(
         answer["message"]
             .as_str()

@@ -153,7 +153,8 @@ pub fn config(topology: &Topology, options: &Options) -> Result<String, ExportEr
         "# Without it `inter` (100 ms) bounds the whole check: a /readyz answered late by a host".into(),
         "# busy computing would take a healthy server out exactly when it is needed.".into(),
         format!("timeout check {CHECK_TIMEOUT_MS}ms"),
-        r#"http-error status 503 content-type application/json string "{\"error\": \"no_capacity\", \"message\": \"every server of the topology is at its max_load or down; retry later\"}""#.into(),
+        "# Everything full: hadr's own 503, Retry-After included.".into(),
+        r#"http-error status 503 content-type application/json string "{\"error\": \"no_capacity\", \"message\": \"every server of the topology is at its max_load or down; retry later\"}" hdr Retry-After 1"#.into(),
     ];
     let _ = writeln!(w, "defaults");
     for line in defaults {
@@ -254,6 +255,7 @@ mod tests {
             "{cfg}"
         );
         assert!(cfg.contains(&format!("tune.bufsize {}", (1 << 20) + HEADER_ROOM)));
+        assert!(cfg.contains("\" hdr Retry-After 1\n"), "{cfg}");
     }
 
     #[test]
