@@ -26,7 +26,7 @@ use hyper::StatusCode;
 /// Generous bounds: the fleet shares two cores with the load and HAProxy.
 const WITHIN: Duration = Duration::from_secs(15);
 
-fn fleet(topology: &Path, network: u8, extra: &[&str]) -> (LocalFleet, TempDir) {
+fn fleet(topology: &Path, network: u8, extra: &[&str]) -> Running {
     assert!(
         haproxy_exe().is_some(),
         "HAProxy is not installed: apt-get install -y haproxy (scripts/test does it as root)"
@@ -40,7 +40,27 @@ fn fleet(topology: &Path, network: u8, extra: &[&str]) -> (LocalFleet, TempDir) 
         extra: extra.iter().map(|s| s.to_string()).collect(),
     };
     let fleet = LocalFleet::start(topology, &dir.0, &options).unwrap_or_else(|e| panic!("{e}"));
-    (fleet, dir)
+    Running { fleet, _dir: dir }
+}
+
+/// A fleet and its directory, dropped in that order: the hosts stop (and
+/// write their state) before the directory is removed.
+struct Running {
+    fleet: LocalFleet,
+    _dir: TempDir,
+}
+
+impl std::ops::Deref for Running {
+    type Target = LocalFleet;
+    fn deref(&self) -> &LocalFleet {
+        &self.fleet
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut LocalFleet {
+        &mut self.fleet
+    }
 }
 
 fn digits_bodies() -> Vec<Bytes> {
@@ -59,7 +79,7 @@ fn served_by(answers: &[Answered], instance: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "full suite: hadr-host processes behind a real HAProxy"]
 async fn losing_both_active_hosts_fails_no_request_and_they_rejoin() {
-    let (mut fleet, _dir) = fleet(&repo().join("topologies/fleet/2-active.json"), 21, &[]);
+    let mut fleet = fleet(&repo().join("topologies/fleet/2-active.json"), 21, &[]);
     // Each process serves its own entry only (`--only`).
     for host in &fleet.hosts {
         let (_, _, topology) = common::get(host.process.router, "/topology").await;
@@ -121,7 +141,7 @@ async fn the_standby_takes_the_overflow_and_a_full_fleet_answers_503_at_once() {
     // hangs (`arm_hang`).
     let dir = TempDir::new("overflow");
     let path = dir.write("2-active.json", &placement_fleet(1).to_string());
-    let (fleet, _fleet_dir) = fleet(&path, 22, &["--deadline", "4s"]);
+    let fleet = fleet(&path, 22, &["--deadline", "4s"]);
     let body = Bytes::from(serde_json::to_vec(&cases("placement")["example"]).unwrap());
     let frontend = fleet.frontend;
     let post = || {
@@ -241,7 +261,7 @@ async fn wait_loads_of(fleet: &LocalFleet, names: &[&str], done: impl Fn(&[u64])
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "full suite: hadr-host processes behind a real HAProxy"]
 async fn a_rolling_restart_and_a_rolling_deploy_fail_no_request() {
-    let (mut fleet, _dir) = fleet(&repo().join("topologies/fleet/2-active.json"), 23, &[]);
+    let mut fleet = fleet(&repo().join("topologies/fleet/2-active.json"), 23, &[]);
     let load = Load::start(fleet.frontend, 3, digits_bodies());
     load.wait_for(150).await;
     for name in ["predict1", "predict2", "predict3"] {
@@ -493,12 +513,17 @@ async fn the_load_counts_refused_connections_and_html_answers_as_failures() {
 async fn with_the_actives_down_the_standby_is_sent_at_most_its_max_load() {
     let dir = TempDir::new("standby-bound");
     let path = dir.write("2-active.json", &placement_fleet(1).to_string());
-    let (mut fleet, _fleet_dir) = fleet(&path, 25, &["--deadline", "4s"]);
+    let mut fleet = fleet(&path, 25, &["--deadline", "4s"]);
     tokio::task::block_in_place(|| {
         for name in ["predict1", "predict2"] {
             fleet.host(name).process.kill();
             fleet.wait_down(name, WITHIN).unwrap();
         }
+        let short = Duration::from_millis(300);
+        assert!(
+            fleet.wait_down("predict", short).is_err(),
+            "no entry is named so"
+        );
     });
     let body = Bytes::from(serde_json::to_vec(&cases("placement")["example"]).unwrap());
     arm_hang(&fleet, "predict3").await;

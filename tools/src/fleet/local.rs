@@ -184,24 +184,29 @@ impl LocalFleet {
 
     /// Waits (bounded) until HAProxy has `name` up in every backend it is in.
     pub fn wait_up(&self, name: &str, within: Duration) -> Result<(), FleetError> {
-        self.haproxy
-            .wait_until(within, |states| {
-                let mine: Vec<_> = states.iter().filter(|(_, s, _)| s == name).collect();
-                !mine.is_empty() && mine.iter().all(|(_, _, st)| st == "UP")
-            })
-            .map_err(|states| FleetError::Haproxy(format!("`{name}` is not up: {states:?}")))
+        self.wait_for(name, within, "up", |status| status == "UP")
     }
 
     /// Waits (bounded) until HAProxy has `name` down everywhere.
     pub fn wait_down(&self, name: &str, within: Duration) -> Result<(), FleetError> {
+        self.wait_for(name, within, "down", |status| status.starts_with("DOWN"))
+    }
+
+    /// Waits (bounded) until HAProxy has a server `name`, in `wanted` state
+    /// in every backend it is in (a name it does not have never is).
+    fn wait_for(
+        &self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(), FleetError> {
         self.haproxy
             .wait_until(within, |states| {
-                states
-                    .iter()
-                    .filter(|(_, s, _)| s == name)
-                    .all(|(_, _, st)| st.starts_with("DOWN"))
+                let mine: Vec<_> = states.iter().filter(|(_, s, _)| s == name).collect();
+                !mine.is_empty() && mine.iter().all(|(_, _, status)| wanted(status))
             })
-            .map_err(|states| FleetError::Haproxy(format!("`{name}` is not down: {states:?}")))
+            .map_err(|states| FleetError::Haproxy(format!("`{name}` is not {what}: {states:?}")))
     }
 
     fn wait_all_up(&mut self, within: Duration) -> Result<(), FleetError> {
@@ -316,14 +321,21 @@ fn rewrite(
         .as_object_mut()
         .ok_or_else(|| config(format!("{}: not a topology", topology.display())))?;
     let mut ports = Vec::new();
-    for (k, entry) in entries.values_mut().enumerate() {
+    for (k, (name, entry)) in entries.iter_mut().enumerate() {
+        let entry = entry.as_object_mut().ok_or_else(|| {
+            config(format!(
+                "{}: instance `{name}`: not an object of fields",
+                topology.display()
+            ))
+        })?;
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, network, k as u8 + 2));
         let port = picked.pick(ip)?;
-        entry["host"] = ip.to_string().into();
-        entry["port"] = port.port().to_string().into();
+        entry.insert("host".into(), ip.to_string().into());
+        entry.insert("port".into(), port.port().to_string().into());
         for key in ["model", "module"] {
             if let Some(path) = entry.get(key).and_then(|v| v.as_str()) {
-                entry[key] = folder.join(path).to_string_lossy().into_owned().into();
+                let absolute = folder.join(path).to_string_lossy().into_owned();
+                entry.insert(key.into(), absolute.into());
             }
         }
         ports.push(port);
@@ -346,4 +358,24 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_that_is_no_object_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("hadr-local-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let topology = dir.join("bad.json");
+        std::fs::write(&topology, r#"{"a": {"status": true}, "b": 1}"#).unwrap();
+        let result = rewrite(&topology, &dir, 94, &mut Ports::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = result.expect_err("`b` is no entry").to_string();
+        assert!(
+            e.ends_with("bad.json: instance `b`: not an object of fields"),
+            "{e}"
+        );
+    }
 }
