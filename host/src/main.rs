@@ -140,6 +140,11 @@ struct HaproxyArgs {
     /// 503 (everything at max_load).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     queue_timeout: Duration,
+    /// The hosts' --deadline (run them with the same): HAProxy waits for an
+    /// answer twice that plus 2 s (timeout server), since a host retries a
+    /// request that runs into its deadline once.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
 }
 
 fn parse_address(s: &str) -> Result<(String, String), String> {
@@ -486,7 +491,7 @@ fn export_haproxy(args: HaproxyArgs) -> Result<(), Failure> {
         max_body: args.max_body,
         addresses: args.addresses,
         queue_timeout_ms: args.queue_timeout.as_millis() as u64,
-        server_timeout_ms: 10_000,
+        server_timeout_ms: hadr_tools::fleet::haproxy::server_timeout(args.deadline),
     };
     let config = hadr_tools::fleet::haproxy::config(&topology, &options)
         .map_err(|e| Failure::Config(e.into()))?;

@@ -23,6 +23,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use hadr_server::topology::{InstanceSpec, Topology};
 
@@ -40,8 +41,20 @@ pub struct Options {
     /// How long a request may wait for a free server before HAProxy answers
     /// 503 (everything full).
     pub queue_timeout_ms: u64,
-    /// HAProxy's server timeout; above the hosts' `--deadline` and retry.
+    /// HAProxy's server timeout; above the hosts' `--deadline` and retry
+    /// ([`server_timeout`]).
     pub server_timeout_ms: u64,
+}
+
+/// `hadr-host serve`'s default `--deadline`.
+pub const HOST_DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The longest a host may take to answer, for hosts run with `deadline`: a
+/// request that runs into it is retried once inside the host, and may wait
+/// for a sandbox first, so twice the deadline plus 2 s. Shorter, HAProxy
+/// would give up on (and resend) requests the host is still computing.
+pub fn server_timeout(deadline: Duration) -> u64 {
+    (2 * deadline + Duration::from_secs(2)).as_millis() as u64
 }
 
 /// Why no configuration could be written.
@@ -284,6 +297,16 @@ mod tests {
         let rules = "    use-server s1 if actives_full { srv_conn_free(s1) gt 0 }\n    use-server s2 if actives_full\n";
         assert!(cfg.contains(rules), "{cfg}");
         assert!(cfg.contains("option allbackups"), "{cfg}");
+    }
+
+    #[test]
+    fn the_server_timeout_covers_a_deadline_and_the_hosts_retry() {
+        assert_eq!(server_timeout(HOST_DEFAULT_DEADLINE), 4_000);
+        assert_eq!(server_timeout(Duration::from_secs(4)), 10_000);
+        let mut o = options();
+        o.server_timeout_ms = server_timeout(Duration::from_millis(1500));
+        let cfg = config(&topology(TWO_ACTIVE), &o).unwrap();
+        assert!(cfg.contains("    timeout server 5000ms\n"), "{cfg}");
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl LocalFleet {
                 max_body: options.max_body,
                 addresses: vec![],
                 queue_timeout_ms: 1000,
-                server_timeout_ms: 10_000,
+                server_timeout_ms: haproxy::server_timeout(deadline(&options.extra)),
             },
         )
         .map_err(|e| FleetError::Config(e.to_string()))?;
@@ -300,6 +300,15 @@ impl Drop for Haproxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The hosts' `--deadline`, from their `serve` options (else serve's default).
+fn deadline(extra: &[String]) -> Duration {
+    extra
+        .windows(2)
+        .find(|pair| pair[0] == "--deadline")
+        .and_then(|pair| humantime::parse_duration(&pair[1]).ok())
+        .unwrap_or(haproxy::HOST_DEFAULT_DEADLINE)
 }
 
 /// Copies `topology` into `dir` with entry `k` on `127.0.N.(k+2)` at a port
