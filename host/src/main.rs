@@ -132,13 +132,19 @@ struct HaproxyArgs {
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     max_body: usize,
     /// Where HAProxy reaches an entry when that is not its host and port
-    /// (a Kubernetes Service name, say): NAME=HOST:PORT, repeatable.
+    /// (a Kubernetes Service name, say): NAME=HOST:PORT, repeatable. Needed
+    /// for an entry on 0.0.0.0 or ::, which HAProxy cannot reach as such.
     #[arg(long = "address", value_parser = parse_address)]
     addresses: Vec<(String, String)>,
     /// How long a request may wait for a free server before HAProxy answers
     /// 503 (everything at max_load).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     queue_timeout: Duration,
+    /// The hosts' --deadline (run them with the same): HAProxy waits for an
+    /// answer twice that plus 2 s (timeout server), since a host retries a
+    /// request that runs into its deadline once.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    deadline: Duration,
 }
 
 fn parse_address(s: &str) -> Result<(String, String), String> {
@@ -168,6 +174,11 @@ struct AdminArgs {
     /// The host's state directory, where its generated admin token lives.
     #[arg(long, default_value = "state-data", env = "HADR_STATE_DIR")]
     state_dir: PathBuf,
+    /// The longest one admin call may take, from connecting (itself at most
+    /// 5 s) to the whole answer: a deploy uploads, compiles and smoke-tests
+    /// first. Past it the host's state is unknown: check GET /admin/deployments.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 impl AdminArgs {
@@ -191,6 +202,7 @@ impl AdminArgs {
         Ok(AdminClient {
             url: self.admin.clone(),
             token,
+            timeout: self.timeout,
         })
     }
 }
@@ -479,7 +491,7 @@ fn export_haproxy(args: HaproxyArgs) -> Result<(), Failure> {
         max_body: args.max_body,
         addresses: args.addresses,
         queue_timeout_ms: args.queue_timeout.as_millis() as u64,
-        server_timeout_ms: 10_000,
+        server_timeout_ms: hadr_tools::fleet::haproxy::server_timeout(args.deadline),
     };
     let config = hadr_tools::fleet::haproxy::config(&topology, &options)
         .map_err(|e| Failure::Config(e.into()))?;
@@ -488,7 +500,7 @@ fn export_haproxy(args: HaproxyArgs) -> Result<(), Failure> {
 }
 
 async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure> {
-    let token = args.admin.client().map_err(Failure::Config)?.token;
+    let client = args.admin.client().map_err(Failure::Config)?;
     let topology = hadr_server::topology::Topology::load_shape(&topology)
         .map_err(|e| Failure::Config(e.into()))?;
     if args.module.is_none() && args.model.is_none() {
@@ -505,16 +517,20 @@ async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure
         max_error_rate: None,
         min_calls: None,
     };
-    if let (Some((name, _)), []) = (
-        &plan.model,
-        &hadr_tools::fleet::rolling::hosts_for(&topology, &plan)[..],
-    ) {
+    let hosts = hadr_tools::fleet::rolling::hosts_for(&topology, &plan)
+        .map_err(|e| Failure::Config(e.into()))?;
+    if let (Some((name, _)), []) = (&plan.model, &hosts[..]) {
         return Err(Failure::Config(anyhow::anyhow!(
             "{}: no entry serves a model named `{name}` (a model replaces the model of its name)",
             topology.path.display()
         )));
     }
-    match hadr_tools::fleet::rolling::deploy(&topology, args.admin_port, &token, &plan).await {
+    let access = hadr_tools::fleet::rolling::Access {
+        admin_port: args.admin_port,
+        token: client.token,
+        timeout: client.timeout,
+    };
+    match hadr_tools::fleet::rolling::deploy(&topology, &access, &plan).await {
         Ok(hosts) => {
             println!(
                 "{}",

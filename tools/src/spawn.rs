@@ -78,6 +78,14 @@ pub struct Launch {
 /// The token drills use for the admin calls.
 const TOKEN_ENV: &str = "HADR_ADMIN_TOKEN";
 
+/// How long a host may take to print its ready line: it compiles its guest
+/// when the compiled cache misses, on a machine shared with other work.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
+/// How long a host may take to exit after SIGTERM: its `--drain` and its
+/// `--grace` (10 s by default), with room.
+const STOP_WITHIN: Duration = Duration::from_secs(30);
+
 impl HostProcess {
     /// Starts `hadr-host serve` on a copy of `topology` with every instance
     /// port set to 0 and its relative `model` and `module` paths made absolute
@@ -149,12 +157,20 @@ impl HostProcess {
     }
 
     /// SIGTERM (the host drains, if told to, then stops), and waits for the
-    /// exit.
+    /// exit; SIGKILL if it has not exited within 30 s.
     pub fn terminate(&mut self) {
+        self.terminate_within(STOP_WITHIN);
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited `within`.
+    fn terminate_within(&mut self, within: Duration) {
         if let Some(mut child) = self.child.take() {
             let pid = child.id().to_string();
             let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            let _ = child.wait();
+            if !matches!(exit_within(&mut child, within), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 
@@ -224,21 +240,32 @@ impl Launch {
 /// Waits briefly for a child that closed its stdout to exit (killing it if
 /// it does not) and says how it ended.
 fn end(mut child: Child) -> String {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        match child.try_wait() {
-            Ok(Some(status)) => return format!("exited with {status}"),
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return format!("could not be waited for ({e}), so it was killed");
-            }
-        }
-    }
+    let ended = match exit_within(&mut child, Duration::from_secs(2)) {
+        Ok(Some(status)) => return format!("exited with {status}"),
+        Ok(None) => "was still running, so it was killed".to_string(),
+        Err(e) => format!("could not be waited for ({e}), so it was killed"),
+    };
     let _ = child.kill();
     let _ = child.wait();
-    "was still running, so it was killed".into()
+    ended
+}
+
+/// Its exit status once it exits, or `None` if it is still running after
+/// `within` (polled: std has no wait with a timeout).
+fn exit_within(
+    child: &mut Child,
+    within: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The last `lines` lines of the file at `path` (or why it cannot be read).
@@ -259,13 +286,28 @@ impl Drop for HostProcess {
 }
 
 /// The first line a child prints on its piped stdout (empty if it printed
-/// none before exiting): servers announce where they listen there.
+/// none before exiting, or within 120 s): servers announce where they
+/// listen there.
 pub fn first_line(child: &mut Child) -> String {
-    let mut line = String::new();
-    if let Some(stdout) = child.stdout.take() {
+    first_line_within(child, READY_WITHIN)
+}
+
+/// [`first_line`] within `within`; a child still silent then is killed
+/// (which also ends the thread that reads for it).
+fn first_line_within(child: &mut Child, within: Duration) -> String {
+    let Some(stdout) = child.stdout.take() else {
+        return String::new();
+    };
+    let (sender, line) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
         let _ = BufReader::new(stdout).read_line(&mut line);
-    }
-    line
+        let _ = sender.send(line);
+    });
+    line.recv_timeout(within).unwrap_or_else(|_| {
+        let _ = child.kill();
+        String::new()
+    })
 }
 
 /// The router's and the admin listener's addresses from `hadr-host serve`'s
@@ -405,6 +447,52 @@ mod tests {
             );
         }
         assert!(own.iter().all(|a| freed(*a)), "a pick was not released");
+    }
+
+    /// A child that prints nothing and ignores SIGTERM for 30 s.
+    fn stubborn() -> Child {
+        Command::new("/bin/sh")
+            .args(["-c", "trap '' TERM; exec sleep 30"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_silent_child_is_given_up_on_and_killed() {
+        let mut child = stubborn();
+        let started = Instant::now();
+        assert_eq!(
+            first_line_within(&mut child, Duration::from_millis(300)),
+            ""
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "not bounded");
+        let exited = exit_within(&mut child, Duration::from_secs(5)).unwrap();
+        assert!(exited.is_some(), "the silent child was left running");
+    }
+
+    #[test]
+    fn a_host_that_ignores_sigterm_is_killed_after_the_bound() {
+        let launch = Launch {
+            exe: "/bin/sh".into(),
+            topology: "unused.json".into(),
+            state: "unused".into(),
+            log: "unused.log".into(),
+            router: "127.0.0.1:1".parse().unwrap(),
+            admin: "127.0.0.1:2".parse().unwrap(),
+            token: "t".into(),
+            extra: vec![],
+        };
+        let mut host = HostProcess {
+            child: Some(stubborn()),
+            router: launch.router,
+            admin: launch.admin,
+            launch,
+        };
+        let started = Instant::now();
+        host.terminate_within(Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_secs(10), "not bounded");
+        assert!(host.child.is_none());
     }
 
     #[test]

@@ -354,8 +354,22 @@ fn write_token(state: &Path) {
 /// One `POST /predict` that reports a failed connection as `None` instead of
 /// panicking (for load that runs while a host is killed).
 pub async fn try_post(addr: SocketAddr, body: Bytes) -> Option<StatusCode> {
-    let stream = TcpStream::connect(addr).await.ok()?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+    attempt_post(addr, body)
+        .await
+        .ok()
+        .map(|(status, _)| status)
+}
+
+/// One `POST /predict` on a fresh connection, bounded in time; what went
+/// wrong (refused, reset, timed out) as text instead of a panic.
+pub async fn attempt_post(addr: SocketAddr, body: Bytes) -> Result<(StatusCode, Bytes), String> {
+    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out after 10 s".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     let req = Request::builder()
         .method(Method::POST)
@@ -363,14 +377,16 @@ pub async fn try_post(addr: SocketAddr, body: Bytes) -> Option<StatusCode> {
         .header(HOST, addr.to_string())
         .header(CONTENT_TYPE, "application/json")
         .body(Full::new(body))
-        .ok()?;
-    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let response = sender.send_request(req).await?;
+        let status = response.status();
+        Ok::<_, hyper::Error>((status, response.into_body().collect().await?.to_bytes()))
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
         .await
-        .ok()?
-        .ok()?;
-    let status = response.status();
-    response.into_body().collect().await.ok()?;
-    Some(status)
+        .map_err(|_| "no answer within 30 s".to_string())?
+        .map_err(|e| format!("exchange: {e}"))
 }
 
 /// An HTTP answer: status, headers and the body as JSON.
@@ -625,7 +641,11 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 /// One answer of the background load.
 #[derive(Debug, Clone)]
 pub struct Answered {
-    pub status: StatusCode,
+    /// `None` when no answer came (refused, reset, timed out).
+    pub status: Option<StatusCode>,
+    /// Why it is no prediction, if it is none: the transport's error, or a
+    /// body that is not JSON (HAProxy's own HTML pages).
+    pub error: Option<String>,
     /// The version the answer says computed it.
     pub version: String,
     /// The instance that answered (empty for an error).
@@ -635,8 +655,44 @@ pub struct Answered {
     pub received: Instant,
 }
 
+impl Answered {
+    /// A 200 with a JSON body.
+    pub fn ok(&self) -> bool {
+        self.status == Some(StatusCode::OK) && self.error.is_none()
+    }
+
+    /// What one attempt of [`attempt_post`] came to.
+    fn of(outcome: Result<(StatusCode, Bytes), String>, sent: Instant) -> Self {
+        let (status, body) = match outcome {
+            Ok((status, bytes)) => (
+                Some(status),
+                serde_json::from_slice(&bytes).map_err(|_| {
+                    format!(
+                        "not JSON: {}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                    )
+                }),
+            ),
+            Err(e) => (None, Err(e)),
+        };
+        let field = |k: &str| {
+            let value: Option<&serde_json::Value> = body.as_ref().ok();
+            value.and_then(|b| b[k].as_str()).unwrap_or("").to_string()
+        };
+        Self {
+            status,
+            version: field("version"),
+            instance: field("instance"),
+            error: body.err(),
+            sent,
+            received: Instant::now(),
+        }
+    }
+}
+
 /// Background load: clients posting in a loop (each request on a fresh
-/// connection), keeping every answer's status, version and instance.
+/// connection), keeping every outcome: each answer's status, version and
+/// instance, and every request that got no answer or no JSON as a failure.
 pub struct Load {
     stop: Arc<AtomicBool>,
     answers: Arc<Mutex<Vec<Answered>>>,
@@ -659,15 +715,8 @@ impl Load {
                     }
                     let body = bodies[(c + k) % bodies.len()].clone();
                     let sent = Instant::now();
-                    let (status, _, b) = post(addr, "/predict", body).await;
-                    let field = |k: &str| b[k].as_str().unwrap_or("").to_string();
-                    answers.lock().unwrap().push(Answered {
-                        status,
-                        version: field("version"),
-                        instance: field("instance"),
-                        sent,
-                        received: Instant::now(),
-                    });
+                    let outcome = attempt_post(addr, body).await;
+                    answers.lock().unwrap().push(Answered::of(outcome, sent));
                 }
             });
         }
@@ -697,19 +746,33 @@ impl Load {
         }
     }
 
+    /// Stops the clients and returns every answer; a client that panicked
+    /// fails the test here (its requests would otherwise go uncounted).
     pub async fn stop(mut self) -> Vec<Answered> {
         self.stop.store(true, Ordering::Relaxed);
-        while self.tasks.join_next().await.is_some() {}
+        while let Some(ended) = self.tasks.join_next().await {
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                panic!("a load client did not finish: {e}");
+            }
+        }
         let answers = self.answers.lock().unwrap();
         answers.clone()
     }
 }
 
-/// The answers that were not 200, shown (status and how long each took).
+/// The answers that were not a 200 with JSON, shown (status or error, and
+/// how long each took).
 pub fn failures(answers: &[Answered]) -> Vec<String> {
     answers
         .iter()
-        .filter(|a| a.status != StatusCode::OK)
-        .map(|a| format!("{} after {:?}", a.status, a.received - a.sent))
+        .filter(|a| !a.ok())
+        .map(|a| {
+            let status = a.status.map_or("no answer".to_string(), |s| s.to_string());
+            let error = a.error.as_deref().unwrap_or("");
+            format!("{status} {error} after {:?}", a.received - a.sent)
+        })
         .collect()
 }

@@ -593,6 +593,7 @@ impl Rig {
                 .parse()
                 .expect("a valid URL"),
             token: host.token().to_string(),
+            timeout: crate::admin_client::CALL_TIMEOUT,
         }
     }
 

@@ -65,15 +65,22 @@ pub struct LocalFleet {
     pub hosts: Vec<FleetHost>,
     /// Where clients send requests (HAProxy's frontend).
     pub frontend: SocketAddr,
-    /// HAProxy's statistics page (CSV at `/stats;csv`).
-    pub stats: SocketAddr,
     /// The topology the hosts run (rewritten with their addresses).
     pub topology: PathBuf,
     /// The admin port every host listens on, at its own address.
     pub admin_port: u16,
     /// The admin token every host takes.
     pub token: String,
-    haproxy: Child,
+    /// The HAProxy in front of them.
+    pub haproxy: Haproxy,
+}
+
+/// A running HAProxy, with a statistics listener added to its configuration
+/// so that its view of each server can be read.
+pub struct Haproxy {
+    child: Child,
+    /// Its statistics page (CSV at `/stats;csv`).
+    pub stats: SocketAddr,
 }
 
 /// The HAProxy executable, if installed.
@@ -149,30 +156,15 @@ impl LocalFleet {
                 max_body: options.max_body,
                 addresses: vec![],
                 queue_timeout_ms: 1000,
-                server_timeout_ms: 10_000,
+                server_timeout_ms: haproxy::server_timeout(deadline(&options.extra)),
             },
         )
         .map_err(|e| FleetError::Config(e.to_string()))?;
-        let config = format!(
-            "{config}\n# For the drill and tests: server states.\nlisten stats\n    bind {stats}\n    stats enable\n    stats uri /stats\n"
-        );
-        let cfg = dir.join("haproxy.cfg");
-        std::fs::write(&cfg, config).map_err(|e| io("writing haproxy.cfg", e))?;
-        let log = std::fs::File::create(dir.join("haproxy.log"))
-            .map_err(|e| io("creating haproxy.log", e))?;
         drop(front);
-        let haproxy = Command::new(haproxy_exe)
-            .arg("-f")
-            .arg(&cfg)
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| FleetError::Haproxy(format!("starting it: {e}")))?;
+        let haproxy = Haproxy::start(&haproxy_exe, &config, dir, stats)?;
         let mut fleet = Self {
             hosts,
             frontend,
-            stats,
             topology: copy,
             admin_port,
             token,
@@ -188,6 +180,83 @@ impl LocalFleet {
             .iter_mut()
             .find(|h| h.name == name)
             .unwrap_or_else(|| panic!("the fleet has no entry `{name}`"))
+    }
+
+    /// Waits (bounded) until HAProxy has `name` up in every backend it is in.
+    pub fn wait_up(&self, name: &str, within: Duration) -> Result<(), FleetError> {
+        self.wait_for(name, within, "up", |status| status == "UP")
+    }
+
+    /// Waits (bounded) until HAProxy has `name` down everywhere.
+    pub fn wait_down(&self, name: &str, within: Duration) -> Result<(), FleetError> {
+        self.wait_for(name, within, "down", |status| status.starts_with("DOWN"))
+    }
+
+    /// Waits (bounded) until HAProxy has a server `name`, in `wanted` state
+    /// in every backend it is in (a name it does not have never is).
+    fn wait_for(
+        &self,
+        name: &str,
+        within: Duration,
+        what: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(), FleetError> {
+        self.haproxy
+            .wait_until(within, |states| {
+                let mine: Vec<_> = states.iter().filter(|(_, s, _)| s == name).collect();
+                !mine.is_empty() && mine.iter().all(|(_, _, status)| wanted(status))
+            })
+            .map_err(|states| FleetError::Haproxy(format!("`{name}` is not {what}: {states:?}")))
+    }
+
+    fn wait_all_up(&mut self, within: Duration) -> Result<(), FleetError> {
+        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
+        for name in names {
+            if let Err(e) = self.wait_up(&name, within) {
+                let mut log = String::new();
+                if let Ok(Some(status)) = self.haproxy.child.try_wait() {
+                    log = format!(" (HAProxy exited: {status})");
+                }
+                return Err(FleetError::Haproxy(format!("{e}{log}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every host (SIGTERM) and HAProxy.
+    pub fn stop(mut self) {
+        for host in &mut self.hosts {
+            host.process.terminate();
+        }
+    }
+}
+
+impl Haproxy {
+    /// Starts HAProxy (`exe`) on `config` plus a statistics listener on
+    /// `stats`, writing `haproxy.cfg` and `haproxy.log` in `dir`.
+    pub fn start(
+        exe: &Path,
+        config: &str,
+        dir: &Path,
+        stats: SocketAddr,
+    ) -> Result<Self, FleetError> {
+        let io = |what: &str, e: std::io::Error| FleetError::Config(format!("{what}: {e}"));
+        let config = format!(
+            "{config}\n# For the drill and tests: server states.\nlisten stats\n    bind {stats}\n    stats enable\n    stats uri /stats\n"
+        );
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, config).map_err(|e| io("writing haproxy.cfg", e))?;
+        let log = std::fs::File::create(dir.join("haproxy.log"))
+            .map_err(|e| io("creating haproxy.log", e))?;
+        let child = Command::new(exe)
+            .arg("-f")
+            .arg(&cfg)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| FleetError::Haproxy(format!("starting it: {e}")))?;
+        Ok(Self { child, stats })
     }
 
     /// HAProxy's view of each server: `(backend, server, status)`, e.g.
@@ -207,40 +276,6 @@ impl LocalFleet {
             .collect()
     }
 
-    /// Waits (bounded) until HAProxy has `name` up in every backend it is in.
-    pub fn wait_up(&self, name: &str, within: Duration) -> Result<(), FleetError> {
-        self.wait_until(within, |states| {
-            let mine: Vec<_> = states.iter().filter(|(_, s, _)| s == name).collect();
-            !mine.is_empty() && mine.iter().all(|(_, _, st)| st == "UP")
-        })
-        .map_err(|states| FleetError::Haproxy(format!("`{name}` is not up: {states:?}")))
-    }
-
-    /// Waits (bounded) until HAProxy has `name` down everywhere.
-    pub fn wait_down(&self, name: &str, within: Duration) -> Result<(), FleetError> {
-        self.wait_until(within, |states| {
-            states
-                .iter()
-                .filter(|(_, s, _)| s == name)
-                .all(|(_, _, st)| st.starts_with("DOWN"))
-        })
-        .map_err(|states| FleetError::Haproxy(format!("`{name}` is not down: {states:?}")))
-    }
-
-    fn wait_all_up(&mut self, within: Duration) -> Result<(), FleetError> {
-        let names: Vec<String> = self.hosts.iter().map(|h| h.name.clone()).collect();
-        for name in names {
-            if let Err(e) = self.wait_up(&name, within) {
-                let mut log = String::new();
-                if let Ok(Some(status)) = self.haproxy.try_wait() {
-                    log = format!(" (HAProxy exited: {status})");
-                }
-                return Err(FleetError::Haproxy(format!("{e}{log}")));
-            }
-        }
-        Ok(())
-    }
-
     fn wait_until(
         &self,
         within: Duration,
@@ -258,20 +293,22 @@ impl LocalFleet {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
 
-    /// Stops every host (SIGTERM) and HAProxy.
-    pub fn stop(mut self) {
-        for host in &mut self.hosts {
-            host.process.terminate();
-        }
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-impl Drop for LocalFleet {
-    fn drop(&mut self) {
-        let _ = self.haproxy.kill();
-        let _ = self.haproxy.wait();
-    }
+/// The hosts' `--deadline`, from their `serve` options (else serve's default).
+fn deadline(extra: &[String]) -> Duration {
+    extra
+        .windows(2)
+        .find(|pair| pair[0] == "--deadline")
+        .and_then(|pair| humantime::parse_duration(&pair[1]).ok())
+        .unwrap_or(haproxy::HOST_DEFAULT_DEADLINE)
 }
 
 /// Copies `topology` into `dir` with entry `k` on `127.0.N.(k+2)` at a port
@@ -293,14 +330,21 @@ fn rewrite(
         .as_object_mut()
         .ok_or_else(|| config(format!("{}: not a topology", topology.display())))?;
     let mut ports = Vec::new();
-    for (k, entry) in entries.values_mut().enumerate() {
+    for (k, (name, entry)) in entries.iter_mut().enumerate() {
+        let entry = entry.as_object_mut().ok_or_else(|| {
+            config(format!(
+                "{}: instance `{name}`: not an object of fields",
+                topology.display()
+            ))
+        })?;
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, network, k as u8 + 2));
         let port = picked.pick(ip)?;
-        entry["host"] = ip.to_string().into();
-        entry["port"] = port.port().to_string().into();
+        entry.insert("host".into(), ip.to_string().into());
+        entry.insert("port".into(), port.port().to_string().into());
         for key in ["model", "module"] {
             if let Some(path) = entry.get(key).and_then(|v| v.as_str()) {
-                entry[key] = folder.join(path).to_string_lossy().into_owned().into();
+                let absolute = folder.join(path).to_string_lossy().into_owned();
+                entry.insert(key.into(), absolute.into());
             }
         }
         ports.push(port);
@@ -323,4 +367,24 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_that_is_no_object_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("hadr-local-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let topology = dir.join("bad.json");
+        std::fs::write(&topology, r#"{"a": {"status": true}, "b": 1}"#).unwrap();
+        let result = rewrite(&topology, &dir, 94, &mut Ports::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = result.expect_err("`b` is no entry").to_string();
+        assert!(
+            e.ends_with("bad.json: instance `b`: not an object of fields"),
+            "{e}"
+        );
+    }
 }
