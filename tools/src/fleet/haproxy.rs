@@ -160,7 +160,7 @@ pub fn config(topology: &Topology, options: &Options) -> Result<String, ExportEr
         "# be carried to every host in turn.".into(),
         "retry-on conn-failure empty-response junk-response response-timeout 0rtt-rejected 503".into(),
         "retries 3".into(),
-        "option redispatch 1".into(),
+        "option redispatch 2".into(),
         "# /readyz every 100 ms; down after 2 failures or the first connection error, up after 2.".into(),
         "default-server check inter 100ms fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down".into(),
         "# Without it `inter` (100 ms) bounds the whole check: a /readyz answered late by a host".into(),
