@@ -361,4 +361,15 @@ async fn idle_connections_from_many_addresses_cannot_keep_the_operator_out() {
     kept.write_all(ask.as_bytes()).await.unwrap();
     let answer = read_answer(&mut kept).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(idle);
+
+    // The operator's own address at its share (16) with idle connections:
+    // a newcomer from it closes that address's oldest unproven connection
+    // (it was closed at once, as over its share).
+    let mut own = Vec::new();
+    for _ in 0..16 {
+        own.push(connect_from(1, host.admin).await.unwrap());
+    }
+    let took = operator_call(&host).await;
+    eprintln!("the operator was answered in {took:?} with its own address at its share");
 }

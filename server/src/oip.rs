@@ -513,21 +513,22 @@ fn fit_one(input: &Tensor, shape: &[i64], onnx: &str) -> Result<Tensor, BadReque
             "input `{name}` is of ONNX type {onnx}, which the protocol cannot carry"
         ))
     })?;
-    let data = convert(&input.data, input.datatype, target).ok_or_else(|| {
-        BadRequest(format!(
-            "input `{name}` is {}, and the model takes {}: hadr converts between numeric types only where no value can change (integers to floats, narrower to wider)",
-            datatype_name(input.datatype),
-            datatype_name(target)
-        ))
-    })?;
-    // As `/predict` refuses them: a model answers an infinity or NaN with
-    // outputs JSON cannot carry, or with a label made up from them.
-    if let Some((i, value)) = first_not_finite(&data, target) {
-        return bad(format!(
-            "input `{name}` element {i} is {value} as {}, not a finite number",
-            datatype_name(target)
-        ));
-    }
+    let data = match convert(&input.data, input.datatype, target) {
+        Ok(data) => data,
+        Err(Unconverted::Types) => {
+            return bad(format!(
+                "input `{name}` is {}, and the model takes {}: hadr converts between numeric types only where no value can change (integers to floats, narrower to wider)",
+                datatype_name(input.datatype),
+                datatype_name(target)
+            ))
+        }
+        Err(Unconverted::Range { element, value }) => {
+            return bad(format!(
+                "input `{name}` element {element} is {value:e}, past {}'s range",
+                datatype_name(target)
+            ))
+        }
+    };
     Ok(Tensor {
         name: input.name.clone(),
         datatype: target,
@@ -547,34 +548,58 @@ fn first_not_finite(data: &[u8], datatype: Datatype) -> Option<(usize, f64)> {
     }
 }
 
+/// Why an input could not be converted to the model's element type.
+enum Unconverted {
+    /// Not between these types, or a value that does not fit an integer
+    /// type.
+    Types,
+    /// A finite value past the target float's range (FP64 1e39 to FP32),
+    /// which would become an infinity.
+    Range { element: usize, value: f64 },
+}
+
 /// Packed elements of `from` as `to`, where no accepted value changes:
 /// any number to a float (FP32 rounds large integers, as a model taking
-/// floats would; a value past its range becomes an infinity, which
-/// [`fit_one`] then refuses), and integers to integers they fit in (BOOL:
-/// 0 and 1). Element by element: parsed into a list first, each element
-/// would take 32 bytes.
-fn convert(data: &[u8], from: Datatype, to: Datatype) -> Option<Vec<u8>> {
+/// floats would; a finite value past its range is refused), and integers
+/// to integers they fit in (BOOL: 0 and 1). NaN and infinities the client
+/// sent pass as they are: tree models read NaN as a missing value.
+/// Element by element: parsed into a list first, each element would take
+/// 32 bytes.
+fn convert(data: &[u8], from: Datatype, to: Datatype) -> Result<Vec<u8>, Unconverted> {
     if from == to {
-        return Some(data.to_vec());
+        return Ok(data.to_vec());
     }
-    let elements = data.len() / element_size(from)?;
-    let mut out = Vec::with_capacity(elements * element_size(to)?);
-    for v in numbers(data, from)? {
+    let (Some(from_width), Some(to_width)) = (element_size(from), element_size(to)) else {
+        return Err(Unconverted::Types);
+    };
+    let mut out = Vec::with_capacity(data.len() / from_width * to_width);
+    let values = numbers(data, from).ok_or(Unconverted::Types)?;
+    let types = |_| Unconverted::Types;
+    for (element, v) in values.enumerate() {
         match (to, v) {
-            (Datatype::Fp32, n) => out.extend_from_slice(&(n.as_f64() as f32).to_le_bytes()),
+            (Datatype::Fp32, n) => {
+                let (wide, narrow) = (n.as_f64(), n.as_f64() as f32);
+                if wide.is_finite() && !narrow.is_finite() {
+                    return Err(Unconverted::Range {
+                        element,
+                        value: wide,
+                    });
+                }
+                out.extend_from_slice(&narrow.to_le_bytes())
+            }
             (Datatype::Fp64, n) => out.extend_from_slice(&n.as_f64().to_le_bytes()),
             (Datatype::Int64, Number::Int(i)) => {
-                out.extend_from_slice(&i64::try_from(i).ok()?.to_le_bytes())
+                out.extend_from_slice(&i64::try_from(i).map_err(types)?.to_le_bytes())
             }
             (Datatype::Int32, Number::Int(i)) => {
-                out.extend_from_slice(&i32::try_from(i).ok()?.to_le_bytes())
+                out.extend_from_slice(&i32::try_from(i).map_err(types)?.to_le_bytes())
             }
-            (Datatype::Uint8, Number::Int(i)) => out.push(u8::try_from(i).ok()?),
+            (Datatype::Uint8, Number::Int(i)) => out.push(u8::try_from(i).map_err(types)?),
             (Datatype::Bool, Number::Int(i @ 0..=1)) => out.push(i as u8),
-            _ => return None,
+            _ => return Err(Unconverted::Types),
         }
     }
-    Some(out)
+    Ok(out)
 }
 
 #[derive(Clone, Copy)]
@@ -788,7 +813,13 @@ pub fn encode_response(
     binary_output: bool,
 ) -> Result<Encoded, EncodeError> {
     check_outputs(outputs)?;
-    unknown_output(requested, outputs.iter().map(|t| t.name.as_str()))?;
+    // Asked-for outputs were checked against the model's before the call:
+    // one missing from the answer is the guest's.
+    unknown_output(requested, outputs.iter().map(|t| t.name.as_str())).map_err(|e| {
+        EncodeError::Malformed(format!(
+            "the guest's answer lacks an output the model declares: {e}"
+        ))
+    })?;
     let chosen: Vec<(&Tensor, bool)> = outputs
         .iter()
         .filter_map(|t| {

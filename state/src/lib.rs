@@ -120,7 +120,8 @@ pub enum EventKind {
     Canary,
     /// A canary put in force for all its instances.
     Promote,
-    /// A canary dropped by an operator.
+    /// A canary dropped by an operator, or ended by a restart (a canary is
+    /// not kept across restarts; the event's detail says which).
     Abort,
     /// A canary dropped by the host for its error rate.
     AutoAbort,

@@ -296,14 +296,7 @@ fn answer(probabilities: &[f32]) -> Result<Vec<u8>, PredictError> {
 /// protocol's clients read it (joined as one list, an element holding
 /// two records or half of one would shift every row after it).
 fn element_records(data: &[u8], vocabulary: &Vocabulary) -> Result<Records, PredictError> {
-    let elements = bytes_elements(data)?;
-    if elements.len() > records::MAX_RECORDS {
-        return Err(tensors::invalid(format!(
-            "`{RECORDS_INPUT}` has {} elements; at most {} records go in one request: send them in several",
-            elements.len(),
-            records::MAX_RECORDS
-        )));
-    }
+    let elements = bytes_elements(data, records::MAX_RECORDS)?;
     let mut all = Records {
         rows: 0,
         data: Vec::with_capacity(elements.len() * vocabulary.len()),
@@ -326,10 +319,17 @@ fn element_records(data: &[u8], vocabulary: &Vocabulary) -> Result<Records, Pred
 }
 
 /// The elements of a BYTES tensor: each a 4-byte little-endian length,
-/// then that many bytes.
-fn bytes_elements(mut data: &[u8]) -> Result<Vec<&[u8]>, PredictError> {
+/// then that many bytes; refused past `most` elements, counted as they are
+/// read (collected first, a body of empty elements would take 8 bytes of
+/// the sandbox's memory each before the cap was checked).
+fn bytes_elements(mut data: &[u8], most: usize) -> Result<Vec<&[u8]>, PredictError> {
     let mut elements = Vec::new();
     while !data.is_empty() {
+        if elements.len() == most {
+            return Err(tensors::invalid(format!(
+                "`{RECORDS_INPUT}` has more than {most} elements; at most {most} records go in one request: send them in several"
+            )));
+        }
         let (len, tail) = data.split_first_chunk::<4>().ok_or_else(|| {
             tensors::invalid(format!("`{RECORDS_INPUT}` ends inside an element's length"))
         })?;

@@ -67,8 +67,11 @@ pub struct Admission {
 }
 
 /// One placed connection's standing in an [`AtCap::EvictUnproven`] group.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Standing {
+    /// Its client's address: at that address's share, a newcomer from it
+    /// closes its oldest unproven connection.
+    client: IpAddr,
     /// Set once the connection carried an authorized request; read only on
     /// the connection's own task, which also runs its requests, so it cannot
     /// change while the task decides whether to close.
@@ -129,6 +132,9 @@ impl Place {
             if !proof.standing.proven.load(Ordering::Relaxed) {
                 return;
             }
+            // Proven since it was picked: it stays, and the newcomer's
+            // place comes from the next unproven connection.
+            proof.admission.evict_oldest_unproven(|_| true);
         }
     }
 }
@@ -173,10 +179,11 @@ impl Admission {
     /// an [`AtCap::EvictUnproven`] group at its cap, first asks the oldest
     /// unproven connection to close.
     pub async fn place(self: &Arc<Self>, share: Share) -> Place {
+        let client = share.client;
         let permit = match self.places.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                self.evict_oldest_unproven();
+                self.evict_oldest_unproven(|_| true);
                 self.places
                     .clone()
                     .acquire_owned()
@@ -188,7 +195,11 @@ impl Admission {
             let proof = Proof {
                 admission: self.clone(),
                 id: self.next.fetch_add(1, Ordering::Relaxed),
-                standing: Arc::default(),
+                standing: Arc::new(Standing {
+                    client,
+                    proven: AtomicBool::new(false),
+                    evicted: Notify::new(),
+                }),
             };
             crate::lock(unproven).insert(proof.id, proof.standing.clone());
             proof
@@ -200,18 +211,50 @@ impl Admission {
         }
     }
 
-    /// Picks the oldest unproven connection to close, if there is one.
-    fn evict_oldest_unproven(&self) {
+    /// Picks the oldest unproven connection whose client `of` admits to
+    /// close; returns whether there was one.
+    fn evict_oldest_unproven(&self, of: impl Fn(IpAddr) -> bool) -> bool {
         let Some(unproven) = &self.unproven else {
-            return;
+            return false;
         };
-        if let Some((id, standing)) = crate::lock(unproven).pop_first() {
-            tracing::debug!(
-                connection = id,
-                "at the connection cap: closing the oldest connection not yet authorized"
-            );
-            standing.evicted.notify_one();
+        let mut unproven = crate::lock(unproven);
+        let Some(id) = unproven
+            .iter()
+            .find(|(_, s)| of(s.client))
+            .map(|(&id, _)| id)
+        else {
+            return false;
+        };
+        let standing = unproven.remove(&id).expect("found under the same lock");
+        tracing::debug!(
+            connection = id,
+            client = %standing.client,
+            "at a connection cap: closing the oldest connection not yet authorized"
+        );
+        standing.evicted.notify_one();
+        true
+    }
+
+    /// [`Admission::share`]; in an [`AtCap::EvictUnproven`] group whose
+    /// address `client` holds its share, first closes that address's oldest
+    /// unproven connection and waits (at most a second) for its share to
+    /// come back: the operator's own address filled with idle connections
+    /// would otherwise refuse every connection the operator makes.
+    pub async fn share_evicting(self: &Arc<Self>, client: IpAddr) -> Option<Share> {
+        if let Some(share) = self.share(client) {
+            return Some(share);
         }
+        if !self.evict_oldest_unproven(|c| c == client) {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if let Some(share) = self.share(client) {
+                return Some(share);
+            }
+        }
+        None
     }
 
     /// Removes connection `id` from those a newcomer may close.
@@ -489,6 +532,55 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), newcomer)
             .await
             .expect("and gets it when the proven one closes")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_its_share_an_address_closes_its_own_oldest_unproven_connection() {
+        let admission = Admission::new(10, 2, AtCap::EvictUnproven);
+        let other = admission.place(admission.share(ip(2)).unwrap()).await;
+        let oldest = admission.place(admission.share(ip(1)).unwrap()).await;
+        let newer = admission.place(admission.share(ip(1)).unwrap()).await;
+        // The picked connection's task closes it when told to.
+        let closing = tokio::spawn(async move {
+            oldest.evicted().await;
+        });
+        let share = tokio::time::timeout(Duration::from_secs(2), admission.share_evicting(ip(1)))
+            .await
+            .unwrap();
+        assert!(share.is_some(), "the address's share came back");
+        closing.await.unwrap();
+        assert!(!evicted_within(&newer, Duration::from_millis(50)).await);
+        assert!(!evicted_within(&other, Duration::from_millis(50)).await);
+        // Proven connections only: the newcomer is refused, as before.
+        newer.proof().unwrap().prove();
+        let _third = admission.place(share.unwrap()).await;
+        _third.proof().unwrap().prove();
+        assert!(admission.share_evicting(ip(1)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pick_declined_by_a_proven_connection_passes_to_the_next() {
+        let admission = Admission::new(2, 5, AtCap::EvictUnproven);
+        let first = admission.place(admission.share(ip(2)).unwrap()).await;
+        let second = admission.place(admission.share(ip(3)).unwrap()).await;
+        let newcomer = place_later(&admission, admission.share(ip(4)).unwrap());
+        while admission
+            .unproven
+            .as_ref()
+            .is_some_and(|u| crate::lock(u).len() == 2)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // `first` was picked, but its request was authorized before its
+        // task looked: it declines, and `second` is picked instead.
+        first.proof().unwrap().prove();
+        assert!(!evicted_within(&first, Duration::from_millis(100)).await);
+        assert!(evicted_within(&second, Duration::from_secs(1)).await);
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(1), newcomer)
+            .await
+            .expect("the newcomer gets the place")
             .unwrap();
     }
 

@@ -94,8 +94,17 @@ fn check_codings(headers: &HeaderMap) -> Result<(), ApiError> {
 /// method, an unknown model): answered with the body unread, the connection
 /// would close, and closing a socket with unread bytes resets it, so the
 /// client could lose the answer. A body the limit does not take is left
-/// unread, and the connection closes after the answer.
+/// unread, and the connection closes after the answer; so is one the client
+/// holds back for `Expect: 100-continue` (nothing is in flight to reset, and
+/// reading it would ask for the upload only to drop it).
 pub async fn refuse(req: Request<Incoming>, limit: Limit, error: ApiError) -> ApiError {
+    let waits_to_send = req
+        .headers()
+        .get(hyper::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits_to_send {
+        return error.body_unread();
+    }
     match read(req, limit).await {
         Ok(_) => error,
         Err(_) => error.body_unread(),

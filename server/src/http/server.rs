@@ -69,7 +69,7 @@ pub async fn serve(
             },
             _ = shutdown.wait() => break,
         };
-        let Some(share) = admission.share(client.ip()) else {
+        let Some(share) = admission.share_evicting(client.ip()).await else {
             tracing::debug!(%client, "connection closed: its address holds its share of connections");
             continue;
         };
@@ -183,8 +183,10 @@ fn check_framing(req: &hyper::Request<hyper::body::Incoming>) -> Result<(), ApiE
         ))
     };
     let hosts = req.headers().get_all(hyper::header::HOST).iter().count();
-    if req.version() == hyper::Version::HTTP_11 && hosts != 1 {
-        return refuse("an HTTP/1.1 request carries exactly one Host header (RFC 9112 §3.2)");
+    if hosts > 1 || (hosts == 0 && req.version() == hyper::Version::HTTP_11) {
+        return refuse(
+            "a request carries one Host header, which HTTP/1.1 requires (RFC 9112 §3.2)",
+        );
     }
     let chunked = req
         .headers()

@@ -250,9 +250,10 @@ fn model_ready(
 }
 
 /// `POST .../infer`: read, parse, run through [`call`] (whose instance
-/// encodes the answer). The body is read first, whatever the answer: one
-/// refused with its body unread closes the connection, and the close of a
-/// socket with unread bytes resets it, so the client could lose the answer.
+/// encodes the answer). The body is read before any refusal (see
+/// [`body::refuse`]): one refused with its body unread closes the
+/// connection, and the close of a socket with unread bytes resets it, so
+/// the client could lose the answer.
 async fn infer(
     app: &PublicApp,
     scope: &Scope,
@@ -260,20 +261,14 @@ async fn infer(
     req: Request<Incoming>,
     served_by: &mut Option<Arc<Instance>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    // Given twice, the header is refused: which one frames the body?
-    let mut lengths = req.headers().get_all(HEADER_LENGTH).iter();
-    let header_length = match (lengths.next(), lengths.next()) {
-        (None, _) => None,
-        (Some(v), None) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok())),
-        (Some(_), Some(_)) => Some(None),
+    // Refused from the URL and headers alone: answered once the body is
+    // read (or at once, to a client waiting for `100 Continue`).
+    let early = serving(app, scope, want).and_then(|i| Ok((i, header_length(&req)?)));
+    let (instances, header_length) = match early {
+        Ok(early) => early,
+        Err(refused) => return Err(body::refuse(req, app.body_limit(), refused).await),
     };
     let body = body::read(req, app.body_limit()).await?;
-    let instances = serving(app, scope, want)?;
-    let header_length = header_length
-        .map(|n| {
-            n.ok_or_else(|| bad_request("Inference-Header-Content-Length is not one byte count"))
-        })
-        .transpose()?;
     let request = oip::parse_request(&body, header_length).map_err(|e| bad_request(e.0))?;
     drop(body);
     // Outputs the model does not have are refused before it runs (the
@@ -312,6 +307,24 @@ async fn infer(
         }
     }
     Ok(response)
+}
+
+/// `Inference-Header-Content-Length`, if given: one byte count (given
+/// twice, which one would frame the body?).
+fn header_length(req: &Request<Incoming>) -> Result<Option<usize>, ApiError> {
+    let mut lengths = req.headers().get_all(HEADER_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| bad_request("Inference-Header-Content-Length is not a byte count")),
+        (Some(_), Some(_)) => Err(bad_request(
+            "Inference-Header-Content-Length is given twice; give one",
+        )),
+    }
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
