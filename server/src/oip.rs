@@ -246,10 +246,7 @@ fn parse_input(input: InputJson, binary: &mut &[u8]) -> Result<Tensor, BadReques
                 input.shape
             ))
         })?;
-    let elements = shape
-        .iter()
-        .try_fold(1u64, |n, &d| n.checked_mul(d))
-        .and_then(|n| usize::try_from(n).ok())
+    let elements = element_count(&shape)
         .ok_or_else(|| BadRequest(format!("input `{name}`: shape {shape:?} is too large")))?;
     let binary_data_size = input.parameters.and_then(|p| p.binary_data_size);
     let data = match (binary_data_size, input.data) {
@@ -272,6 +269,14 @@ fn parse_input(input: InputJson, binary: &mut &[u8]) -> Result<Tensor, BadReques
         shape,
         data,
     })
+}
+
+/// How many elements a shape holds; `None` past what memory could.
+fn element_count(shape: &[u64]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .and_then(|n| usize::try_from(n).ok())
 }
 
 /// The next `size` bytes of the binary section, checked against the shape.
@@ -379,8 +384,7 @@ fn nested(items: &[Value], shape: &[u64]) -> bool {
         return false;
     };
     if !items.iter().any(Value::is_array) {
-        let rest = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
-        return rest == Some(items.len() as u64);
+        return element_count(shape) == Some(items.len());
     }
     items.len() as u64 == first
         && items
@@ -761,11 +765,7 @@ fn check_outputs(outputs: &[Tensor]) -> Result<(), EncodeError> {
         if !names.insert(&t.name) {
             return Err(malformed("is given twice".into()));
         }
-        let elements = t
-            .shape
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d))
-            .and_then(|n| usize::try_from(n).ok())
+        let elements = element_count(&t.shape)
             .ok_or_else(|| malformed("has a shape too large to hold".into()))?;
         match element_size(t.datatype) {
             Some(width) if elements.checked_mul(width) != Some(t.data.len()) => {

@@ -431,8 +431,8 @@ mod tests {
     #[tokio::test]
     async fn one_address_cannot_take_more_than_its_share() {
         let admission = Admission::new(10, 2, AtCap::Wait);
-        let a1 = admission.place(admission.share(ip(2)).unwrap()).await;
-        let _a2 = admission.place(admission.share(ip(2)).unwrap()).await;
+        let a1 = placed(&admission, 2).await;
+        let _a2 = placed(&admission, 2).await;
         assert!(admission.share(ip(2)).is_none());
         assert!(admission.share(ip(3)).is_some());
         drop(a1);
@@ -443,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn at_the_cap_a_connection_waits_for_a_place_and_gets_the_freed_one() {
         let admission = Admission::new(1, 5, AtCap::Wait);
-        let held = admission.place(admission.share(ip(2)).unwrap()).await;
+        let held = placed(&admission, 2).await;
         let share = admission.share(ip(3)).unwrap();
         let waiting =
             tokio::time::timeout(Duration::from_millis(200), admission.place(share)).await;
@@ -457,6 +457,22 @@ mod tests {
         let share = admission.share(ip(3)).unwrap();
         let again = tokio::time::timeout(Duration::from_secs(1), admission.place(share)).await;
         assert!(again.is_ok(), "the place came back");
+    }
+
+    /// A connection from `127.0.0.<last>`, placed.
+    async fn placed(admission: &Arc<Admission>, last: u8) -> Place {
+        admission.place(admission.share(ip(last)).unwrap()).await
+    }
+
+    /// Waits until `n` placed connections are unproven and not yet picked.
+    async fn until_unproven(admission: &Admission, n: usize) {
+        while admission
+            .unproven
+            .as_ref()
+            .is_some_and(|u| crate::lock(u).len() != n)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A connection of `share` waiting for its place, on a task of its own.
@@ -473,9 +489,9 @@ mod tests {
     #[tokio::test]
     async fn at_the_admin_cap_a_newcomer_closes_the_oldest_unproven_connection() {
         let admission = Admission::new(3, 5, AtCap::EvictUnproven);
-        let operator = admission.place(admission.share(ip(1)).unwrap()).await;
-        let idle_old = admission.place(admission.share(ip(2)).unwrap()).await;
-        let idle_new = admission.place(admission.share(ip(3)).unwrap()).await;
+        let operator = placed(&admission, 1).await;
+        let idle_old = placed(&admission, 2).await;
+        let idle_new = placed(&admission, 3).await;
         operator.proof().unwrap().prove();
 
         // At the cap: the newcomer picks the oldest connection not proven,
@@ -514,17 +530,11 @@ mod tests {
     #[tokio::test]
     async fn a_connection_proven_after_it_was_picked_keeps_its_place() {
         let admission = Admission::new(1, 5, AtCap::EvictUnproven);
-        let held = admission.place(admission.share(ip(2)).unwrap()).await;
+        let held = placed(&admission, 2).await;
         let share = admission.share(ip(3)).unwrap();
         let newcomer = place_later(&admission, share);
         // Picked, but its request was authorized before its task looked.
-        while admission
-            .unproven
-            .as_ref()
-            .is_some_and(|u| !crate::lock(u).is_empty())
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_unproven(&admission, 0).await;
         held.proof().unwrap().prove();
         assert!(!evicted_within(&held, Duration::from_millis(200)).await);
         assert!(!newcomer.is_finished(), "the newcomer waits for a place");
@@ -538,9 +548,9 @@ mod tests {
     #[tokio::test]
     async fn at_its_share_an_address_closes_its_own_oldest_unproven_connection() {
         let admission = Admission::new(10, 2, AtCap::EvictUnproven);
-        let other = admission.place(admission.share(ip(2)).unwrap()).await;
-        let oldest = admission.place(admission.share(ip(1)).unwrap()).await;
-        let newer = admission.place(admission.share(ip(1)).unwrap()).await;
+        let other = placed(&admission, 2).await;
+        let oldest = placed(&admission, 1).await;
+        let newer = placed(&admission, 1).await;
         // The picked connection's task closes it when told to.
         let closing = tokio::spawn(async move {
             oldest.evicted().await;
@@ -562,16 +572,10 @@ mod tests {
     #[tokio::test]
     async fn a_pick_declined_by_a_proven_connection_passes_to_the_next() {
         let admission = Admission::new(2, 5, AtCap::EvictUnproven);
-        let first = admission.place(admission.share(ip(2)).unwrap()).await;
-        let second = admission.place(admission.share(ip(3)).unwrap()).await;
+        let first = placed(&admission, 2).await;
+        let second = placed(&admission, 3).await;
         let newcomer = place_later(&admission, admission.share(ip(4)).unwrap());
-        while admission
-            .unproven
-            .as_ref()
-            .is_some_and(|u| crate::lock(u).len() == 2)
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_unproven(&admission, 1).await;
         // `first` was picked, but its request was authorized before its
         // task looked: it declines, and `second` is picked instead.
         first.proof().unwrap().prove();
@@ -587,7 +591,7 @@ mod tests {
     #[tokio::test]
     async fn the_public_listeners_close_nobody_at_the_cap() {
         let admission = Admission::new(1, 5, AtCap::Wait);
-        let held = admission.place(admission.share(ip(2)).unwrap()).await;
+        let held = placed(&admission, 2).await;
         assert!(held.proof().is_none());
         let share = admission.share(ip(3)).unwrap();
         let waiting =

@@ -369,7 +369,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::StatusCode;
 
     #[test]
     fn hosts_group_entries_by_address_in_file_order() {
@@ -506,76 +509,76 @@ mod tests {
             after: &str,
         ) -> Arc<AtomicUsize> {
             let show = |version: &str| serde_json::json!({"instances": {instance: {"version": version}}, "events": []});
-            let (before, after) = (show(before), show(after));
             let deploy = match deploy {
                 Ok(v) => (
-                    "200 OK",
+                    StatusCode::OK,
                     serde_json::json!({"action": "deployed", "instances": {instance: v}}),
                 ),
                 Err(message) => (
-                    "422 Unprocessable Entity",
+                    StatusCode::UNPROCESSABLE_ENTITY,
                     serde_json::json!({"error": "refused", "message": message}),
                 ),
             };
+            let stand_in = Arc::new(StandIn {
+                deploys: Arc::new(AtomicUsize::new(0)),
+                deploy,
+                before: show(before),
+                after: show(after),
+            });
+            let deploys = stand_in.deploys.clone();
             let listener = tokio::net::TcpListener::bind((self.ips[k], self.access.admin_port))
                 .await
                 .unwrap();
-            let deploys = Arc::new(AtomicUsize::new(0));
-            let count = deploys.clone();
             tokio::spawn(async move {
-                while let Ok((mut stream, _)) = listener.accept().await {
-                    let request = read_request(&mut stream).await;
-                    let (status, body) = if request.starts_with(b"POST /admin/deploy ") {
-                        count.fetch_add(1, SeqCst);
-                        deploy.clone()
-                    } else if count.load(SeqCst) > 0 {
-                        ("200 OK", after.clone())
-                    } else {
-                        ("200 OK", before.clone())
-                    };
-                    let _ = stream
-                        .write_all(http_answer(status, &body).as_bytes())
-                        .await;
+                while let Ok((stream, _)) = listener.accept().await {
+                    let stand_in = stand_in.clone();
+                    let answer =
+                        hyper::service::service_fn(move |req| stand_in.clone().answer(req));
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), answer),
+                    );
                 }
             });
             deploys
         }
     }
 
-    impl Drop for Lab {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
+    /// What a stand-in admin listener answers: `deploy` to a deploy, and
+    /// to anything else `before` until a deploy came, `after` since.
+    struct StandIn {
+        deploys: Arc<AtomicUsize>,
+        deploy: (StatusCode, serde_json::Value),
+        before: serde_json::Value,
+        after: serde_json::Value,
+    }
+
+    impl StandIn {
+        async fn answer(
+            self: Arc<Self>,
+            req: hyper::Request<hyper::body::Incoming>,
+        ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+            let is_deploy =
+                req.method() == hyper::Method::POST && req.uri().path() == "/admin/deploy";
+            // Read whole (an upload's body too), as a host does.
+            let _ = req.into_body().collect().await;
+            let (status, body) = if is_deploy {
+                self.deploys.fetch_add(1, SeqCst);
+                self.deploy.clone()
+            } else if self.deploys.load(SeqCst) > 0 {
+                (StatusCode::OK, self.after.clone())
+            } else {
+                (StatusCode::OK, self.before.clone())
+            };
+            let mut response = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+            *response.status_mut() = status;
+            Ok(response)
         }
     }
 
-    fn http_answer(status: &str, body: &serde_json::Value) -> String {
-        let body = body.to_string();
-        format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    }
-
-    /// One HTTP/1.1 request's head and body (by its content-length).
-    async fn read_request(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
-        let mut request = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length: usize = text
-                    .split("content-length:")
-                    .nth(1)
-                    .and_then(|v| v.split("\r\n").next())
-                    .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                if request.len() >= end + 4 + length {
-                    return request;
-                }
-            }
-            match stream.read(&mut chunk).await {
-                Ok(n @ 1..) => request.extend_from_slice(&chunk[..n]),
-                _ => return request,
-            }
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 
