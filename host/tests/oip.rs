@@ -145,7 +145,24 @@ async fn metadata_health_and_readiness_follow_the_spec() {
         StatusCode::OK
     );
 
+    // Clients quote names into the URL (tritonclient does): `%69` is `i`.
+    assert_eq!(
+        get(host.router, "/v2/models/dig%69ts").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(
+            host.router,
+            &format!("/v2/models/%64igits/versions/{version}/ready")
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+
     // Unknown model and version: 404 in the protocol's shape.
+    let (status, _, e) = get(host.router, "/v2/models/dig%FFits").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
     let (status, _, e) = get(host.router, "/v2/models/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let msg = e["error"].as_str().unwrap();

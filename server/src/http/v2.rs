@@ -52,7 +52,8 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let decoded = decode_segments(&path);
+    let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
     let method = req.method().clone();
     let started = std::time::Instant::now();
     // Taken by the one route that reads the body; a refusal elsewhere reads
@@ -104,6 +105,21 @@ pub async fn handle(
         (outcome, _) => outcome,
     };
     outcome.unwrap_or_else(ApiError::into_v2_response)
+}
+
+/// The path's segments, percent-decoded one by one (clients such as
+/// tritonclient quote a model's name into the URL: `my%20model` is the
+/// model `my model`). A segment that does not decode to UTF-8 is kept as
+/// sent, so it names no model and gets the 404 that lists them.
+fn decode_segments(path: &str) -> Vec<std::borrow::Cow<'_, str>> {
+    path.trim_matches('/')
+        .split('/')
+        .map(|segment| {
+            percent_encoding::percent_decode_str(segment)
+                .decode_utf8()
+                .unwrap_or(std::borrow::Cow::Borrowed(segment))
+        })
+        .collect()
 }
 
 fn not_found(path: &str) -> ApiError {
@@ -329,4 +345,19 @@ fn header_length(req: &Request<Incoming>) -> Result<Option<usize>, ApiError> {
 
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_segments;
+
+    #[test]
+    fn segments_are_percent_decoded_one_by_one() {
+        assert_eq!(
+            decode_segments("/v2/models/my%20model/versions/v%2F1/infer"),
+            ["v2", "models", "my model", "versions", "v/1", "infer"]
+        );
+        // Not UTF-8 once decoded: kept as sent.
+        assert_eq!(decode_segments("/v2/models/a%FF"), ["v2", "models", "a%FF"]);
+    }
 }
