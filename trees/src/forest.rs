@@ -246,6 +246,13 @@ impl Counter for WorkCount {
 /// branches stay in cache while every row of the block walks it.
 pub(crate) const BLOCK: usize = 32;
 
+/// Most outputs a row (a regressor's targets, a classifier's classes) a
+/// model may have: an inference's [`Accumulator`] holds about a kilobyte
+/// per output, so a model of 2^25 targets (403 bytes of ONNX) would ask
+/// for 18 GB at its first inference, an allocation failure that aborts the
+/// process. At this cap it is 70 MB.
+pub(crate) const MAX_TARGETS: usize = 1 << 16;
+
 /// Walks advanced in lockstep: independent root-to-leaf walks overlap their
 /// load latencies instead of waiting on one dependent chain at a time.
 /// Eight, measured on the article's 512-tree forest (`cargo bench -p
@@ -373,6 +380,14 @@ impl Forest {
         votes: &VoteTable,
         n_targets: usize,
     ) -> Result<Forest, TreeError> {
+        if n_targets > MAX_TARGETS {
+            return Err(TreeError::Invalid {
+                attr: "n_targets",
+                why: format!(
+                    "{n_targets} outputs a row (targets or classes): at most {MAX_TARGETS} are served, since each inference holds scratch of about a kilobyte per output"
+                ),
+            });
+        }
         let Flat {
             roots,
             branches,

@@ -268,8 +268,12 @@ fn answer(probabilities: &[f32]) -> Result<Vec<u8>, PredictError> {
     }
     #[derive(serde::Serialize)]
     struct Prediction {
+        /// Written as the f64 it widens to exactly: the forest's
+        /// probabilities are k/512, which the article's Flask server
+        /// printed in full (0.943359375), where f32's shortest form is
+        /// 0.9433594.
         #[serde(rename = "Placement_Probability")]
-        probability: f32,
+        probability: f64,
         #[serde(rename = "Placement")]
         placement: bool,
     }
@@ -280,7 +284,7 @@ fn answer(probabilities: &[f32]) -> Result<Vec<u8>, PredictError> {
     let mut predictions: Vec<Prediction> = probabilities
         .iter()
         .map(|&p| Prediction {
-            probability: p,
+            probability: f64::from(p),
             placement: p > 0.5,
         })
         .collect();

@@ -9,7 +9,7 @@
 //! JSON reader would silently keep the last).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -42,12 +42,17 @@ impl Vocabulary {
         if saved.feature_names.is_empty() {
             return Err("the model's vectoriser has no features".into());
         }
-        let columns = saved
+        let count = saved.feature_names.len();
+        let columns: HashMap<String, usize> = saved
             .feature_names
             .into_iter()
             .enumerate()
             .map(|(i, name)| (name, i))
             .collect();
+        if columns.len() != count {
+            // A column index would then point past the row.
+            return Err("the model's vectoriser names a feature twice".into());
+        }
         Ok(Self {
             columns,
             separator: saved.separator,
@@ -182,7 +187,9 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
         self.records.data.resize(start + width, 0.0);
         let cells = &mut self.records.data[start..];
         let vocabulary = self.vocabulary;
-        let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        // A set: a record of 87k distinct fields (1 MiB) took 8 s natively
+        // with a list's quadratic look-ups.
+        let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
         let mut name = String::new();
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if seen.contains(&key) {
@@ -225,7 +232,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                 Value::Null => return Err(refuse("null")),
                 Value::Other(what) => return Err(refuse(what)),
             }
-            seen.push(key);
+            seen.insert(key);
         }
         self.records.rows += 1;
         Ok(())
@@ -310,6 +317,13 @@ impl<'de> Visitor<'de> for ValueVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vectoriser_naming_a_feature_twice_is_refused() {
+        let json = r#"{"feature_names": ["a", "b", "a"], "separator": "="}"#;
+        let err = Vocabulary::from_json(json).err().expect("refused");
+        assert!(err.contains("twice"), "{err}");
+    }
 
     fn vocabulary() -> Vocabulary {
         Vocabulary::from_json(

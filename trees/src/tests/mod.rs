@@ -803,6 +803,12 @@ fn refuses_missing_and_conflicting_attributes() {
         regressor_error(attrs, 1),
         TreeError::Missing { attr: "n_targets" }
     );
+    // 2^25 targets: 18 GB of scratch at the first inference, an abort.
+    let err = regressor_error(regressor_attrs(&small(), 1 << 25, "SUM"), 1);
+    assert!(
+        matches!(err, TreeError::Invalid { attr: "n_targets", ref why } if why.contains("at most 65536")),
+        "{err:?}"
+    );
     let attrs = set(
         three_class(&small()),
         doubles("nodes_values_as_tensor", &[0.0, 0.0, 0.0]),
