@@ -444,7 +444,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Ok(host) => host,
         Err(e) => {
             let mut err = anyhow::Error::new(e);
-            if !defaults.module.is_file() {
+            // Only an error about the default guest itself: a busy port or
+            // a topology naming its own guest has nothing to do with it.
+            let about_default = format!("{err:#}").contains(&*defaults.module.to_string_lossy());
+            if about_default && !defaults.module.is_file() {
                 err = err.context(format!(
                     "the default guest {} is missing; build it with: \
                      scripts/build-guest \
