@@ -600,3 +600,83 @@ async fn a_client_hanging_up_on_a_faulting_call_leaves_no_fault_armed() {
     assert_eq!(s, StatusCode::OK, "a new fault can be armed: {b}");
     all_answered(&host, 2, "after the hang").await;
 }
+
+/// A request waits for a free sandbox at most `--queue-timeout`: behind a
+/// call that hangs until its deadline it gets 503 with `Retry-After`, long
+/// before that deadline, and counts as no failure of the instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_behind_a_hung_call_is_refused_at_the_queue_timeout() {
+    use common::{hanging_row, safe_and_deadly_rows};
+    use std::time::{Duration, Instant};
+
+    let topology = common::with_faulty_guest("single.json", &[]);
+    let host = Host::start(
+        &topology,
+        &[
+            "--deadline",
+            "4s",
+            "--concurrency",
+            "1",
+            "--queue-timeout",
+            "200ms",
+        ],
+    );
+    let p1 = host.instance_addr("predict1").await;
+    let (safe, _) = safe_and_deadly_rows();
+    let hung = tokio::spawn(post(p1, "/predict", inputs(&[hanging_row(&safe)])));
+    host.wait_for("the hanging call to hold the only sandbox", |t| {
+        t["predict1"]["sandboxes"]["busy"] == 1
+    })
+    .await;
+    let before = host.topology().await;
+    let started = Instant::now();
+    let (s, headers, b) = post(p1, "/predict", inputs(std::slice::from_ref(&safe))).await;
+    let waited = started.elapsed();
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{b}");
+    assert_eq!(b["error"], "queue_timeout", "{b}");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(
+        !hung.is_finished(),
+        "answered only once the hung call ended"
+    );
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    let after = host.topology().await;
+    assert_eq!(after["predict1"]["failed"], before["predict1"]["failed"]);
+    let (s, _, b) = hung.await.unwrap();
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{b}");
+    let (s, _, b) = post(p1, "/predict", inputs(&[safe])).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    host.wait_for("every load back to 0", |t| t["predict1"]["load"] == 0)
+        .await;
+}
+
+/// Calls whose clients hang up before `--deadline` still count: the call
+/// dropped on its request's task counts its time, so the next calls run
+/// off the task, where they finish after their clients are gone and count
+/// as the traps they are (a canary that hangs is then aborted too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_calls_whose_clients_hung_up_still_count() {
+    use common::{hanging_row, safe_and_deadly_rows};
+    use std::time::Duration;
+
+    let topology = common::with_faulty_guest("single.json", &[]);
+    let host = Host::start(&topology, &["--deadline", "1s", "--concurrency", "2"]);
+    let p1 = host.instance_addr("predict1").await;
+    let (safe, _) = safe_and_deadly_rows();
+    const SENT: usize = 3;
+    for _ in 0..SENT {
+        let hung = post(p1, "/predict", inputs(&[hanging_row(&safe)]));
+        let gave_up = tokio::time::timeout(Duration::from_millis(300), hung).await;
+        assert!(gave_up.is_err(), "a hanging call was answered: {gave_up:?}");
+    }
+    host.wait_for("the hung calls to count as traps", |t| {
+        t["predict1"]["traps"].as_u64().unwrap() >= 1
+    })
+    .await;
+    host.wait_for("every sandbox free and load 0", |t| {
+        t["predict1"]["sandboxes"]["busy"] == 0 && t["predict1"]["load"] == 0
+    })
+    .await;
+    let (s, _, b) = post(p1, "/predict", inputs(&[safe])).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}

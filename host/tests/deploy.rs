@@ -978,6 +978,27 @@ fn model_refusing_to_start(dir: &TempDir, from: u128, until: u128) -> PathBuf {
     path
 }
 
+/// Deploys the faulty guest with a model that makes every build fail for
+/// `ms` milliseconds from 3 s after now (the deploy's own builds, its
+/// smoke test and the instances' sandboxes, come first), and waits until
+/// the window opens. Returns when it closes (Unix ms).
+async fn enter_a_build_failing_window(host: &Host, dir: &TempDir, ms: u128) -> u128 {
+    let from = unix_ms() + 3000;
+    let until = from + ms;
+    let model = model_refusing_to_start(dir, from, until);
+    let guest = faulty_guest();
+    let model_arg = format!("digits={}", model.display());
+    let outcome = deploy(
+        host,
+        &["--module", guest.to_str().unwrap(), "--model", &model_arg],
+    );
+    assert_eq!(outcome["action"], "deployed", "{outcome}");
+    assert!(unix_ms() < from, "the deploy ended inside the window");
+    let to_window = from.saturating_sub(unix_ms()) as u64;
+    tokio::time::sleep(Duration::from_millis(to_window + 50)).await;
+    until
+}
+
 /// An instance whose faulted sandbox cannot be replaced (every build fails
 /// for a while: the faulty guest refuses to start during a window its model
 /// names) is unready on its own port, where a balancer then sends it
@@ -994,19 +1015,7 @@ async fn an_instance_left_without_a_sandbox_is_rebuilt_without_traffic() {
     // Builds fail for 5 s (the arm and three builds fit in it on a loaded
     // machine), starting 3 s from now: the deploy's own builds (its smoke
     // test, the instance's sandbox) come first.
-    let from = unix_ms() + 3000;
-    let until = from + 5000;
-    let model = model_refusing_to_start(&dir, from, until);
-    let guest = faulty_guest();
-    let model_arg = format!("digits={}", model.display());
-    let outcome = deploy(
-        &host,
-        &["--module", guest.to_str().unwrap(), "--model", &model_arg],
-    );
-    assert_eq!(outcome["action"], "deployed", "{outcome}");
-    assert!(unix_ms() < from, "the deploy ended inside the window");
-    let to_window = from.saturating_sub(unix_ms()) as u64;
-    tokio::time::sleep(Duration::from_millis(to_window + 50)).await;
+    let until = enter_a_build_failing_window(&host, &dir, 5000).await;
 
     // A trap whose replacement cannot be built: the request fails, and the
     // instance is left without a sandbox.
@@ -1036,4 +1045,87 @@ async fn an_instance_left_without_a_sandbox_is_rebuilt_without_traffic() {
     assert_eq!(t["predict1"]["served"], served, "no request was sent: {t}");
     let (s, _, b) = post(p1, "/predict", one_row()).await;
     assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+/// The router sends nothing to an instance left without a sandbox while
+/// another can serve: a broken instance fails fast, so by load alone it
+/// would win nearly every pick and each request would pay its failed build
+/// and a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_passes_over_an_instance_left_without_a_sandbox() {
+    let dir = TempDir::new("broken-routing");
+    let host = Host::start(
+        &common::with_faulty_guest("2-active.json", &[]),
+        &["--warm-pool", "0", "--concurrency", "1"],
+    );
+    let until = enter_a_build_failing_window(&host, &dir, 6000).await;
+
+    // predict1 traps and cannot be rebuilt; predict2 keeps its sandbox.
+    let p1 = host.instance_addr("predict1").await;
+    let (s, _, b) = common::chaos(&host, "predict1", "trap").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, b) = post(p1, "/predict", one_row()).await;
+    assert_ne!(s, StatusCode::OK, "{b}");
+    let before = host.topology().await;
+    assert_eq!(before["predict1"]["broken"], true, "{before}");
+
+    const SENT: u64 = 20;
+    for _ in 0..SENT {
+        let (s, _, b) = post(host.router, "/predict", one_row()).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    assert!(unix_ms() < until, "the requests ran past the window");
+    let after = host.topology().await;
+    let count = |t: &serde_json::Value, i: &str, c: &str| t[i][c].as_u64().unwrap();
+    assert_eq!(
+        count(&after, "predict1", "failed"),
+        count(&before, "predict1", "failed"),
+        "the broken instance was tried: {after}"
+    );
+    assert_eq!(
+        count(&after, "predict2", "served") - count(&before, "predict2", "served"),
+        SENT,
+        "{after}"
+    );
+}
+
+/// A request that pins a version is checked when it is routed, before its
+/// body arrives; a deploy that replaces the version meanwhile gets it 404
+/// `unknown_version`, never another version's answer, on the router and
+/// on an instance's port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_version_replaced_while_the_body_arrives_is_not_answered_by_another() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = Host::start(&free_ports("2-active.json"), &[]);
+    let version = served_version(host.router).await;
+    let row = cases("digits")["cases"][0]["input"].clone();
+    let body = serde_json::json!({"inputs": [{"name": "float_input", "shape": [1, 64], "datatype": "FP32", "data": row}]})
+        .to_string();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let p1 = host.instance_addr("predict1").await;
+    let mut streams = Vec::new();
+    for addr in [host.router, p1] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /v2/models/digits/versions/{version}/infer HTTP/1.1\r\nhost: hadr\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(first).await.unwrap();
+        streams.push(stream);
+    }
+    let guest = faulty_guest();
+    let outcome = deploy(&host, &["--module", guest.to_str().unwrap()]);
+    assert_eq!(outcome["action"], "deployed", "{outcome}");
+    assert_ne!(served_version(host.router).await, version);
+    for mut stream in streams {
+        stream.write_all(rest).await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        assert!(answer.contains("no longer in force"), "{answer}");
+    }
 }

@@ -147,6 +147,13 @@ async fn spins_leave_the_host_a_thread(path: &'static str, spin: Vec<u8>) {
     for s in spinning {
         let ((status, _, body), took) = s.await.unwrap();
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+        // Spinning, whichever bound stopped it: never "blocked outside".
+        // (`/predict` says it in "message", the v2 protocol in "error".)
+        let message = body["message"].as_str().or(body["error"].as_str()).unwrap();
+        assert!(
+            message.contains("ran past its deadline") && !message.contains("did not return"),
+            "{body}"
+        );
         assert!(
             took <= bound,
             "a spinning call took {took:?}, over {bound:?}"

@@ -212,8 +212,11 @@ async fn json_infer_equals_scikit_learn_and_predict_on_router_and_instance_port(
         assert_eq!(outputs[0]["shape"], json!([n, want.len() / n]));
         close(&as_f64s(&outputs[0]["data"]), &want, model);
 
-        // The same rows through /predict, on the model's own instance (the
-        // router's /predict does not choose by model).
+        // The same rows through /predict, on the model's own instance and
+        // on the router, which must be told the model (it serves three).
+        let routed = format!("/predict?model={model}");
+        let (status, _, by_router) = post(host.router, &routed, common::inputs(&rows)).await;
+        assert_eq!(status, StatusCode::OK, "{by_router}");
         let instance = host
             .instance_addr(if model == "digits" {
                 "digits1"
@@ -231,7 +234,36 @@ async fn json_infer_equals_scikit_learn_and_predict_on_router_and_instance_port(
             .collect();
         close(&as_f64s(&outputs[0]["data"]), &scores, "v2 vs /predict");
         assert_eq!(answer["model_version"], predicted["version"]);
+        assert_eq!(
+            by_router["outputs"], predicted["outputs"],
+            "router vs instance"
+        );
     }
+
+    // Naming no model, or one nobody serves: refused, the body read.
+    let (rows, _, _) = rows_and_probabilities("digits");
+    let (status, _, e) = post(host.router, "/predict", common::inputs(&rows)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error"], "model_required", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("breast_cancer, digits, placement"),
+        "{e}"
+    );
+    let (status, _, e) = post(host.router, "/predict?model=nope", common::inputs(&rows)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    let digits1 = host.instance_addr("digits1").await;
+    let (status, _, e) = post(
+        digits1,
+        "/predict?model=breast_cancer",
+        common::inputs(&rows),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    let (status, _, e) = post(digits1, "/predict?model=digits", common::inputs(&rows)).await;
+    assert_eq!(status, StatusCode::OK, "{e}");
 
     // INT64 rows are converted to the model's FP32; on an instance's port.
     let digits = host.instance_addr("digits1").await;
@@ -258,7 +290,8 @@ async fn json_infer_equals_scikit_learn_and_predict_on_router_and_instance_port(
         .find(|o| o["name"] == "probabilities")
         .unwrap();
     close(&as_f64s(&probabilities["data"]), &want[..10], "INT64 input");
-    assert_eq!(host.topology().await["digits1"]["served"], 3);
+    // v2, /predict on the router and on the port (twice), and INT64.
+    assert_eq!(host.topology().await["digits1"]["served"], 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,16 +112,49 @@ async fn predict(
     req: Request<Incoming>,
     served_by: &mut Option<Arc<Instance>>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
+    let model = requested_model(req.uri().query());
     let body = match *req.method() {
         Method::GET => Input::Example,
         _ => Input::Body(body::read(req, app.body_limit()).await?),
     };
-    let out = call(app, target, Want::default(), body, served_by).await?;
+    let want = Want {
+        model: model.as_deref(),
+        version: None,
+    };
+    match (want.model, target) {
+        (Some(_), _) => drop(super::v2::serving(app, target, want)?),
+        (None, Scope::Router) if app.router.models().len() > 1 => {
+            return Err(model_required(app.router.models()))
+        }
+        (None, _) => {}
+    }
+    let out = call(app, target, want, body, served_by).await?;
     let mut response = Response::new(Full::new(Bytes::from(out.into_json())));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(response)
+}
+
+/// The model a `/predict` URL names (`?model=NAME`), if any.
+fn requested_model(query: Option<&str>) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == "model")
+        .map(|(_, name)| name.into_owned())
+}
+
+/// 400 for a `/predict` on a router that serves several models and a URL
+/// that names none: sent to any instance, a request would be answered by
+/// whichever model it reached.
+fn model_required(models: &[String]) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "model_required",
+        format!(
+            "this router serves several models ({}): name one with /predict?model=NAME, or use POST /v2/models/NAME/infer or the port of an instance serving it",
+            models.join(", ")
+        ),
+    )
 }
 
 fn not_allowed(allow: &'static str) -> ApiError {

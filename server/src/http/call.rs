@@ -93,7 +93,7 @@ pub(super) async fn call(
     let instance = lease.instance();
     let outcome = match want.version {
         None => Instance::predict(instance, input.clone()).await,
-        Some(_) => Instance::predict_stable(instance, input.clone()).await,
+        Some(version) => instance.predict_pinned(input.clone(), version).await,
     };
     match outcome {
         Ok(out) => Ok(out),
@@ -140,7 +140,7 @@ async fn retry(
             tracing::error!(error = %e, "could not persist a promotion");
         }
     }
-    match second.instance().predict_alone(body).await {
+    match second.instance().predict_alone(body, want.version).await {
         Ok(out) => Ok(out),
         Err(again) if again.is_instance_fault() => {
             let mut error = ApiError::from(again);
@@ -158,10 +158,16 @@ async fn retry(
 
 fn lease(app: &PublicApp, target: &Scope, want: Want) -> Result<Lease, ApiError> {
     match target {
-        Scope::Router => app
-            .router
-            .acquire_where(None, want)
-            .map_err(|_| ApiError::saturated()),
+        Scope::Router => app.router.acquire_where(None, want).map_err(|_| {
+            match want.version {
+                // Checked before the body was read; a deploy since has
+                // replaced it everywhere: not a matter of load.
+                Some(version) if !app.router.instances().iter().any(|i| want.admits(i)) => {
+                    CallError::VersionGone(version.to_owned()).into()
+                }
+                _ => ApiError::saturated(),
+            }
+        }),
         Scope::Instance(instance) => instance.try_lease().ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -138,6 +138,8 @@ impl From<CallError> for ApiError {
             CallError::NotDrillable(_) => (S::CONFLICT, "not_drillable"),
             CallError::AlreadyArmed(_) => (S::CONFLICT, "fault_armed"),
             CallError::NoTensors => (S::NOT_IMPLEMENTED, "not_implemented"),
+            CallError::Queued(_) => (S::SERVICE_UNAVAILABLE, "queue_timeout"),
+            CallError::VersionGone(_) => (S::NOT_FOUND, "unknown_version"),
             CallError::BadAnswer(_) => (S::INTERNAL_SERVER_ERROR, "guest_error"),
         };
         Self::new(status, code, message)

@@ -149,7 +149,7 @@ fn server_metadata() -> ServerMetadata {
 
 /// The instances of this listener that serve `want`'s model (any version):
 /// 404 naming the models there are when none does.
-fn serving<'a>(
+pub(super) fn serving<'a>(
     app: &'a PublicApp,
     scope: &'a Scope,
     want: Want,

@@ -110,6 +110,23 @@ impl Drop for Unclaimed {
     }
 }
 
+/// A call on its request's task while it runs. Dropped there (the client
+/// hung up mid-call), it counts the time the call had run in the
+/// instance's cost, which nothing else would: calls that keep outliving
+/// their clients (a version that hangs, clients that time out before
+/// `--deadline`) then move to the blocking pool, where each one finishes
+/// and counts, failures and a canary's verdicts included ([`Unclaimed`]).
+struct OnTask<'a> {
+    stats: &'a Stats,
+    started: Instant,
+}
+
+impl Drop for OnTask<'_> {
+    fn drop(&mut self) {
+        self.stats.cost(self.started.elapsed());
+    }
+}
+
 /// A canary call's own verdict on the canary: an answer is a success, a
 /// fault a failure; a refusal says nothing yet (the input may be at fault).
 fn canary_failed<T>(outcome: &Result<T, CallError>) -> Option<bool> {
@@ -437,20 +454,30 @@ impl Instance {
     /// Runs one prediction in this instance, waiting for its turn; a
     /// canary, if one runs, takes its share.
     pub async fn predict(self: &Arc<Self>, input: Input) -> Result<Answer, CallError> {
-        self.predict_on(input, true, true).await
+        self.predict_on(input, true, true, None).await
     }
 
-    /// Runs one prediction on the deployment in force, never a canary (a
-    /// request that names its version).
-    pub async fn predict_stable(self: &Arc<Self>, input: Input) -> Result<Answer, CallError> {
-        self.predict_on(input, false, true).await
+    /// Runs one prediction on the deployment in force if it is `version`
+    /// (a request that names its version), never a canary: a deploy that
+    /// replaced it since the request was routed refuses the request
+    /// ([`CallError::VersionGone`]) rather than answer with another version.
+    pub async fn predict_pinned(
+        self: &Arc<Self>,
+        input: Input,
+        version: &str,
+    ) -> Result<Answer, CallError> {
+        self.predict_on(input, false, true, Some(version)).await
     }
 
-    /// Runs one prediction on the deployment in force, never a canary and
-    /// never merged into a batch: for a retry, since a request that already
-    /// faulted must not poison others.
-    pub async fn predict_alone(self: &Arc<Self>, input: Input) -> Result<Answer, CallError> {
-        self.predict_on(input, false, false).await
+    /// Runs one prediction on the deployment in force (if it is `pinned`,
+    /// when given), never a canary and never merged into a batch: for a
+    /// retry, since a request that already faulted must not poison others.
+    pub async fn predict_alone(
+        self: &Arc<Self>,
+        input: Input,
+        pinned: Option<&str>,
+    ) -> Result<Answer, CallError> {
+        self.predict_on(input, false, false, pinned).await
     }
 
     /// A canary call that fails for any reason is answered by the version in
@@ -462,11 +489,15 @@ impl Instance {
         body: Input,
         canary: bool,
         batched: bool,
+        pinned: Option<&str>,
     ) -> Result<Answer, CallError> {
         // One read of what the instance serves: the version in force, and
         // the canary if this request goes to it.
         let (deployment, chosen) = {
             let serving = self.serving.load();
+            if let Some(version) = pinned.filter(|v| *v != serving.current.deployment.version) {
+                return Err(CallError::VersionGone(version.to_owned()));
+            }
             let chosen = serving
                 .canary
                 .as_ref()
@@ -495,6 +526,12 @@ impl Instance {
         if let Some(failed) = canary_failed(&outcome) {
             canary.record(failed);
             return outcome;
+        }
+        if matches!(outcome, Err(CallError::Queued(_))) {
+            // Never ran: no verdict on the canary.
+            return self
+                .run(Slot::Current, self.deployment(), body, batched)
+                .await;
         }
         // A refusal: the version in force's answer to the same request says
         // whether the input or the canary is at fault.
@@ -534,8 +571,19 @@ impl Instance {
         deployment: &Arc<Deployment>,
         prepared: Prepared,
     ) -> Result<Answer, CallError> {
-        let taken = self.set(slot).take(&deployment.version).await;
+        let taken = self.take(slot, deployment).await?;
         self.run_taken(slot, taken, deployment, prepared).await
+    }
+
+    /// A place in `slot`'s set for a call to `deployment`, waited for at
+    /// most `--queue-timeout`: a request must not queue without bound
+    /// behind calls that hang until their deadlines.
+    async fn take(&self, slot: Slot, deployment: &Deployment) -> Result<Taken, CallError> {
+        let limit = self.runtime.limits().queue_timeout;
+        self.set(slot)
+            .take_within(&deployment.version, limit)
+            .await
+            .ok_or(CallError::Queued(limit))
     }
 
     /// One call on its own in the place `taken` holds.
@@ -577,7 +625,7 @@ impl Instance {
                 let set = self.set(slot);
                 // Held while the batch fills: a leader whose client hangs up
                 // meanwhile gives the sandbox back unused.
-                let held = set.hold(set.take(&deployment.version).await);
+                let held = set.hold(self.take(slot, deployment).await?);
                 let batch = lead.close().await;
                 let taken = held.into_taken();
                 if batch.followers.is_empty() {
@@ -671,6 +719,10 @@ impl Instance {
     ) -> Result<Reply, CallError> {
         let offload_above = self.runtime.limits().offload_above.as_micros() as u64;
         if self.stats.cost_us.load(Ordering::Relaxed) < offload_above {
+            let on_task = OnTask {
+                stats: &self.stats,
+                started: Instant::now(),
+            };
             let outcome = call(
                 &mut taken.live,
                 deployment,
@@ -679,6 +731,7 @@ impl Instance {
                 &prepared,
             )
             .await;
+            std::mem::forget(on_task);
             return self.finish(slot, taken, outcome);
         }
         let instance = self.clone();
@@ -705,7 +758,8 @@ impl Instance {
             Ok(unclaimed) => unclaimed.claim(),
             Err(e) => {
                 // The sandbox went down with the thread.
-                self.stats.after_call(false, true);
+                self.stats
+                    .after_call(false, slot == Slot::Current || self.is_broken());
                 Err(CallError::Trap(format!("the call's thread failed: {e}")))
             }
         }
@@ -725,8 +779,17 @@ impl Instance {
             // by now): free its sandboxes.
             self.canary_sandboxes.clear();
         }
-        let broken = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
-        self.stats.after_call(replaced, broken);
+        let faulted = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
+        match slot {
+            // Left without a sandbox, the instance is broken only if no
+            // other call holds one and none is idle; a canary's sandboxes
+            // say nothing of the version in force.
+            Slot::Current => {
+                let none_left = faulted && self.sandboxes.idle() == 0 && self.sandboxes.busy() == 0;
+                self.stats.after_call(replaced, none_left);
+            }
+            Slot::Canary => self.stats.after_call(replaced, self.is_broken()),
+        }
         outcome
     }
 

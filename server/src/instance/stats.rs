@@ -91,7 +91,12 @@ impl Stats {
             Ok(()) => {
                 self.served.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) if e.is_bad_input() || matches!(e, CallError::NoTensors) => {}
+            Err(e)
+                if e.is_bad_input()
+                    || matches!(
+                        e,
+                        CallError::NoTensors | CallError::Queued(_) | CallError::VersionGone(_)
+                    ) => {}
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.fault(e);

@@ -22,6 +22,9 @@ pub const REPAIR_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Routes requests over a topology's instances.
 pub struct Router {
     instances: Vec<Arc<Instance>>,
+    /// The names of the models the instances serve, sorted, once each:
+    /// `/predict` must name one when there are several.
+    models: Vec<String>,
     next: AtomicUsize,
     /// Told of every promotion, so it is written out at once.
     state: Option<Arc<StateSync>>,
@@ -56,11 +59,20 @@ pub struct Saturated;
 impl Router {
     /// A router over `instances`, in topology order.
     pub fn new(instances: Vec<Arc<Instance>>) -> Self {
+        let mut models: Vec<String> = instances.iter().map(|i| i.model_name()).collect();
+        models.sort();
+        models.dedup();
         Self {
             instances,
+            models,
             next: AtomicUsize::new(0),
             state: None,
         }
+    }
+
+    /// The names of the models its instances serve, sorted, once each.
+    pub fn models(&self) -> &[String] {
+        &self.models
     }
 
     /// Nudges `state` to save at once whenever a standby is promoted.
@@ -276,7 +288,11 @@ impl Router {
 
     /// Roles and loads now; an excluded instance (or one `want` does not
     /// admit) reads as a saturated active so the policy neither routes to it
-    /// nor promotes it.
+    /// nor promotes it. A broken one reads as saturated in its role, as in
+    /// [`Self::health_snapshot`]: it fails fast, so by load alone it would
+    /// win nearly every pick, and each request would pay a failed build and
+    /// a retry while a standby stayed unpromoted. [`Self::repair_broken`]
+    /// brings it back.
     fn snapshot(&self, excluded: Option<&str>, want: Want) -> Vec<View> {
         self.instances
             .iter()
@@ -291,7 +307,7 @@ impl Router {
                 } else {
                     View {
                         role: i.role(),
-                        load: i.load(),
+                        load: if i.is_broken() { max_load } else { i.load() },
                         max_load,
                     }
                 }

@@ -39,6 +39,9 @@ pub struct Limits {
     pub keep_idle: usize,
     /// How long a sandbox beyond `keep_idle` may idle before it is dropped.
     pub idle_after: Duration,
+    /// Longest a call waits for a place in its instance's sandboxes (every
+    /// one busy) before it is refused ([`crate::sandbox::live::CallError::Queued`]).
+    pub queue_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -52,6 +55,7 @@ impl Default for Limits {
             concurrency: 1,
             keep_idle: 1,
             idle_after: Duration::from_secs(30),
+            queue_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -101,6 +105,14 @@ pub struct InstanceState {
 pub struct TickBudget {
     used: u64,
     allowed: u64,
+}
+
+impl TickBudget {
+    /// Whether the call was seen running WebAssembly for a long call's
+    /// ticks ([`LONG_CALL_TICKS`]).
+    pub(crate) fn ran_long(&self) -> bool {
+        self.used >= LONG_CALL_TICKS
+    }
 }
 
 /// Starts a guest call on `store` with `ticks` of budget.

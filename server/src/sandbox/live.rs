@@ -72,6 +72,15 @@ pub enum CallError {
     /// store was dropped.
     #[error("the guest did not return within {0:?} (blocked outside WebAssembly, where its deadline cannot interrupt it) and was stopped")]
     Unresponsive(Duration),
+    /// The version the request named is no longer in force: a deploy
+    /// replaced it after the request was routed.
+    #[error("version `{0}` is no longer in force: a deploy replaced it while the request was on its way (GET /v2/models/NAME lists the versions in force)")]
+    VersionGone(String),
+    /// Every sandbox of the instance stayed busy with other calls for this
+    /// long (`--queue-timeout`): the request was not run. Not the
+    /// instance's fault, and counted nowhere but in the answers' statuses.
+    #[error("every sandbox of this instance stayed busy with other calls for {0:?} (--queue-timeout), so the request was not run; retry later")]
+    Queued(Duration),
     /// The guest does not export `tensors`, so it cannot take `/v2` infer
     /// requests.
     #[error("this instance's guest does not export hadr:predictor/tensors, so it takes only /predict, not Open Inference Protocol infer requests")]
@@ -134,7 +143,13 @@ impl CallError {
     /// the guest's own refusal, or a call the host refused before entering
     /// the guest.
     pub fn poisons_the_store(&self) -> bool {
-        !matches!(self, CallError::Rejected(_) | CallError::NoTensors)
+        !matches!(
+            self,
+            CallError::Rejected(_)
+                | CallError::NoTensors
+                | CallError::Queued(_)
+                | CallError::VersionGone(_)
+        )
     }
 
     /// Whether the guest said the request itself was bad (not the instance).
@@ -262,8 +277,12 @@ pub struct Live {
 }
 
 /// Most deadlines one merged call may run for (a deadline per request, up
-/// to this many).
-const MERGED_DEADLINES: usize = 4;
+/// to this many). Two: a healthy batch of requests that each take most of
+/// a deadline is not taken for a hung call, and a hung request holds the
+/// others of its batch for two deadlines of running (about four in wall
+/// time, throttled) before they run again on their own; with four, a
+/// client saw 9 s at the default 1 s deadline.
+const MERGED_DEADLINES: usize = 2;
 
 /// A merged batch's answers, one per request in order: each the guest's
 /// answer or its refusal of that request.
@@ -374,6 +393,20 @@ impl Live {
         Ok(())
     }
 
+    /// A call dropped at its wall-clock bound ([`within`]): if its guest
+    /// was seen running WebAssembly for a long call's ticks, it was spinning
+    /// there, throttled to half its time (see `engine::on_tick`), and ran
+    /// out of wall time before its budget of running ticks: a deadline, not
+    /// a guest blocked outside WebAssembly, which no tick ever sees.
+    fn unanswered(&self, e: CallError, deadline: Duration) -> CallError {
+        match e {
+            CallError::Unresponsive(_) if self.store.data().budget.ran_long() => {
+                CallError::Deadline(deadline)
+            }
+            e => e,
+        }
+    }
+
     /// Starts a guest call of `ticks` budget: the armed fault (if any)
     /// fires in it. Returns the call's deadline.
     fn begin(&mut self, ticks: u64) -> Duration {
@@ -400,7 +433,10 @@ impl Live {
             return Ok(Predicted::Host(answer));
         }
         let deadline = self.begin(self.deadline_ticks);
-        match within(deadline, self.predictor.call_predict(&mut self.store, body)).await? {
+        match within(deadline, self.predictor.call_predict(&mut self.store, body))
+            .await
+            .map_err(|e| self.unanswered(e, deadline))?
+        {
             Ok(Ok(out)) => Ok(Predicted::Guest(out)),
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
             Err(e) => Err(CallError::from_wasmtime("calling predict", e, deadline)),
@@ -440,7 +476,10 @@ impl Live {
         let call = batch
             .hadr_predictor_batch()
             .call_predict_batch(&mut self.store, &owned);
-        match within(deadline, call).await? {
+        match within(deadline, call)
+            .await
+            .map_err(|e| self.unanswered(e, deadline))?
+        {
             Ok(replies) if replies.len() == bodies.len() => Ok(replies
                 .into_iter()
                 .map(|reply| reply.map(Predicted::Guest))
@@ -530,7 +569,10 @@ impl Live {
             &batch.data,
             count,
         );
-        match within(deadline, call).await? {
+        match within(deadline, call)
+            .await
+            .map_err(|e| self.unanswered(e, deadline))?
+        {
             Ok(Ok(scores)) => {
                 rows::check(&scores, batch.rows, max_values)?;
                 Ok(scores)
@@ -560,7 +602,10 @@ impl Live {
         let call = tensors
             .hadr_predictor_tensors()
             .call_infer(&mut self.store, inputs);
-        match within(deadline, call).await? {
+        match within(deadline, call)
+            .await
+            .map_err(|e| self.unanswered(e, deadline))?
+        {
             Ok(Ok(out)) => Ok(out),
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
             Err(e) => Err(CallError::from_wasmtime("calling infer", e, deadline)),

@@ -165,6 +165,19 @@ impl<T: Pooled> Sandboxes<T> {
         self.with_idle(place, version)
     }
 
+    /// Like [`Self::take`], waiting at most `limit` for a place: `None`
+    /// past it. Free places are taken without arming a timer.
+    pub async fn take_within(&self, version: &str, limit: Duration) -> Option<Taken<T>> {
+        let place = match self.places.clone().try_acquire_owned() {
+            Ok(place) => place,
+            Err(_) => tokio::time::timeout(limit, self.places.clone().acquire_owned())
+                .await
+                .ok()?
+                .expect("the sandbox semaphore is never closed"),
+        };
+        Some(self.with_idle(place, version))
+    }
+
     /// `place`, with an idle sandbox built from `version` as [`choose`]
     /// says (idle ones of other versions are stale and dropped).
     fn with_idle(&self, place: OwnedSemaphorePermit, version: &str) -> Taken<T> {

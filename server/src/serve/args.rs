@@ -24,7 +24,11 @@ pub struct ServeArgs {
     /// before they are read.
     #[arg(long, default_value = "1MiB", value_parser = parse_size)]
     pub max_body: usize,
-    /// Longest one prediction may run in its sandbox before it is stopped (504).
+    /// Longest one prediction may run in its sandbox before it is stopped
+    /// (504). Counted in running time: time the machine gave other work is
+    /// not spent, and a call still running after 20 ms is throttled to
+    /// half a core, so a guest spinning forever is stopped after about
+    /// twice this in wall time (a merged batch: after up to twice that).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub deadline: Duration,
     /// Most linear memory one instance may use (e.g. 64MiB).
@@ -36,6 +40,12 @@ pub struct ServeArgs {
     /// much as a small prediction). 0s: always offload.
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     pub offload_above: Duration,
+    /// Longest a request waits for a free sandbox of its instance while
+    /// every one is busy with other calls; past it the request is refused
+    /// with 503 and Retry-After (code `queue_timeout`) instead of queueing
+    /// behind calls that may hang until their deadlines. 0s: never wait.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub queue_timeout: Duration,
     /// Model for entries that name none. [default: models/digits.onnx in this repository]
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -181,6 +191,7 @@ impl ServeArgs {
                 concurrency: 1,
                 keep_idle: usize::from(!args.scale_to_zero),
                 idle_after: args.sandbox_idle,
+                queue_timeout: args.queue_timeout,
             },
             defaults,
             grace: args.grace,
