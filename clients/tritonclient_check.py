@@ -42,9 +42,10 @@ def cases(model):
     return json.loads((REPO / "models" / f"{model}.cases.json").read_text())["cases"]
 
 
-def predict(address, body):
+def predict(address, body, model):
+    """hadr's own /predict; a router serving several models is told which."""
     request = urllib.request.Request(
-        f"http://{address}/predict",
+        f"http://{address}/predict?model={model}",
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -57,7 +58,7 @@ def row_model(model):
     cs = cases(model)
     rows = np.array([c["input"] for c in cs], dtype=np.float32)
     want = np.array([c["probabilities"] for c in cs], dtype=np.float64)
-    return rows, want, lambda address: predict(address, {"inputs": rows.tolist()})["outputs"]
+    return rows, want, lambda address: predict(address, {"inputs": rows.tolist()}, model)["outputs"]
 
 
 def placement():
@@ -102,7 +103,7 @@ def check_model(client, address, model):
         rows, want = placement()
         positive = lambda p: p[:, 1]  # noqa: E731
         from_predict = [p["Placement_Probability"] for p in
-                        predict(address, json.loads("[" + ",".join(records()) + "]"))["predictions"]]
+                        predict(address, json.loads("[" + ",".join(records()) + "]"), model)["predictions"]]
     else:
         rows, want, scores = row_model(model)
         positive = lambda p: p  # noqa: E731

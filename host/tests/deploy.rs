@@ -333,6 +333,25 @@ async fn unfit_versions_are_refused_and_the_old_one_keeps_serving() {
         b["message"].as_str().unwrap().contains("was uploaded"),
         "{b}"
     );
+    // A name that is no digest: the client's mistake, not the host's.
+    for body in [
+        serde_json::json!({"module": "zz"}),
+        serde_json::json!({"model": {"name": "digits", "digest": "../../etc"}}),
+    ] {
+        let (s, _, b) = request_with(
+            host.admin,
+            Method::POST,
+            "/admin/deploy",
+            body.to_string().into(),
+            Some(&auth),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+        assert!(
+            b["message"].as_str().unwrap().contains("not a hex SHA-256"),
+            "{b}"
+        );
+    }
     let digest = "f".repeat(64);
     let (s, _, b) = request_with(
         host.admin,

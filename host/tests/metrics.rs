@@ -180,6 +180,25 @@ async fn readyz_is_503_while_nothing_can_take_a_request() {
     assert_eq!(s, StatusCode::OK);
 }
 
+/// With its actives full, the router is still ready while a standby could
+/// take the request (it is promoted for it), as the model's readiness says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_counts_a_standby_that_could_take_the_request() {
+    let topology = common::with_faulty_guest("2-active.json", &[("max_load", 1.into())]);
+    let host = Host::start(&topology, &["--deadline", "60s"]);
+    let first = hold_in_flight(&host, "predict1").await;
+    let second = hold_in_flight(&host, "predict2").await;
+    let t = host.topology().await;
+    assert_eq!(t["predict3"]["role"], "standby", "{t}");
+    let (s, _, b) = get(host.router, "/readyz").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _, b) = get(host.router, "/v2/health/ready").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for held in [first, second] {
+        assert_eq!(held.await.unwrap().0, StatusCode::OK);
+    }
+}
+
 /// The whole answer to one request sent raw with `connection: close`.
 async fn exchange_to_end(addr: std::net::SocketAddr, head: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

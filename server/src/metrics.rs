@@ -87,13 +87,13 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "hadr_requests",
-            "Answers to POST /predict, by the instance that computed them and status",
+            "Answers to /predict (POST and GET) and /v2 infer requests, by the instance that computed them and status",
             requests.clone(),
         );
         let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "hadr_request_duration_seconds",
-            "Time from a POST /predict request's body being read to its answer",
+            "Time from a /predict or /v2 infer request's arrival to its answer",
             latency.clone(),
         );
         let names = instances

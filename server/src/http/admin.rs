@@ -18,6 +18,7 @@
 //! `hadr-host deploy` and `hadr-host rollback` are clients of these routes.
 
 use bytes::Bytes;
+use hadr_state::blobs::BlobError;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
@@ -142,6 +143,16 @@ fn outcome(
                 }
                 RolloutError::UnknownInstance(_) => (StatusCode::NOT_FOUND, "unknown_instance"),
                 RolloutError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                // A name that is no digest is the client's mistake; a blob
+                // damaged on disk is uploaded again; the disk failing is ours.
+                RolloutError::Blob {
+                    source: BlobError::BadDigest(_),
+                    ..
+                } => (StatusCode::BAD_REQUEST, "malformed_request"),
+                RolloutError::Blob {
+                    source: BlobError::Damaged { .. },
+                    ..
+                } => (StatusCode::UNPROCESSABLE_ENTITY, "blob_unreadable"),
                 RolloutError::Blob { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "blob_unreadable"),
                 RolloutError::Storage(_)
                 | RolloutError::Unsaved(_)

@@ -17,8 +17,12 @@ use crate::instance::{Answer, CallError, Input, Instance, Lease};
 use crate::routing::router::Want;
 
 /// `/readyz`: whether this listener should be sent requests now. Never
-/// while draining (SIGTERM with `--drain`). On the router: some instance
-/// that takes traffic is under its threshold with a working sandbox. On an
+/// while draining (SIGTERM with `--drain`). On the router: some instance is
+/// under its threshold with a working sandbox, a standby included (the
+/// router promotes it for the request, as `/v2/models/{m}/ready` says; a
+/// probe that failed then would take the host out of rotation exactly
+/// when its standby could absorb the overflow, and a standby-only host
+/// would never be ready). On an
 /// instance's port: the instance has a working sandbox, whatever its load
 /// and role; that is what a balancer health-checks, and a check that failed
 /// under load would take capacity away exactly when it is needed (the
@@ -27,11 +31,7 @@ pub(super) fn readyz(app: &PublicApp, target: &Scope) -> Result<Response<Full<By
     not_draining(app)?;
     let ready = match target {
         Scope::Instance(i) => instance_ready(i),
-        Scope::Router => app
-            .router
-            .instances()
-            .iter()
-            .any(|i| i.role().serves() && i.can_take()),
+        Scope::Router => app.router.instances().iter().any(|i| i.can_take()),
     };
     if ready {
         Ok(json(StatusCode::OK, &serde_json::json!({"ready": true})))
@@ -42,7 +42,7 @@ pub(super) fn readyz(app: &PublicApp, target: &Scope) -> Result<Response<Full<By
                 i.name(),
                 crate::routing::router::REPAIR_EVERY
             ),
-            Scope::Router => "no instance that takes traffic can take a request now (saturated, standby or without a working sandbox)".to_string(),
+            Scope::Router => "no instance can take a request now, a standby included (each is at its load threshold or without a working sandbox)".to_string(),
         };
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -217,6 +217,8 @@ impl Instance {
             keep_idle: limits.keep_idle,
             idle_after: limits.idle_after,
         };
+        let sandboxes = Sandboxes::new(elasticity);
+        sandboxes.set_in_force(&current.deployment.version);
         Self {
             batcher: spec.batch.map(Batcher::new),
             spec,
@@ -230,7 +232,7 @@ impl Instance {
             load: Load::new(role),
             stats: Stats::default(),
             bound_port: AtomicU16::new(0),
-            sandboxes: Sandboxes::new(elasticity),
+            sandboxes,
             canary_sandboxes: Sandboxes::new(elasticity),
         }
     }
@@ -269,6 +271,12 @@ impl Instance {
     /// Swaps in what it serves. Requests that already read the old value
     /// finish on it; the next call on each slot rebuilds a stale sandbox.
     pub fn set_serving(&self, serving: Serving) {
+        self.sandboxes
+            .set_in_force(&serving.current.deployment.version);
+        if let Some(canary) = &serving.canary {
+            self.canary_sandboxes
+                .set_in_force(&canary.deployment.version);
+        }
         self.serving.store(Arc::new(serving));
     }
 

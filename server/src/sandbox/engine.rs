@@ -55,7 +55,7 @@ impl Default for Limits {
             concurrency: 1,
             keep_idle: 1,
             idle_after: Duration::from_secs(30),
-            queue_timeout: Duration::from_secs(1),
+            queue_timeout: hard_limit(Duration::from_secs(1)),
         }
     }
 }

@@ -77,8 +77,17 @@ pub struct Sandboxes<T = Live> {
     elasticity: Elasticity,
     /// One permit per call that may run at once.
     places: Arc<Semaphore>,
-    /// Sandboxes waiting for a call, least recently used first.
-    idle: Mutex<Vec<Idle<T>>>,
+    /// Sandboxes waiting for a call, and the version in force.
+    idle: Mutex<Pool<T>>,
+}
+
+/// The idle sandboxes of a set, least recently used first, and the version
+/// in force (`None` until [`Sandboxes::set_in_force`]): idle sandboxes of
+/// any other version than it, or than the taker's, are stale.
+#[derive(Debug)]
+struct Pool<T> {
+    list: Vec<Idle<T>>,
+    in_force: Option<String>,
 }
 
 #[derive(Debug)]
@@ -99,11 +108,12 @@ thread_local! {
 /// Which of `idle` (least recently used first) a call on thread `here`
 /// takes: the one with a chaos fault armed (the fault must fire on the next
 /// call), else the most recent that `here` ran, else the most recent.
-fn choose<T: Pooled>(idle: &[Idle<T>], here: ThreadId) -> Option<usize> {
+fn choose<T: Pooled>(idle: &[Idle<T>], here: ThreadId, version: &str) -> Option<usize> {
+    let fits = |i: &Idle<T>| i.live.version() == version;
     idle.iter()
-        .position(|i| i.live.is_armed())
-        .or_else(|| idle.iter().rposition(|i| i.ran_on == here))
-        .or_else(|| idle.len().checked_sub(1))
+        .position(|i| fits(i) && i.live.is_armed())
+        .or_else(|| idle.iter().rposition(|i| fits(i) && i.ran_on == here))
+        .or_else(|| idle.iter().rposition(fits))
 }
 
 /// A place to run one call, with the sandbox it took (if any was idle).
@@ -148,7 +158,10 @@ impl<T: Pooled> Sandboxes<T> {
         Self {
             elasticity,
             places: Arc::new(Semaphore::new(elasticity.concurrency.max(1))),
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Pool {
+                list: Vec::new(),
+                in_force: None,
+            }),
         }
     }
 
@@ -182,9 +195,16 @@ impl<T: Pooled> Sandboxes<T> {
     /// says (idle ones of other versions are stale and dropped).
     fn with_idle(&self, place: OwnedSemaphorePermit, version: &str) -> Taken<T> {
         let live = {
-            let mut idle = lock(&self.idle);
-            idle.retain(|i| i.live.version() == version);
-            choose(&idle, HERE.with(|h| *h)).map(|k| idle.remove(k).live)
+            let mut pool = lock(&self.idle);
+            let Pool { list, in_force } = &mut *pool;
+            // A taker of a version no longer in force (a request that read
+            // what the instance served just before a swap) leaves the
+            // version in force's sandboxes alone.
+            list.retain(|i| {
+                let v = i.live.version();
+                v == version || in_force.as_deref() == Some(v)
+            });
+            choose(list, HERE.with(|h| *h), version).map(|k| list.remove(k).live)
         };
         Taken {
             live,
@@ -213,7 +233,7 @@ impl<T: Pooled> Sandboxes<T> {
     pub fn put_back(&self, mut taken: Taken<T>) {
         if let Some(live) = taken.live.take() {
             let ran_on = HERE.with(|h| *h);
-            lock(&self.idle).push(Idle {
+            lock(&self.idle).list.push(Idle {
                 live,
                 since: Instant::now(),
                 ran_on,
@@ -230,7 +250,7 @@ impl<T: Pooled> Sandboxes<T> {
             idle_after,
             ..
         } = self.elasticity;
-        let mut idle = lock(&self.idle);
+        let idle = &mut lock(&self.idle).list;
         let spare = idle.len().saturating_sub(keep_idle);
         let before = idle.len();
         let mut seen = 0;
@@ -242,9 +262,18 @@ impl<T: Pooled> Sandboxes<T> {
         before - idle.len()
     }
 
+    /// Records the version in force: from now on idle sandboxes of any
+    /// other version are dropped by the next taker, whatever its version.
+    pub fn set_in_force(&self, version: &str) {
+        let mut pool = lock(&self.idle);
+        if pool.in_force.as_deref() != Some(version) {
+            pool.in_force = Some(version.to_owned());
+        }
+    }
+
     /// Drops every idle sandbox (a canary ended).
     pub fn clear(&self) {
-        lock(&self.idle).clear();
+        lock(&self.idle).list.clear();
     }
 
     /// Sandboxes in a call now: the places taken.
@@ -255,7 +284,7 @@ impl<T: Pooled> Sandboxes<T> {
 
     /// Sandboxes waiting for a call.
     pub fn idle(&self) -> usize {
-        lock(&self.idle).len()
+        lock(&self.idle).list.len()
     }
 
     /// Most calls running at once.
@@ -359,6 +388,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_taker_of_a_stale_version_leaves_the_version_in_forces_sandboxes() {
+        let set = set(2, 1);
+        set.set_in_force("v2");
+        fill(
+            &set,
+            vec![Fake {
+                version: "v2",
+                ..fake(1)
+            }],
+        )
+        .await;
+        let stale = set.take("v1").await;
+        assert!(stale.live.is_none(), "no v1 sandbox to take");
+        assert_eq!(set.idle(), 1, "the v2 sandbox is kept");
+        drop(stale);
+        assert_eq!(set.take("v2").await.live.map(|f| f.id), Some(1));
+    }
+
+    #[tokio::test]
     async fn the_most_recent_sandbox_is_reused_and_stale_versions_are_dropped() {
         let set = set(2, 1);
         fill(&set, vec![fake(1), fake(2)]).await;
@@ -420,7 +468,7 @@ mod tests {
         };
         let pick = |specs: &[(u32, ThreadId, bool)]| {
             let idle = idle(specs);
-            choose(&idle, here).map(|k| idle[k].live.id)
+            choose(&idle, here, "v1").map(|k| idle[k].live.id)
         };
         assert_eq!(pick(&[]), None);
         assert_eq!(pick(&[(1, other, false)]), Some(1), "any rather than none");
@@ -449,7 +497,7 @@ mod tests {
         let here = std::thread::current().id();
         let set = set(4, 1);
         let since = Instant::now();
-        *lock(&set.idle) = [(1, other), (2, here), (3, other), (4, other)]
+        lock(&set.idle).list = [(1, other), (2, here), (3, other), (4, other)]
             .into_iter()
             .map(|(id, ran_on)| Idle {
                 live: fake(id),

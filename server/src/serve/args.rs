@@ -43,9 +43,12 @@ pub struct ServeArgs {
     /// Longest a request waits for a free sandbox of its instance while
     /// every one is busy with other calls; past it the request is refused
     /// with 503 and Retry-After (code `queue_timeout`) instead of queueing
-    /// behind calls that may hang until their deadlines. 0s: never wait.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub queue_timeout: Duration,
+    /// behind calls that may hang until their deadlines. Default: the
+    /// host's wall-clock bound on one call, 2 × --deadline + 1s (3s), so
+    /// a request waiting behind its `max_load` of healthy calls is served
+    /// as in the article. 0s: never wait.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub queue_timeout: Option<Duration>,
     /// Model for entries that name none. [default: models/digits.onnx in this repository]
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -191,7 +194,9 @@ impl ServeArgs {
                 concurrency: 1,
                 keep_idle: usize::from(!args.scale_to_zero),
                 idle_after: args.sandbox_idle,
-                queue_timeout: args.queue_timeout,
+                queue_timeout: args
+                    .queue_timeout
+                    .unwrap_or_else(|| crate::sandbox::engine::hard_limit(args.deadline)),
             },
             defaults,
             grace: args.grace,
