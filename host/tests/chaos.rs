@@ -331,6 +331,11 @@ async fn a_generated_admin_token_is_private_and_kept() {
         stderr.contains("readable by others") && stderr.contains("chmod 600"),
         "{stderr}"
     );
+    assert_eq!(
+        stderr.matches("readable by others").count(),
+        1,
+        "said once: {stderr}"
+    );
     // An empty token file is replaced by a new private token.
     std::fs::write(&path, "").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();

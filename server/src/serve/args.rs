@@ -31,7 +31,9 @@ pub struct ServeArgs {
     /// twice this in wall time (a merged batch: after up to twice that).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub deadline: Duration,
-    /// Most linear memory one instance may use (e.g. 64MiB).
+    /// Most linear memory one sandbox may use (e.g. 64MiB); an instance
+    /// holds up to `concurrency` sandboxes, plus a canary's and warm
+    /// spares, so size a host's memory by those.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub max_memory: usize,
     /// Predictions that have recently taken longer than this run on a blocking

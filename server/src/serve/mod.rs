@@ -121,8 +121,9 @@ pub enum StartError {
     #[error("{0}: instance `{1}` could not start: {2}")]
     Instance(PathBuf, String, #[source] CallError),
     /// The admin token could not be read or written.
+    // The cause last: told with its causes, it is then not repeated.
     #[error(
-        "admin token in {0}: {1} (set HADR_ADMIN_TOKEN, or fix the state directory's permissions)"
+        "admin token in {0} (set HADR_ADMIN_TOKEN, or fix the state directory's permissions): {1}"
     )]
     AdminToken(PathBuf, #[source] std::io::Error),
     /// The state directory cannot be used.
