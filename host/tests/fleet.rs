@@ -394,17 +394,16 @@ fn the_exported_configuration_passes_haproxys_check_for_every_article_topology()
     }
 }
 
-/// A stand-in host whose `/readyz` answers 200 after `delay` (a host busy
-/// computing); counts the checks it answered.
-async fn slow_readyz(
-    addr: std::net::SocketAddr,
+/// A stand-in host on `listener` whose `/readyz` answers 200 after `delay`
+/// (a host busy computing); counts the checks it answered.
+fn slow_readyz(
+    listener: tokio::net::TcpListener,
     delay: Duration,
 ) -> (
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     tokio::task::JoinHandle<()>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = answered.clone();
     let task = tokio::spawn(async move {
@@ -433,12 +432,12 @@ async fn a_readyz_answered_late_under_load_keeps_its_server_up() {
     let exe = haproxy_exe().expect("HAProxy is not installed: apt-get install -y haproxy");
     let dir = TempDir::new("slow-check");
     let ip = |k: u8| std::net::IpAddr::from([127, 0, 24, k]);
+    // The stand-in binds its own port and keeps it: picked, let go and
+    // bound again, it was once taken in between (AddrInUse).
+    let listener = tokio::net::TcpListener::bind((ip(2), 0)).await.unwrap();
+    let host = listener.local_addr().unwrap();
     let mut ports = Ports::default();
-    let (host, frontend, stats) = (
-        ports.pick(ip(2)).unwrap(),
-        ports.pick(ip(1)).unwrap(),
-        ports.pick(ip(1)).unwrap(),
-    );
+    let (frontend, stats) = (ports.pick(ip(1)).unwrap(), ports.pick(ip(1)).unwrap());
     let topology = dir.write(
         "slow.json",
         &serde_json::json!({"slow": {"status": true, "host": host.ip(), "port": host.port().to_string()}})
@@ -455,7 +454,7 @@ async fn a_readyz_answered_late_under_load_keeps_its_server_up() {
     let config = haproxy::config(&topology, &options).unwrap();
     drop(ports);
     // 300 ms: three times the check interval, well inside a 1 s check timeout.
-    let (answered, server) = slow_readyz(host, Duration::from_millis(300)).await;
+    let (answered, server) = slow_readyz(listener, Duration::from_millis(300));
     let haproxy = Haproxy::start(&exe, &config, &dir.0, stats).unwrap();
     let watched = Instant::now();
     let mut seen = Vec::new();
