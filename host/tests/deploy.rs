@@ -998,11 +998,12 @@ fn model_refusing_to_start(dir: &TempDir, from: u128, until: u128) -> PathBuf {
 }
 
 /// Deploys the faulty guest with a model that makes every build fail for
-/// `ms` milliseconds from 3 s after now (the deploy's own builds, its
-/// smoke test and the instances' sandboxes, come first), and waits until
-/// the window opens. Returns when it closes (Unix ms).
+/// `ms` milliseconds from 5 s after now (the deploy's own builds, its
+/// smoke test and up to three instances' sandboxes, come first, on a
+/// loaded machine), and waits until the window opens. Returns when it
+/// closes (Unix ms).
 async fn enter_a_build_failing_window(host: &Host, dir: &TempDir, ms: u128) -> u128 {
-    let from = unix_ms() + 3000;
+    let from = unix_ms() + 5000;
     let until = from + ms;
     let model = model_refusing_to_start(dir, from, until);
     let guest = faulty_guest();

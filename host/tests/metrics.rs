@@ -186,15 +186,25 @@ async fn readyz_is_503_while_nothing_can_take_a_request() {
 async fn readyz_counts_a_standby_that_could_take_the_request() {
     let topology = common::with_faulty_guest("2-active.json", &[("max_load", 1.into())]);
     let host = Host::start(&topology, &["--deadline", "60s"]);
-    let first = hold_in_flight(&host, "predict1").await;
-    let second = hold_in_flight(&host, "predict2").await;
-    let t = host.topology().await;
-    assert_eq!(t["predict3"]["role"], "standby", "{t}");
+    // Two requests of 3 slow rows (900 ms) fill both actives.
+    let slow = bytes::Bytes::from(inputs(&vec![common::slow_row(); 3]));
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(post(host.router, "/predict", slow.clone())))
+        .collect();
+    host.wait_for("both actives full", |t| {
+        t["predict1"]["load"] == 1 && t["predict2"]["load"] == 1
+    })
+    .await;
+    assert_eq!(host.topology().await["predict3"]["role"], "standby");
     let (s, _, b) = get(host.router, "/readyz").await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, _, b) = get(host.router, "/v2/health/ready").await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    for held in [first, second] {
+    assert!(
+        held.iter().all(|h| !h.is_finished()),
+        "the actives were free again when readiness was asked"
+    );
+    for held in held {
         assert_eq!(held.await.unwrap().0, StatusCode::OK);
     }
 }

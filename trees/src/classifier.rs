@@ -201,6 +201,7 @@ impl ClassifierModel {
         let rows = Rows::new(input, &self.forest)?;
         let values = rows.values()?;
         let width = self.width();
+        crate::forest::check_output(rows.n, width)?;
         let mut scores = Tensor::zero::<f32>(&[rows.n, width])?;
         let mut winners = Vec::with_capacity(rows.n);
         {

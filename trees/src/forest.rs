@@ -253,6 +253,25 @@ pub(crate) const BLOCK: usize = 32;
 /// process. At this cap it is 70 MB.
 pub(crate) const MAX_TARGETS: usize = 1 << 16;
 
+/// Most output values (rows × outputs a row) one inference may produce:
+/// 256 MiB of f32. The rows come from a request, so a model near
+/// [`MAX_TARGETS`] would otherwise ask for rows × 256 KiB on the host,
+/// outside any sandbox's memory limit.
+pub(crate) const MAX_OUTPUT_VALUES: usize = 1 << 26;
+
+/// Refuses an inference whose output would pass [`MAX_OUTPUT_VALUES`].
+pub(crate) fn check_output(rows: usize, width: usize) -> Result<(), TreeError> {
+    match rows.checked_mul(width) {
+        Some(values) if values <= MAX_OUTPUT_VALUES => Ok(()),
+        _ => Err(TreeError::Invalid {
+            attr: "X",
+            why: format!(
+                "{rows} rows of {width} outputs each is more than the {MAX_OUTPUT_VALUES} output values one inference may produce: send fewer rows"
+            ),
+        }),
+    }
+}
+
 /// Walks advanced in lockstep: independent root-to-leaf walks overlap their
 /// load latencies instead of waiting on one dependent chain at a time.
 /// Eight, measured on the article's 512-tree forest (`cargo bench -p

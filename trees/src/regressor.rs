@@ -153,6 +153,7 @@ impl RegressorModel {
         let rows = Rows::new(input, &self.forest)?;
         let values = rows.values()?;
         let width = self.n_targets();
+        crate::forest::check_output(rows.n, width)?;
         let mut y = Tensor::zero::<f32>(&[rows.n, width])?;
         {
             let mut plain = y.try_as_plain_ram_mut()?;

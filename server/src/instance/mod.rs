@@ -127,6 +127,20 @@ impl Drop for OnTask<'_> {
     }
 }
 
+/// When a request's wait for a place in a sandbox set ends: set at its
+/// first wait, `--queue-timeout` later, and shared by its later waits (a
+/// canary's request falling back to the version in force), so the bound is
+/// per request. A request that never waits never reads the clock. A batch
+/// follower's wait for its leader's merged call is not a wait for a place.
+#[derive(Debug, Default)]
+struct QueueBudget(std::sync::OnceLock<Instant>);
+
+impl QueueBudget {
+    fn until(&self, limit: Duration) -> Instant {
+        *self.0.get_or_init(|| Instant::now() + limit)
+    }
+}
+
 /// A canary call's own verdict on the canary: an answer is a success, a
 /// fault a failure; a refusal says nothing yet (the input may be at fault).
 fn canary_failed<T>(outcome: &Result<T, CallError>) -> Option<bool> {
@@ -513,11 +527,15 @@ impl Instance {
                 .cloned();
             (serving.current.deployment.clone(), chosen)
         };
+        let queue = QueueBudget::default();
         match chosen {
-            None => self.run(Slot::Current, deployment, body, batched).await,
+            None => {
+                self.run(Slot::Current, deployment, body, batched, &queue)
+                    .await
+            }
             // Boxed: inline, a canary's three possible calls would enlarge
             // every request's future, which is moved at each await.
-            Some(canary) => Box::pin(self.run_canary(canary, body, batched)).await,
+            Some(canary) => Box::pin(self.run_canary(canary, body, batched, &queue)).await,
         }
     }
 
@@ -527,24 +545,32 @@ impl Instance {
         canary: Arc<Canary>,
         body: Input,
         batched: bool,
+        queue: &QueueBudget,
     ) -> Result<Answer, CallError> {
         let outcome = self
-            .run(Slot::Canary, canary.deployment.clone(), body.clone(), false)
+            .run(
+                Slot::Canary,
+                canary.deployment.clone(),
+                body.clone(),
+                false,
+                queue,
+            )
             .await;
         if let Some(failed) = canary_failed(&outcome) {
             canary.record(failed);
             return outcome;
         }
         if matches!(outcome, Err(CallError::Queued(_))) {
-            // Never ran: no verdict on the canary.
+            // Never ran: no verdict on the canary. The version in force
+            // takes it if a place is free now (its wait is spent).
             return self
-                .run(Slot::Current, self.deployment(), body, batched)
+                .run(Slot::Current, self.deployment(), body, batched, queue)
                 .await;
         }
         // A refusal: the version in force's answer to the same request says
         // whether the input or the canary is at fault.
         let stable = self
-            .run(Slot::Current, self.deployment(), body, batched)
+            .run(Slot::Current, self.deployment(), body, batched, queue)
             .await;
         let bad_input = |o: &Result<Answer, CallError>| matches!(o, Err(e) if e.is_bad_input());
         canary.record(!(bad_input(&outcome) && bad_input(&stable)));
@@ -560,15 +586,16 @@ impl Instance {
         deployment: Arc<Deployment>,
         input: Input,
         batched: bool,
+        queue: &QueueBudget,
     ) -> Result<Answer, CallError> {
         // Input that does not fit this version's model is the client's
         // error: refused before the sandbox, and counted nowhere.
         let prepared = input.for_deployment(&deployment)?;
         match (&self.batcher, prepared) {
             (Some(batcher), Prepared::Body(body)) if batched => {
-                self.run_batched(batcher, &deployment, body).await
+                self.run_batched(batcher, &deployment, body, queue).await
             }
-            (_, prepared) => self.run_alone(slot, &deployment, prepared).await,
+            (_, prepared) => self.run_alone(slot, &deployment, prepared, queue).await,
         }
     }
 
@@ -578,18 +605,28 @@ impl Instance {
         slot: Slot,
         deployment: &Arc<Deployment>,
         prepared: Prepared,
+        queue: &QueueBudget,
     ) -> Result<Answer, CallError> {
-        let taken = self.take(slot, deployment).await?;
+        let taken = self.take(slot, deployment, queue).await?;
         self.run_taken(slot, taken, deployment, prepared).await
     }
 
-    /// A place in `slot`'s set for a call to `deployment`, waited for at
-    /// most `--queue-timeout`: a request must not queue without bound
-    /// behind calls that hang until their deadlines.
-    async fn take(&self, slot: Slot, deployment: &Deployment) -> Result<Taken, CallError> {
+    /// A place in `slot`'s set for a call to `deployment`, waited for until
+    /// the request's `--queue-timeout` runs out (see [`QueueBudget`]): a
+    /// request must not queue without bound behind calls that hang until
+    /// their deadlines.
+    async fn take(
+        &self,
+        slot: Slot,
+        deployment: &Deployment,
+        queue: &QueueBudget,
+    ) -> Result<Taken, CallError> {
+        let set = self.set(slot);
+        if let Some(taken) = set.try_take(&deployment.version) {
+            return Ok(taken);
+        }
         let limit = self.runtime.limits().queue_timeout;
-        self.set(slot)
-            .take_within(&deployment.version, limit)
+        set.take_until(&deployment.version, queue.until(limit))
             .await
             .ok_or(CallError::Queued(limit))
     }
@@ -624,16 +661,24 @@ impl Instance {
         batcher: &Batcher,
         deployment: &Arc<Deployment>,
         body: bytes::Bytes,
+        queue: &QueueBudget,
     ) -> Result<Answer, CallError> {
         let slot = Slot::Current;
         let answer = match batcher.join(&deployment.version, body.clone()) {
+            // Waiting on its leader's merged call is not queueing: a batch
+            // a request poisoned must not cost the others their place in
+            // the runs that follow (they rerun with a wait of their own).
             Joined::Follower(answer) => answer,
-            Joined::Alone => return self.run_alone(slot, deployment, Prepared::Body(body)).await,
+            Joined::Alone => {
+                return self
+                    .run_alone(slot, deployment, Prepared::Body(body), queue)
+                    .await
+            }
             Joined::Leader(lead) => {
                 let set = self.set(slot);
                 // Held while the batch fills: a leader whose client hangs up
                 // meanwhile gives the sandbox back unused.
-                let held = set.hold(self.take(slot, deployment).await?);
+                let held = set.hold(self.take(slot, deployment, queue).await?);
                 let batch = lead.close().await;
                 let taken = held.into_taken();
                 if batch.followers.is_empty() {
@@ -661,7 +706,10 @@ impl Instance {
                 outcome
             }
             // The merged call faulted, or its task is gone: alone.
-            Err(_) => self.run_alone(slot, deployment, Prepared::Body(body)).await,
+            Err(_) => {
+                self.run_alone(slot, deployment, Prepared::Body(body), queue)
+                    .await
+            }
         }
     }
 

@@ -178,16 +178,13 @@ impl<T: Pooled> Sandboxes<T> {
         self.with_idle(place, version)
     }
 
-    /// Like [`Self::take`], waiting at most `limit` for a place: `None`
-    /// past it. Free places are taken without arming a timer.
-    pub async fn take_within(&self, version: &str, limit: Duration) -> Option<Taken<T>> {
-        let place = match self.places.clone().try_acquire_owned() {
-            Ok(place) => place,
-            Err(_) => tokio::time::timeout(limit, self.places.clone().acquire_owned())
-                .await
-                .ok()?
-                .expect("the sandbox semaphore is never closed"),
-        };
+    /// Like [`Self::take`], waiting for a place until `until`: `None` past
+    /// it.
+    pub async fn take_until(&self, version: &str, until: Instant) -> Option<Taken<T>> {
+        let place = tokio::time::timeout_at(until.into(), self.places.clone().acquire_owned())
+            .await
+            .ok()?
+            .expect("the sandbox semaphore is never closed");
         Some(self.with_idle(place, version))
     }
 
@@ -385,6 +382,23 @@ mod tests {
         assert!(set.try_take("v1").is_none(), "the only place is taken");
         set.put_back(first);
         assert!(set.try_take("v1").is_some_and(|t| t.live.is_some()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_a_place_ends_at_its_deadline() {
+        let set = set(1, 1);
+        let busy = set.take("v1").await;
+        // (Paused: tokio's clock jumps to the deadline; std's stands still.)
+        let waited = tokio::time::Instant::now();
+        let until = Instant::now() + Duration::from_millis(200);
+        assert!(
+            set.take_until("v1", until).await.is_none(),
+            "no place came free"
+        );
+        assert!(waited.elapsed() >= Duration::from_millis(200));
+        drop(busy);
+        let later = Instant::now() + Duration::from_millis(200);
+        assert!(set.take_until("v1", later).await.is_some(), "a free place");
     }
 
     #[tokio::test]

@@ -48,7 +48,8 @@ pub struct ServeArgs {
     /// behind calls that may hang until their deadlines. Default: the
     /// host's wall-clock bound on one call, 2 × --deadline + 1s (3s), so
     /// a request waiting behind its `max_load` of healthy calls is served
-    /// as in the article. 0s: never wait.
+    /// as in the article. 0s: never wait. The bound is per request, a
+    /// canary's fallback to the version in force included.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub queue_timeout: Option<Duration>,
     /// Model for entries that name none. [default: models/digits.onnx in this repository]

@@ -803,6 +803,21 @@ fn refuses_missing_and_conflicting_attributes() {
         regressor_error(attrs, 1),
         TreeError::Missing { attr: "n_targets" }
     );
+    // At the cap of outputs, rows are refused before their output is
+    // allocated: 1,025 rows x 65,536 targets is past 2^26 values.
+    let plan = load(&model(
+        "TreeEnsembleRegressor",
+        regressor_attrs(&small(), 1 << 16, "SUM"),
+        1,
+        DataType::Float,
+    ))
+    .unwrap();
+    let err = run_rows(&plan, &vec![vec![0.0]; 1025]).expect_err("refused");
+    assert!(
+        matches!(tree_error(&err), TreeError::Invalid { attr: "X", .. }),
+        "{err:?}"
+    );
+    assert!(run_rows(&plan, &vec![vec![0.0]; 1024]).is_ok());
     // 2^25 targets: 18 GB of scratch at the first inference, an abort.
     let err = regressor_error(regressor_attrs(&small(), 1 << 25, "SUM"), 1);
     assert!(
