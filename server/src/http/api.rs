@@ -122,7 +122,16 @@ async fn predict(
         version: None,
     };
     match (want.model, target) {
-        (Some(_), _) => drop(super::v2::serving(app, target, want)?),
+        (Some(model), _) => {
+            let served = match target {
+                Scope::Router => app.router.models().iter().any(|m| m == model),
+                Scope::Instance(i) => i.serves_model(model),
+            };
+            if !served {
+                // Only a miss builds the lists its 404 names.
+                super::v2::serving(app, target, want)?;
+            }
+        }
         (None, Scope::Router) if app.router.models().len() > 1 => {
             return Err(model_required(app.router.models()))
         }

@@ -815,7 +815,7 @@ impl Instance {
             Err(e) => {
                 // The sandbox went down with the thread.
                 self.stats
-                    .after_call(false, slot == Slot::Current || self.is_broken());
+                    .after_call(false, (slot == Slot::Current).then_some(true));
                 Err(CallError::Trap(format!("the call's thread failed: {e}")))
             }
         }
@@ -842,9 +842,9 @@ impl Instance {
             // say nothing of the version in force.
             Slot::Current => {
                 let none_left = faulted && self.sandboxes.idle() == 0 && self.sandboxes.busy() == 0;
-                self.stats.after_call(replaced, none_left);
+                self.stats.after_call(replaced, Some(none_left));
             }
-            Slot::Canary => self.stats.after_call(replaced, self.is_broken()),
+            Slot::Canary => self.stats.after_call(replaced, None),
         }
         outcome
     }

@@ -60,13 +60,16 @@ impl Stats {
         });
     }
 
-    /// What a call did to its sandbox: replaced it after a fault, or left
-    /// the instance without a working one.
-    pub(super) fn after_call(&self, replaced: bool, broken: bool) {
+    /// What a call did to its sandbox: replaced it after a fault, and
+    /// whether it left the instance without a working one (`None`: a call
+    /// that says nothing of it, such as a canary's).
+    pub(super) fn after_call(&self, replaced: bool, broken: Option<bool>) {
         if replaced {
             self.respawns.fetch_add(1, Ordering::Relaxed);
         }
-        self.broken.store(broken, Ordering::Relaxed);
+        if let Some(broken) = broken {
+            self.broken.store(broken, Ordering::Relaxed);
+        }
     }
 
     /// Counts a call's outcome and its time. The client's bad input counts
@@ -91,12 +94,7 @@ impl Stats {
             Ok(()) => {
                 self.served.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e)
-                if e.is_bad_input()
-                    || matches!(
-                        e,
-                        CallError::NoTensors | CallError::Queued(_) | CallError::VersionGone(_)
-                    ) => {}
+            Err(e) if e.is_bad_input() || e.never_reached_the_guest() => {}
             Err(e) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.fault(e);
@@ -167,9 +165,9 @@ mod tests {
     #[test]
     fn a_replaced_sandbox_counts_a_respawn_and_a_call_says_whether_it_left_none() {
         let stats = Stats::default();
-        stats.after_call(false, true);
+        stats.after_call(false, Some(true));
         assert!(stats.broken.load(Ordering::Relaxed));
-        stats.after_call(true, false);
+        stats.after_call(true, Some(false));
         assert!(!stats.broken.load(Ordering::Relaxed));
         assert_eq!(stats.respawns.load(Ordering::Relaxed), 1);
     }

@@ -143,12 +143,16 @@ impl CallError {
     /// the guest's own refusal, or a call the host refused before entering
     /// the guest.
     pub fn poisons_the_store(&self) -> bool {
-        !matches!(
+        !matches!(self, CallError::Rejected(_)) && !self.never_reached_the_guest()
+    }
+
+    /// Whether the host refused the call before it entered a guest (no
+    /// `tensors` export, no place in time, the version gone): neither the
+    /// instance's fault nor the client's bad input.
+    pub fn never_reached_the_guest(&self) -> bool {
+        matches!(
             self,
-            CallError::Rejected(_)
-                | CallError::NoTensors
-                | CallError::Queued(_)
-                | CallError::VersionGone(_)
+            CallError::NoTensors | CallError::Queued(_) | CallError::VersionGone(_)
         )
     }
 
