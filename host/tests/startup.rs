@@ -46,6 +46,10 @@ fn invalid_topologies_exit_2_naming_file_instance_and_field() {
             r#"{"predict1": {"status": true, "port": "http"}}"#,
             "instance `predict1`: field `port`",
         ),
+        (
+            r#"{"predict1": {"status": true, "max_load": "ten"}}"#,
+            "instance `predict1`: field `max_load`: invalid type: string \"ten\"",
+        ),
         (r#"{"predict1": {"status": false}}"#, "no active instance"),
     ];
     for (topology, expected) in cases {

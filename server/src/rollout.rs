@@ -464,14 +464,16 @@ impl Rollouts {
         }
         let targets = self.targets(to)?;
         let mut plan = Vec::new();
+        let mut without = Vec::new();
         for instance in &targets {
-            let Some(previous) = instance.serving().previous.clone() else {
-                return Err(RolloutError::Conflict(format!(
-                    "instance `{}` has no previous deployment to roll back to",
-                    instance.name()
-                )));
-            };
-            plan.push((instance.clone(), previous.deployment));
+            match instance.serving().previous.clone() {
+                Some(previous) => plan.push((instance.clone(), previous.deployment)),
+                None => without.push(instance.name()),
+            }
+        }
+        if !without.is_empty() {
+            let with: Vec<&str> = plan.iter().map(|(i, _)| i.name()).collect();
+            return Err(RolloutError::Conflict(no_previous(&without, &with)));
         }
         for (_, deployment) in &plan {
             deployment
@@ -828,6 +830,29 @@ fn names(instances: &[Arc<Instance>]) -> String {
         .join(", ")
 }
 
+/// Why a rollback is refused when some of its instances have no previous deployment, and, when
+/// others have one (a deploy that went `--to` some instances), how to roll back those.
+fn no_previous(without: &[&str], with: &[&str]) -> String {
+    let (s, has) = if without.len() == 1 {
+        ("", "has")
+    } else {
+        ("s", "have")
+    };
+    let mut message = format!(
+        "instance{s} `{}` {has} no previous deployment to roll back to",
+        without.join("`, `")
+    );
+    if !with.is_empty() {
+        message += &format!(
+            " (the last deploy did not switch {}); roll back the others with --to {} (`\"to\": \"{}\"`)",
+            if without.len() == 1 { "it" } else { "them" },
+            with.join(","),
+            with.join(","),
+        );
+    }
+    message
+}
+
 /// Lets go of the versions `instance` holds since the start; whether it held
 /// any.
 fn release_held(instance: &Arc<Instance>) -> bool {
@@ -910,6 +935,19 @@ mod tests {
         );
         assert!(
             matches!(read(r#"{"module": "x", "to": ["p3"]}"#), Targets::Some(v) if v == ["p3"])
+        );
+    }
+
+    #[test]
+    fn a_refused_rollback_names_what_can_be_rolled_back() {
+        assert_eq!(
+            no_previous(&["p1"], &[]),
+            "instance `p1` has no previous deployment to roll back to"
+        );
+        assert_eq!(
+            no_previous(&["p2", "p3"], &["p1"]),
+            "instances `p2`, `p3` have no previous deployment to roll back to (the last deploy \
+             did not switch them); roll back the others with --to p1 (`\"to\": \"p1\"`)"
         );
     }
 }

@@ -116,13 +116,14 @@ struct RollbackRequest {
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
     let body = body::read(req, ADMIN_BODY).await?;
     let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
-            e.to_string(),
-        )
-    })
+    parse_json(body)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", e))
+}
+
+/// Parses an admin body; a wrong value's error names its field (`field `canary.percent`: …`).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
+        .map_err(|e| crate::topology::field_error(&e))
 }
 
 fn outcome(
@@ -288,7 +289,7 @@ enum FaultName {
 
 async fn chaos(app: &AdminApp, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, ApiError> {
     let body = body::read(req, ADMIN_BODY).await?;
-    let request: ChaosRequest = serde_json::from_slice(&body).map_err(|e| {
+    let request: ChaosRequest = parse_json(&body).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_input",
@@ -326,4 +327,30 @@ async fn chaos(app: &AdminApp, req: Request<Incoming>) -> Result<Response<Full<B
         StatusCode::OK,
         &serde_json::json!({"instance": instance.name(), "armed": name}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrong_value_in_a_body_names_its_field() {
+        let e = parse_json::<ChaosRequest>(br#"{"instance": "p1", "fault": "flood"}"#)
+            .err()
+            .unwrap();
+        assert!(
+            e.starts_with("field `fault`: unknown variant `flood`"),
+            "{e}"
+        );
+        let e = parse_json::<crate::rollout::DeployRequest>(
+            br#"{"model": {"name": "m", "digest": 7}}"#,
+        )
+        .err()
+        .unwrap();
+        assert!(e.starts_with("field `model.digest`: invalid type"), "{e}");
+        let e = parse_json::<ChaosRequest>(br#"{"instance": "p1""#)
+            .err()
+            .unwrap();
+        assert!(e.contains("EOF while parsing"), "{e}");
+    }
 }

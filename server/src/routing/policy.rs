@@ -6,8 +6,9 @@
 //! describes are all here, testable in isolation:
 //! - send a request to the least loaded instance that takes traffic and is
 //!   under its threshold, breaking ties fairly (round robin from `start`);
-//! - when none can take it, promote a standby;
-//! - when there is no standby left, shed (503);
+//! - when none can take it, promote a standby that would have room (a broken
+//!   standby reads as saturated, and promoting it would not help);
+//! - when there is no such standby, shed (503);
 //! - once the actives have been calm (each under its threshold, none broken)
 //!   for a cool-down, return promoted standbys to standby ([`demote`]): the
 //!   standby is spare capacity, not a one-way door.
@@ -36,7 +37,8 @@ impl View {
 pub enum Decision {
     /// Send it to this instance.
     Route(usize),
-    /// Every serving instance is saturated: promote this standby, then decide again.
+    /// Every serving instance is saturated: promote this standby (the first with room), then
+    /// decide again.
     Promote(usize),
     /// Nothing can take it: answer 503.
     Shed,
@@ -52,7 +54,10 @@ pub fn decide(views: &[View], start: usize) -> Decision {
         let (i, _) = tied().nth(pick).expect("pick < count");
         return Decision::Route(i);
     }
-    match views.iter().position(|v| v.role == Role::Standby) {
+    match views
+        .iter()
+        .position(|v| v.role == Role::Standby && v.load < v.max_load)
+    {
         Some(i) => Decision::Promote(i),
         None => Decision::Shed,
     }
@@ -147,6 +152,16 @@ mod tests {
         assert_eq!(decide(&views, 0), Decision::Promote(2));
     }
 
+    /// The router reads a broken instance (no sandbox left) as saturated: such a standby is
+    /// passed over for one that can serve, and with none, the request is shed.
+    #[test]
+    fn a_standby_without_room_is_not_promoted() {
+        let broken = v(Role::Standby, 10);
+        let views = [v(Role::Active, 10), broken, v(Role::Standby, 0)];
+        assert_eq!(decide(&views, 0), Decision::Promote(2));
+        assert_eq!(decide(&[v(Role::Active, 10), broken], 0), Decision::Shed);
+    }
+
     #[test]
     fn promoted_instances_serve_like_actives() {
         let views = [v(Role::Active, 10), v(Role::Promoted, 4)];
@@ -187,12 +202,12 @@ mod tests {
                         }
                         Decision::Promote(i) => {
                             assert_eq!(views[i].role, Role::Standby);
+                            assert!(views[i].load < views[i].max_load);
                             assert!(!views.iter().any(View::takes_traffic));
                         }
                         Decision::Shed => {
-                            assert!(!views
-                                .iter()
-                                .any(|x| x.takes_traffic() || x.role == Role::Standby));
+                            assert!(!views.iter().any(|x| x.takes_traffic()
+                                || (x.role == Role::Standby && x.load < x.max_load)));
                         }
                     }
                 }

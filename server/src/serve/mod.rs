@@ -160,9 +160,17 @@ pub enum StartError {
 }
 
 impl StartError {
-    /// Whether the operator's input (file, model, guest, address) is at fault.
+    /// Whether the operator's input (file, model, guest, address) is at fault, so that starting
+    /// again cannot help (exit code 2, which the systemd unit does not restart). An address not
+    /// configured yet is not: at boot the network may bring it up a moment later.
     pub fn is_config(&self) -> bool {
-        !matches!(self, StartError::Engine(_))
+        match self {
+            StartError::Engine(_) => false,
+            StartError::Bind { source, .. } => {
+                source.kind() != std::io::ErrorKind::AddrNotAvailable
+            }
+            _ => true,
+        }
     }
 }
 
@@ -617,10 +625,21 @@ impl Library {
         let current = match &outcome.deployed {
             None => from_file,
             Some(record) => match self.rebuild(record, &file) {
-                Ok(d) => {
+                Ok(d) if d.version == file.version => {
                     tracing::info!(instance = name, version = %d.version, since = %record.since,
+                        "serving the version put in force by `hadr-host deploy`, which the topology file names too");
+                    InForce {
+                        deployment: d,
+                        source: Source::Deploy,
+                        since: record.since.clone(),
+                    }
+                }
+                Ok(d) => {
+                    // A warning: an operator who edited the file's model and restarted expects
+                    // the file's model, and gets the deployed one.
+                    tracing::warn!(instance = name, version = %d.version, since = %record.since,
                         file_version = %file.version,
-                        "serving the version put in force by `hadr-host deploy`, not the topology file's (`hadr-host rollback` returns to the previous one)");
+                        "serving the version put in force by `hadr-host deploy`, not the one the topology file names: a deploy outlives restarts (`hadr-host rollback` returns to the previous version; `hadr-host deploy --model` puts the file's model in force)");
                     InForce {
                         deployment: d,
                         source: Source::Deploy,
@@ -931,3 +950,28 @@ pub fn repo_defaults() -> Defaults {
 /// The default guest, relative to the repository root, as the README's build
 /// step leaves it.
 pub const DEFAULT_GUEST: &str = "guests/target/wasm32-wasip2/release/hadr_guest_predictor.wasm";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exit code 2, which systemd does not restart, is for what starting again cannot fix.
+    #[test]
+    fn an_address_not_up_yet_is_worth_retrying_a_taken_one_is_not() {
+        let bind = |kind| StartError::Bind {
+            addr: "127.0.0.2:8000".parse().unwrap(),
+            what: "router".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert!(!bind(std::io::ErrorKind::AddrNotAvailable).is_config());
+        assert!(bind(std::io::ErrorKind::AddrInUse).is_config());
+        assert!(bind(std::io::ErrorKind::PermissionDenied).is_config());
+        assert!(StartError::ModelName(
+            "t.json".into(),
+            "a.onnx".into(),
+            "b/a.onnx".into(),
+            "a".into()
+        )
+        .is_config());
+    }
+}

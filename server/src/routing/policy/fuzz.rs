@@ -32,6 +32,11 @@ fn takes(v: &View) -> bool {
     matches!(v.role, Role::Active | Role::Promoted) && v.load < v.max_load
 }
 
+/// A standby that would have room once promoted (a broken one reads as saturated).
+fn spare(v: &View) -> bool {
+    v.role == Role::Standby && v.load < v.max_load
+}
+
 /// The instances a tie is broken among: those that take traffic, at
 /// the least load, in index order.
 fn tied(views: &[View]) -> Vec<usize> {
@@ -43,8 +48,8 @@ fn tied(views: &[View]) -> Vec<usize> {
 
 proptest! {
     /// A route goes to a least-loaded instance that takes traffic; a
-    /// promotion only when none does, to the first standby; a shed only
-    /// when there is no standby either. Same input, same answer.
+    /// promotion only when none does, to the first standby with room; a
+    /// shed only when there is no such standby either. Same input, same answer.
     #[test]
     fn decide_follows_the_rules(views in snapshot(), start in any::<usize>()) {
         let d = decide(&views, start);
@@ -54,11 +59,11 @@ proptest! {
             Decision::Route(i) => prop_assert!(tied.contains(&i), "{:?} not among {:?}", d, tied),
             Decision::Promote(i) => {
                 prop_assert!(tied.is_empty(), "promoted while {:?} had room", tied);
-                prop_assert_eq!(Some(i), views.iter().position(|v| v.role == Role::Standby));
+                prop_assert_eq!(Some(i), views.iter().position(spare));
             }
             Decision::Shed => {
                 prop_assert!(tied.is_empty(), "shed while {:?} had room", tied);
-                prop_assert!(views.iter().all(|v| v.role != Role::Standby), "shed with a standby");
+                prop_assert!(!views.iter().any(spare), "shed with a standby that has room");
             }
         }
     }
@@ -81,8 +86,8 @@ proptest! {
     }
 
     /// The router's loop (promote, then decide again) ends within one
-    /// step per standby; a promoted standby with room takes the request;
-    /// it sheds only once no standby is left and nothing has room.
+    /// step per standby; a promoted standby takes the request (only one with
+    /// room is promoted); it sheds only once nothing, standby or not, has room.
     #[test]
     fn promoting_then_deciding_again_ends(views in snapshot(), start in any::<usize>()) {
         let mut views = views;
@@ -95,17 +100,16 @@ proptest! {
                     views[i].role = Role::Promoted;
                     promoted += 1;
                     prop_assert!(promoted <= standbys, "promoted more than the standbys");
-                    if takes(&views[i]) {
-                        // Nothing else had room: the promoted one is the only choice.
-                        prop_assert_eq!(decide(&views, start), Decision::Route(i));
-                    }
+                    // Nothing else had room: the promoted one is the only choice.
+                    prop_assert!(takes(&views[i]));
+                    prop_assert_eq!(decide(&views, start), Decision::Route(i));
                 }
                 Decision::Route(i) => {
                     prop_assert!(takes(&views[i]));
                     break;
                 }
                 Decision::Shed => {
-                    prop_assert!(views.iter().all(|v| v.role != Role::Standby && !takes(v)));
+                    prop_assert!(views.iter().all(|v| !spare(v) && !takes(v)));
                     break;
                 }
             }
@@ -113,7 +117,7 @@ proptest! {
     }
 
     /// A standby is never routed to: adding one changes no route and no
-    /// promotion, and turns a shed into its own promotion.
+    /// promotion, and turns a shed into its own promotion if it has room.
     #[test]
     fn a_standby_only_replaces_a_shed(views in snapshot(), start in any::<usize>(),
                                       load in 0usize..20, max_load in 1usize..15) {
@@ -121,7 +125,7 @@ proptest! {
         let mut more = views.clone();
         more.push(View { role: Role::Standby, load, max_load });
         let after = decide(&more, start);
-        if before == Decision::Shed {
+        if before == Decision::Shed && load < max_load {
             prop_assert_eq!(after, Decision::Promote(views.len()));
         } else {
             prop_assert_eq!(after, before);
