@@ -788,25 +788,27 @@ impl Instance {
             )
             .await;
             std::mem::forget(on_task);
-            return self.finish(slot, taken, outcome);
+            return self.finish(slot, deployment, taken, outcome);
         }
         let instance = self.clone();
         let handle = Handle::current();
-        let deployment = deployment.clone();
-        let offloaded = tokio::task::spawn_blocking(move || {
-            let outcome = handle.block_on(call(
-                &mut taken.live,
-                &deployment,
-                &instance.runtime,
-                instance.name(),
-                &prepared,
-            ));
-            let outcome = Some(instance.finish(slot, taken, outcome));
-            let canary = (slot == Slot::Canary).then_some(deployment);
-            Unclaimed {
-                instance,
-                canary,
-                outcome,
+        let offloaded = tokio::task::spawn_blocking({
+            let deployment = deployment.clone();
+            move || {
+                let outcome = handle.block_on(call(
+                    &mut taken.live,
+                    &deployment,
+                    &instance.runtime,
+                    instance.name(),
+                    &prepared,
+                ));
+                let outcome = Some(instance.finish(slot, &deployment, taken, outcome));
+                let canary = (slot == Slot::Canary).then_some(deployment);
+                Unclaimed {
+                    instance,
+                    canary,
+                    outcome,
+                }
             }
         })
         .await;
@@ -815,7 +817,7 @@ impl Instance {
             Err(e) => {
                 // The sandbox went down with the thread.
                 self.stats
-                    .after_call(false, (slot == Slot::Current).then_some(true));
+                    .after_call(false, self.broken_after(slot, deployment, true));
                 Err(CallError::Trap(format!("the call's thread failed: {e}")))
             }
         }
@@ -826,6 +828,7 @@ impl Instance {
     fn finish(
         &self,
         slot: Slot,
+        deployment: &Deployment,
         taken: Taken,
         (outcome, replaced): (Result<Reply, CallError>, bool),
     ) -> Result<Reply, CallError> {
@@ -836,17 +839,20 @@ impl Instance {
             self.canary_sandboxes.clear();
         }
         let faulted = matches!(&outcome, Err(e) if e.is_instance_fault()) && !replaced;
-        match slot {
-            // Left without a sandbox, the instance is broken only if no
-            // other call holds one and none is idle; a canary's sandboxes
-            // say nothing of the version in force.
-            Slot::Current => {
-                let none_left = faulted && self.sandboxes.idle() == 0 && self.sandboxes.busy() == 0;
-                self.stats.after_call(replaced, Some(none_left));
-            }
-            Slot::Canary => self.stats.after_call(replaced, None),
-        }
+        self.stats
+            .after_call(replaced, self.broken_after(slot, deployment, faulted));
         outcome
+    }
+
+    /// What a call on `deployment` that `faulted` (lost its sandbox, none built in its place)
+    /// says of `broken`. Left without a sandbox, the instance is broken only if no other call
+    /// holds one and none is idle. A canary's call says nothing of the version in force, nor
+    /// does a call that ran on the version a deploy just replaced: its success must not clear
+    /// what the new version's calls found.
+    fn broken_after(&self, slot: Slot, deployment: &Deployment, faulted: bool) -> Option<bool> {
+        let in_force = self.serving.load().current.deployment.version == deployment.version;
+        (slot == Slot::Current && in_force)
+            .then(|| faulted && self.sandboxes.idle() == 0 && self.sandboxes.busy() == 0)
     }
 
     /// Counts a canary call whose request went away (see [`Unclaimed`]) for
