@@ -10,9 +10,9 @@ use std::path::Path;
 /// `hadr-server`'s layers: each top-level module and the modules it may use.
 /// Same table as the map in `server/src/lib.rs`.
 const SERVER: &[(&str, &[&str])] = &[
-    ("topology", &[]),
-    ("shutdown", &[]),
     ("errors", &[]),
+    ("topology", &["errors"]),
+    ("shutdown", &[]),
     ("sandbox", &["topology", "shutdown"]),
     ("oip", &["sandbox"]),
     ("serving", &["sandbox"]),

@@ -8,15 +8,15 @@
 //! HTTP (load generator, drill, admin client, fleets) is `hadr-tools`.
 //!
 //! ## The map
-//! Each layer uses only the layers listed before it (and the leaves);
-//! within the fifth row, `routing` and `rollout` also use `state`, and
+//! Each layer uses only the layers listed before it (and the leaves; of the
+//! leaves, only `topology` uses another, `errors`); within the fifth row, `routing` and `rollout` also use `state`, and
 //! `rollout` uses `metrics` (its counter). `host/tests/architecture.rs`
 //! holds the same table and fails on a use that breaks it, and on any cycle
 //! between modules (files, with `sandbox/nn/*` counted as one).
 //!
 //! | layer | owns | lifetime |
 //! |---|---|---|
-//! | leaves: [`bindings`], [`topology`], [`shutdown`], [`errors`] | the WIT contract, the topology file, the stop signal, errors told with their causes | |
+//! | leaves: [`bindings`], [`topology`], [`shutdown`], [`errors`] | the WIT contract, the topology file, the stop signal, errors told with their causes and fields | |
 //! | [`sandbox`] | the engine, wasi-nn on tract, guest logs, the compiled cache, deployments and their warm pools, one sandbox and its call errors | host, deployment |
 //! | [`oip`] | the Open Inference Protocol's tensors (pure codec) | |
 //! | [`serving`] | what an instance serves: in force, previous, canary | swapped whole |

@@ -844,7 +844,8 @@ fn no_previous(without: &[&str], with: &[&str]) -> String {
     );
     if !with.is_empty() {
         message += &format!(
-            " (the last deploy did not switch {}); roll back the others with --to {} (`\"to\": \"{}\"`)",
+            " (a deploy did not switch {}, or a start could not restore the previous one); roll \
+             back the others with --to {} (`\"to\": \"{}\"`)",
             if without.len() == 1 { "it" } else { "them" },
             with.join(","),
             with.join(","),
@@ -946,8 +947,9 @@ mod tests {
         );
         assert_eq!(
             no_previous(&["p2", "p3"], &["p1"]),
-            "instances `p2`, `p3` have no previous deployment to roll back to (the last deploy \
-             did not switch them); roll back the others with --to p1 (`\"to\": \"p1\"`)"
+            "instances `p2`, `p3` have no previous deployment to roll back to (a deploy did not \
+             switch them, or a start could not restore the previous one); roll back the others \
+             with --to p1 (`\"to\": \"p1\"`)"
         );
     }
 }

@@ -294,30 +294,6 @@ impl Topology {
     }
 }
 
-/// serde's explanation of a wrong entry or body, naming the field it is about (`field
-/// `batch.max_requests`: invalid type: string "32", expected usize`). Errors about the entry as a
-/// whole (a missing or unknown field) already name it.
-pub(crate) fn field_error<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
-    use serde_path_to_error::Segment;
-    let message = e.inner().to_string();
-    let mut segments: Vec<&Segment> = e.path().iter().collect();
-    // The path of an unknown field ends with its name, which the message already gives.
-    if message.starts_with("unknown field") {
-        segments.pop();
-    }
-    if segments.is_empty() {
-        return message;
-    }
-    let mut path = String::new();
-    for (i, segment) in segments.iter().enumerate() {
-        if i > 0 && !matches!(segment, Segment::Seq { .. }) {
-            path.push('.');
-        }
-        path += &segment.to_string();
-    }
-    format!("field `{path}`: {message}")
-}
-
 fn read(path: &Path) -> Result<String, TopologyError> {
     std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
         file: path.to_owned(),
@@ -346,8 +322,8 @@ fn instance(
             "the name must be non-empty ASCII letters, digits, `-`, `_` or `.`".into(),
         ));
     }
-    let raw: RawInstance =
-        serde_path_to_error::deserialize(value).map_err(|e| fail(field_error(&e)))?;
+    let raw: RawInstance = serde_path_to_error::deserialize(value)
+        .map_err(|e| fail(crate::errors::field_error(&e)))?;
     let port = raw.port.map(port).transpose().map_err(fail)?;
     let host = raw
         .host

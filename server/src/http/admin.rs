@@ -123,7 +123,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 /// Parses an admin body; a wrong value's error names its field (`field `canary.percent`: …`).
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
-        .map_err(|e| crate::topology::field_error(&e))
+        .map_err(|e| crate::errors::field_error(&e))
 }
 
 fn outcome(
@@ -348,9 +348,20 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.starts_with("field `model.digest`: invalid type"), "{e}");
+        // A syntax error names no field: there is none to name.
+        for body in [
+            &br#"{"instance": "p1""#[..],
+            br#"{"instance": "p1",}"#,
+            br#"{"model": {"name": "m",}}"#,
+        ] {
+            let e = parse_json::<crate::rollout::DeployRequest>(body)
+                .err()
+                .unwrap();
+            assert!(!e.starts_with("field"), "{e}");
+        }
         let e = parse_json::<ChaosRequest>(br#"{"instance": "p1""#)
             .err()
             .unwrap();
-        assert!(e.contains("EOF while parsing"), "{e}");
+        assert!(e.starts_with("EOF while parsing"), "{e}");
     }
 }

@@ -70,7 +70,7 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_capacity",
-            "every instance is at its load threshold and no standby is left; retry later",
+            "every instance is at its load threshold (or has no working sandbox) and no standby with room is left; retry later",
         )
     }
 

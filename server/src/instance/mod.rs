@@ -845,14 +845,20 @@ impl Instance {
     }
 
     /// What a call on `deployment` that `faulted` (lost its sandbox, none built in its place)
-    /// says of `broken`. Left without a sandbox, the instance is broken only if no other call
-    /// holds one and none is idle. A canary's call says nothing of the version in force, nor
-    /// does a call that ran on the version a deploy just replaced: its success must not clear
-    /// what the new version's calls found.
+    /// says of `broken`: a success clears it; a fault sets it only if no sandbox is idle and no
+    /// other place is taken, and otherwise says nothing (a taken place may be the repair loop's
+    /// failing build, whose verdict stands). A canary's call says nothing of the version in
+    /// force, nor does a call that ran on the version a deploy just replaced: its success must
+    /// not clear what the new version's calls found.
     fn broken_after(&self, slot: Slot, deployment: &Deployment, faulted: bool) -> Option<bool> {
         let in_force = self.serving.load().current.deployment.version == deployment.version;
-        (slot == Slot::Current && in_force)
-            .then(|| faulted && self.sandboxes.idle() == 0 && self.sandboxes.busy() == 0)
+        if slot != Slot::Current || !in_force {
+            return None;
+        }
+        match faulted {
+            false => Some(false),
+            true => (self.sandboxes.idle() == 0 && self.sandboxes.busy() == 0).then_some(true),
+        }
     }
 
     /// Counts a canary call whose request went away (see [`Unclaimed`]) for

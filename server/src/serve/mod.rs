@@ -160,17 +160,9 @@ pub enum StartError {
 }
 
 impl StartError {
-    /// Whether the operator's input (file, model, guest, address) is at fault, so that starting
-    /// again cannot help (exit code 2, which the systemd unit does not restart). An address not
-    /// configured yet is not: at boot the network may bring it up a moment later.
+    /// Whether the operator's input (file, model, guest, address) is at fault.
     pub fn is_config(&self) -> bool {
-        match self {
-            StartError::Engine(_) => false,
-            StartError::Bind { source, .. } => {
-                source.kind() != std::io::ErrorKind::AddrNotAvailable
-            }
-            _ => true,
-        }
+        !matches!(self, StartError::Engine(_))
     }
 }
 
@@ -639,7 +631,7 @@ impl Library {
                     // the file's model, and gets the deployed one.
                     tracing::warn!(instance = name, version = %d.version, since = %record.since,
                         file_version = %file.version,
-                        "serving the version put in force by `hadr-host deploy`, not the one the topology file names: a deploy outlives restarts (`hadr-host rollback` returns to the previous version; `hadr-host deploy --model` puts the file's model in force)");
+                        "serving the version put in force by `hadr-host deploy`, not the one the topology file names: a deploy outlives restarts (`hadr-host rollback` returns to the previous version; `hadr-host deploy --model` and `--module` put the file's in force)");
                     InForce {
                         deployment: d,
                         source: Source::Deploy,
@@ -816,10 +808,44 @@ fn admin_token(state_dir: &Path) -> Result<String, StartError> {
     Ok(token)
 }
 
+/// How long a listener waits for its address to be configured on the machine.
+const ADDRESS_WAIT: Duration = Duration::from_secs(30);
+
 async fn bind(addr: SocketAddr, what: String) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, what, source })
+    bind_with(addr, what, ADDRESS_WAIT, TcpListener::bind).await
+}
+
+/// Binds `addr` with `bind`, waiting up to `wait` while the address is not configured on the
+/// machine yet: at boot the network may bring it up a moment after the service starts. Past
+/// that it is the operator's (a wrong "host", a unit on the wrong machine): exit code 2, which
+/// systemd does not restart, rather than a full start-up again every restart.
+async fn bind_with<L, F>(
+    addr: SocketAddr,
+    what: String,
+    wait: Duration,
+    bind: impl Fn(SocketAddr) -> F,
+) -> Result<L, StartError>
+where
+    F: std::future::Future<Output = std::io::Result<L>>,
+{
+    let until = tokio::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && tokio::time::Instant::now() < until =>
+            {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::warn!(%addr, listener = %what, ?wait,
+                        "the address is not configured on this machine (yet?): waiting for it");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(source) => return Err(StartError::Bind { addr, what, source }),
+            Ok(listener) => return Ok(listener),
+        }
+    }
 }
 
 type DeploymentKey = (PathBuf, PathBuf);
@@ -955,23 +981,62 @@ pub const DEFAULT_GUEST: &str = "guests/target/wasm32-wasip2/release/hadr_guest_
 mod tests {
     use super::*;
 
-    /// Exit code 2, which systemd does not restart, is for what starting again cannot fix.
-    #[test]
-    fn an_address_not_up_yet_is_worth_retrying_a_taken_one_is_not() {
-        let bind = |kind| StartError::Bind {
-            addr: "127.0.0.2:8000".parse().unwrap(),
-            what: "router".into(),
-            source: std::io::Error::from(kind),
+    use std::io::ErrorKind::{AddrInUse, AddrNotAvailable};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A binder that fails with `kind` `failures` times, then binds; and how often it was called.
+    fn flaky(
+        kind: std::io::ErrorKind,
+        failures: usize,
+    ) -> (
+        Arc<AtomicUsize>,
+        impl Fn(SocketAddr) -> std::future::Ready<std::io::Result<()>>,
+    ) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let bind = move |_| {
+            let n = counted.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(match n < failures {
+                true => Err(std::io::Error::from(kind)),
+                false => Ok(()),
+            })
         };
-        assert!(!bind(std::io::ErrorKind::AddrNotAvailable).is_config());
-        assert!(bind(std::io::ErrorKind::AddrInUse).is_config());
-        assert!(bind(std::io::ErrorKind::PermissionDenied).is_config());
-        assert!(StartError::ModelName(
-            "t.json".into(),
-            "a.onnx".into(),
-            "b/a.onnx".into(),
-            "a".into()
-        )
-        .is_config());
+        (calls, bind)
+    }
+
+    fn addr() -> SocketAddr {
+        "127.0.0.2:8000".parse().unwrap()
+    }
+
+    /// An address the network brings up a moment later is waited for; one that never comes is
+    /// a configuration error (exit 2) once the wait is over, and a taken port is one at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_listener_waits_a_bounded_time_for_its_address() {
+        let (calls, bind) = flaky(AddrNotAvailable, 3);
+        bind_with(addr(), "router".into(), ADDRESS_WAIT, bind)
+            .await
+            .expect("bound on the fourth try");
+        assert_eq!(calls.load(Ordering::Relaxed), 4);
+
+        let started = tokio::time::Instant::now();
+        let (calls, bind) = flaky(AddrNotAvailable, usize::MAX);
+        let e = bind_with(addr(), "router".into(), ADDRESS_WAIT, bind)
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, StartError::Bind { source, .. } if source.kind() == AddrNotAvailable));
+        assert!(e.is_config());
+        assert!(started.elapsed() >= ADDRESS_WAIT, "{:?}", started.elapsed());
+        assert!(calls.load(Ordering::Relaxed) > 100);
+
+        let (calls, bind) = flaky(AddrInUse, usize::MAX);
+        let e = bind_with(addr(), "router".into(), ADDRESS_WAIT, bind)
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, StartError::Bind { source, .. } if source.kind() == AddrInUse));
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            1,
+            "a taken port is not waited for"
+        );
     }
 }
