@@ -347,7 +347,8 @@ def verify_all():
               f"example diff {ex_diff:.3g}, label mismatches {label_mismatch}, "
               f"onnxruntime accuracy {onnx_acc:.4f} ({lib} {doc['heldout_accuracy']:.4f})")
         describe_graph(m)
-        if diff >= MAX_ABS_DIFF or label_mismatch or ex_diff >= MAX_ABS_DIFF:
+        # `not x < limit`, not `x >= limit`: a NaN difference must fail.
+        if not (diff < MAX_ABS_DIFF and ex_diff < MAX_ABS_DIFF) or label_mismatch:
             print(f"  FAIL: {name} does not reproduce {doc.get('library', 'sklearn')}", file=sys.stderr)
             ok = False
     for name in BOOSTED_REGRESSORS:
@@ -367,7 +368,7 @@ def verify_all():
               f"(absolute {absd:.3g}), example relative diff {ex_rel:.3g}, onnxruntime r2 {r2:.4f} "
               f"({doc['library'].split()[0]} {doc['heldout_r2']:.4f})")
         describe_graph(m)
-        if rel >= MAX_REL_DIFF or ex_rel >= MAX_REL_DIFF:
+        if not (rel < MAX_REL_DIFF and ex_rel < MAX_REL_DIFF):
             print(f"  FAIL: {name} does not reproduce {doc['library']}", file=sys.stderr)
             ok = False
     return ok

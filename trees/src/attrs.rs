@@ -2,12 +2,12 @@
 //!
 //! tract's `pb_helpers` report problems as free text; the ensemble parsers want
 //! [`TreeError`]s instead, so a malformed model says which attribute is wrong in
-//! a form tests (and the host) can match on.
+//! a form tests (and the host) can match on. Nothing here calls tract's
+//! parsing, whose tensor loader panics on some malformed tensors.
 
-use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::attribute_proto::AttributeType;
-use tract_onnx::pb::{AttributeProto, NodeProto};
-use tract_onnx::prelude::*;
+use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
+use tract_onnx::pb::{AttributeProto, NodeProto, TensorProto};
 
 use crate::error::TreeError;
 
@@ -105,19 +105,18 @@ impl<'a> Attrs<'a> {
     /// (the `_as_tensor` form the spec added for double precision).
     pub(crate) fn doubles(
         &self,
-        ctx: &ParsingContext,
         name: &'static str,
         tensor_name: &'static str,
-    ) -> TractResult<Option<Vec<f64>>> {
+    ) -> Result<Option<Vec<f64>>, TreeError> {
         let floats = self.floats(name)?;
         let tensor = self.typed(tensor_name, AttributeType::Tensor)?;
         match (floats, tensor) {
             (Some(_), Some(_)) => Err(TreeError::Exclusive {
                 first: name,
                 second: tensor_name,
-            })?,
+            }),
             (Some(f), None) => Ok(Some(f.iter().map(|&x| x as f64).collect())),
-            (None, Some(t)) => Ok(Some(tensor_doubles(ctx, tensor_name, t)?)),
+            (None, Some(t)) => tensor_doubles(tensor_name, t).map(Some),
             (None, None) => Ok(None),
         }
     }
@@ -131,22 +130,60 @@ fn utf8<'a>(name: &'static str, bytes: &'a [u8]) -> Result<&'a str, TreeError> {
     })
 }
 
-/// The values of a TENSOR attribute, as doubles, whatever float type it holds.
-fn tensor_doubles(
-    ctx: &ParsingContext,
-    name: &'static str,
-    attr: &AttributeProto,
-) -> TractResult<Vec<f64>> {
-    let proto = attr.t.as_ref().ok_or(TreeError::Missing { attr: name })?;
-    let tensor = ctx.load_tensor(proto)?;
-    if !tensor.datum_type().is_float() {
-        Err(TreeError::Invalid {
-            attr: name,
-            why: format!("expected a float tensor, got {:?}", tensor.datum_type()),
-        })?;
+/// The values of a TENSOR attribute holding FLOAT or DOUBLE data, as doubles.
+///
+/// Read here rather than by tract's `load_tensor`, which panics
+/// (`unimplemented!`) on a STRING tensor whose data is in `raw_data`, and
+/// would follow external data to files beside the model: an uploaded model
+/// must get a load error naming the attribute, never a panic.
+fn tensor_doubles(name: &'static str, attr: &AttributeProto) -> Result<Vec<f64>, TreeError> {
+    let t = attr.t.as_ref().ok_or(TreeError::Missing { attr: name })?;
+    let invalid = |why: String| TreeError::Invalid { attr: name, why };
+    if t.data_location == Some(DataLocation::External as i32) {
+        return Err(invalid("external data is not read for an attribute".into()));
     }
-    let doubles = tensor.cast_to::<f64>()?;
-    Ok(doubles.try_as_plain_ram()?.as_slice::<f64>()?.to_vec())
+    let values = match DataType::try_from(t.data_type) {
+        Ok(DataType::Float) if t.raw_data.is_empty() => {
+            Ok(t.float_data.iter().map(|&x| x as f64).collect())
+        }
+        Ok(DataType::Float) => from_raw(&t.raw_data, |b: [u8; 4]| f32::from_le_bytes(b) as f64),
+        Ok(DataType::Double) if t.raw_data.is_empty() => Ok(t.double_data.clone()),
+        Ok(DataType::Double) => from_raw(&t.raw_data, f64::from_le_bytes),
+        other => {
+            let found = other.map_or(format!("#{}", t.data_type), |d| d.as_str_name().into());
+            return Err(invalid(format!(
+                "expected FLOAT or DOUBLE data, got {found}"
+            )));
+        }
+    }
+    .map_err(invalid)?;
+    check_dims(t, values.len()).map_err(invalid)?;
+    Ok(values)
+}
+
+/// Little-endian values of `N` bytes each, as ONNX lays out `raw_data`.
+fn from_raw<const N: usize>(raw: &[u8], read: impl Fn([u8; N]) -> f64) -> Result<Vec<f64>, String> {
+    let values = raw.chunks_exact(N);
+    if !values.remainder().is_empty() {
+        return Err(format!(
+            "raw_data has {} bytes, not a whole number of {N}-byte values",
+            raw.len()
+        ));
+    }
+    Ok(values
+        .map(|b| read(b.try_into().expect("N bytes")))
+        .collect())
+}
+
+/// Checks that a tensor's dims hold exactly `count` values (no dims: one).
+fn check_dims(t: &TensorProto, count: usize) -> Result<(), String> {
+    let size = t.dims.iter().try_fold(1usize, |size, &d| {
+        usize::try_from(d).ok().and_then(|d| size.checked_mul(d))
+    });
+    match size {
+        Some(size) if size == count => Ok(()),
+        _ => Err(format!("dims {:?} do not hold its {count} values", t.dims)),
+    }
 }
 
 /// Checks that a per-node or per-vote attribute has one entry per item.

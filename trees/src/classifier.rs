@@ -4,8 +4,10 @@
 //! become the `[N, C]` output follows onnxruntime wherever the spec is vague,
 //! notably for two classes, where converters use several layouts (see
 //! [`Finish`]). The label is the class of the largest output score, first on
-//! ties, which agrees with onnxruntime's own label logic in the binary and
-//! multiclass layouts and fixes tract 0.23's binary label (always class 0).
+//! ties, except for two classes whose votes all name one class id: there it
+//! is onnxruntime's, read from that class's score before any transform (see
+//! [`binary_winner`]), which also fixes tract 0.23's binary label (always
+//! class 0).
 
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -14,7 +16,7 @@ use tract_onnx::tract_hir::internal::*;
 
 use crate::attrs::Attrs;
 use crate::error::TreeError;
-use crate::forest::{Accumulator, Counter, Forest, SumFold, BLOCK};
+use crate::forest::{Accumulator, Counter, Feature, Forest, SumFold, BLOCK};
 use crate::io::{batch_dim, Rows};
 use crate::op::{Ensemble, Expanded, Shared};
 use crate::table::{NodeTable, VoteTable, CLASS_VOTES};
@@ -82,7 +84,7 @@ impl Labels {
 
 /// How the class sums become an output row. For C != 2 classes, and for two
 /// classes that both receive votes, it is always [`Finish::PerClass`]; the
-/// other two variants are onnxruntime's layouts for a two-class ensemble whose
+/// other variants are onnxruntime's layouts for a two-class ensemble whose
 /// votes all go to one class id (`TreeAggregatorClassifier::FinalizeScores`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Finish {
@@ -94,11 +96,17 @@ enum Finish {
     /// is `[probit(s), 0]` under PROBIT, else `[1 - s, s]` when every weight
     /// is >= 0 (the post transform is then not applied, as in onnxruntime),
     /// else `[logistic(-s), logistic(s)]` under LOGISTIC and `[-s, s]` otherwise.
+    /// The label is [`binary_winner`] of `s`.
     SingleColumn { nonnegative: bool },
+    /// All votes on class 1 and at most one base value: the row is per
+    /// class, as [`Finish::PerClass`], but the label is [`binary_winner`] of
+    /// class 1's sum, as onnxruntime labels it.
+    ClassOne { nonnegative: bool },
     /// All votes on class 1 and two base values: `v = base[1] + s` and the row
     /// is `[-v, v]`, then the post transform. (onnxruntime reads the sum of the
     /// unvoted class 0 here, dropping `s`; that looks unintended and no
-    /// converter emits this layout, so the tree score is kept.)
+    /// converter emits this layout, so the tree score is kept, and the label
+    /// is the row's argmax.)
     Mirrored,
 }
 
@@ -114,13 +122,13 @@ pub(crate) struct ClassifierModel {
 
 impl ClassifierModel {
     /// Reads and validates every attribute of the node.
-    pub(crate) fn parse(ctx: &ParsingContext, node: &NodeProto) -> TractResult<ClassifierModel> {
+    pub(crate) fn parse(node: &NodeProto) -> TractResult<ClassifierModel> {
         let attrs = Attrs::new(node);
         let labels = Labels::parse(&attrs)?;
-        let nodes = NodeTable::parse(&attrs, ctx)?;
-        let votes = VoteTable::parse(&attrs, ctx, CLASS_VOTES)?;
+        let nodes = NodeTable::parse(&attrs)?;
+        let votes = VoteTable::parse(&attrs, CLASS_VOTES)?;
         let base = attrs
-            .doubles(ctx, "base_values", "base_values_as_tensor")?
+            .doubles("base_values", "base_values_as_tensor")?
             .unwrap_or_default();
         let transform = PostTransform::parse(attrs.string("post_transform")?)?;
         Ok(ClassifierModel::new(
@@ -156,21 +164,21 @@ impl ClassifierModel {
 
     /// Sums the trees' votes for a block of rows into `acc`.
     #[inline]
-    pub(crate) fn score_block<C: Counter>(
+    pub(crate) fn score_block<X: Feature, C: Counter>(
         &self,
-        rows: &[&[f32]],
+        rows: &[&[X]],
         acc: &mut Accumulator,
         counter: &mut C,
     ) {
         acc.reset(rows.len());
-        self.forest.accumulate::<SumFold, C>(rows, acc, counter);
+        self.forest.accumulate::<X, SumFold, C>(rows, acc, counter);
     }
 
     /// Applies base values, the binary layouts and the post transform.
     pub(crate) fn finish_row(&self, sums: &[f64], out: &mut [f64]) {
         let base = |c: usize| self.base.get(c).copied().unwrap_or(0.0);
         match self.finish {
-            Finish::PerClass => {
+            Finish::PerClass | Finish::ClassOne { .. } => {
                 for (c, o) in out.iter_mut().enumerate() {
                     *o = sums[c] + base(c);
                 }
@@ -196,10 +204,29 @@ impl ClassifierModel {
         }
     }
 
+    /// The winning class of a row, from its sums and its output `scores`.
+    fn winner(&self, sums: &[f64], scores: &[f32]) -> usize {
+        let base = |c: usize| self.base.get(c).copied().unwrap_or(0.0);
+        match self.finish {
+            Finish::SingleColumn { nonnegative } => binary_winner(sums[0] + base(0), nonnegative),
+            Finish::ClassOne { nonnegative } => binary_winner(sums[1], nonnegative),
+            Finish::PerClass | Finish::Mirrored => argmax(scores),
+        }
+    }
+
     /// Evaluates a whole batch into `(labels [N], scores [N, C])`.
     fn eval(&self, input: &Tensor) -> TractResult<(Tensor, Tensor)> {
         let rows = Rows::new(input, &self.forest)?;
-        let values = rows.values()?;
+        if rows.are_f64() {
+            self.eval_rows::<f64>(&rows)
+        } else {
+            self.eval_rows::<f32>(&rows)
+        }
+    }
+
+    /// [`Self::eval`] for rows of `X`.
+    fn eval_rows<X: Feature + Datum>(&self, rows: &Rows) -> TractResult<(Tensor, Tensor)> {
+        let values = rows.values::<X>()?;
         let width = self.width();
         crate::forest::check_output(rows.n, width)?;
         let mut scores = Tensor::zero::<f32>(&[rows.n, width])?;
@@ -221,7 +248,7 @@ impl ClassifierModel {
                     for (d, s) in dst.iter_mut().zip(&row_scores) {
                         *d = *s as f32;
                     }
-                    winners.push(argmax(dst));
+                    winners.push(self.winner(acc.sums(i), dst));
                 }
             }
         }
@@ -238,6 +265,18 @@ fn argmax(values: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// onnxruntime's label for two classes whose votes all name one class id
+/// (`_set_score_binary`), from that class's score before the transform:
+/// class 1 when it is above 0.5 if every weight is >= 0 (the score is read
+/// as a probability), else above 0 (a margin). Ties and NaN give class 0.
+/// An argmax of the output row would disagree: PROBIT's row `[probit(s), 0]`
+/// puts class 0 first exactly when `s > 0.5`, a class-1-only row `[0, s]`
+/// puts class 1 first for any `s > 0`, and a margin of 1e-9 rounds to a tie.
+fn binary_winner(score: f64, nonnegative: bool) -> usize {
+    let cut = if nonnegative { 0.5 } else { 0.0 };
+    usize::from(score > cut)
 }
 
 /// Base values: none, one per class, or (two classes) a single one.
@@ -266,10 +305,11 @@ fn pick_finish(votes: &VoteTable, n_classes: usize, n_base: usize) -> Finish {
     if n_classes != 2 || !single_class {
         return Finish::PerClass;
     }
+    // onnxruntime's test is `w < 0` on any weight, so NaN counts as >= 0.
+    let nonnegative = !votes.weight.iter().any(|&w| w < 0.0);
     match (first, n_base) {
-        (0, 0 | 1) => Finish::SingleColumn {
-            nonnegative: votes.weight.iter().all(|&w| w >= 0.0),
-        },
+        (0, 0 | 1) => Finish::SingleColumn { nonnegative },
+        (1, 0 | 1) => Finish::ClassOne { nonnegative },
         (1, 2) => Finish::Mirrored,
         _ => Finish::PerClass,
     }
@@ -277,10 +317,10 @@ fn pick_finish(votes: &VoteTable, n_classes: usize, n_base: usize) -> Finish {
 
 /// The ONNX op builder registered for `TreeEnsembleClassifier`.
 pub(crate) fn build(
-    ctx: &ParsingContext,
+    _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let model = ClassifierModel::parse(ctx, node)?;
+    let model = ClassifierModel::parse(node)?;
     Ok((
         expand(Expanded(ClassifierOp {
             model: Shared::new(model),

@@ -18,6 +18,8 @@ pub(crate) struct Flat {
     pub roots: Vec<u32>,
     /// Reachable branches, depth first.
     pub branches: Vec<Branch>,
+    /// Each branch's threshold as the model gave it, for f64 inputs.
+    pub thresholds: Vec<f64>,
     /// `leaf_start[l]..leaf_start[l + 1]` indexes the votes of leaf `l`.
     pub leaf_start: Vec<u32>,
     pub vote_target: Vec<u32>,
@@ -48,6 +50,7 @@ pub(crate) fn flatten(
     Ok(Flat {
         roots,
         branches: flat.branches,
+        thresholds: flat.thresholds,
         leaf_start,
         vote_target,
         vote_weight,
@@ -130,7 +133,8 @@ fn pick_root(
 }
 
 /// The f32 threshold that makes `x <mode> t32` agree with `x <mode> t` for every
-/// f32 `x`, when `t` came as a double (`nodes_values_as_tensor`).
+/// f32 `x`, when `t` came as a double (`nodes_values_as_tensor`). (f64 inputs
+/// are compared with `t` itself: see [`crate::forest::Feature`].)
 ///
 /// Rounding to nearest would flip comparisons for `x` between `t` and its
 /// rounding; instead `<=`/`>` use the largest f32 below `t` and `<`/`>=` the
@@ -162,6 +166,8 @@ struct Flattener<'a> {
     nodes: &'a NodeTable,
     index: &'a HashMap<(i64, i64), usize>,
     branches: Vec<Branch>,
+    /// `branches[i]`'s threshold as given.
+    thresholds: Vec<f64>,
     /// Child reference assigned to each table node once flattened.
     assigned: Vec<Option<u32>>,
     /// Table position of each leaf number.
@@ -183,6 +189,7 @@ impl<'a> Flattener<'a> {
             nodes,
             index,
             branches: Vec::new(),
+            thresholds: Vec::new(),
             assigned: vec![None; nodes.len()],
             leaf_nodes: Vec::new(),
             on_path: vec![false; nodes.len()],
@@ -226,6 +233,7 @@ impl<'a> Flattener<'a> {
             });
         }
         self.branches.push(self.branch_of(i, mode)?);
+        self.thresholds.push(self.nodes.value[i]);
         self.assigned[i] = Some(slot);
         self.on_path[i] = true;
         stack.push(Step::Exit(i));

@@ -11,6 +11,9 @@
 //! memory. A child reference is either a branch index or, with [`LEAF_BIT`]
 //! set, a leaf number; a leaf's votes are `votes[leaf_start[l]..leaf_start[l+1]]`.
 //! Validation and flattening live in [`crate::flatten`].
+//!
+//! Rows are compared in f32, except f64 rows (see [`Feature`]), which keep a
+//! separate array of the thresholds as given, outside the packed branches.
 
 use crate::bits::{add_single, rule_out, BitTreeRef, BitTrees, Kernel, Votes, WIDE};
 use crate::error::TreeError;
@@ -371,12 +374,69 @@ impl Accumulator {
     }
 }
 
+/// The element type of the rows a forest compares: f32, or f64.
+///
+/// onnxruntime compares f32 inputs, and i32 and i64 inputs narrowed to
+/// float, with float thresholds; its double kernel keeps f64 inputs and
+/// compares them in double with the thresholds as given. Narrowing f64 rows
+/// would send `0.5 + 1e-10` down `<= 0.5`, so they walk against
+/// [`Forest`]'s f64 thresholds instead, one row at a time: the lanes and
+/// bitsets are laid out for f32, and f64 inputs are rare enough not to
+/// need a fast path.
+pub(crate) trait Feature: Copy {
+    /// Folds every tree's votes for `rows` into `acc` (not yet finished).
+    fn fold_rows<F: Fold, C: Counter>(
+        forest: &Forest,
+        rows: &[&[Self]],
+        acc: &mut Accumulator,
+        counter: &mut C,
+    );
+}
+
+impl Feature for f32 {
+    fn fold_rows<F: Fold, C: Counter>(
+        forest: &Forest,
+        rows: &[&[f32]],
+        acc: &mut Accumulator,
+        counter: &mut C,
+    ) {
+        match forest.rule {
+            RuleKind::Uniform(Mode::Leq) => forest.run::<UniformRule<0>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Lt) => forest.run::<UniformRule<1>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Gte) => forest.run::<UniformRule<2>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Gt) => forest.run::<UniformRule<3>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Eq) => forest.run::<UniformRule<4>, F, C>(rows, acc, counter),
+            RuleKind::Uniform(Mode::Neq) => forest.run::<UniformRule<5>, F, C>(rows, acc, counter),
+            RuleKind::Mixed => forest.run::<MixedRule, F, C>(rows, acc, counter),
+        }
+    }
+}
+
+impl Feature for f64 {
+    fn fold_rows<F: Fold, C: Counter>(
+        forest: &Forest,
+        rows: &[&[f64]],
+        acc: &mut Accumulator,
+        counter: &mut C,
+    ) {
+        for (r, row) in rows.iter().enumerate() {
+            for &root in &forest.roots {
+                let leaf = forest.descend_exact(root, row, counter);
+                forest.add_votes::<F, C>(leaf, r, acc, counter);
+            }
+        }
+    }
+}
+
 /// A validated, flattened tree ensemble.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Forest {
     /// Child reference of each tree's root, in order of first appearance.
     roots: Vec<u32>,
     branches: Vec<Branch>,
+    /// `branches[i]`'s threshold as the model gave it (a FLOATS value
+    /// widened, or a double), compared with f64 rows.
+    thresholds: Vec<f64>,
     /// `leaf_start[l]..leaf_start[l + 1]` indexes the votes of leaf `l`.
     leaf_start: Vec<u32>,
     vote_target: Vec<u32>,
@@ -410,6 +470,7 @@ impl Forest {
         let Flat {
             roots,
             branches,
+            thresholds,
             leaf_start,
             vote_target,
             vote_weight,
@@ -425,6 +486,7 @@ impl Forest {
         Ok(Forest {
             roots,
             branches,
+            thresholds,
             leaf_start,
             vote_target,
             vote_weight,
@@ -467,21 +529,13 @@ impl Forest {
     /// Adds every tree's votes for each of `rows` (at most [`BLOCK`], each at
     /// least as wide as the features read) into the matching rows of `acc`.
     #[inline]
-    pub(crate) fn accumulate<F: Fold, C: Counter>(
+    pub(crate) fn accumulate<X: Feature, F: Fold, C: Counter>(
         &self,
-        rows: &[&[f32]],
+        rows: &[&[X]],
         acc: &mut Accumulator,
         counter: &mut C,
     ) {
-        match self.rule {
-            RuleKind::Uniform(Mode::Leq) => self.run::<UniformRule<0>, F, C>(rows, acc, counter),
-            RuleKind::Uniform(Mode::Lt) => self.run::<UniformRule<1>, F, C>(rows, acc, counter),
-            RuleKind::Uniform(Mode::Gte) => self.run::<UniformRule<2>, F, C>(rows, acc, counter),
-            RuleKind::Uniform(Mode::Gt) => self.run::<UniformRule<3>, F, C>(rows, acc, counter),
-            RuleKind::Uniform(Mode::Eq) => self.run::<UniformRule<4>, F, C>(rows, acc, counter),
-            RuleKind::Uniform(Mode::Neq) => self.run::<UniformRule<5>, F, C>(rows, acc, counter),
-            RuleKind::Mixed => self.run::<MixedRule, F, C>(rows, acc, counter),
-        }
+        X::fold_rows::<F, C>(self, rows, acc, counter);
         acc.finish(rows.len());
     }
 
@@ -680,6 +734,21 @@ impl Forest {
             counter.node();
             let b = &self.branches[at as usize];
             at = b.next[R::goes_true(row[b.feature()], b) as usize];
+        }
+        counter.node();
+        (at & !LEAF_BIT) as usize
+    }
+
+    /// [`Forest::descend`] for an f64 row: each branch compares in f64 with
+    /// its threshold as given (see [`Feature`]).
+    fn descend_exact<C: Counter>(&self, mut at: u32, row: &[f64], counter: &mut C) -> usize {
+        while at & LEAF_BIT == 0 {
+            counter.node();
+            let b = &self.branches[at as usize];
+            let x = row[b.feature()];
+            let t = self.thresholds[at as usize];
+            let goes_true = (b.missing_true() && x.is_nan()) || b.mode().holds(x, t);
+            at = b.next[goes_true as usize];
         }
         counter.node();
         (at & !LEAF_BIT) as usize

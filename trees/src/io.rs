@@ -8,8 +8,8 @@ use tract_onnx::tract_hir::internal::*;
 use crate::error::TreeError;
 use crate::forest::Forest;
 
-/// Input element types the spec allows; all are compared as f32, as
-/// onnxruntime does against float thresholds.
+/// Input element types the spec allows: f64 is compared in f64, the others
+/// as f32, as onnxruntime does (see [`crate::forest::Feature`]).
 const INPUT_TYPES: [DatumType; 4] = [
     DatumType::F32,
     DatumType::F64,
@@ -67,7 +67,8 @@ pub(crate) fn batch_rules<'r, 'p: 'r>(
     })
 }
 
-/// An input tensor viewed as f32 rows.
+/// An input tensor viewed as rows of the type the forest compares it in:
+/// f64 as it is, every other accepted type narrowed to f32.
 pub(crate) struct Rows<'a> {
     data: Cow<'a, Tensor>,
     pub n: usize,
@@ -83,20 +84,25 @@ impl<'a> Rows<'a> {
         forest
             .check_width(width)
             .map_err(|e: TreeError| anyhow!(e))?;
-        Ok(Rows {
-            data: input.cast_to::<f32>()?,
-            n,
-            width,
-        })
+        let data = match input.datum_type() {
+            DatumType::F64 => Cow::Borrowed(input),
+            _ => input.cast_to::<f32>()?,
+        };
+        Ok(Rows { data, n, width })
     }
 
-    /// The whole batch, row-major.
-    pub(crate) fn values(&self) -> TractResult<&[f32]> {
-        self.data.try_as_plain_ram()?.as_slice::<f32>()
+    /// Whether the rows are f64 (else f32).
+    pub(crate) fn are_f64(&self) -> bool {
+        self.data.datum_type() == DatumType::F64
+    }
+
+    /// The whole batch, row-major, as `X` (the type [`Self::are_f64`] says).
+    pub(crate) fn values<X: Datum>(&self) -> TractResult<&[X]> {
+        self.data.try_as_plain_ram()?.as_slice::<X>()
     }
 
     /// Row `r` of `values`.
-    pub(crate) fn row<'v>(&self, values: &'v [f32], r: usize) -> &'v [f32] {
+    pub(crate) fn row<'v, X>(&self, values: &'v [X], r: usize) -> &'v [X] {
         &values[r * self.width..(r + 1) * self.width]
     }
 }

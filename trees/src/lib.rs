@@ -21,10 +21,13 @@
 //! Semantics follow the ONNX-ML spec, and onnxruntime where the spec is
 //! vague: NaN goes to the true branch only where
 //! `nodes_missing_value_tracks_true` says so, sums run in f64, the two-class
-//! layouts match onnxruntime's (see `classifier.rs`), and inputs (f32, f64,
-//! i32, i64) are compared as f32. One deliberate difference: a
+//! layouts and their labels match onnxruntime's (see `classifier.rs`), f32,
+//! i32 and i64 inputs are compared as f32, and f64 inputs in f64 against the
+//! thresholds as given (see `forest.rs`). One deliberate difference: a
 //! single-target regressor applies its `post_transform` as the spec says,
-//! where onnxruntime applies only PROBIT there.
+//! where onnxruntime applies only PROBIT there. A malformed attribute is a
+//! load error naming it, never a panic: tensor attributes are decoded here,
+//! not by tract's loader (see `attrs.rs`).
 
 mod attrs;
 mod bits;

@@ -12,7 +12,7 @@ use tract_onnx::tract_hir::internal::*;
 
 use crate::attrs::Attrs;
 use crate::error::TreeError;
-use crate::forest::{Accumulator, Counter, Forest, MaxFold, MinFold, SumFold, BLOCK};
+use crate::forest::{Accumulator, Counter, Feature, Forest, MaxFold, MinFold, SumFold, BLOCK};
 use crate::io::{batch_dim, Rows};
 use crate::op::{Ensemble, Expanded, Shared};
 use crate::table::{NodeTable, VoteTable, TARGET_VOTES};
@@ -57,7 +57,7 @@ pub(crate) struct RegressorModel {
 
 impl RegressorModel {
     /// Reads and validates every attribute of the node.
-    pub(crate) fn parse(ctx: &ParsingContext, node: &NodeProto) -> TractResult<RegressorModel> {
+    pub(crate) fn parse(node: &NodeProto) -> TractResult<RegressorModel> {
         let attrs = Attrs::new(node);
         let n_targets = attrs
             .int("n_targets")?
@@ -68,11 +68,11 @@ impl RegressorModel {
                 why: format!("{n_targets} is not a positive count"),
             })?;
         }
-        let nodes = NodeTable::parse(&attrs, ctx)?;
-        let votes = VoteTable::parse(&attrs, ctx, TARGET_VOTES)?;
+        let nodes = NodeTable::parse(&attrs)?;
+        let votes = VoteTable::parse(&attrs, TARGET_VOTES)?;
         let aggregate = Aggregate::parse(attrs.string("aggregate_function")?)?;
         let base = attrs
-            .doubles(ctx, "base_values", "base_values_as_tensor")?
+            .doubles("base_values", "base_values_as_tensor")?
             .unwrap_or_default();
         let transform = PostTransform::parse(attrs.string("post_transform")?)?;
         Ok(RegressorModel::new(
@@ -118,19 +118,20 @@ impl RegressorModel {
 
     /// Folds the trees' votes for a block of rows into `acc`.
     #[inline]
-    pub(crate) fn predict_block<C: Counter>(
+    pub(crate) fn predict_block<X: Feature, C: Counter>(
         &self,
-        rows: &[&[f32]],
+        rows: &[&[X]],
         acc: &mut Accumulator,
         counter: &mut C,
     ) {
         acc.reset(rows.len());
+        let forest = &self.forest;
         match self.aggregate {
             Aggregate::Sum | Aggregate::Average => {
-                self.forest.accumulate::<SumFold, C>(rows, acc, counter)
+                forest.accumulate::<X, SumFold, C>(rows, acc, counter)
             }
-            Aggregate::Min => self.forest.accumulate::<MinFold, C>(rows, acc, counter),
-            Aggregate::Max => self.forest.accumulate::<MaxFold, C>(rows, acc, counter),
+            Aggregate::Min => forest.accumulate::<X, MinFold, C>(rows, acc, counter),
+            Aggregate::Max => forest.accumulate::<X, MaxFold, C>(rows, acc, counter),
         }
     }
 
@@ -151,7 +152,16 @@ impl RegressorModel {
     /// Evaluates a whole batch into `Y [N, n_targets]`.
     fn eval(&self, input: &Tensor) -> TractResult<Tensor> {
         let rows = Rows::new(input, &self.forest)?;
-        let values = rows.values()?;
+        if rows.are_f64() {
+            self.eval_rows::<f64>(&rows)
+        } else {
+            self.eval_rows::<f32>(&rows)
+        }
+    }
+
+    /// [`Self::eval`] for rows of `X`.
+    fn eval_rows<X: Feature + Datum>(&self, rows: &Rows) -> TractResult<Tensor> {
+        let values = rows.values::<X>()?;
         let width = self.n_targets();
         crate::forest::check_output(rows.n, width)?;
         let mut y = Tensor::zero::<f32>(&[rows.n, width])?;
@@ -180,10 +190,10 @@ impl RegressorModel {
 
 /// The ONNX op builder registered for `TreeEnsembleRegressor`.
 pub(crate) fn build(
-    ctx: &ParsingContext,
+    _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let model = RegressorModel::parse(ctx, node)?;
+    let model = RegressorModel::parse(node)?;
     Ok((
         expand(Expanded(RegressorOp {
             model: Shared::new(model),

@@ -4,9 +4,6 @@
 //! per leaf vote, in attribute order, ids unchecked. [`crate::forest::Forest`]
 //! validates it and flattens it into the form that is evaluated.
 
-use tract_onnx::model::ParsingContext;
-use tract_onnx::prelude::*;
-
 use crate::attrs::{check_len, Attrs};
 use crate::error::TreeError;
 
@@ -58,10 +55,10 @@ impl Mode {
         }))
     }
 
-    /// The comparison itself. NaN compares false except under `Neq`, which is
-    /// what IEEE comparisons give and what onnxruntime does.
+    /// The comparison itself, in f32 or f64. NaN compares false except under
+    /// `Neq`, which is what IEEE comparisons give and what onnxruntime does.
     #[inline(always)]
-    pub(crate) fn holds(self, x: f32, t: f32) -> bool {
+    pub(crate) fn holds<T: PartialOrd>(self, x: T, t: T) -> bool {
         match self {
             Mode::Leq => x <= t,
             Mode::Lt => x < t,
@@ -90,7 +87,7 @@ pub(crate) struct NodeTable {
 
 impl NodeTable {
     /// Reads the `nodes_*` attributes; `nodes_hitrates` is ignored, as the spec allows.
-    pub(crate) fn parse(attrs: &Attrs, ctx: &ParsingContext) -> TractResult<NodeTable> {
+    pub(crate) fn parse(attrs: &Attrs) -> Result<NodeTable, TreeError> {
         const LIKE: &str = "nodes_nodeids";
         let node = attrs.req_ints(LIKE)?.to_vec();
         let n = node.len();
@@ -108,7 +105,7 @@ impl NodeTable {
             .map(|(i, s)| Mode::parse(i, s))
             .collect::<Result<_, _>>()?;
         let value = attrs
-            .doubles(ctx, "nodes_values", "nodes_values_as_tensor")?
+            .doubles("nodes_values", "nodes_values_as_tensor")?
             .ok_or(TreeError::Missing {
                 attr: "nodes_values",
             })?;
@@ -179,11 +176,7 @@ pub(crate) struct VoteTable {
 impl VoteTable {
     /// Reads the vote attributes. A model with no votes at all is legal (every
     /// leaf contributes nothing), so all four may be absent together.
-    pub(crate) fn parse(
-        attrs: &Attrs,
-        ctx: &ParsingContext,
-        names: VoteNames,
-    ) -> TractResult<VoteTable> {
+    pub(crate) fn parse(attrs: &Attrs, names: VoteNames) -> Result<VoteTable, TreeError> {
         let id = attrs.ints(names.id)?.unwrap_or_default().to_vec();
         let n = id.len();
         let tree = attrs.ints(names.tree)?.unwrap_or_default().to_vec();
@@ -191,7 +184,7 @@ impl VoteTable {
         let node = attrs.ints(names.node)?.unwrap_or_default().to_vec();
         check_len(names.node, node.len(), n, names.id)?;
         let weight = attrs
-            .doubles(ctx, names.weight, names.weight_tensor)?
+            .doubles(names.weight, names.weight_tensor)?
             .unwrap_or_default();
         check_len(names.weight, weight.len(), n, names.id)?;
         Ok(VoteTable {

@@ -3,7 +3,8 @@
 //!
 //! Classifier probabilities must match the reference to 1e-5 (absolute) and
 //! labels must be the class of the largest probability; regression outputs to
-//! 1e-5 (relative). A model whose files are absent is skipped with a note.
+//! 1e-5 (relative). The models ship in the repository, so a missing model or
+//! cases file fails its test, and every tree model there must have a test.
 
 use std::path::PathBuf;
 
@@ -14,19 +15,26 @@ fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
 
-/// The model's plan and its cases, or `None` when the files are missing.
-fn load(name: &str) -> Option<(Arc<TypedRunnableModel>, Vec<Value>, usize)> {
+/// The tree models in `models/`, each checked by a test below.
+const TREE_MODELS: [&str; 5] = [
+    "breast_cancer",
+    "lgbm_cancer",
+    "lgbm_wine",
+    "placement",
+    "xgb_diabetes",
+];
+
+/// The model's plan and its cases. Panics when either file is missing:
+/// they ship with the repository, so a missing one is a broken checkout or
+/// a renamed model, never a reason to pass.
+fn load(name: &str) -> (Arc<TypedRunnableModel>, Vec<Value>, usize) {
     let dir = models_dir();
     let (onnx, cases) = (
         dir.join(format!("{name}.onnx")),
         dir.join(format!("{name}.cases.json")),
     );
-    if !onnx.exists() || !cases.exists() {
-        eprintln!(
-            "skipping {name}: {} or its cases file is missing",
-            onnx.display()
-        );
-        return None;
+    for file in [&onnx, &cases] {
+        assert!(file.is_file(), "{name}: {} is missing", file.display());
     }
     let mut model = hadr_trees::onnx()
         .with_ignore_value_info(true)
@@ -40,7 +48,7 @@ fn load(name: &str) -> Option<(Arc<TypedRunnableModel>, Vec<Value>, usize)> {
         .set_input_fact(0, f32::fact(&[batch.to_dim(), width.to_dim()]).into())
         .unwrap();
     let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-    Some((plan, cases, width))
+    (plan, cases, width)
 }
 
 /// A case's input row (`input`, or `vector` in the placement file).
@@ -99,9 +107,9 @@ fn argmax(v: &[f64]) -> i64 {
 }
 
 /// Checks a classifier: every case's probabilities (from `want`) to 1e-5,
-/// labels consistent, in one batch and row by row. Returns the max error.
-fn check_classifier(name: &str, want: impl Fn(&Value) -> Vec<f64>) -> Option<f64> {
-    let (plan, cases, width) = load(name)?;
+/// labels consistent, in one batch and row by row.
+fn check_classifier(name: &str, want: impl Fn(&Value) -> Vec<f64>) {
+    let (plan, cases, width) = load(name);
     let rows: Vec<Vec<f32>> = cases.iter().map(row_of).collect();
     let batch = run(&plan, &rows, width);
     let (got, got_labels) = (scores(&batch), labels(&batch));
@@ -137,7 +145,6 @@ fn check_classifier(name: &str, want: impl Fn(&Value) -> Vec<f64>) -> Option<f64
         worst <= 1e-5,
         "{name}: max probability error {worst:e} > 1e-5"
     );
-    Some(worst)
 }
 
 /// Probabilities listed in the case (sklearn / LightGBM `predict_proba`).
@@ -175,9 +182,7 @@ fn placement_forest() {
 
 #[test]
 fn xgboost_regressor() {
-    let Some((plan, cases, width)) = load("xgb_diabetes") else {
-        return;
-    };
+    let (plan, cases, width) = load("xgb_diabetes");
     let rows: Vec<Vec<f32>> = cases.iter().map(row_of).collect();
     let got = scores(&run(&plan, &rows, width));
     let mut worst = 0f64;
@@ -195,4 +200,28 @@ fn xgboost_regressor() {
         worst <= 1e-5,
         "xgb_diabetes: max relative error {worst:e} > 1e-5"
     );
+}
+
+#[test]
+#[should_panic(expected = "no_such_model: ")]
+fn a_missing_model_fails() {
+    load("no_such_model");
+}
+
+#[test]
+fn every_tree_model_shipped_is_checked() {
+    // A model added to (or renamed in) models/ without a test here would
+    // otherwise go unchecked.
+    let mut shipped: Vec<String> = std::fs::read_dir(models_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "onnx"))
+        .filter(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(12).any(|w| w == b"TreeEnsemble")
+        })
+        .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    assert_eq!(shipped, TREE_MODELS);
 }

@@ -6,8 +6,9 @@ mod vector_state;
 mod work;
 
 use support::*;
-use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::tensor_proto::{self, DataType};
 use tract_onnx::pb::tensor_shape_proto::dimension;
+use tract_onnx::pb::TensorProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::DimLike;
 
@@ -316,14 +317,97 @@ fn binary_mixed_weights_without_transform() {
     assert_eq!(labels, [1, 0]);
 }
 
+/// onnxruntime 1.20.1's probit of 0.7 (`ComputeProbit`, a float
+/// approximation of erfinv): 4.5e-5 from the exact 0.52440051.
+const ORT_PROBIT_0_7: f64 = 0.5244458913803101;
+
 #[test]
-fn binary_probit_fills_the_first_column() {
-    let (_, scores) = classify_binary(classifier_attrs(
+fn binary_probit_labels_from_the_score_like_onnxruntime() {
+    // s = 0.7 and 0.3, weights >= 0: onnxruntime 1.20.1 gives labels [1, 0]
+    // (class 1 when s > 0.5) and scores [[0.52444589, 0], [-0.52444589, 0]].
+    // The row is [probit(s), 0], so its argmax would invert both labels.
+    let (labels, scores) = classify_binary(classifier_attrs(
         &binary_trees([0.3, 0.1, 0.4, 0.2]),
         2,
         "PROBIT",
     ));
+    assert_eq!(labels, [1, 0]);
     assert_close(&scores[0], &[probit(0.7), 0.0], 1e-6);
+    assert_close(&scores[1], &[probit(0.3), 0.0], 1e-6);
+    assert_close(&scores[0], &[ORT_PROBIT_0_7, 0.0], 1e-4);
+    assert_close(&scores[1], &[-ORT_PROBIT_0_7, 0.0], 1e-4);
+    // Mixed weights (s = 1 and -0.5): onnxruntime labels [1, 0] (class 1
+    // when s > 0) and writes probit(1) = inf and probit(-0.5) = NaN in the
+    // first column. It leaves the second column unwritten under PROBIT (it
+    // held a stale 0.7 and 0.3 there); ours is 0.
+    let (labels, scores) = classify_binary(classifier_attrs(
+        &binary_trees([-0.5, 0.25, 1.5, -0.75]),
+        2,
+        "PROBIT",
+    ));
+    assert_eq!(labels, [1, 0]);
+    assert_eq!(scores[0], [f32::INFINITY, 0.0]);
+    assert!(scores[1][0].is_nan() && scores[1][1] == 0.0, "{scores:?}");
+}
+
+/// A stump on x0 <= 0 whose two leaves vote `a` and `b` for class `class`
+/// only, with integer labels `labels`; run on x0 = -1 (leaf a) and 1 (leaf b).
+fn one_class_binary(
+    class: i64,
+    [a, b]: [f64; 2],
+    labels: &[i64],
+    transform: &str,
+) -> (Vec<i64>, Vec<Vec<f32>>) {
+    let trees = Trees::default()
+        .branch(0, 0, 0, "BRANCH_LEQ", 0.0, 1, 2)
+        .leaf(0, 1, &[(class, a)])
+        .leaf(0, 2, &[(class, b)]);
+    let attrs = set(
+        classifier_attrs(&trees, 2, transform),
+        ints("classlabels_int64s", labels),
+    );
+    classify(attrs, 1, &[vec![-1.0], vec![1.0]])
+}
+
+#[test]
+fn binary_class_one_only_labels_like_onnxruntime() {
+    // Every vote on class 1, weights >= 0, no base values: onnxruntime
+    // 1.20.1 reads class 1's score as a probability and labels class 1 only
+    // above 0.5, though the row [0, s] has class 1 ahead for any s > 0.
+    let (labels, scores) = one_class_binary(1, [0.3, 0.8], &[0, 1], "NONE");
+    assert_eq!(labels, [0, 1]);
+    assert_eq!(scores, vec![vec![0.0, 0.3], vec![0.0, 0.8]]);
+    // The label is read from the score before the transform: onnxruntime
+    // gives [0, 1] with scores [0.5, logistic(s)] and [-inf, probit(s)].
+    let (labels, scores) = one_class_binary(1, [0.3, 0.8], &[0, 1], "LOGISTIC");
+    assert_eq!(labels, [0, 1]);
+    assert_close(&scores[0], &[0.5, logistic(0.3)], 1e-7);
+    assert_close(&scores[1], &[0.5, logistic(0.8)], 1e-7);
+    let (labels, scores) = one_class_binary(1, [0.3, 0.8], &[0, 1], "PROBIT");
+    assert_eq!(labels, [0, 1]);
+    assert_eq!(scores[0][0], f32::NEG_INFINITY);
+    assert_close(&scores[1][1..], &[probit(0.8)], 1e-6);
+    // The labels are the classes' own: onnxruntime gives [7, 5].
+    let (labels, _) = one_class_binary(1, [0.3, 0.8], &[7, 5], "NONE");
+    assert_eq!(labels, [7, 5]);
+    // With a negative weight the score is a margin: class 1 above 0
+    // (onnxruntime: [1, 0]).
+    let (labels, scores) = one_class_binary(1, [0.3, -0.2], &[0, 1], "NONE");
+    assert_eq!(labels, [1, 0]);
+    assert_eq!(scores, vec![vec![0.0, 0.3], vec![0.0, -0.2]]);
+}
+
+#[test]
+fn binary_class_zero_only_labels_from_the_margin() {
+    // Every vote on class 0, mixed weights, LOGISTIC: s = 1e-9 and -1e-9
+    // give rows [0.5, 0.5] in f32, a tie, yet onnxruntime 1.20.1 labels
+    // [1, 0] from the sign of s.
+    let (labels, scores) = one_class_binary(0, [1e-9, -1e-9], &[0, 1], "LOGISTIC");
+    assert_eq!(labels, [1, 0]);
+    assert_eq!(scores, vec![vec![0.5, 0.5], vec![0.5, 0.5]]);
+    // Weights >= 0 and s = 0.5 exactly: [0.5, 0.5], class 0 (not above 0.5).
+    let (labels, _) = one_class_binary(0, [0.5, 0.8], &[0, 1], "NONE");
+    assert_eq!(labels, [0, 1]);
 }
 
 #[test]
@@ -458,15 +542,18 @@ fn integer_and_double_inputs() {
             dimension::Value::DimValue(2),
         ]
     };
-    let want = vec![vec![4.0, 10.0], vec![9.0, 20.0]];
+    // Doubles no f32 tells from the thresholds (0): compared in double,
+    // 1e-300 > 0 goes false and -1e-300 true; narrowed to f32 both would
+    // be 0 and go true, giving [4, 10] twice.
     assert_eq!(
         run_typed(
             DataType::Double,
             dims(),
-            tensor2(&[[-1f64, -1.0], [1.0, 1.0]])
+            tensor2(&[[1e-300f64, -1e-300], [-1e-300, 1e-300]])
         ),
-        want
+        vec![vec![5.0, 0.0], vec![8.0, 30.0]]
     );
+    let want = vec![vec![4.0, 10.0], vec![9.0, 20.0]];
     assert_eq!(
         run_typed(DataType::Int64, dims(), tensor2(&[[-1i64, -1], [1, 1]])),
         want
@@ -475,6 +562,101 @@ fn integer_and_double_inputs() {
         run_typed(DataType::Int32, dims(), tensor2(&[[-1i32, -1], [1, 1]])),
         want
     );
+}
+
+/// `xs` as a one-feature column of doubles.
+fn double_column(xs: &[f64]) -> Tensor {
+    tract_ndarray::Array2::from_shape_vec((xs.len(), 1), xs.to_vec())
+        .unwrap()
+        .into_tensor()
+}
+
+/// The stump regressor (1 on the true branch, 2 on the false) on f64 `xs`.
+fn stump_on_doubles(attrs: Vec<tract_onnx::pb::AttributeProto>, xs: &[f64]) -> Vec<f32> {
+    let out = run_input(
+        "TreeEnsembleRegressor",
+        attrs,
+        1,
+        DataType::Double,
+        double_column(xs),
+    );
+    matrix(&out[0]).into_iter().map(|r| r[0]).collect()
+}
+
+#[test]
+fn double_inputs_compare_in_double() {
+    // onnxruntime 1.20.1's double kernel keeps f64 inputs and thresholds:
+    // its outputs for x0 <mode> 0.5 (a FLOATS threshold) on these rows. The
+    // neighbours of 0.5 would become 0.5 if narrowed to f32.
+    let xs = [0.5 + 1e-10, 0.5, 0.5 - 1e-10, f64::NAN];
+    let at_half = |mode, missing_true| {
+        let attrs = regressor_attrs(&stump(mode, missing_true), 1, "SUM");
+        set(attrs, floats("nodes_values", &[0.5, 0.0, 0.0]))
+    };
+    for (mode, want) in [
+        ("BRANCH_LEQ", [2.0, 1.0, 1.0, 2.0]),
+        ("BRANCH_LT", [2.0, 2.0, 1.0, 2.0]),
+        ("BRANCH_GTE", [1.0, 1.0, 2.0, 2.0]),
+        ("BRANCH_GT", [1.0, 2.0, 2.0, 2.0]),
+        ("BRANCH_EQ", [2.0, 1.0, 2.0, 2.0]),
+        ("BRANCH_NEQ", [1.0, 2.0, 1.0, 1.0]),
+    ] {
+        assert_eq!(stump_on_doubles(at_half(mode, false), &xs), want, "{mode}");
+        // NaN still follows `nodes_missing_value_tracks_true`.
+        let tracked = stump_on_doubles(at_half(mode, true), &xs);
+        assert_eq!(tracked[3], 1.0, "{mode}, NaN tracked");
+    }
+    // A double threshold (`nodes_values_as_tensor`) 0.1 against x = 0.1 and
+    // x = 0.1f32 (just above it): onnxruntime gives 1, 2 under LEQ and EQ.
+    let above = 0.1f32 as f64;
+    for mode in ["BRANCH_LEQ", "BRANCH_EQ"] {
+        let attrs = set(
+            without(
+                regressor_attrs(&stump(mode, false), 1, "SUM"),
+                "nodes_values",
+            ),
+            doubles("nodes_values_as_tensor", &[0.1, 0.0, 0.0]),
+        );
+        assert_eq!(stump_on_doubles(attrs, &[0.1, above]), [1.0, 2.0], "{mode}");
+    }
+    // Batches past a block go the same way, row for row.
+    let many: Vec<f64> = xs.iter().copied().cycle().take(4 * 25).collect();
+    let got = stump_on_doubles(at_half("BRANCH_LEQ", false), &many);
+    assert!(got.chunks(4).all(|c| c == [2.0, 1.0, 1.0, 2.0]), "{got:?}");
+}
+
+#[test]
+fn integers_compare_as_f32_and_doubles_as_f64() {
+    // onnxruntime 1.20.1, x0 <mode> 2^24 (1 on the true side, else 2) on
+    // 2^24 + 1, 2^24 - 1, 2^24 and 2^24 + 2: its integer kernels compare
+    // against float thresholds, so 2^24 + 1 rounds to 2^24; its double
+    // kernel does not round.
+    let trees = |mode| {
+        Trees::default()
+            .branch(0, 0, 0, mode, 16777216.0, 1, 2)
+            .leaf(0, 1, &[(1, 1.0)])
+            .leaf(0, 2, &[(2, 1.0)])
+    };
+    let xs = [16777217i64, 16777215, 16777216, 16777218];
+    let column = |v: Vec<i64>| tract_ndarray::Array2::from_shape_vec((4, 1), v).unwrap();
+    for (mode, ints, doubles) in [
+        ("BRANCH_LEQ", [1, 1, 1, 2], [2, 1, 1, 2]),
+        ("BRANCH_LT", [2, 1, 2, 2], [2, 1, 2, 2]),
+        ("BRANCH_EQ", [1, 2, 1, 2], [2, 2, 1, 2]),
+    ] {
+        let run = |dt, input: Tensor| {
+            let attrs = three_class(&trees(mode));
+            let out = run_input("TreeEnsembleClassifier", attrs, 1, dt, input);
+            let labels = out[0].to_plain_array_view::<i64>().unwrap();
+            labels.iter().copied().collect::<Vec<i64>>()
+        };
+        let i64s = column(xs.to_vec()).into_tensor();
+        let i32s = i64s.cast_to::<i32>().unwrap().into_owned();
+        let f64s = i64s.cast_to::<f64>().unwrap().into_owned();
+        assert_eq!(run(DataType::Int64, i64s), ints, "{mode}, i64");
+        assert_eq!(run(DataType::Int32, i32s), ints, "{mode}, i32");
+        assert_eq!(run(DataType::Double, f64s), doubles, "{mode}, f64");
+    }
 }
 
 #[test]
@@ -856,6 +1038,141 @@ fn refuses_wrong_attribute_types() {
         matches!(&err, TreeError::WrongType { attr: "nodes_treeids", found, .. } if found == "FLOATS"),
         "{err:?}"
     );
+}
+
+/// `small()`'s classifier with its thresholds as the TENSOR attribute `t`.
+fn thresholds_as(t: TensorProto) -> Vec<tract_onnx::pb::AttributeProto> {
+    set(
+        without(three_class(&small()), "nodes_values"),
+        tensor_attr("nodes_values_as_tensor", t),
+    )
+}
+
+/// A TensorProto of `data_type` with dims `[3]` and nothing else set.
+fn three_of(data_type: DataType) -> TensorProto {
+    TensorProto {
+        dims: vec![3],
+        data_type: data_type as i32,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn refuses_tensor_attributes_that_hold_no_floats() {
+    // tract's tensor loader panics (`unimplemented!`) on a STRING tensor in
+    // `raw_data`; these are the node's own attributes, so the crate reads
+    // them itself and refuses what is not FLOAT or DOUBLE data that fills
+    // its dims.
+    let external = tract_onnx::pb::StringStringEntryProto {
+        key: "location".into(),
+        value: "thresholds.bin".into(),
+    };
+    for (what, t) in [
+        (
+            "STRING in raw_data",
+            TensorProto {
+                raw_data: b"abcdefghijkl".to_vec(),
+                ..three_of(DataType::String)
+            },
+        ),
+        (
+            "STRING in string_data",
+            TensorProto {
+                string_data: vec![b"a".to_vec(); 3],
+                ..three_of(DataType::String)
+            },
+        ),
+        ("COMPLEX64", three_of(DataType::Complex64)),
+        (
+            "INT64",
+            TensorProto {
+                int64_data: vec![0; 3],
+                ..three_of(DataType::Int64)
+            },
+        ),
+        (
+            "FLOAT, 5 bytes of raw_data",
+            TensorProto {
+                raw_data: vec![0; 5],
+                ..three_of(DataType::Float)
+            },
+        ),
+        (
+            "DOUBLE, 2 values for dims [3]",
+            TensorProto {
+                double_data: vec![0.0; 2],
+                ..three_of(DataType::Double)
+            },
+        ),
+        (
+            "DOUBLE, dims [-3]",
+            TensorProto {
+                dims: vec![-3],
+                ..three_of(DataType::Double)
+            },
+        ),
+        (
+            "external data",
+            TensorProto {
+                data_location: Some(tensor_proto::DataLocation::External as i32),
+                external_data: vec![external.clone()],
+                ..three_of(DataType::Double)
+            },
+        ),
+    ] {
+        let err = classifier_error(thresholds_as(t), 1);
+        assert!(
+            matches!(
+                err,
+                TreeError::Invalid {
+                    attr: "nodes_values_as_tensor",
+                    ..
+                }
+            ),
+            "{what}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn float_tensor_attributes_load_from_any_field() {
+    // Thresholds [0.25, 0, 0]: x0 = 0.25 takes the true branch (class 0),
+    // x0 = 0.5 the false one (class 1), whichever field holds them.
+    let le_bytes = |v: &[f64], f32s: bool| -> Vec<u8> {
+        v.iter()
+            .flat_map(|&x| match f32s {
+                true => (x as f32).to_le_bytes().to_vec(),
+                false => x.to_le_bytes().to_vec(),
+            })
+            .collect()
+    };
+    let v = [0.25, 0.0, 0.0];
+    for (what, t) in [
+        (
+            "FLOAT in float_data",
+            TensorProto {
+                float_data: v.iter().map(|&x| x as f32).collect(),
+                ..three_of(DataType::Float)
+            },
+        ),
+        (
+            "FLOAT in raw_data",
+            TensorProto {
+                raw_data: le_bytes(&v, true),
+                ..three_of(DataType::Float)
+            },
+        ),
+        (
+            "DOUBLE in raw_data",
+            TensorProto {
+                raw_data: le_bytes(&v, false),
+                ..three_of(DataType::Double)
+            },
+        ),
+    ] {
+        let (labels, _) = classify(thresholds_as(t), 1, &[vec![0.25], vec![0.5]]);
+        assert_eq!(labels, [0, 1], "{what}");
+    }
 }
 
 #[test]

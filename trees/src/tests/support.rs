@@ -191,12 +191,19 @@ pub fn int(name: &str, v: i64) -> AttributeProto {
 
 /// A TENSOR attribute of doubles (the `*_as_tensor` form).
 pub fn doubles(name: &str, v: &[f64]) -> AttributeProto {
-    let t = TensorProto {
-        dims: vec![v.len() as i64],
-        data_type: tensor_proto::DataType::Double as i32,
-        double_data: v.to_vec(),
-        ..Default::default()
-    };
+    tensor_attr(
+        name,
+        TensorProto {
+            dims: vec![v.len() as i64],
+            data_type: tensor_proto::DataType::Double as i32,
+            double_data: v.to_vec(),
+            ..Default::default()
+        },
+    )
+}
+
+/// A TENSOR attribute holding `t` as it is, well formed or not.
+pub fn tensor_attr(name: &str, t: TensorProto) -> AttributeProto {
     AttributeProto {
         t: Some(t),
         ..attr(name, AttributeType::Tensor)
@@ -325,6 +332,19 @@ pub fn load(proto: &ModelProto) -> TractResult<Arc<TypedRunnableModel>> {
         .with_ignore_value_info(true)
         .model_for_proto_model(proto)?;
     model.into_optimized()?.into_runnable()
+}
+
+/// Loads a one-node `op` model whose input has type `elem` and `width`
+/// features, and runs `input` (of the matching type) through it.
+pub fn run_input(
+    op: &str,
+    attrs: Vec<AttributeProto>,
+    width: usize,
+    elem: tensor_proto::DataType,
+    input: Tensor,
+) -> TVec<TValue> {
+    let plan = load(&model(op, attrs, width, elem)).unwrap();
+    plan.run(tvec!(input.into())).unwrap()
 }
 
 /// Runs f32 rows through a plan.
