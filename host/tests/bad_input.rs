@@ -263,6 +263,44 @@ async fn requests_whose_framing_is_in_doubt_are_refused() {
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
 }
 
+/// Requests hyper cannot parse get hyper's status with hadr's JSON body (hyper alone sends no
+/// body), on every listener, and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparsable_requests_get_a_json_body() {
+    let host = Host::start(&free_ports("single.json"), &[]);
+    let many_headers: String = (0..101).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    for (head, status, code) in [
+        ("GARBAGE\r\n\r\n".to_string(), "400", "malformed_request"),
+        (
+            "GET /healthz HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n".into(),
+            "400",
+            "malformed_request",
+        ),
+        (
+            format!("GET /healthz HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n"),
+            "431",
+            "headers_too_large",
+        ),
+    ] {
+        for addr in [host.router, host.admin] {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut text = String::new();
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text))
+                .await
+                .expect("answered and closed within 5 s")
+                .unwrap();
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status}")),
+                "{head:?}: {text}"
+            );
+            let (_, body) = text.split_once("\r\n\r\n").unwrap();
+            let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+            assert_eq!(body["error"], code, "{head:?}: {text}");
+        }
+    }
+}
+
 /// Writes `bytes` and reads until `answers` status lines came back (5 s at
 /// most).
 async fn exchange_answers(addr: std::net::SocketAddr, bytes: &[u8], answers: usize) -> String {

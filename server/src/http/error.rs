@@ -76,12 +76,17 @@ impl ApiError {
 
     /// The JSON response.
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::to_vec(&Body {
+        let body = self.to_json();
+        self.with_body(body)
+    }
+
+    /// The body of [`Self::into_response`]: `{"error": code, "message": message}`.
+    pub(super) fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&Body {
             error: self.code,
             message: &self.message,
         })
-        .expect("serialising an error cannot fail");
-        self.with_body(body)
+        .expect("serialising an error cannot fail")
     }
 
     /// The response in the Open Inference Protocol's shape,

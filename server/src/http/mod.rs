@@ -11,7 +11,8 @@
 //! - [`body`]: reading a body within its byte limit (enforced before the body
 //!   is read when `Content-Length` says so) and a time limit.
 //! - [`error`]: every failure as a status code and a JSON body
-//!   `{"error": "<code>", "message": "<what was wrong>"}`.
+//!   `{"error": "<code>", "message": "<what was wrong>"}`; [`unparsed`]: the
+//!   same body for the answers hyper gives requests it cannot parse.
 //!
 //! Owns both listeners' apps. May use every layer below it: `rollout`,
 //! `metrics`, `state`, `routing`, `instance`, `serving`, `sandbox`, `oip`,
@@ -26,6 +27,7 @@ pub mod call;
 pub mod error;
 mod heads;
 pub mod server;
+mod unparsed;
 pub mod v2;
 
 pub use app::{AdminApp, Connections, PublicApp, Service};

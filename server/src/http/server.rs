@@ -33,6 +33,7 @@ use super::api;
 use super::app::{Connections, Service};
 use super::error::ApiError;
 use super::heads::Heads;
+use super::unparsed::Explained;
 use crate::shutdown::Shutdown;
 
 /// Serves `listener` until `shutdown` fires, then lets open connections
@@ -81,11 +82,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let heads = Arc::new(Heads::default());
-        let io = TokioIo::new(WriteDeadline::new(
+        let io = TokioIo::new(Explained::new(WriteDeadline::new(
             stream,
             connections.write_timeout,
             heads.clone(),
-        ));
+        )));
         let service = service.clone();
         let handler = {
             let heads = heads.clone();
