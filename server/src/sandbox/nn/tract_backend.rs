@@ -54,7 +54,22 @@ impl TractBackend {
     /// ([`budget`](super::budget)), and every tensor tract types before it
     /// folds constants: a model over the budget fails with
     /// [`OverBudget`](super::budget::OverBudget) having allocated nothing of it.
+    ///
+    /// tract-onnx 0.23 panics (`unimplemented!`) on some malformed tensors, such as STRING data
+    /// in `raw_data` (`docs/tract-onnx-tensor-loading.patch` makes them errors upstream); an
+    /// uploaded or guest-supplied model is refused instead of taking its thread down.
     pub fn load_onnx(bytes: &[u8], budget: u64) -> Result<TractGraph, TractError> {
+        std::panic::catch_unwind(|| Self::load_unguarded(bytes, budget)).unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("no message");
+            bail!("tract cannot load this model (it panicked: {why})")
+        })
+    }
+
+    fn load_unguarded(bytes: &[u8], budget: u64) -> Result<TractGraph, TractError> {
         let onnx = hadr_trees::onnx().with_ignore_value_info(true);
         let proto = onnx.proto_model_for_read(&mut std::io::Cursor::new(bytes))?;
         super::budget::check_model(&proto, budget)?;
@@ -620,6 +635,25 @@ mod tests {
         let message = format!("{error:#}");
         assert!(
             message.contains("output `out`") && message.contains("wasi-nn cannot carry"),
+            "{message}"
+        );
+    }
+
+    /// tract's loader panics on STRING data in `raw_data`: a load error, not a panic.
+    #[test]
+    fn a_tensor_tract_cannot_load_is_an_error_not_a_panic() {
+        let strings = TensorProto {
+            dims: vec![1],
+            data_type: DataType::String as i32,
+            raw_data: b"placed".to_vec(),
+            ..Default::default()
+        };
+        let error =
+            TractBackend::load_onnx(&model(strings, DataType::String, &[]), DEFAULT_MODEL_BUDGET)
+                .expect_err("refused");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("tract cannot load this model") && message.contains("raw tensor"),
             "{message}"
         );
     }
