@@ -16,6 +16,15 @@ use hadr_server::shutdown::Shutdown;
 use hadr_tools::admin_client::{AdminClient, DeployPlan};
 use hadr_tools::loadtest::{self, Model, Plan};
 
+/// `println!`, except that a reader that went away (`hadr-host deploy … | head -2`) is not a
+/// panic: what is left of the output is dropped, and the command still finishes its work.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// mimalloc rather than glibc's malloc: requests are allocated on one
 /// worker and often freed on another, which glibc pays for with arena locks
 /// (measured in docs/benchmarks.md: about 1.8 µs of CPU a request).
@@ -477,7 +486,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         tracing::info!(instance = %name, %addr, "instance listening");
     }
     // One line on stdout for scripts and tests: where to send requests.
-    println!("hadr-host ready: router http://{router} admin http://{admin}");
+    out!("hadr-host ready: router http://{router} admin http://{admin}");
     host.run(shutdown)
         .await
         .context("saving state on the way out")
@@ -498,7 +507,7 @@ fn export_haproxy(args: HaproxyArgs) -> Result<(), Failure> {
     };
     let config = hadr_tools::fleet::haproxy::config(&topology, &options)
         .map_err(|e| Failure::Config(e.into()))?;
-    print!("{config}");
+    out!("{}", config.trim_end());
     Ok(())
 }
 
@@ -535,7 +544,7 @@ async fn deploy_fleet(args: DeployArgs, topology: PathBuf) -> Result<(), Failure
     };
     match hadr_tools::fleet::rolling::deploy(&topology, &access, &plan).await {
         Ok(hosts) => {
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&hosts).expect("outcomes serialise")
             );
@@ -619,7 +628,7 @@ async fn drill(args: DrillArgs) -> anyhow::Result<()> {
         fleet: args.fleet,
     };
     let report = hadr_tools::drill::run(&options).await?;
-    println!("{}", hadr_tools::drill::report::markdown(&report));
+    out!("{}", hadr_tools::drill::report::markdown(&report));
     eprintln!("wrote {}", args.out.join("report.md").display());
     Ok(())
 }
@@ -643,7 +652,7 @@ fn report(
 ) -> Result<(), Failure> {
     match outcome {
         Ok(value) => {
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&value).unwrap_or_default()
             );
@@ -714,9 +723,9 @@ async fn loadtest(args: LoadtestArgs) -> anyhow::Result<()> {
     let report = loadtest::run_plan(&plan, Some(progress)).await?;
     bar.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        out!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}", loadtest::report::terminal(&report));
+        out!("{}", loadtest::report::terminal(&report));
     }
     if let Some(path) = &args.markdown {
         std::fs::write(path, loadtest::report::markdown(&report))

@@ -631,7 +631,7 @@ async fn routing_retries_and_shedding_are_those_of_predict() {
         answer["error"]
             .as_str()
             .unwrap()
-            .contains("failed on two instances"),
+            .contains("failed twice on instance digits1"),
         "{answer}"
     );
     let topo = host.topology().await;

@@ -128,3 +128,40 @@ fn a_missing_topology_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A reader that went away before the output (`hadr-host export haproxy … | head -0`) is no
+/// panic: the command finishes and exits 0 (it panicked with "failed printing to stdout").
+#[test]
+fn output_to_a_closed_pipe_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+        .args(["export", "haproxy"])
+        .arg(repo().join("topologies/fleet/2-active.json"))
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Flags that cannot mean anything at zero are refused by name, not quietly raised.
+#[test]
+fn zero_concurrency_deadline_or_per_client_connections_are_refused() {
+    for (flag, value) in [
+        ("--concurrency", "0"),
+        ("--deadline", "0s"),
+        ("--max-connections-per-client", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+            .args(["serve", "topologies/single.json", flag, value])
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+    }
+}

@@ -65,7 +65,11 @@ impl Serialize for Targets {
 impl<'de> Deserialize<'de> for Targets {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        // An untagged enum's `expecting` is its whole error message.
+        #[serde(
+            untagged,
+            expecting = "not instances: \"all\", names separated by commas, or a list of names"
+        )]
         enum Raw {
             Word(String),
             List(Vec<String>),

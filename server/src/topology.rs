@@ -157,7 +157,10 @@ pub enum TopologyError {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object of the instance's fields (\"status\", \"port\", \"model\", ...)"
+)]
 struct RawInstance {
     status: bool,
     #[serde(default)]
@@ -180,7 +183,10 @@ struct RawInstance {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object {\"max_requests\": N, \"max_delay\": \"200us\"}"
+)]
 struct RawBatch {
     max_requests: usize,
     max_delay: String,
@@ -190,7 +196,11 @@ struct RawBatch {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+// An untagged enum's `expecting` is its whole error message.
+#[serde(
+    untagged,
+    expecting = "not a TCP port (0 to 65535, as a number or a string)"
+)]
 enum RawPort {
     Number(u64),
     Text(String),
@@ -318,9 +328,12 @@ fn instance(
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
-        return Err(fail(
-            "the name must be non-empty ASCII letters, digits, `-`, `_` or `.`".into(),
-        ));
+        // Told escaped: the name may hold control characters.
+        return Err(TopologyError::Instance {
+            file: file.to_owned(),
+            instance: name.escape_debug().to_string(),
+            message: "the name must be non-empty ASCII letters, digits, `-`, `_` or `.`".into(),
+        });
     }
     let raw: RawInstance = serde_path_to_error::deserialize(value)
         .map_err(|e| fail(crate::errors::field_error(&e)))?;
@@ -328,11 +341,20 @@ fn instance(
     let host = raw
         .host
         .map(|h| {
-            h.trim().parse::<std::net::IpAddr>().map_err(|_| {
+            let ip = h.trim().parse::<std::net::IpAddr>().map_err(|_| {
                 fail(format!(
                     "field `host`: {h:?} is not an IP address (the address the entry's port listens on, e.g. \"127.0.0.2\")"
                 ))
-            })
+            })?;
+            // Such an address binds, but no TCP connection can reach it.
+            let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+            if ip.is_multicast() || broadcast {
+                return Err(fail(format!(
+                    "field `host`: {ip} is a {} address, which takes no TCP connection",
+                    if broadcast { "broadcast" } else { "multicast" }
+                )));
+            }
+            Ok(ip)
         })
         .transpose()?;
     let max_load = raw.max_load.unwrap_or(DEFAULT_MAX_LOAD);
@@ -353,13 +375,16 @@ fn instance(
             // Shape only: no default to fall back to, and none needed.
             (None, None) => PathBuf::new(),
         };
-        if defaults.is_none() || path.is_file() {
-            Ok(path)
-        } else {
-            Err(fail(format!(
+        match defaults.is_none() || path.is_file() {
+            true => Ok(path),
+            false if path.is_dir() => Err(fail(format!(
+                "field `{field}`: {} is a directory, not a file",
+                path.display()
+            ))),
+            false => Err(fail(format!(
                 "field `{field}`: no such file: {}",
                 path.display()
-            )))
+            ))),
         }
     };
     let model = resolve("model", raw.model, defaults.map(|d| d.model.as_path()))?;
@@ -567,6 +592,39 @@ mod tests {
         );
         let e = error(r#"{"p1": {"status": true, "colour": 1}}"#);
         assert!(e.contains("p1`: unknown field `colour`"), "{e}");
+        // What a field takes, not serde's names for hadr's types.
+        for (entry, want) in [
+            (
+                r#"{"status": true, "port": -1}"#,
+                "field `port`: not a TCP port (0 to 65535",
+            ),
+            (
+                r#"{"status": true, "port": [1]}"#,
+                "field `port`: not a TCP port (0 to 65535",
+            ),
+            (
+                r#"{"status": true, "batch": true}"#,
+                "field `batch`: invalid type: boolean `true`, expected an object {\"max_requests\"",
+            ),
+            (r#"5"#, "expected an object of the instance's fields"),
+            (
+                r#"{"status": true, "host": "224.0.0.1"}"#,
+                "224.0.0.1 is a multicast address",
+            ),
+            (
+                r#"{"status": true, "host": "255.255.255.255"}"#,
+                "is a broadcast address",
+            ),
+            (r#"{"status": true, "model": "."}"#, "field `model`: "),
+        ] {
+            let e = error(&format!(r#"{{"p1": {entry}}}"#));
+            assert!(e.contains(want), "{entry}: {e}");
+            assert!(!e.contains("Raw"), "{entry}: {e}");
+        }
+        let e = error(r#"{"p1": {"status": true, "model": "."}}"#);
+        assert!(e.contains("is a directory, not a file"), "{e}");
+        let e = error("{\"a\\u0000b\": {\"status\": true}}");
+        assert!(e.contains("instance `a\\0b`"), "{e}");
     }
 
     #[test]

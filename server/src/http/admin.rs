@@ -348,6 +348,16 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.starts_with("field `model.digest`: invalid type"), "{e}");
+        for to in ["null", "5", "{}", r#"["p1", 5]"#] {
+            let body = format!(r#"{{"to": {to}}}"#);
+            let e = parse_json::<RollbackRequest>(body.as_bytes())
+                .err()
+                .unwrap();
+            assert!(
+                e.starts_with("field `to`: not instances: \"all\""),
+                "{to}: {e}"
+            );
+        }
         // A syntax error names no field: there is none to name.
         for body in [
             &br#"{"instance": "p1""#[..],

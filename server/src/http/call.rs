@@ -144,12 +144,18 @@ async fn retry(
         Ok(out) => Ok(out),
         Err(again) if again.is_instance_fault() => {
             let mut error = ApiError::from(again);
-            error.message = format!(
-                "the request failed on two instances ({} and {}), so it is not retried again: {}",
-                first_instance.name(),
-                second.instance().name(),
-                error.message
-            );
+            let (first, second) = (first_instance.name(), second.instance().name());
+            error.message = match first == second {
+                true => format!(
+                    "the request failed twice on instance {first}, so it is not retried again: {}",
+                    error.message
+                ),
+                false => format!(
+                    "the request failed on two instances ({first} and {second}), so it is not \
+                     retried again: {}",
+                    error.message
+                ),
+            };
             Err(error)
         }
         Err(again) => Err(again.into()),

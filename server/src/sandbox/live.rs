@@ -108,7 +108,8 @@ impl CallError {
         }
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => CallError::Deadline(deadline),
-            Some(trap) => CallError::Trap(format!("wasm trap: {trap}\n{e:#}")),
+            // wasmtime's Display already begins "wasm trap: ".
+            Some(trap) => CallError::Trap(format!("{trap}\n{e:#}")),
             None => CallError::Instantiate(format!("{doing}: {e:#}")),
         }
     }

@@ -29,7 +29,7 @@ pub struct ServeArgs {
     /// not spent, and a call still running after 20 ms is throttled to
     /// half a core, so a guest spinning forever is stopped after about
     /// twice this in wall time (a merged batch: after up to twice that).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_nonzero_duration)]
     pub deadline: Duration,
     /// Most linear memory one sandbox may use (e.g. 64MiB); an instance
     /// holds up to `concurrency` sandboxes, plus a canary's and warm
@@ -106,7 +106,7 @@ pub struct ServeArgs {
     /// in the article. An entry that batches fills its batches best with one
     /// sandbox per core it should use (two merged calls time-slicing a core
     /// make smaller batches).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: Option<usize>,
     /// Sandboxes beyond the one an instance keeps are dropped after idling
     /// this long (they come back from the warm pool on demand).
@@ -127,7 +127,7 @@ pub struct ServeArgs {
     /// further connections from it are closed at once, so one slow or
     /// hostile client cannot take every place. Behind a balancer every
     /// connection comes from its address: raise this to --max-connections.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections_per_client: usize,
     /// Closes a connection whose client reads nothing of an answer for this
     /// long (a client pipelining requests without reading the answers would

@@ -147,6 +147,9 @@ pub enum StartError {
     /// The engine could not be created.
     #[error("cannot create the WebAssembly engine: {0:#}")]
     Engine(wasmtime::Error),
+    /// Two listeners of the process would share an address.
+    #[error("{0}")]
+    Clash(String),
     /// A socket could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -299,6 +302,37 @@ impl Host {
             warm_pool: options.warm_pool,
             applied,
         }));
+        let ports: Vec<(&str, SocketAddr)> = instances
+            .iter()
+            .filter_map(|i| {
+                let port = i.spec().port?;
+                let ip = i.spec().host.unwrap_or(options.listen.ip());
+                Some((i.name(), SocketAddr::new(ip, port)))
+            })
+            .collect();
+        check_listeners(
+            &options.topology,
+            options.listen,
+            options.admin_listen,
+            &ports,
+        )
+        .map_err(StartError::Clash)?;
+        // Every address configured before any listener is bound: a listener bound while
+        // another waits would take connections it does not answer.
+        let mut ips = vec![(options.listen.ip(), "router".to_string())];
+        ips.extend(
+            ports
+                .iter()
+                .map(|(name, a)| (a.ip(), format!("instance `{name}`"))),
+        );
+        ips.push((options.admin_listen.ip(), "admin".into()));
+        let mut waited = Vec::new();
+        for (ip, what) in ips {
+            if !waited.contains(&ip) {
+                drop(bind(SocketAddr::new(ip, 0), what).await?);
+                waited.push(ip);
+            }
+        }
         let router_listener = bind(options.listen, "router".into()).await?;
         let mut instance_listeners = Vec::new();
         for instance in &instances {
@@ -808,6 +842,40 @@ fn admin_token(state_dir: &Path) -> Result<String, StartError> {
     Ok(token)
 }
 
+/// Refuses two listeners of this process on one address (a fixed port on the same IP, or on
+/// an unspecified IP, which takes every address): binding the second would fail with "address
+/// in use" and send the operator looking for another process.
+fn check_listeners(
+    file: &Path,
+    router: SocketAddr,
+    admin: SocketAddr,
+    instances: &[(&str, SocketAddr)],
+) -> Result<(), String> {
+    let clash = |a: SocketAddr, b: SocketAddr| {
+        a.port() != 0
+            && a.port() == b.port()
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    if clash(router, admin) {
+        return Err(format!(
+            "--admin-listen {admin} and --listen {router} share an address: give the admin \
+             listener its own port"
+        ));
+    }
+    for (name, addr) in instances {
+        for (flag, other) in [("--listen", router), ("--admin-listen", admin)] {
+            if clash(*addr, other) {
+                return Err(format!(
+                    "{}: instance `{name}`: field `port`: {addr} is also this process's {flag} \
+                     ({other}): give the entry another port",
+                    file.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How long a listener waits for its address to be configured on the machine.
 const ADDRESS_WAIT: Duration = Duration::from_secs(30);
 
@@ -1006,6 +1074,32 @@ mod tests {
 
     fn addr() -> SocketAddr {
         "127.0.0.2:8000".parse().unwrap()
+    }
+
+    #[test]
+    fn listeners_of_one_process_never_share_an_address() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let file = Path::new("t.json");
+        let (router, admin) = (a("127.0.0.1:8000"), a("127.0.0.1:8001"));
+        assert!(check_listeners(file, router, admin, &[("p1", a("127.0.0.1:9696"))]).is_ok());
+        // Another IP, or any port (0), is another address.
+        assert!(check_listeners(file, router, admin, &[("p1", a("127.0.0.2:8000"))]).is_ok());
+        assert!(check_listeners(file, a("127.0.0.1:0"), a("127.0.0.1:0"), &[]).is_ok());
+        let e = check_listeners(file, router, admin, &[("p1", a("127.0.0.1:8001"))]).unwrap_err();
+        assert_eq!(
+            e,
+            "t.json: instance `p1`: field `port`: 127.0.0.1:8001 is also this process's \
+             --admin-listen (127.0.0.1:8001): give the entry another port"
+        );
+        let e = check_listeners(
+            file,
+            a("0.0.0.0:8000"),
+            admin,
+            &[("p1", a("127.0.0.2:8000"))],
+        );
+        assert!(e.unwrap_err().contains("also this process's --listen"));
+        let e = check_listeners(file, router, a("127.0.0.1:8000"), &[]).unwrap_err();
+        assert!(e.contains("share an address"), "{e}");
     }
 
     /// An address the network brings up a moment later is waited for; one that never comes is

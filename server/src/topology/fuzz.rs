@@ -613,7 +613,8 @@ fn agree(want: &Want, got: &Result<Topology, TopologyError>) -> Result<(), TestC
             Err(TopologyError::Instance {
                 instance, message, ..
             }),
-        ) => instance == name && message.contains(&says(bad)),
+            // Errors tell the name escaped: it may hold control characters.
+        ) => *instance == name.escape_debug().to_string() && message.contains(&says(bad)),
         (Want::NoInstances, Err(TopologyError::Whole { message, .. })) => {
             message.contains("no instances")
         }
