@@ -17,11 +17,18 @@ use hadr_tools::admin_client::{AdminClient, DeployPlan};
 use hadr_tools::loadtest::{self, Model, Plan};
 
 /// `println!`, except that a reader that went away (`hadr-host deploy … | head -2`) is not a
-/// panic: what is left of the output is dropped, and the command still finishes its work.
+/// panic: what is left of the output is dropped, and the command still finishes its work. Any
+/// other failure to write (a full disk) is told, and the exit status is 1.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+        match writeln!(std::io::stdout().lock(), $($arg)*) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("hadr-host: cannot write to standard output: {e}");
+                std::process::exit(1);
+            }
+            _ => {}
+        }
     }};
 }
 

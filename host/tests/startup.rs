@@ -147,19 +147,42 @@ fn output_to_a_closed_pipe_is_not_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// Flags that cannot mean anything at zero are refused by name, not quietly raised.
+/// Flags that cannot mean anything at zero are refused by name, not quietly raised. (Were one
+/// taken, the host would start: it is killed after 10 s, on its own ports and state.)
 #[test]
-fn zero_concurrency_deadline_or_per_client_connections_are_refused() {
+fn zero_valued_flags_that_mean_nothing_at_zero_are_refused() {
+    let dir = TempDir::new("startup-zero");
     for (flag, value) in [
         ("--concurrency", "0"),
         ("--deadline", "0s"),
+        ("--write-timeout", "0s"),
+        ("--max-connections", "0"),
         ("--max-connections-per-client", "0"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hadr-host"))
             .args(["serve", "topologies/single.json", flag, value])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(dir.0.join(flag.trim_start_matches('-')))
             .current_dir(repo())
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                child.kill().unwrap();
+                panic!("{flag} {value} was taken: the host started");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
         assert!(stderr.contains(flag), "{flag}: {stderr}");

@@ -24,6 +24,10 @@ pub(crate) struct Explained<S> {
     inner: S,
     /// The answer that replaced hyper's, and how much of it is written.
     pending: Option<(Vec<u8>, usize)>,
+    /// Whether the last write took all it was given. hyper writes its answer only after the
+    /// previous one is flushed, so it starts a write; the rest of a body cut by a partial write
+    /// is never taken for it, whatever its bytes.
+    at_boundary: bool,
 }
 
 impl<S> Explained<S> {
@@ -31,7 +35,16 @@ impl<S> Explained<S> {
         Self {
             inner,
             pending: None,
+            at_boundary: true,
         }
+    }
+
+    /// Notes whether a write of `given` bytes took them all.
+    fn wrote(&mut self, polled: Poll<io::Result<usize>>, given: usize) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.at_boundary = *n == given;
+        }
+        polled
     }
 }
 
@@ -40,7 +53,7 @@ impl<S: AsyncWrite + Unpin> Explained<S> {
     /// length)`, which hyper is told was written, while the replacement is
     /// written from here on.
     fn replace(&mut self, head: &[u8]) -> Option<usize> {
-        if self.pending.is_some() {
+        if self.pending.is_some() || !self.at_boundary {
             return None;
         }
         self.pending = Some((explain(head)?, 0));
@@ -150,7 +163,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Explained<S> {
                 _ => Poll::Ready(Ok(taken)),
             };
         }
-        self.after_drive(cx, |inner, cx| inner.poll_write(cx, buf))
+        let polled = self.after_drive(cx, |inner, cx| inner.poll_write(cx, buf));
+        self.wrote(polled, buf.len())
     }
 
     fn poll_write_vectored(
@@ -169,7 +183,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Explained<S> {
                 }
             }
         }
-        self.after_drive(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
+        let polled = self.after_drive(cx, |inner, cx| inner.poll_write_vectored(cx, bufs));
+        let given = bufs.iter().map(|b| b.len()).sum();
+        self.wrote(polled, given)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -192,8 +208,7 @@ mod tests {
     use super::*;
 
     /// hyper 1's answer to a request line it cannot parse, as it writes it.
-    const HYPER_400: &[u8] =
-        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Mon, 07 Dec 2026 13:00:00 GMT\r\n\r\n";
+    const HYPER_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 07 Dec 2026 13:00:00 GMT\r\n\r\n";
 
     /// What a peer reading everything reads after `writes` went through [`Explained`] (the
     /// stream takes at most 7 bytes a write, so the replacement goes out over many polls).
@@ -256,5 +271,15 @@ mod tests {
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 0\r\n\r\n",
         ];
         assert_eq!(through(&writes).await.as_bytes(), writes.concat());
+    }
+
+    /// A body whose end spells hyper's answer, cut there by a partial write, stays a body: only
+    /// a write that starts after the last one was taken whole can be hyper's answer.
+    #[tokio::test]
+    async fn the_rest_of_a_cut_write_is_never_taken_for_hypers_answer() {
+        let body = [&b"1234567"[..], HYPER_400].concat();
+        // The duplex takes 7 bytes a write: the rest of `body` is written alone, and is exactly
+        // hyper's head.
+        assert_eq!(through(&[&body]).await.as_bytes(), body);
     }
 }

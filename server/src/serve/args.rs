@@ -88,7 +88,7 @@ pub struct ServeArgs {
     /// open-file limit (the soft RLIMIT_NOFILE is first raised to the hard
     /// one), so the admin listener always has its descriptors. Worst-case
     /// request-body memory is this times --max-body.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
     /// Host memory one model may claim: each constant it carries, their
     /// sum, and each tensor whose size the file fixes (a symbolic batch
@@ -132,7 +132,7 @@ pub struct ServeArgs {
     /// Closes a connection whose client reads nothing of an answer for this
     /// long (a client pipelining requests without reading the answers would
     /// otherwise hold its place forever).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_nonzero_duration)]
     pub write_timeout: Duration,
     /// Closes a connection whose client completes no request's headers for
     /// this long (an idle keep-alive connection, or one sending its headers

@@ -319,18 +319,18 @@ impl Host {
         .map_err(StartError::Clash)?;
         // Every address configured before any listener is bound: a listener bound while
         // another waits would take connections it does not answer.
-        let mut ips = vec![(options.listen.ip(), "router".to_string())];
-        ips.extend(
+        let mut addrs = vec![(options.listen, "router".to_string())];
+        addrs.extend(
             ports
                 .iter()
-                .map(|(name, a)| (a.ip(), format!("instance `{name}`"))),
+                .map(|(name, a)| (*a, format!("instance `{name}`"))),
         );
-        ips.push((options.admin_listen.ip(), "admin".into()));
+        addrs.push((options.admin_listen, "admin".into()));
         let mut waited = Vec::new();
-        for (ip, what) in ips {
-            if !waited.contains(&ip) {
-                drop(bind(SocketAddr::new(ip, 0), what).await?);
-                waited.push(ip);
+        for (addr, what) in addrs {
+            if !waited.contains(&addr.ip()) {
+                wait_for_address(addr, what).await?;
+                waited.push(addr.ip());
             }
         }
         let router_listener = bind(options.listen, "router".into()).await?;
@@ -851,10 +851,15 @@ fn check_listeners(
     admin: SocketAddr,
     instances: &[(&str, SocketAddr)],
 ) -> Result<(), String> {
+    // An unspecified IPv4 address takes every IPv4 address; an unspecified IPv6 one, every
+    // address of both families (Linux's default, `bindv6only` off).
+    let covers = |any: std::net::IpAddr, ip: std::net::IpAddr| {
+        any.is_unspecified() && (any.is_ipv6() || ip.is_ipv4())
+    };
     let clash = |a: SocketAddr, b: SocketAddr| {
         a.port() != 0
             && a.port() == b.port()
-            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
     };
     if clash(router, admin) {
         return Err(format!(
@@ -883,6 +888,18 @@ async fn bind(addr: SocketAddr, what: String) -> Result<TcpListener, StartError>
     bind_with(addr, what, ADDRESS_WAIT, TcpListener::bind).await
 }
 
+/// Waits until `addr`'s IP is configured, by binding it on any port (its scope kept) and
+/// letting that go; an error names `addr` itself, the address the operator gave.
+async fn wait_for_address(addr: SocketAddr, what: String) -> Result<(), StartError> {
+    let mut probe = addr;
+    probe.set_port(0);
+    match bind_with(probe, what, ADDRESS_WAIT, TcpListener::bind).await {
+        Ok(_) => Ok(()),
+        Err(StartError::Bind { what, source, .. }) => Err(StartError::Bind { addr, what, source }),
+        Err(e) => Err(e),
+    }
+}
+
 /// Binds `addr` with `bind`, waiting up to `wait` while the address is not configured on the
 /// machine yet: at boot the network may bring it up a moment after the service starts. Past
 /// that it is the operator's (a wrong "host", a unit on the wrong machine): exit code 2, which
@@ -905,7 +922,7 @@ where
                     && tokio::time::Instant::now() < until =>
             {
                 if !std::mem::replace(&mut told, true) {
-                    tracing::warn!(%addr, listener = %what, ?wait,
+                    tracing::warn!(ip = %addr.ip(), listener = %what, ?wait,
                         "the address is not configured on this machine (yet?): waiting for it");
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -1100,6 +1117,11 @@ mod tests {
         assert!(e.unwrap_err().contains("also this process's --listen"));
         let e = check_listeners(file, router, a("127.0.0.1:8000"), &[]).unwrap_err();
         assert!(e.contains("share an address"), "{e}");
+        // 0.0.0.0 takes IPv4 addresses only; [::] both families.
+        let v6 = [("p1", a("[::1]:8000"))];
+        assert!(check_listeners(file, a("0.0.0.0:8000"), admin, &v6).is_ok());
+        let v4 = [("p1", a("127.0.0.2:8000"))];
+        assert!(check_listeners(file, a("[::]:8000"), admin, &v4).is_err());
     }
 
     /// An address the network brings up a moment later is waited for; one that never comes is
