@@ -847,12 +847,13 @@ fn no_previous(without: &[&str], with: &[&str]) -> String {
         without.join("`, `")
     );
     if !with.is_empty() {
-        message += &format!(
-            " (a deploy did not switch {}, or a start could not restore the previous one); roll \
-             back the others with --to {} (`\"to\": \"{}\"`)",
+        let (them, with) = (
             if without.len() == 1 { "it" } else { "them" },
             with.join(","),
-            with.join(","),
+        );
+        message += &format!(
+            " (a deploy did not switch {them}, or a start could not restore the previous one); \
+             roll back the others with --to {with} (`\"to\": \"{with}\"`)"
         );
     }
     message

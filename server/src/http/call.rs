@@ -145,17 +145,14 @@ async fn retry(
         Err(again) if again.is_instance_fault() => {
             let mut error = ApiError::from(again);
             let (first, second) = (first_instance.name(), second.instance().name());
-            error.message = match first == second {
-                true => format!(
-                    "the request failed twice on instance {first}, so it is not retried again: {}",
-                    error.message
-                ),
-                false => format!(
-                    "the request failed on two instances ({first} and {second}), so it is not \
-                     retried again: {}",
-                    error.message
-                ),
+            let failed = match first == second {
+                true => format!("twice on instance {first}"),
+                false => format!("on two instances ({first} and {second})"),
             };
+            error.message = format!(
+                "the request failed {failed}, so it is not retried again: {}",
+                error.message
+            );
             Err(error)
         }
         Err(again) => Err(again.into()),

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use hyper::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,15 +49,18 @@ impl<S> Explained<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Explained<S> {
-    /// Takes `head` in place of hyper's answer if it is one: `Some(its
-    /// length)`, which hyper is told was written, while the replacement is
-    /// written from here on.
-    fn replace(&mut self, head: &[u8]) -> Option<usize> {
+    /// Takes `head` in place of hyper's answer if it is one: hyper is told
+    /// all of it was written, and the replacement is written from here on,
+    /// as far as the stream takes it now (the rest at the flush).
+    fn replace(&mut self, cx: &mut Context<'_>, head: &[u8]) -> Option<Poll<io::Result<usize>>> {
         if self.pending.is_some() || !self.at_boundary {
             return None;
         }
         self.pending = Some((explain(head)?, 0));
-        Some(head.len())
+        Some(match self.drive(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(head.len())),
+        })
     }
 
     /// Writes what is left of the replacement.
@@ -66,11 +69,9 @@ impl<S: AsyncWrite + Unpin> Explained<S> {
             if *written == answer.len() {
                 break;
             }
-            match Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => *written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+            match ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => *written += n,
             }
         }
         Poll::Ready(Ok(()))
@@ -82,11 +83,8 @@ impl<S: AsyncWrite + Unpin> Explained<S> {
         cx: &mut Context<'_>,
         write: impl FnOnce(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        match self.drive(cx) {
-            Poll::Ready(Ok(())) => write(Pin::new(&mut self.inner), cx),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        ready!(self.drive(cx))?;
+        write(Pin::new(&mut self.inner), cx)
     }
 }
 
@@ -156,12 +154,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Explained<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if let Some(taken) = self.replace(buf) {
-            // Written as far as the stream takes it now; the rest at the flush.
-            return match self.drive(cx) {
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                _ => Poll::Ready(Ok(taken)),
-            };
+        if let Some(replaced) = self.replace(cx, buf) {
+            return replaced;
         }
         let polled = self.after_drive(cx, |inner, cx| inner.poll_write(cx, buf));
         self.wrote(polled, buf.len())
@@ -175,11 +169,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Explained<S> {
         // hyper's answer has no body: a head alone.
         if let [head, rest @ ..] = bufs {
             if rest.iter().all(|b| b.is_empty()) {
-                if let Some(taken) = self.replace(head) {
-                    return match self.drive(cx) {
-                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                        _ => Poll::Ready(Ok(taken)),
-                    };
+                if let Some(replaced) = self.replace(cx, head) {
+                    return replaced;
                 }
             }
         }

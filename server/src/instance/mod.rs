@@ -851,14 +851,18 @@ impl Instance {
     /// force, nor does a call that ran on the version a deploy just replaced: its success must
     /// not clear what the new version's calls found.
     fn broken_after(&self, slot: Slot, deployment: &Deployment, faulted: bool) -> Option<bool> {
-        let in_force = self.serving.load().current.deployment.version == deployment.version;
-        if slot != Slot::Current || !in_force {
+        if slot != Slot::Current {
             return None;
         }
-        match faulted {
+        let broken = match faulted {
             false => Some(false),
             true => (self.sandboxes.idle() == 0 && self.sandboxes.busy() == 0).then_some(true),
-        }
+        };
+        // Only a change needs the version in force: most calls leave the flag as it was, and
+        // read what the instance serves once per request, not again here.
+        broken
+            .filter(|&b| b != self.is_broken())
+            .filter(|_| self.serving.load().current.deployment.version == deployment.version)
     }
 
     /// Counts a canary call whose request went away (see [`Unclaimed`]) for

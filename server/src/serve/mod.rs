@@ -302,26 +302,28 @@ impl Host {
             warm_pool: options.warm_pool,
             applied,
         }));
-        let ports: Vec<(&str, SocketAddr)> = instances
+        // Each instance with a port of its own, and the address it listens on.
+        let ports: Vec<(&Arc<Instance>, SocketAddr)> = instances
             .iter()
             .filter_map(|i| {
                 let port = i.spec().port?;
                 let ip = i.spec().host.unwrap_or(options.listen.ip());
-                Some((i.name(), SocketAddr::new(ip, port)))
+                Some((i, SocketAddr::new(ip, port)))
             })
             .collect();
+        let named: Vec<(&str, SocketAddr)> = ports.iter().map(|(i, a)| (i.name(), *a)).collect();
         check_listeners(
             &options.topology,
             options.listen,
             options.admin_listen,
-            &ports,
+            &named,
         )
         .map_err(StartError::Clash)?;
         // Every address configured before any listener is bound: a listener bound while
         // another waits would take connections it does not answer.
         let mut addrs = vec![(options.listen, "router".to_string())];
         addrs.extend(
-            ports
+            named
                 .iter()
                 .map(|(name, a)| (*a, format!("instance `{name}`"))),
         );
@@ -335,15 +337,11 @@ impl Host {
         }
         let router_listener = bind(options.listen, "router".into()).await?;
         let mut instance_listeners = Vec::new();
-        for instance in &instances {
-            if let Some(port) = instance.spec().port {
-                let ip = instance.spec().host.unwrap_or(options.listen.ip());
-                let addr = SocketAddr::new(ip, port);
-                let listener = bind(addr, format!("instance `{}`", instance.name())).await?;
-                let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
-                instance.set_bound_port(bound);
-                instance_listeners.push((instance.clone(), listener));
-            }
+        for (instance, addr) in ports {
+            let listener = bind(addr, format!("instance `{}`", instance.name())).await?;
+            let bound = listener.local_addr().map_or(addr.port(), |a| a.port());
+            instance.set_bound_port(bound);
+            instance_listeners.push((instance.clone(), listener));
         }
         let admin_listener = bind(options.admin_listen, "admin".into()).await?;
         warn_if_exposed(admin_listener.local_addr().ok());
@@ -651,21 +649,17 @@ impl Library {
         let current = match &outcome.deployed {
             None => from_file,
             Some(record) => match self.rebuild(record, &file) {
-                Ok(d) if d.version == file.version => {
-                    tracing::info!(instance = name, version = %d.version, since = %record.since,
-                        "serving the version put in force by `hadr-host deploy`, which the topology file names too");
-                    InForce {
-                        deployment: d,
-                        source: Source::Deploy,
-                        since: record.since.clone(),
-                    }
-                }
                 Ok(d) => {
-                    // A warning: an operator who edited the file's model and restarted expects
-                    // the file's model, and gets the deployed one.
-                    tracing::warn!(instance = name, version = %d.version, since = %record.since,
-                        file_version = %file.version,
-                        "serving the version put in force by `hadr-host deploy`, not the one the topology file names: a deploy outlives restarts (`hadr-host rollback` returns to the previous version; `hadr-host deploy --model` and `--module` put the file's in force)");
+                    if d.version == file.version {
+                        tracing::info!(instance = name, version = %d.version, since = %record.since,
+                            "serving the version put in force by `hadr-host deploy`, which the topology file names too");
+                    } else {
+                        // A warning: an operator who edited the file's model and restarted
+                        // expects the file's model, and gets the deployed one.
+                        tracing::warn!(instance = name, version = %d.version, since = %record.since,
+                            file_version = %file.version,
+                            "serving the version put in force by `hadr-host deploy`, not the one the topology file names: a deploy outlives restarts (`hadr-host rollback` returns to the previous version; `hadr-host deploy --model` and `--module` put the file's in force)");
+                    }
                     InForce {
                         deployment: d,
                         source: Source::Deploy,
@@ -884,8 +878,11 @@ fn check_listeners(
 /// How long a listener waits for its address to be configured on the machine.
 const ADDRESS_WAIT: Duration = Duration::from_secs(30);
 
+/// Binds a listener whose address [`wait_for_address`] found configured.
 async fn bind(addr: SocketAddr, what: String) -> Result<TcpListener, StartError> {
-    bind_with(addr, what, ADDRESS_WAIT, TcpListener::bind).await
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
 }
 
 /// Waits until `addr`'s IP is configured, by binding it on any port (its scope kept) and
