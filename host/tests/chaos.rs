@@ -685,3 +685,49 @@ async fn hung_calls_whose_clients_hung_up_still_count() {
     let (s, _, b) = post(p1, "/predict", inputs(&[safe])).await;
     assert_eq!(s, StatusCode::OK, "{b}");
 }
+
+/// An offloaded call whose client hung up still holds its sandbox, so it
+/// keeps its request's unit of load until it ends: the router passes over
+/// an instance whose only sandbox is busy with such a call. Before, the
+/// load went back to 0 with the request, and the router sent half of the
+/// next requests to wait behind the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_client_hung_up_keeps_its_load_until_it_ends() {
+    use common::{hanging_row, safe_and_deadly_rows, send_unread, slow_row};
+
+    let topology = common::with_faulty_guest("2-active.json", &[]);
+    let host = Host::start(&topology, &["--deadline", "4s", "--concurrency", "1"]);
+    let p1 = host.instance_addr("predict1").await;
+    // A call of 300 ms teaches predict1 that its calls are long: the next
+    // one runs on the blocking pool, where it outlives its request.
+    let (s, _, b) = post(p1, "/predict", inputs(&[slow_row()])).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (safe, _) = safe_and_deadly_rows();
+    let client = send_unread(p1, &inputs(&[hanging_row(&safe)])).await;
+    let busy = |t: &serde_json::Value| t["predict1"]["sandboxes"]["busy"] == 1;
+    host.wait_for("the hanging call to hold predict1's sandbox", busy)
+        .await;
+    drop(client);
+    host.wait_for("predict1's load to count the call alone", |t| {
+        t["predict1"]["load"] == 1 && t["predict2"]["load"] == 0
+    })
+    .await;
+    for _ in 0..4 {
+        let (s, _, b) = post(host.router, "/predict", inputs(std::slice::from_ref(&safe))).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(
+            b["instance"], "predict2",
+            "routed behind the hung call: {b}"
+        );
+    }
+    let t = host.topology().await;
+    assert!(
+        busy(&t),
+        "the hung call ended before the requests: the test proved nothing: {t}"
+    );
+    assert_eq!(t["predict1"]["load"], 1, "{t}");
+    host.wait_for("the call's end to release its load", |t| {
+        t["predict1"]["sandboxes"]["busy"] == 0 && t["predict1"]["load"] == 0
+    })
+    .await;
+}

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{
     cases, faulty_guest, free_ports, get, hanging_row, inputs, post, repo, request_with,
-    safe_and_deadly_rows, send_unread, try_post, Host, Load, TempDir, ADMIN_TOKEN,
+    safe_and_deadly_rows, send_unread, try_post, with_faulty_guest, Host, Load, TempDir,
+    ADMIN_TOKEN,
 };
 use hyper::{Method, StatusCode};
 
@@ -26,7 +27,16 @@ fn variant_guest(dir: &TempDir) -> PathBuf {
 /// The default guest with `payload` in an appended custom section: one
 /// version per payload.
 fn variant_guest_of(dir: &TempDir, payload: &[u8]) -> PathBuf {
-    let mut bytes = std::fs::read(repo().join(hadr_server::serve::DEFAULT_GUEST)).unwrap();
+    variant_of(
+        dir,
+        &repo().join(hadr_server::serve::DEFAULT_GUEST),
+        payload,
+    )
+}
+
+/// The module at `source` with `payload` in an appended custom section.
+fn variant_of(dir: &TempDir, source: &Path, payload: &[u8]) -> PathBuf {
+    let mut bytes = std::fs::read(source).unwrap();
     let name = b"hadr-test-variant";
     // Custom section: id 0, size, name (length-prefixed), payload.
     bytes.push(0);
@@ -819,6 +829,75 @@ async fn a_canary_failing_only_clients_that_hung_up_is_still_aborted() {
     }
     let t = host.topology().await;
     assert!(t["predict1"].get("canary").is_none(), "{t}");
+}
+
+/// A request that faults the version in force as well as the canary is the
+/// request's fault, not the canary's: a client sending such requests cannot
+/// abort a rollout. Both versions here are the faulty guest, which traps on
+/// the same rows; before, every canary fault counted against the canary, and
+/// these requests alone aborted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_fault_both_versions_do_not_abort_a_canary() {
+    let dir = TempDir::new("canary-poison");
+    let host = Host::start(&with_faulty_guest("single.json", &[]), &[]);
+    let v1 = versions(&host.topology().await)[0].clone();
+    let (safe, deadly) = safe_and_deadly_rows();
+    let example = dir.write(
+        "safe.json",
+        &String::from_utf8(inputs(std::slice::from_ref(&safe))).unwrap(),
+    );
+    let canary = variant_of(&dir, &faulty_guest(), b"faulty-v2");
+    let outcome = deploy(
+        &host,
+        &[
+            "--module",
+            canary.to_str().unwrap(),
+            "--canary",
+            "50",
+            "--min-calls",
+            "5",
+            "--example",
+            example.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(outcome["action"], "canary", "{outcome}");
+    let v2 = host.topology().await["predict1"]["canary"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Half of these go to the canary: 10 calls, twice --min-calls.
+    let mut on_canary = 0;
+    for _ in 0..20 {
+        let (s, _, b) = post(
+            host.router,
+            "/predict",
+            inputs(std::slice::from_ref(&deadly)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{b}");
+        assert_eq!(b["error"], "instance_fault", "{b}");
+        let message = b["message"].as_str().unwrap();
+        on_canary += usize::from(message.contains("canary and again on its version in force"));
+    }
+    let d = deployments(&host).await;
+    assert!(
+        !has_event(&d, "auto-abort"),
+        "the requests' faults aborted the canary: {d}"
+    );
+    assert_eq!(on_canary, 10, "the canary took half of the requests");
+    let t = host.topology().await;
+    assert_eq!(t["predict1"]["canary"]["version"], v2.as_str(), "{t}");
+    // The canary still serves its share of rows it can answer.
+    let mut answered = Vec::new();
+    for _ in 0..10 {
+        let (s, _, b) = post(host.router, "/predict", inputs(std::slice::from_ref(&safe))).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        answered.push(b["version"].as_str().unwrap().to_string());
+    }
+    assert!(
+        answered.contains(&v2) && answered.contains(&v1),
+        "{answered:?}"
+    );
 }
 
 /// A canary that refuses what the version in force accepts (here: a model

@@ -124,29 +124,67 @@ impl ApiError {
 
 impl From<CallError> for ApiError {
     fn from(e: CallError) -> Self {
-        use StatusCode as S;
-        let message = e.summary();
-        let (status, code) = match &e {
-            CallError::Rejected(p) => match p.kind {
-                ErrorKind::MalformedRequest => (S::BAD_REQUEST, "malformed_request"),
-                ErrorKind::InvalidInput => (S::UNPROCESSABLE_ENTITY, "invalid_input"),
-                ErrorKind::ModelFailure => (S::INTERNAL_SERVER_ERROR, "model_failure"),
-                ErrorKind::Internal => (S::INTERNAL_SERVER_ERROR, "guest_error"),
-            },
-            CallError::Trap(_) => (S::INTERNAL_SERVER_ERROR, "instance_fault"),
-            CallError::Deadline(_) | CallError::Unresponsive(_) => {
-                (S::GATEWAY_TIMEOUT, "deadline_exceeded")
-            }
-            CallError::Instantiate(_) | CallError::Init(_) => {
-                (S::INTERNAL_SERVER_ERROR, "instance_unavailable")
-            }
-            CallError::NotDrillable(_) => (S::CONFLICT, "not_drillable"),
-            CallError::AlreadyArmed(_) => (S::CONFLICT, "fault_armed"),
-            CallError::NoTensors => (S::NOT_IMPLEMENTED, "not_implemented"),
-            CallError::Queued(_) => (S::SERVICE_UNAVAILABLE, "queue_timeout"),
-            CallError::VersionGone(_) => (S::NOT_FOUND, "unknown_version"),
-            CallError::BadAnswer(_) => (S::INTERNAL_SERVER_ERROR, "guest_error"),
+        let (status, code) = status_and_code(&e);
+        Self::new(status, code, e.summary())
+    }
+}
+
+/// How a failed call is answered: a fault that happened twice is answered
+/// as its second occurrence.
+fn status_and_code(e: &CallError) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match e {
+        CallError::Rejected(p) => match p.kind {
+            ErrorKind::MalformedRequest => (S::BAD_REQUEST, "malformed_request"),
+            ErrorKind::InvalidInput => (S::UNPROCESSABLE_ENTITY, "invalid_input"),
+            ErrorKind::ModelFailure => (S::INTERNAL_SERVER_ERROR, "model_failure"),
+            ErrorKind::Internal => (S::INTERNAL_SERVER_ERROR, "guest_error"),
+        },
+        CallError::Trap(_) => (S::INTERNAL_SERVER_ERROR, "instance_fault"),
+        CallError::Deadline(_) | CallError::Unresponsive(_) => {
+            (S::GATEWAY_TIMEOUT, "deadline_exceeded")
+        }
+        CallError::Instantiate(_) | CallError::Init(_) => {
+            (S::INTERNAL_SERVER_ERROR, "instance_unavailable")
+        }
+        CallError::NotDrillable(_) => (S::CONFLICT, "not_drillable"),
+        CallError::AlreadyArmed(_) => (S::CONFLICT, "fault_armed"),
+        CallError::NoTensors => (S::NOT_IMPLEMENTED, "not_implemented"),
+        CallError::Queued(_) => (S::SERVICE_UNAVAILABLE, "queue_timeout"),
+        CallError::VersionGone(_) => (S::NOT_FOUND, "unknown_version"),
+        CallError::BadAnswer(_) => (S::INTERNAL_SERVER_ERROR, "guest_error"),
+        CallError::FaultedTwice { fault, .. } => status_and_code(fault),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_fault_twice_is_answered_as_its_second_fault() {
+        let twice = |fault| CallError::FaultedTwice {
+            instance: "p1".into(),
+            fault: Box::new(fault),
         };
-        Self::new(status, code, message)
+        let e = ApiError::from(twice(CallError::Deadline(Duration::from_millis(20))));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded")
+        );
+        let e = ApiError::from(twice(CallError::Trap(
+            "wasm trap: unreachable\nbacktrace".into(),
+        )));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "instance_fault")
+        );
+        // The client is told the reason, not the guest's backtrace.
+        assert_eq!(
+            e.message,
+            "the request failed on instance p1's canary and again on its version in force, \
+             so it is not retried again: the instance trapped: wasm trap: unreachable"
+        );
     }
 }

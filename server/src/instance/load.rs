@@ -100,6 +100,12 @@ impl Load {
             .is_ok()
     }
 
+    /// Counts one more call whatever the threshold: a call that goes on
+    /// after its request went away (see `Handover`).
+    pub(super) fn add(&self) {
+        self.load.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// A claimed request is done.
     pub(super) fn release(&self) {
         self.load.fetch_sub(1, Ordering::AcqRel);

@@ -39,7 +39,7 @@ pub mod load;
 pub mod report;
 mod stats;
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,67 @@ impl Drop for Unclaimed {
     }
 }
 
+/// An offloaded call's unit of its instance's load. The request's lease
+/// counts the call while the request waits for it; a request that goes away
+/// first (its client hung up) hands that unit to the call, which holds its
+/// sandbox until it ends: without it, the router would take an instance
+/// whose sandboxes are all busy with such calls for an idle one.
+#[derive(Debug, Default)]
+struct Handover(AtomicU8);
+
+impl Handover {
+    const WAITING: u8 = 0;
+    const ENDED: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    /// The request went away: the call takes over its unit of load, unless
+    /// it has ended. Counted before it is handed over, so the call's end
+    /// never releases a unit not yet counted.
+    fn abandon(&self, load: &Load) {
+        load.add();
+        let handed = self.0.compare_exchange(
+            Self::WAITING,
+            Self::ABANDONED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if handed.is_err() {
+            load.release();
+        }
+    }
+
+    /// The call ended: gives back the unit it took over, if it did.
+    fn end(&self, load: &Load) {
+        if self.0.swap(Self::ENDED, Ordering::AcqRel) == Self::ABANDONED {
+            load.release();
+        }
+    }
+}
+
+/// A request waiting for its offloaded call: dropped before the call's
+/// outcome arrives, it hands its unit of load to the call ([`Handover`]).
+struct Waiting<'a> {
+    load: &'a Load,
+    handover: Option<Arc<Handover>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(handover) = &self.handover {
+            handover.abandon(self.load);
+        }
+    }
+}
+
+/// Ends an offloaded call's [`Handover`] however its thread leaves it.
+struct CallEnds(Arc<Instance>, Arc<Handover>);
+
+impl Drop for CallEnds {
+    fn drop(&mut self) {
+        self.1.end(&self.0.load);
+    }
+}
+
 /// A call on its request's task while it runs. Dropped there (the client
 /// hung up mid-call), it counts the time the call had run in the
 /// instance's cost, which nothing else would: calls that keep outliving
@@ -141,14 +202,45 @@ impl QueueBudget {
     }
 }
 
-/// A canary call's own verdict on the canary: an answer is a success, a
-/// fault a failure; a refusal says nothing yet (the input may be at fault).
+/// A canary call's own verdict on the canary, when no call on the version
+/// in force can be compared with it: an answer is a success, a fault a
+/// failure; a refusal says nothing (the input may be at fault).
 fn canary_failed<T>(outcome: &Result<T, CallError>) -> Option<bool> {
     match outcome {
         Ok(_) => Some(false),
         Err(e) if e.is_instance_fault() => Some(true),
         Err(_) => None,
     }
+}
+
+/// What [`broken_verdict`] decides from: a call's end and the instance then.
+struct BrokenInputs<F> {
+    /// Which set the call ran in.
+    slot: Slot,
+    /// Whether the call faulted and left no sandbox in its place.
+    faulted: bool,
+    /// The version in force's sandboxes idle or busy after the call.
+    sandboxes_left: usize,
+    /// The flag now.
+    broken: bool,
+    /// Whether the call ran on the version in force: asked only when the
+    /// flag would change, since it reads what the instance serves again.
+    in_force: F,
+}
+
+/// What a call's end says of an instance's `broken` flag: `Some` to set it
+/// to, `None` to leave it. See [`Instance::broken_after`].
+fn broken_verdict(inputs: BrokenInputs<impl FnOnce() -> bool>) -> Option<bool> {
+    if inputs.slot != Slot::Current {
+        return None;
+    }
+    let broken = match inputs.faulted {
+        false => Some(false),
+        true => (inputs.sandboxes_left == 0).then_some(true),
+    };
+    broken
+        .filter(|&b| b != inputs.broken)
+        .filter(|_| (inputs.in_force)())
 }
 
 /// A topology entry at run time.
@@ -503,9 +595,10 @@ impl Instance {
     }
 
     /// A canary call that fails for any reason is answered by the version in
-    /// force: a fault through the caller's retry, anything else (a refusal,
-    /// a model failure) here, and it counts against the canary unless the
-    /// version in force refuses the request too (bad input is the client's).
+    /// force, on this instance, and it counts against the canary unless the
+    /// version in force fails the request the same way: bad input is the
+    /// client's, and so is a request that faults both
+    /// ([`Self::after_canary_fault`]).
     async fn predict_on(
         self: &Arc<Self>,
         body: Input,
@@ -556,16 +649,22 @@ impl Instance {
                 queue,
             )
             .await;
-        if let Some(failed) = canary_failed(&outcome) {
-            canary.record(failed);
-            return outcome;
-        }
-        if matches!(outcome, Err(CallError::Queued(_))) {
+        match &outcome {
+            Ok(_) => {
+                canary.record(false);
+                return outcome;
+            }
+            Err(e) if e.is_instance_fault() => {
+                return self.after_canary_fault(&canary, outcome, body, queue).await;
+            }
             // Never ran: no verdict on the canary. The version in force
             // takes it if a place is free now (its wait is spent).
-            return self
-                .run(Slot::Current, self.deployment(), body, batched, queue)
-                .await;
+            Err(CallError::Queued(_)) => {
+                return self
+                    .run(Slot::Current, self.deployment(), body, batched, queue)
+                    .await;
+            }
+            Err(_) => {}
         }
         // A refusal: the version in force's answer to the same request says
         // whether the input or the canary is at fault.
@@ -575,6 +674,41 @@ impl Instance {
         let bad_input = |o: &Result<Answer, CallError>| matches!(o, Err(e) if e.is_bad_input());
         canary.record(!(bad_input(&outcome) && bad_input(&stable)));
         stable
+    }
+
+    /// A canary's fault, judged by the version in force's answer to the same
+    /// request, run alone (a request that faulted must not poison a batch):
+    /// - it answers, or refuses the input: the canary is at fault, and the
+    ///   client gets that answer;
+    /// - it faults too: the request is at fault (a query of death), and a client
+    ///   sending such requests must not abort a rollout. No verdict, and the
+    ///   second fault is the answer, not retried again;
+    /// - it never ran (no place in time): the canary is blamed and the
+    ///   caller retries its fault elsewhere, as for any fault.
+    async fn after_canary_fault(
+        self: &Arc<Self>,
+        canary: &Canary,
+        fault: Result<Answer, CallError>,
+        body: Input,
+        queue: &QueueBudget,
+    ) -> Result<Answer, CallError> {
+        let stable = self
+            .run(Slot::Current, self.deployment(), body, false, queue)
+            .await;
+        match stable {
+            Err(CallError::Queued(_)) => {
+                canary.record(true);
+                fault
+            }
+            Err(e) if e.is_instance_fault() => Err(CallError::FaultedTwice {
+                instance: self.name().to_owned(),
+                fault: Box::new(e),
+            }),
+            stable => {
+                canary.record(true);
+                stable
+            }
+        }
     }
 
     /// One call in a sandbox of `deployment` from `slot`'s set, waiting for
@@ -792,9 +926,15 @@ impl Instance {
         }
         let instance = self.clone();
         let handle = Handle::current();
+        let handover = Arc::new(Handover::default());
+        let mut waiting = Waiting {
+            load: &self.load,
+            handover: Some(handover.clone()),
+        };
         let offloaded = tokio::task::spawn_blocking({
             let deployment = deployment.clone();
             move || {
+                let _ends = CallEnds(instance.clone(), handover);
                 let outcome = handle.block_on(call(
                     &mut taken.live,
                     &deployment,
@@ -812,6 +952,7 @@ impl Instance {
             }
         })
         .await;
+        waiting.handover = None;
         match offloaded {
             Ok(unclaimed) => unclaimed.claim(),
             Err(e) => {
@@ -851,25 +992,20 @@ impl Instance {
     /// force, nor does a call that ran on the version a deploy just replaced: its success must
     /// not clear what the new version's calls found.
     fn broken_after(&self, slot: Slot, deployment: &Deployment, faulted: bool) -> Option<bool> {
-        if slot != Slot::Current {
-            return None;
-        }
-        let broken = match faulted {
-            false => Some(false),
-            true => (self.sandboxes.idle() == 0 && self.sandboxes.busy() == 0).then_some(true),
-        };
-        // Only a change needs the version in force: most calls leave the flag as it was, and
-        // read what the instance serves once per request, not again here.
-        broken
-            .filter(|&b| b != self.is_broken())
-            .filter(|_| self.serving.load().current.deployment.version == deployment.version)
+        broken_verdict(BrokenInputs {
+            slot,
+            faulted,
+            sandboxes_left: self.sandboxes.idle() + self.sandboxes.busy(),
+            broken: self.is_broken(),
+            in_force: || self.serving.load().current.deployment.version == deployment.version,
+        })
     }
 
     /// Counts a canary call whose request went away (see [`Unclaimed`]) for
-    /// the canary of `deployment`, if it still runs, as [`Self::run_canary`]
-    /// would have ([`canary_failed`]); a refusal is not counted, since only
-    /// the version in force's verdict on the same request could say whose
-    /// fault it was.
+    /// the canary of `deployment`, if it still runs ([`canary_failed`]): an
+    /// answer for it, a fault against it. With no request left to run on
+    /// the version in force, a fault cannot be told from the request's own
+    /// as [`Self::run_canary`] tells it; a refusal is not counted.
     fn record_unclaimed(&self, deployment: &Arc<Deployment>, outcome: &Result<Reply, CallError>) {
         let serving = self.serving.load();
         let canary = serving
@@ -986,5 +1122,135 @@ impl Instance {
             faults_fired: self.stats.armed.fired(),
             last_fault: self.stats.last_fault(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// One case of [`broken_verdict`]: its inputs, its verdict, and how
+    /// often it asked whether the call ran on the version in force.
+    #[derive(Debug)]
+    struct Case {
+        slot: Slot,
+        faulted: bool,
+        left: usize,
+        broken: bool,
+        in_force: bool,
+        verdict: Option<bool>,
+        asked: usize,
+    }
+
+    fn every_case() -> Vec<Case> {
+        let mut cases = Vec::new();
+        for slot in [Slot::Current, Slot::Canary] {
+            for faulted in [false, true] {
+                for left in 0..3 {
+                    for broken in [false, true] {
+                        for in_force in [false, true] {
+                            let asked = Cell::new(0);
+                            let verdict = broken_verdict(BrokenInputs {
+                                slot,
+                                faulted,
+                                sandboxes_left: left,
+                                broken,
+                                in_force: || {
+                                    asked.set(asked.get() + 1);
+                                    in_force
+                                },
+                            });
+                            let asked = asked.get();
+                            cases.push(Case {
+                                slot,
+                                faulted,
+                                left,
+                                broken,
+                                in_force,
+                                verdict,
+                                asked,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        cases
+    }
+
+    #[test]
+    fn only_calls_on_the_version_in_force_change_broken() {
+        for case in every_case() {
+            if case.slot == Slot::Canary || !case.in_force {
+                assert_eq!(case.verdict, None, "{case:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_success_clears_broken_and_only_a_fault_leaving_nothing_sets_it() {
+        for case in every_case() {
+            if case.slot != Slot::Current || !case.in_force {
+                continue;
+            }
+            let expected = match (case.faulted, case.left) {
+                (false, _) => case.broken.then_some(false),
+                (true, 0) => (!case.broken).then_some(true),
+                // A sandbox is still idle or busy (perhaps the repair
+                // loop's build): its verdict stands.
+                (true, _) => None,
+            };
+            assert_eq!(case.verdict, expected, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn what_is_served_is_read_only_when_the_flag_would_change() {
+        for case in every_case() {
+            let would_change = case.slot == Slot::Current
+                && match case.faulted {
+                    false => case.broken,
+                    true => case.left == 0 && !case.broken,
+                };
+            assert_eq!(case.asked, usize::from(would_change), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn a_handed_over_unit_of_load_is_released_once_whichever_ends_first() {
+        // The request goes away, then the call ends; and the other way round.
+        for abandoned_first in [true, false] {
+            let load = Load::new(Role::Active);
+            assert!(load.try_claim(10), "the request's lease");
+            let handover = Handover::default();
+            if abandoned_first {
+                handover.abandon(&load);
+                load.release(); // the lease, dropped with the request
+                assert_eq!(load.load(), 1, "the call still runs");
+                handover.end(&load);
+            } else {
+                handover.end(&load);
+                handover.abandon(&load);
+                load.release();
+            }
+            assert_eq!(load.load(), 0, "abandoned first: {abandoned_first}");
+        }
+    }
+
+    #[test]
+    fn a_request_that_waits_to_the_end_hands_nothing_over() {
+        let load = Load::new(Role::Active);
+        assert!(load.try_claim(10));
+        let handover = Arc::new(Handover::default());
+        let mut waiting = Waiting {
+            load: &load,
+            handover: Some(handover.clone()),
+        };
+        handover.end(&load);
+        waiting.handover = None;
+        drop(waiting);
+        load.release();
+        assert_eq!(load.load(), 0);
     }
 }

@@ -89,6 +89,16 @@ pub enum CallError {
     /// fields to.
     #[error("{0}")]
     BadAnswer(#[from] predict_core::BadAnswer),
+    /// The request faulted on an instance's canary and again, alone, on the
+    /// version in force: the request's own fault (a query of death), not the
+    /// canary's. Answered like the second fault, and not retried again.
+    #[error("the request failed on instance {instance}'s canary and again on its version in force, so it is not retried again: {}", .fault.summary())]
+    FaultedTwice {
+        /// The instance both calls ran on.
+        instance: String,
+        /// The version in force's fault.
+        fault: Box<CallError>,
+    },
 }
 
 /// A fault the host committed in a guest's call (through its epoch
