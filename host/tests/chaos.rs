@@ -708,6 +708,9 @@ async fn a_call_whose_client_hung_up_keeps_its_load_until_it_ends() {
     host.wait_for("the hanging call to hold predict1's sandbox", busy)
         .await;
     drop(client);
+    // Time for the host to see the hang-up (the request's own unit of load
+    // counts until then), well inside the call's 4 s.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     host.wait_for("predict1's load to count the call alone", |t| {
         t["predict1"]["load"] == 1 && t["predict2"]["load"] == 0
     })

@@ -214,29 +214,34 @@ fn canary_failed<T>(outcome: &Result<T, CallError>) -> Option<bool> {
 }
 
 /// What [`broken_verdict`] decides from: a call's end and the instance then.
-struct BrokenInputs<F> {
+/// What costs a lock or a second read of what the instance serves is asked
+/// only when the verdict needs it: most calls succeed and change nothing.
+struct BrokenInputs<L, F> {
     /// Which set the call ran in.
     slot: Slot,
     /// Whether the call faulted and left no sandbox in its place.
     faulted: bool,
-    /// The version in force's sandboxes idle or busy after the call.
-    sandboxes_left: usize,
+    /// The version in force's sandboxes idle or busy after the call (the
+    /// idle list's lock): asked only after a fault.
+    sandboxes_left: L,
     /// The flag now.
     broken: bool,
     /// Whether the call ran on the version in force: asked only when the
-    /// flag would change, since it reads what the instance serves again.
+    /// flag would change.
     in_force: F,
 }
 
 /// What a call's end says of an instance's `broken` flag: `Some` to set it
 /// to, `None` to leave it. See [`Instance::broken_after`].
-fn broken_verdict(inputs: BrokenInputs<impl FnOnce() -> bool>) -> Option<bool> {
+fn broken_verdict(
+    inputs: BrokenInputs<impl FnOnce() -> usize, impl FnOnce() -> bool>,
+) -> Option<bool> {
     if inputs.slot != Slot::Current {
         return None;
     }
     let broken = match inputs.faulted {
         false => Some(false),
-        true => (inputs.sandboxes_left == 0).then_some(true),
+        true => ((inputs.sandboxes_left)() == 0).then_some(true),
     };
     broken
         .filter(|&b| b != inputs.broken)
@@ -655,7 +660,7 @@ impl Instance {
                 return outcome;
             }
             Err(e) if e.is_instance_fault() => {
-                return self.after_canary_fault(&canary, outcome, body, queue).await;
+                return self.after_canary_fault(&canary, outcome, body).await;
             }
             // Never ran: no verdict on the canary. The version in force
             // takes it if a place is free now (its wait is spent).
@@ -676,34 +681,45 @@ impl Instance {
         stable
     }
 
-    /// A canary's fault, judged by the version in force's answer to the same
-    /// request, run alone (a request that faulted must not poison a batch):
+    /// A canary's fault. One that arose in its guest call (a trap, a call
+    /// past its deadline) is judged by the version in force's answer to the
+    /// same request, run alone (a request that faulted must not poison a
+    /// batch) and with a queue wait of its own (the request's may be spent):
     /// - it answers, or refuses the input: the canary is at fault, and the
     ///   client gets that answer;
-    /// - it faults too: the request is at fault (a query of death), and a client
-    ///   sending such requests must not abort a rollout. No verdict, and the
-    ///   second fault is the answer, not retried again;
-    /// - it never ran (no place in time): the canary is blamed and the
-    ///   caller retries its fault elsewhere, as for any fault.
+    /// - it faults in its guest call too: the request is at fault (a query
+    ///   of death), and a client sending such requests must not abort a
+    ///   rollout. No verdict, and the second fault is the answer, not
+    ///   retried again;
+    /// - it could not run (no sandbox built, no place in time): nothing to
+    ///   compare. The canary is blamed and the caller retries its fault
+    ///   elsewhere, as for any fault; so is a canary that could not build
+    ///   a sandbox, whatever the request.
     async fn after_canary_fault(
         self: &Arc<Self>,
         canary: &Canary,
         fault: Result<Answer, CallError>,
         body: Input,
-        queue: &QueueBudget,
     ) -> Result<Answer, CallError> {
+        let in_the_call =
+            |o: &Result<Answer, CallError>| matches!(o, Err(e) if e.arose_in_the_call());
+        if !in_the_call(&fault) {
+            canary.record(true);
+            return fault;
+        }
+        let own_wait = QueueBudget::default();
         let stable = self
-            .run(Slot::Current, self.deployment(), body, false, queue)
+            .run(Slot::Current, self.deployment(), body, false, &own_wait)
             .await;
         match stable {
-            Err(CallError::Queued(_)) => {
-                canary.record(true);
-                fault
-            }
-            Err(e) if e.is_instance_fault() => Err(CallError::FaultedTwice {
+            Err(e) if e.arose_in_the_call() => Err(CallError::FaultedTwice {
                 instance: self.name().to_owned(),
                 fault: Box::new(e),
             }),
+            Err(e) if e.is_instance_fault() || e.never_reached_the_guest() => {
+                canary.record(true);
+                fault
+            }
             stable => {
                 canary.record(true);
                 stable
@@ -931,10 +947,13 @@ impl Instance {
             load: &self.load,
             handover: Some(handover.clone()),
         };
+        // Made here, so that a closure dropped without running (the runtime
+        // shutting down) still ends the handover.
+        let ends = CallEnds(instance.clone(), handover);
         let offloaded = tokio::task::spawn_blocking({
             let deployment = deployment.clone();
             move || {
-                let _ends = CallEnds(instance.clone(), handover);
+                let _ends = ends;
                 let outcome = handle.block_on(call(
                     &mut taken.live,
                     &deployment,
@@ -995,7 +1014,7 @@ impl Instance {
         broken_verdict(BrokenInputs {
             slot,
             faulted,
-            sandboxes_left: self.sandboxes.idle() + self.sandboxes.busy(),
+            sandboxes_left: || self.sandboxes.idle() + self.sandboxes.busy(),
             broken: self.is_broken(),
             in_force: || self.serving.load().current.deployment.version == deployment.version,
         })
@@ -1140,7 +1159,10 @@ mod tests {
         broken: bool,
         in_force: bool,
         verdict: Option<bool>,
+        /// Times it asked whether the call ran on the version in force.
         asked: usize,
+        /// Times it counted the sandboxes left (a lock).
+        counted: usize,
     }
 
     fn every_case() -> Vec<Case> {
@@ -1150,18 +1172,21 @@ mod tests {
                 for left in 0..3 {
                     for broken in [false, true] {
                         for in_force in [false, true] {
-                            let asked = Cell::new(0);
+                            let (asked, counted) = (Cell::new(0), Cell::new(0));
                             let verdict = broken_verdict(BrokenInputs {
                                 slot,
                                 faulted,
-                                sandboxes_left: left,
+                                sandboxes_left: || {
+                                    counted.set(counted.get() + 1);
+                                    left
+                                },
                                 broken,
                                 in_force: || {
                                     asked.set(asked.get() + 1);
                                     in_force
                                 },
                             });
-                            let asked = asked.get();
+                            let (asked, counted) = (asked.get(), counted.get());
                             cases.push(Case {
                                 slot,
                                 faulted,
@@ -1170,6 +1195,7 @@ mod tests {
                                 in_force,
                                 verdict,
                                 asked,
+                                counted,
                             });
                         }
                     }
@@ -1202,6 +1228,14 @@ mod tests {
                 (true, _) => None,
             };
             assert_eq!(case.verdict, expected, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn sandboxes_are_counted_only_after_a_fault_on_the_version_in_force() {
+        for case in every_case() {
+            let needed = case.slot == Slot::Current && case.faulted;
+            assert_eq!(case.counted, usize::from(needed), "{case:?}");
         }
     }
 

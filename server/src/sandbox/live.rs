@@ -150,6 +150,16 @@ impl CallError {
         )
     }
 
+    /// Whether the fault arose inside a guest call that ran (a trap, a
+    /// deadline, a guest blocked outside WebAssembly), which the request
+    /// itself may have caused; not a sandbox that could not be built.
+    pub fn arose_in_the_call(&self) -> bool {
+        matches!(
+            self,
+            CallError::Trap(_) | CallError::Deadline(_) | CallError::Unresponsive(_)
+        )
+    }
+
     /// Whether the store must be dropped after this failure: anything but
     /// the guest's own refusal, or a call the host refused before entering
     /// the guest.
