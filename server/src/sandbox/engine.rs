@@ -244,6 +244,15 @@ fn engine_config(limits: Limits, sandboxes: usize) -> Config {
         .max_tables_per_component(8)
         .total_stacks(components)
         .max_memory_size(limits.max_memory);
+    // `HADR_VALGRIND=1` (scripts/count-instructions): a pool of 8 sandboxes, whose address space
+    // valgrind can map; the code compiled is the same.
+    if std::env::var_os("HADR_VALGRIND").is_some_and(|v| v == "1") {
+        pool.total_component_instances(8)
+            .total_core_instances(64)
+            .total_memories(8)
+            .total_tables(32)
+            .total_stacks(8);
+    }
     let mut config = Config::new();
     config
         .epoch_interruption(true)
