@@ -191,8 +191,10 @@ impl Drop for OnTask<'_> {
 /// When a request's wait for a place in a sandbox set ends: set at its
 /// first wait, `--queue-timeout` later, and shared by its later waits (a
 /// canary's request falling back to the version in force), so the bound is
-/// per request. A request that never waits never reads the clock. A batch
-/// follower's wait for its leader's merged call is not a wait for a place.
+/// per request; but the version in force's run that judges a canary's
+/// fault waits on a budget of its own, as the caller's retry does. A
+/// request that never waits never reads the clock. A batch follower's wait
+/// for its leader's merged call is not a wait for a place.
 #[derive(Debug, Default)]
 struct QueueBudget(std::sync::OnceLock<Instant>);
 

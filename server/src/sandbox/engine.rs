@@ -244,14 +244,18 @@ fn engine_config(limits: Limits, sandboxes: usize) -> Config {
         .max_tables_per_component(8)
         .total_stacks(components)
         .max_memory_size(limits.max_memory);
-    // `HADR_VALGRIND=1` (scripts/count-instructions): a pool of 8 sandboxes, whose address space
-    // valgrind can map; the code compiled is the same.
+    // `HADR_VALGRIND=1` (scripts/count-instructions): a pool of the topology's sandboxes and two
+    // more, without the margin, whose address space valgrind can map; the code compiled is the
+    // same. A deploy or a canary can then run out of sandboxes: said at start.
     if std::env::var_os("HADR_VALGRIND").is_some_and(|v| v == "1") {
-        pool.total_component_instances(8)
-            .total_core_instances(64)
-            .total_memories(8)
-            .total_tables(32)
-            .total_stacks(8);
+        let small = u32::try_from(sandboxes.max(4) + 2).unwrap_or(u32::MAX);
+        tracing::warn!(sandboxes = small, "HADR_VALGRIND=1: the sandbox pool holds only the \
+            topology's sandboxes and two more, so that valgrind can run the host; unset it to serve");
+        pool.total_component_instances(small)
+            .total_core_instances(small.saturating_mul(8))
+            .total_memories(small)
+            .total_tables(small.saturating_mul(4))
+            .total_stacks(small);
     }
     let mut config = Config::new();
     config
