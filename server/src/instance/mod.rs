@@ -656,13 +656,13 @@ impl Instance {
                 queue,
             )
             .await;
-        match &outcome {
-            Ok(_) => {
+        let refused = match outcome {
+            Ok(answer) => {
                 canary.record(false);
-                return outcome;
+                return Ok(answer);
             }
             Err(e) if e.is_instance_fault() => {
-                return self.after_canary_fault(&canary, outcome, body).await;
+                return self.after_canary_fault(&canary, e, body).await;
             }
             // Never ran: no verdict on the canary. The version in force
             // takes it if a place is free now (its wait is spent).
@@ -671,15 +671,16 @@ impl Instance {
                     .run(Slot::Current, self.deployment(), body, batched, queue)
                     .await;
             }
-            Err(_) => {}
-        }
+            Err(refused) => refused,
+        };
         // A refusal: the version in force's answer to the same request says
         // whether the input or the canary is at fault.
         let stable = self
             .run(Slot::Current, self.deployment(), body, batched, queue)
             .await;
-        let bad_input = |o: &Result<Answer, CallError>| matches!(o, Err(e) if e.is_bad_input());
-        canary.record(!(bad_input(&outcome) && bad_input(&stable)));
+        let both_bad_input =
+            refused.is_bad_input() && matches!(&stable, Err(e) if e.is_bad_input());
+        canary.record(!both_bad_input);
         stable
     }
 
@@ -700,31 +701,33 @@ impl Instance {
     async fn after_canary_fault(
         self: &Arc<Self>,
         canary: &Canary,
-        fault: Result<Answer, CallError>,
+        fault: CallError,
         body: Input,
     ) -> Result<Answer, CallError> {
-        let in_the_call =
-            |o: &Result<Answer, CallError>| matches!(o, Err(e) if e.arose_in_the_call());
-        if !in_the_call(&fault) {
+        if !fault.arose_in_the_call() {
             canary.record(true);
-            return fault;
+            return Err(fault);
         }
-        let own_wait = QueueBudget::default();
         let stable = self
-            .run(Slot::Current, self.deployment(), body, false, &own_wait)
+            .run(
+                Slot::Current,
+                self.deployment(),
+                body,
+                false,
+                &QueueBudget::default(),
+            )
             .await;
         match stable {
             Err(e) if e.arose_in_the_call() => Err(CallError::FaultedTwice {
                 instance: self.name().to_owned(),
                 fault: Box::new(e),
             }),
-            Err(e) if e.is_instance_fault() || e.never_reached_the_guest() => {
-                canary.record(true);
-                fault
-            }
             stable => {
                 canary.record(true);
-                stable
+                match stable {
+                    Err(e) if e.is_instance_fault() || e.never_reached_the_guest() => Err(fault),
+                    stable => stable,
+                }
             }
         }
     }
