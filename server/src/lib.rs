@@ -76,7 +76,12 @@ pub mod bindings {
             path: "../wit",
             world: "hadr:predictor/rows-predictor",
             exports: { default: async },
-            with: { "hadr:predictor/types": crate::bindings::hadr::predictor::types },
+            // The scores are wasi-nn's own tensors, which the host keeps in
+            // the sandbox's resource table as wasmtime-wasi-nn's type.
+            with: {
+                "hadr:predictor/types": crate::bindings::hadr::predictor::types,
+                "wasi:nn/tensor.tensor": wasmtime_wasi_nn::Tensor,
+            },
         });
     }
 

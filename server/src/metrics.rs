@@ -12,7 +12,6 @@
 //!
 //! May use: `instance`, `routing`, `serving`, `sandbox`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,8 +63,17 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Histogram,
-    /// Instance names as `'static` labels: no allocation per request.
-    names: HashMap<String, &'static str>,
+    /// Each instance's label and its counter of 200s, found by a scan
+    /// (topologies hold a few instances) rather than a hash of the name and
+    /// of the labels, on every answer.
+    instances: Vec<Labelled>,
+}
+
+/// An instance's name as a `'static` label (no allocation per request), and
+/// its series of successes, made at start: most answers bump it alone.
+struct Labelled {
+    name: &'static str,
+    ok: Counter,
 }
 
 /// Rollouts applied (deploys, promotions, aborts, rollbacks), for
@@ -96,11 +104,16 @@ impl Metrics {
             "Time from a /predict or /v2 infer request's arrival to its answer",
             latency.clone(),
         );
-        let names = instances
+        let labelled = instances
             .iter()
             .map(|i| {
                 let name: &'static str = Box::leak(i.name().to_string().into_boxed_str());
-                (i.name().to_string(), name)
+                let labels = RequestLabels {
+                    instance: name,
+                    status: 200,
+                };
+                let ok = requests.get_or_create(&labels).clone();
+                Labelled { name, ok }
             })
             .collect();
         registry.register_collector(Box::new(InstanceCollector {
@@ -111,18 +124,24 @@ impl Metrics {
             registry,
             requests,
             latency,
-            names,
+            instances: labelled,
         }
     }
 
     /// Records one `/predict` answer.
     pub fn observe(&self, instance: Option<&str>, status: u16, took: Duration) {
-        let instance = instance
-            .and_then(|n| self.names.get(n).copied())
-            .unwrap_or(NO_INSTANCE);
-        self.requests
-            .get_or_create(&RequestLabels { instance, status })
-            .inc();
+        let labelled = instance.and_then(|n| self.instances.iter().find(|i| i.name == n));
+        match (labelled, status) {
+            (Some(labelled), 200) => {
+                labelled.ok.inc();
+            }
+            _ => {
+                let instance = labelled.map_or(NO_INSTANCE, |l| l.name);
+                self.requests
+                    .get_or_create(&RequestLabels { instance, status })
+                    .inc();
+            }
+        }
         self.latency.observe(took.as_secs_f64());
     }
 

@@ -33,6 +33,8 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+#[path = "../../shared/alloc.rs"]
+mod alloc;
 #[path = "../../shared/batch.rs"]
 mod batch;
 mod records;

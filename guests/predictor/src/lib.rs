@@ -10,9 +10,11 @@
 //!
 //! Since its `predict` reads exactly predict-core's row format, it also
 //! exports `rows`: the host then parses `/predict` bodies natively with that
-//! same code and calls `predict-rows` with the rows, and writes the scores
-//! it gets back as the same JSON, so no JSON is parsed or written in
-//! WebAssembly on that path.
+//! same code and calls `predict-rows` with the rows as a wasi-nn tensor,
+//! which this guest hands straight to `compute`, and writes the output
+//! tensors it gets back as the same JSON. On that path no JSON is parsed or
+//! written in WebAssembly, and neither rows nor scores are copied through
+//! the guest's memory.
 //!
 //! It also exports the optional `chaos` interface, so drills can make it
 //! fail for real, inside the sandbox.
@@ -29,6 +31,8 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+#[path = "../../shared/alloc.rs"]
+mod alloc;
 #[path = "../../shared/batch.rs"]
 mod batch;
 #[path = "../../shared/tensors.rs"]
@@ -50,6 +54,9 @@ struct Loaded {
     /// Each output's element type, as `init` was told: asking a tensor
     /// its type is a host call, and the types never change.
     output_types: Vec<(String, TensorType)>,
+    /// Which outputs answer, by position, when `init` was told every
+    /// output's name and type: then a call looks nothing up by name.
+    picked: Option<Picked>,
     context: GraphExecutionContext,
     // Keeps the graph alive for as long as its execution context.
     _graph: Graph,
@@ -70,17 +77,24 @@ impl Guest for Predictor {
         // A name two outputs share (unlabelled outputs of one node) says
         // nothing of which is which: those are asked.
         let unique = |name: &str| config.outputs.iter().filter(|o| o.name == name).count() == 1;
-        let output_types = config
+        let output_types: Vec<_> = config
             .outputs
             .iter()
             .filter(|o| unique(&o.name))
             .filter_map(|o| Some((o.name.clone(), onnx_type(&o.datatype)?)))
             .collect();
+        let picked = (output_types.len() == config.outputs.len())
+            .then(|| {
+                let outputs: Vec<_> = output_types.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+                Picked::from(&outputs)
+            })
+            .flatten();
         let (graph, context) = tensors::open(&config.model)?;
         LOADED.with(|l| {
             *l.borrow_mut() = Some(Loaded {
                 features,
                 output_types,
+                picked,
                 context,
                 _graph: graph,
             })
@@ -183,30 +197,35 @@ impl Loaded {
         }
     }
 
-    /// Rows the host parsed (`rows`): the same look and model call as
-    /// [`Loaded::predict`], answered as scores for the host to write.
-    fn predict_rows(&self, values: &[f32], rows: usize) -> Result<RowScores, PredictError> {
-        if rows == 0 || values.len() != rows * self.features {
-            return Err(error(
-                ErrorKind::Internal,
-                format!(
-                    "the host sent {} values for {rows} rows of {} features",
-                    values.len(),
-                    self.features
-                ),
-            ));
-        }
-        self.look_at(values);
-        let scores = self.run(rows, values)?;
+    /// Rows the host parsed (`rows`), as the `[rows, features]` tensor it
+    /// made: the same look and model call as [`Loaded::predict`], answered
+    /// with the model's own output tensors for the host to write.
+    fn predict_rows(&self, input: Tensor, rows: usize) -> Result<RowScores, PredictError> {
+        // Only the `faulty` fixture reads the rows: a host call and a copy.
+        #[cfg(feature = "faulty")]
+        self.look_at(&bytemuck::pod_collect_to_vec::<u8, f32>(&input.data()));
+        let outputs = self.compute(input)?;
+        let picked = self.picked(&outputs)?;
+        let mut tensors: Vec<Option<Tensor>> = outputs.into_iter().map(|(_, t)| Some(t)).collect();
+        // One i64 output is handed over as it is (the host checks that it
+        // holds a label per row); of several, the first that does.
+        let labels = match &picked.labels[..] {
+            [one] => tensors[*one].take(),
+            several => several
+                .iter()
+                .find(|&&i| tensors[i].as_ref().is_some_and(|t| elements(t) == rows))
+                .and_then(|&i| tensors[i].take()),
+        };
         Ok(RowScores {
-            width: scores.width as u32,
-            values: scores.values,
-            classifier: scores.classifier,
-            labels: scores.labels,
+            values: tensors[picked.scores]
+                .take()
+                .expect("each output is taken once"),
+            classifier: picked.classifier,
+            labels,
         })
     }
 
-    /// One model call on `rows` rows.
+    /// One model call on `rows` rows, answered from the outputs it picks.
     fn run(&self, rows: usize, data: &[f32]) -> Result<Scores, PredictError> {
         // wasm is little-endian, as wasi-nn's tensor bytes are: no conversion.
         let input = Tensor::new(
@@ -214,11 +233,118 @@ impl Loaded {
             TensorType::Fp32,
             bytemuck::cast_slice(data),
         );
-        let outputs = self
-            .context
+        let outputs = self.compute(input)?;
+        self.picked(&outputs)?.scores(&outputs, rows)
+    }
+
+    /// One model call: every output wasi-nn gives.
+    fn compute(&self, input: Tensor) -> Result<Vec<(String, Tensor)>, PredictError> {
+        self.context
             .compute(vec![(String::new(), input)])
-            .map_err(|e| tensors::nn_error(ErrorKind::ModelFailure, "running the model", e))?;
-        Scores::pick(&outputs, &self.output_types, rows)
+            .map_err(|e| tensors::nn_error(ErrorKind::ModelFailure, "running the model", e))
+    }
+
+    /// Which of `outputs` answer.
+    fn picked(
+        &self,
+        outputs: &[(String, Tensor)],
+    ) -> Result<std::borrow::Cow<'_, Picked>, PredictError> {
+        match &self.picked {
+            // wasi-nn returns the outputs in the order `init` was told them.
+            Some(picked) if picked.outputs == outputs.len() => {
+                Ok(std::borrow::Cow::Borrowed(picked))
+            }
+            _ => Picked::ask(outputs, &self.output_types).map(std::borrow::Cow::Owned),
+        }
+    }
+}
+
+/// A tensor's element count (a call into the host).
+fn elements(tensor: &Tensor) -> usize {
+    tensor.dimensions().iter().map(|d| *d as usize).product()
+}
+
+/// Which outputs answer, by position: the output named `probabilities`
+/// (scikit-learn and LightGBM exports), else the first f32 output (a
+/// regressor's values); and the model's own integer labels, from the first
+/// i64 output that gives one per row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Picked {
+    /// How many outputs the model gives.
+    outputs: usize,
+    /// The output whose values answer.
+    scores: usize,
+    /// Whether those are class probabilities (argmax gives the label).
+    classifier: bool,
+    /// The i64 outputs, in order: where labels may be.
+    labels: Vec<usize>,
+}
+
+impl Picked {
+    /// Picks from `outputs`, asking each output's type when `init` was not
+    /// told it (`known` gives those it was, by output name).
+    fn ask(
+        outputs: &[(String, Tensor)],
+        known: &[(String, TensorType)],
+    ) -> Result<Self, PredictError> {
+        // Each `ty` is a call into the host: ask each at most once.
+        let typed: Vec<(&str, TensorType)> = outputs
+            .iter()
+            .map(|(name, t)| {
+                let ty = known
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or_else(|| t.ty(), |(_, ty)| *ty);
+                (name.as_str(), ty)
+            })
+            .collect();
+        Picked::from(&typed).ok_or_else(|| {
+            error(
+                ErrorKind::ModelFailure,
+                "the model gave no f32 output to answer with".into(),
+            )
+        })
+    }
+
+    /// From each output's name and type; `None` when no output is f32.
+    fn from(outputs: &[(&str, TensorType)]) -> Option<Self> {
+        let probabilities = outputs
+            .iter()
+            .position(|(name, ty)| *name == "probabilities" && *ty == TensorType::Fp32);
+        let scores =
+            probabilities.or_else(|| outputs.iter().position(|(_, ty)| *ty == TensorType::Fp32))?;
+        Some(Self {
+            outputs: outputs.len(),
+            scores,
+            classifier: probabilities.is_some(),
+            labels: (0..outputs.len())
+                .filter(|&i| outputs[i].1 == TensorType::I64)
+                .collect(),
+        })
+    }
+
+    /// The scores and labels of one call's `outputs` (each `data` is a call
+    /// into the host: only those needed are asked).
+    fn scores(&self, outputs: &[(String, Tensor)], rows: usize) -> Result<Scores, PredictError> {
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&outputs[self.scores].1.data());
+        if rows == 0 || values.is_empty() || !values.len().is_multiple_of(rows) {
+            return Err(error(
+                ErrorKind::ModelFailure,
+                format!("the model gave {} values for {rows} rows", values.len()),
+            ));
+        }
+        let labels = self
+            .labels
+            .iter()
+            .map(|&i| outputs[i].1.data())
+            .find(|data| data.len() == rows * 8)
+            .map(|data| bytemuck::pod_collect_to_vec(&data));
+        Ok(Scores {
+            width: values.len() / rows,
+            values,
+            classifier: self.classifier,
+            labels,
+        })
     }
 }
 
@@ -241,61 +367,6 @@ struct Scores {
     classifier: bool,
     /// The model's own labels, one integer per row, if it gives them.
     labels: Option<Vec<i64>>,
-}
-
-impl Scores {
-    /// The output named `probabilities` (scikit-learn and LightGBM exports),
-    /// else the first f32 output (a regressor's values); and the model's own
-    /// integer labels when it gives one per row (tree ensembles, ArgMax).
-    /// `known` gives the types `init` was told, by output name.
-    fn pick(
-        outputs: &[(String, Tensor)],
-        known: &[(String, TensorType)],
-        rows: usize,
-    ) -> Result<Self, PredictError> {
-        // Each `ty` and `data` is a call into the host: ask each at most once.
-        let types: Vec<TensorType> = outputs
-            .iter()
-            .map(|(name, t)| {
-                known
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map_or_else(|| t.ty(), |(_, ty)| *ty)
-            })
-            .collect();
-        let probabilities = outputs
-            .iter()
-            .zip(&types)
-            .position(|((name, _), ty)| name == "probabilities" && *ty == TensorType::Fp32);
-        let scores = probabilities
-            .or_else(|| types.iter().position(|ty| *ty == TensorType::Fp32))
-            .ok_or_else(|| {
-                error(
-                    ErrorKind::ModelFailure,
-                    "the model gave no f32 output to answer with".into(),
-                )
-            })?;
-        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&outputs[scores].1.data());
-        if rows == 0 || values.is_empty() || !values.len().is_multiple_of(rows) {
-            return Err(error(
-                ErrorKind::ModelFailure,
-                format!("the model gave {} values for {rows} rows", values.len()),
-            ));
-        }
-        let labels = outputs
-            .iter()
-            .zip(&types)
-            .filter(|(_, ty)| **ty == TensorType::I64)
-            .map(|((_, t), _)| t.data())
-            .find(|data| data.len() == rows * 8)
-            .map(|data| bytemuck::pod_collect_to_vec(&data));
-        Ok(Self {
-            width: values.len() / rows,
-            values,
-            classifier: probabilities.is_some(),
-            labels,
-        })
-    }
 }
 
 impl Scores {
@@ -376,12 +447,12 @@ impl exports::hadr::predictor::batch::Guest for Predictor {
 }
 
 impl exports::hadr::predictor::rows::Guest for Predictor {
-    fn predict_rows(values: Vec<f32>, rows: u32) -> Result<RowScores, PredictError> {
+    fn predict_rows(input: Tensor, rows: u32) -> Result<RowScores, PredictError> {
         if let Some(fault) = ARMED.with(Cell::take) {
             fail(fault);
         }
         LOADED.with(|l| match l.borrow().as_ref() {
-            Some(loaded) => loaded.predict_rows(&values, rows as usize),
+            Some(loaded) => loaded.predict_rows(input, rows as usize),
             None => Err(error(
                 ErrorKind::Internal,
                 "predict-rows called before init".into(),
@@ -480,3 +551,58 @@ fn fail(fault: Fault) -> ! {
 }
 
 export!(Predictor);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities_answer_before_any_other_f32_output() {
+        let outputs = [
+            ("variable", TensorType::Fp32),
+            ("label", TensorType::I64),
+            ("probabilities", TensorType::Fp32),
+            ("other", TensorType::I64),
+        ];
+        let picked = Picked::from(&outputs).unwrap();
+        assert_eq!(
+            picked,
+            Picked {
+                outputs: 4,
+                scores: 2,
+                classifier: true,
+                labels: vec![1, 3],
+            }
+        );
+    }
+
+    #[test]
+    fn without_probabilities_the_first_f32_output_answers_as_values() {
+        let outputs = [
+            ("label", TensorType::I64),
+            ("variable", TensorType::Fp32),
+            ("b", TensorType::Fp32),
+        ];
+        let picked = Picked::from(&outputs).unwrap();
+        assert_eq!(
+            (picked.scores, picked.classifier, picked.labels),
+            (1, false, vec![0])
+        );
+        // `probabilities` of another type is not taken for them.
+        let outputs = [
+            ("probabilities", TensorType::Fp64),
+            ("variable", TensorType::Fp32),
+        ];
+        let picked = Picked::from(&outputs).unwrap();
+        assert_eq!((picked.scores, picked.classifier), (1, false));
+    }
+
+    #[test]
+    fn a_model_without_an_f32_output_has_nothing_to_answer_with() {
+        assert_eq!(
+            Picked::from(&[("label", TensorType::I64), ("d", TensorType::Fp64)]),
+            None
+        );
+        assert_eq!(Picked::from(&[]), None);
+    }
+}

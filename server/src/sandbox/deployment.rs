@@ -398,7 +398,10 @@ impl Deployment {
 
     /// Instantiates a sandbox: own linear memory, own WASI context (no
     /// directories, environment or sockets; stdout and stderr into the host
-    /// log), memory cap and deadline from `runtime`.
+    /// log), memory cap and deadline from `runtime`. The guests rely on the
+    /// empty environment, arguments and directories: wasi-libc would free
+    /// those lists with an allocator other than the one that made them
+    /// (guests/shared/alloc.rs).
     async fn spawn(&self, runtime: &HostRuntime) -> Result<Spare, CallError> {
         let limits = runtime.limits();
         let log = LogName::new("spare");

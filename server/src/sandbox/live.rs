@@ -20,7 +20,6 @@ use crate::bindings::batch::BatchPredictor;
 use crate::bindings::drillable::exports::hadr::predictor::chaos::Fault;
 use crate::bindings::drillable::Drillable;
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError, Tensor};
-use crate::bindings::rows::exports::hadr::predictor::rows::Scores;
 use crate::bindings::rows::RowsPredictor;
 use crate::bindings::tensors::TensorPredictor;
 use crate::bindings::Predictor;
@@ -577,30 +576,36 @@ impl Live {
         &mut self,
         batch: &predict_core::Batch,
         ticks: u64,
-    ) -> Result<Scores, CallError> {
+    ) -> Result<rows::Scores, CallError> {
         let count = u32::try_from(batch.rows).map_err(|_| {
             CallError::Rejected(PredictError {
                 kind: ErrorKind::InvalidInput,
                 message: format!("a request holds at most {} rows", u32::MAX),
             })
         })?;
+        let state = self.store.data_mut();
+        let input = rows::hand(&mut state.table, &mut state.tensors, batch)
+            .map_err(|e| CallError::Trap(e.to_string()))?;
         let deadline = self.begin(ticks);
         let Some(host_rows) = &self.optional.rows else {
             unreachable!("called only for a guest that exports rows");
         };
         let max_values = host_rows.max_values;
-        let call = host_rows.bound.hadr_predictor_rows().call_predict_rows(
-            &mut self.store,
-            &batch.data,
-            count,
-        );
+        let call =
+            host_rows
+                .bound
+                .hadr_predictor_rows()
+                .call_predict_rows(&mut self.store, input, count);
         match within(deadline, call)
             .await
             .map_err(|e| self.unanswered(e, deadline))?
         {
-            Ok(Ok(scores)) => {
-                rows::check(&scores, batch.rows, max_values)?;
-                Ok(scores)
+            Ok(Ok(handed)) => {
+                let table = &mut self.store.data_mut().table;
+                rows::take(table, handed, batch.rows, max_values).map_err(|e| match e {
+                    rows::Unread::Model(refused) => CallError::Rejected(refused),
+                    rows::Unread::Bad(bad) => CallError::BadAnswer(bad),
+                })
             }
             Ok(Err(refused)) => Err(CallError::Rejected(refused)),
             Err(e) => Err(CallError::from_wasmtime(
