@@ -282,15 +282,12 @@ fn capped_tensor_constructor(linker: &mut Linker<InstanceState>) -> wasmtime::Re
             |mut store: wasmtime::StoreContextMut<'_, InstanceState>,
              (dimensions, ty, data): (Vec<u32>, TensorType, Vec<u8>)| {
                 let state = store.data_mut();
-                let bytes = data.len();
-                state.tensors.admit(&state.table, bytes)?;
-                let tensor = state.table.push(Tensor {
+                let tensor = Tensor {
                     dimensions,
                     ty,
                     data,
-                })?;
-                state.tensors.record(tensor.rep(), bytes);
-                Ok((tensor,))
+                };
+                Ok((state.tensors.push(&mut state.table, tensor)?,))
             },
         )?;
     linker.allow_shadowing(false);

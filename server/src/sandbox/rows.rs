@@ -13,13 +13,13 @@
 use std::ops::Range;
 
 use predict_core::{BadAnswer, Batch, Labels, RequestError, Written};
-use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi_nn::wit::TensorType;
 use wasmtime_wasi_nn::Tensor;
 
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
 use crate::bindings::rows::exports::hadr::predictor::rows::Scores as Handed;
-use crate::sandbox::nn::tensors::{GuestTensors, TensorsOverCap};
+use crate::sandbox::nn::tensors::{GuestTensors, Unhanded};
 
 /// A guest's scores for the rows it was sent, read from the tensors it
 /// handed over and checked to fit them.
@@ -53,16 +53,6 @@ pub(crate) fn parse(body: &[u8], features: usize) -> Result<Batch, PredictError>
 /// with it, an answer's size is bounded before it is written.
 pub(crate) const JSON_BYTES_PER_VALUE: usize = 16;
 
-/// Why the rows could not be handed to the guest: its sandbox holds too
-/// much already, and is replaced.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Unhanded {
-    #[error(transparent)]
-    OverCap(#[from] TensorsOverCap),
-    #[error("the sandbox's resource table is full: {0}")]
-    TableFull(#[from] ResourceTableError),
-}
-
 /// The wasi-nn tensor of `batch`'s rows that `predict-rows` takes, in the
 /// sandbox's resource table, held to the guest's tensor cap like one it made
 /// itself (a guest that keeps them instead of computing on them is stopped
@@ -72,17 +62,12 @@ pub(crate) fn hand(
     tensors: &mut GuestTensors,
     batch: &Batch,
 ) -> Result<Resource<Tensor>, Unhanded> {
-    let data: Vec<u8> = batch.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    tensors.admit(table, data.len())?;
-    let bytes = data.len();
     let tensor = Tensor {
         dimensions: vec![batch.rows as u32, batch.features as u32],
         ty: TensorType::Fp32,
-        data,
+        data: batch.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
     };
-    let tensor = table.push(tensor)?;
-    tensors.record(tensor.rep(), bytes);
-    Ok(tensor)
+    tensors.push(table, tensor)
 }
 
 /// Why the tensors a guest handed over are no answer.

@@ -2,11 +2,13 @@
 //!
 //! A wasi-nn tensor's data is copied out of the guest's linear memory into
 //! the host, where `--max-memory` does not see it: a guest creating tensor
-//! after tensor could hold any amount of host memory. The host's own
-//! `tensor` constructor (see `sandbox::engine`) admits each new tensor only while the
-//! ones the guest still holds, plus it, stay within the cap.
+//! after tensor could hold any amount of host memory. Every tensor the guest
+//! is given, from the host's own `tensor` constructor (see `sandbox::engine`)
+//! or as the rows of `predict-rows` (`sandbox::rows`), goes through
+//! [`GuestTensors::push`]: admitted only while the ones the guest still holds,
+//! plus it, stay within the cap.
 
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
 use wasmtime_wasi_nn::Tensor;
 
 /// A new tensor would take the guest's tensors over the cap.
@@ -17,6 +19,16 @@ pub struct TensorsOverCap {
     pub held: usize,
     /// The cap.
     pub cap: usize,
+}
+
+/// Why a tensor could not be given to the guest: its sandbox holds too much
+/// already.
+#[derive(Debug, thiserror::Error)]
+pub enum Unhanded {
+    #[error(transparent)]
+    OverCap(#[from] TensorsOverCap),
+    #[error("the sandbox's resource table is full: {0}")]
+    TableFull(#[from] ResourceTableError),
 }
 
 /// The tensors one guest created, by table slot, with their sizes.
@@ -37,11 +49,24 @@ impl GuestTensors {
         }
     }
 
+    /// Puts `tensor` in `table` for the guest, within the cap.
+    pub fn push(
+        &mut self,
+        table: &mut ResourceTable,
+        tensor: Tensor,
+    ) -> Result<Resource<Tensor>, Unhanded> {
+        let bytes = tensor.data.len();
+        self.admit(table, bytes)?;
+        let tensor = table.push(tensor)?;
+        self.record(tensor.rep(), bytes);
+        Ok(tensor)
+    }
+
     /// Admits a tensor of `bytes`, first forgetting the ones the guest has
     /// dropped (their slots no longer hold a tensor). A slot reused by a
     /// tensor the host made (an output) is still counted: the error is on the
     /// side of the cap.
-    pub fn admit(&mut self, table: &ResourceTable, bytes: usize) -> Result<(), TensorsOverCap> {
+    fn admit(&mut self, table: &ResourceTable, bytes: usize) -> Result<(), TensorsOverCap> {
         self.held
             .retain(|(rep, _)| table.get(&Resource::<Tensor>::new_own(*rep)).is_ok());
         let held = self
@@ -60,7 +85,7 @@ impl GuestTensors {
     }
 
     /// Records an admitted tensor in slot `rep`.
-    pub fn record(&mut self, rep: u32, bytes: usize) {
+    fn record(&mut self, rep: u32, bytes: usize) {
         self.held.push((rep, bytes));
     }
 }
