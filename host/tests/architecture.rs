@@ -159,6 +159,10 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
                 stack.push(file);
                 continue;
             }
+            // Sources only: a module's folder may hold its test fixtures.
+            if file.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
             let Some(path) = path_of(file.strip_prefix(src).unwrap()) else {
                 continue;
             };

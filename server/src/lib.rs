@@ -115,3 +115,54 @@ pub mod topology;
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Runs `work` for at most `limit` from its first wait: `None` once it has
+/// waited that long (it is dropped). Whatever the work does before its first
+/// wait is not counted: no timer could have cut that poll short anyway.
+///
+/// Unlike `tokio::time::timeout`, the timer is made only when the work
+/// waits. Most of what the request path bounds this way (a guest call, a
+/// body already in hyper's buffer) ends at its first poll, and a timer
+/// costs each of them a clock read and two updates of the runtime's shared
+/// reference count, a cache line the cores pass back and forth. Like
+/// tokio's, the timer is polled outside the task's cooperative budget, so
+/// work that spends the budget at every poll cannot keep it from firing.
+pub(crate) async fn bounded<T>(
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut work = std::pin::pin!(work);
+    let mut timer = std::pin::pin!(None::<tokio::task::Unconstrained<tokio::time::Sleep>>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(done));
+        }
+        if timer.is_none() {
+            timer.set(Some(tokio::task::unconstrained(tokio::time::sleep(limit))));
+        }
+        match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_work_answers_in_time_and_is_dropped_at_its_limit() {
+        let limit = Duration::from_secs(5);
+        assert_eq!(super::bounded(limit, async { 7 }).await, Some(7));
+        let waits = tokio::time::sleep(limit - Duration::from_millis(1));
+        assert_eq!(super::bounded(limit, waits).await, Some(()));
+        let started = tokio::time::Instant::now();
+        let stuck = std::future::pending::<()>();
+        assert_eq!(super::bounded(limit, stuck).await, None);
+        assert_eq!(started.elapsed(), limit);
+    }
+}

@@ -513,17 +513,23 @@ pub fn example_beside(model: &Path) -> Option<bytes::Bytes> {
 mod tests {
     use super::*;
 
+    /// Where the tests' topology files sit: the defaults, and the `m.onnx`
+    /// a relative path finds next to them, are checked-in one-byte files
+    /// (the loader checks that files exist, not what they hold), so no test
+    /// leaves a folder behind.
+    pub(super) fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/topology/fixture")
+    }
+
     fn defaults(dir: &Path) -> Defaults {
-        let model = dir.join("m.onnx");
-        let module = dir.join("g.wasm");
-        std::fs::write(&model, b"x").unwrap();
-        std::fs::write(&module, b"x").unwrap();
-        Defaults { model, module }
+        Defaults {
+            model: dir.join("m.onnx"),
+            module: dir.join("g.wasm"),
+        }
     }
 
     fn parse(text: &str) -> Result<Topology, TopologyError> {
-        let dir = std::env::temp_dir().join(format!("hadr-topology-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fixture();
         Topology::parse(text, &dir.join("t.json"), &defaults(&dir))
     }
 

@@ -36,7 +36,7 @@ pub async fn read(req: Request<Incoming>, limit: Limit) -> Result<Bytes, ApiErro
         return Err(too_large(limit));
     }
     let collect = Limited::new(req.into_body(), limit.bytes).collect();
-    let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+    let Some(read) = crate::bounded(BODY_TIMEOUT, collect).await else {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",

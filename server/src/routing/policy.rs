@@ -47,10 +47,20 @@ pub enum Decision {
 /// Decides where one request goes. `start` rotates between calls so that
 /// equally loaded instances take turns.
 pub fn decide(views: &[View], start: usize) -> Decision {
+    decide_with(views, || start)
+}
+
+/// [`decide`], asking for `start` only when instances tie: the router's
+/// turn counter is shared by every core, and most decisions (a single
+/// instance, unequal loads) need not write to it.
+pub fn decide_with(views: &[View], start: impl FnOnce() -> usize) -> Decision {
     let eligible = || views.iter().enumerate().filter(|(_, v)| v.takes_traffic());
     if let Some(min) = eligible().map(|(_, v)| v.load).min() {
         let tied = || eligible().filter(move |(_, v)| v.load == min);
-        let pick = start % tied().count();
+        let pick = match tied().count() {
+            1 => 0,
+            count => start() % count,
+        };
         let (i, _) = tied().nth(pick).expect("pick < count");
         return Decision::Route(i);
     }
@@ -120,6 +130,25 @@ mod tests {
             })
             .collect();
         assert_eq!(routed, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn the_turn_is_taken_only_when_instances_tie() {
+        let asked = std::cell::Cell::new(0);
+        let start = || {
+            asked.set(asked.get() + 1);
+            1
+        };
+        let unequal = [v(Role::Active, 3), v(Role::Active, 1)];
+        assert_eq!(decide_with(&unequal, start), Decision::Route(1));
+        assert_eq!(
+            decide_with(&[v(Role::Active, 5)], start),
+            Decision::Route(0)
+        );
+        assert_eq!(asked.get(), 0);
+        let tied = [v(Role::Active, 2), v(Role::Active, 2)];
+        assert_eq!(decide_with(&tied, start), Decision::Route(1));
+        assert_eq!(asked.get(), 1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The router: the article's `router.py`, applied to live instances.
 //!
-//! Each request asks [`crate::routing::policy::decide`] over a fresh snapshot of roles
+//! Each request asks [`crate::routing::policy::decide_with`] over a fresh snapshot of roles
 //! and loads, then claims the chosen instance with an atomic compare-and-add
 //! that refuses to pass its threshold. Losing that race (another request took
 //! the last slot) just means deciding again; the loop is bounded, so a
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::instance::{Instance, Lease};
-use crate::routing::policy::{decide, demote, Decision, Role, View};
+use crate::routing::policy::{decide_with, demote, Decision, Role, View};
 use crate::shutdown::Shutdown;
 use crate::state::sync::StateSync;
 
@@ -25,6 +25,8 @@ pub struct Router {
     /// The names of the models the instances serve, sorted, once each:
     /// `/predict` must name one when there are several.
     models: Vec<String>,
+    /// Where ties between equally loaded instances start: counted across
+    /// the router's decisions, so that they take turns.
     next: AtomicUsize,
     /// Told of every promotion, so it is written out at once.
     state: Option<Arc<StateSync>>,
@@ -50,6 +52,11 @@ impl Want<'_> {
                 .is_none_or(|v| instance.deployment().version == v)
     }
 }
+
+/// The instances as the policy sees them: on the stack for topologies of
+/// up to eight instances (the article's have one to three), as every
+/// request takes a snapshot.
+type Views = smallvec::SmallVec<[View; 8]>;
 
 /// No instance can take the request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -111,8 +118,8 @@ impl Router {
         // more rounds than instances is plenty.
         let mut promoted = false;
         for _ in 0..self.instances.len() * 2 + 2 {
-            let start = self.next.fetch_add(1, Ordering::Relaxed);
-            match decide(&self.snapshot(excluded, want), start) {
+            let turn = || self.next.fetch_add(1, Ordering::Relaxed);
+            match decide_with(&self.snapshot(excluded, want), turn) {
                 Decision::Route(i) => {
                     if let Some(mut lease) = self.instances[i].try_lease() {
                         if promoted {
@@ -293,7 +300,7 @@ impl Router {
     /// win nearly every pick, and each request would pay a failed build and
     /// a retry while a standby stayed unpromoted. [`Self::repair_broken`]
     /// brings it back.
-    fn snapshot(&self, excluded: Option<&str>, want: Want) -> Vec<View> {
+    fn snapshot(&self, excluded: Option<&str>, want: Want) -> Views {
         self.instances
             .iter()
             .map(|i| {

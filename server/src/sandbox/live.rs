@@ -28,15 +28,20 @@ use crate::sandbox::guest_log::LogName;
 use crate::sandbox::rows;
 
 /// Runs one guest call bounded in wall time by [`hard_limit`] of its
-/// `deadline`; past it the call is dropped ([`CallError::Unresponsive`]).
+/// `deadline`, counted from the call's first wait ([`crate::bounded`]);
+/// past it the call is dropped ([`CallError::Unresponsive`]). The first
+/// poll runs until the guest yields at an epoch tick or waits in a host
+/// call: its WebAssembly is bounded by the deadline's ticks, and the
+/// synchronous host calls in it (wasi-nn's `compute`) are out of any
+/// timer's reach.
 pub(crate) async fn within<T>(
     deadline: Duration,
     call: impl std::future::Future<Output = T>,
 ) -> Result<T, CallError> {
     let limit = hard_limit(deadline);
-    tokio::time::timeout(limit, call)
+    crate::bounded(limit, call)
         .await
-        .map_err(|_| CallError::Unresponsive(limit))
+        .ok_or(CallError::Unresponsive(limit))
 }
 
 /// Why a call produced no prediction.

@@ -8,19 +8,11 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-/// One folder for every case: the defaults, and the `m.onnx` a relative
-/// path finds next to the topology file.
+/// One folder for every case (`tests::fixture`): the defaults, and the
+/// `m.onnx` a relative path finds next to the topology file.
 fn dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hadr-topology-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for name in ["m.onnx", "g.wasm"] {
-            std::fs::write(dir.join(name), b"x").unwrap();
-        }
-        dir
-    })
-    .as_path()
+    DIR.get_or_init(super::tests::fixture).as_path()
 }
 
 fn defaults() -> Defaults {
