@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(super::bounded(limit, waits).await, Some(()));
         let started = tokio::time::Instant::now();
         let stuck = std::future::pending::<()>();
-        assert_eq!(super::bounded(limit, stuck).await, None);
+        // Within an outer bound: a `bounded` that never fired would
+        // otherwise hang the test instead of failing it.
+        let stopped = tokio::time::timeout(limit * 2, super::bounded(limit, stuck)).await;
+        assert_eq!(stopped, Ok(None), "never stopped the stuck work");
         assert_eq!(started.elapsed(), limit);
     }
 }

@@ -25,8 +25,8 @@ pub struct Router {
     /// The names of the models the instances serve, sorted, once each:
     /// `/predict` must name one when there are several.
     models: Vec<String>,
-    /// Where ties between equally loaded instances start: counted across
-    /// the router's decisions, so that they take turns.
+    /// Where ties between equally loaded instances start: advanced once for
+    /// each decision among tied instances, so that they take turns.
     next: AtomicUsize,
     /// Told of every promotion, so it is written out at once.
     state: Option<Arc<StateSync>>,
