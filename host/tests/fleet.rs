@@ -112,7 +112,9 @@ async fn losing_both_active_hosts_fails_no_request_and_they_rejoin() {
     // retries on the host killed that instant, before its health analysis
     // marked it down, and closed the client's connection instead of sending
     // its 503 (`SC--`, haproxy/haproxy#2375). `option redispatch 2` retries
-    // the same server once after a turnaround, by when it is down.
+    // the same server once after a turnaround, by when it is down; that
+    // still lost one about 1 run in 8-10 (stop 41: 2 of 25, 1 of 10), and
+    // `retries 5` none in 45.
     assert_eq!(
         failures(&answers),
         Vec::<String>::new(),
