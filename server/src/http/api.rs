@@ -184,28 +184,3 @@ fn topology(router: &Router) -> serde_json::Map<String, serde_json::Value> {
         })
         .collect()
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The size of the future an async fn of three arguments returns.
-    fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    /// A request's future is moved (memcpy'd) at every level of async fns
-    /// above the sandbox call, and rustc keeps an async fn's arguments both
-    /// in its caller's state and its own (rust-lang/rust#62958): 5,192
-    /// bytes before the sandbox call and the rare paths were boxed, 4,072
-    /// with only the rare paths boxed, 2,496 now.
-    #[test]
-    #[cfg_attr(
-        debug_assertions,
-        ignore = "sized in release, the test suite's profile"
-    )]
-    fn a_request_future_stays_small() {
-        let size = future_size(handle);
-        assert!(size <= 3072, "api::handle's future is {size} bytes");
-    }
-}

@@ -20,6 +20,7 @@ use wasmtime_wasi_nn::Tensor;
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
 use crate::bindings::rows::exports::hadr::predictor::rows::Scores as Handed;
 use crate::sandbox::nn::tensors::{GuestTensors, Unhanded};
+use crate::sandbox::nn::tract_backend::le_bytes;
 
 /// A guest's scores for the rows it was sent, read from the tensors it
 /// handed over and checked to fit them.
@@ -65,7 +66,7 @@ pub(crate) fn hand(
     let tensor = Tensor {
         dimensions: vec![batch.rows as u32, batch.features as u32],
         ty: TensorType::Fp32,
-        data: batch.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        data: le_bytes(&batch.data, f32::to_le_bytes),
     };
     tensors.push(table, tensor)
 }

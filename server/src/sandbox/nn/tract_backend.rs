@@ -516,7 +516,9 @@ fn plain<D: Datum>(value: &tract_onnx::prelude::Tensor) -> Result<&[D], BackendE
         .map_err(from_tract)
 }
 
-fn le_bytes<T: Copy, const N: usize>(values: &[T], f: fn(T) -> [u8; N]) -> Vec<u8> {
+/// `values` as wasi-nn's tensor bytes (little-endian, `f` per value), in
+/// one allocation of the right size.
+pub(crate) fn le_bytes<T: Copy, const N: usize>(values: &[T], f: fn(T) -> [u8; N]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * N);
     for v in values {
         out.extend_from_slice(&f(*v));
