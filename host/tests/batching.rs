@@ -252,3 +252,58 @@ async fn a_leader_whose_client_hangs_up_gives_its_sandbox_back() {
     let (status, _, answer) = post(port, "/predict", Bytes::from(body)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
+
+/// `rows` rows of zeros, each of the digits model's 64 features.
+fn zero_rows(rows: usize) -> Vec<u8> {
+    inputs(&vec![serde_json::json!(vec![0; 64]); rows])
+}
+
+/// Rows whose tensor alone is over what a sandbox's tensors may hold
+/// (`--max-memory`) are the request's fault, on `/predict` as on `/v2`
+/// infer: refused with 422 before any guest code runs, so no trap, no
+/// sandbox replaced; a merged batch over it whose requests each fit runs
+/// them alone, and they are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_tensor_cap_are_refused_and_a_batch_over_it_runs_alone() {
+    // 2 MiB of tensors: a row takes 256 bytes, so 5,000 rows fit and
+    // 10,000 do not.
+    let host = Host::start(
+        &with_fields("single.json", &[batching(2), ("concurrency", 1.into())]),
+        &["--max-memory", "2MiB", "--max-body", "4MiB"],
+    );
+    let port = host.instance_addr("predict1").await;
+    let answers = all_at_once(port, vec![zero_rows(5_000), zero_rows(5_000)]).await;
+    for (status, _, answer) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["labels"].as_array().unwrap().len(), 5_000);
+    }
+    let (status, _, refused) = post(port, "/predict", Bytes::from(zero_rows(10_000))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"], "invalid_input", "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("10000 rows take 2560000 bytes") && message.contains("--max-memory"),
+        "{refused}"
+    );
+    let infer = serde_json::json!({"inputs": [{"name": "float_input", "shape": [10_000, 64],
+        "datatype": "FP32", "data": vec![0; 640_000]}]});
+    let (status, _, refused) = post(port, "/v2/models/digits/infer", infer.to_string()).await;
+    // The protocol answers invalid input with 400.
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let message = refused["error"].as_str().unwrap();
+    assert!(
+        message.contains("tensors take 2560000 bytes") && message.contains("--max-memory"),
+        "{refused}"
+    );
+    let t = host.topology().await;
+    let p1 = &t["predict1"];
+    assert_eq!(p1["batching"]["batches"], 1, "the two were merged: {t}");
+    assert_eq!(p1["batching"]["poisoned"], 0, "{t}");
+    assert_eq!(
+        (&p1["traps"], &p1["respawns"], &p1["failed"]),
+        (&0.into(), &0.into(), &0.into()),
+        "{t}"
+    );
+    assert_eq!(p1["served"], 2, "{t}");
+    assert_eq!(p1["load"], 0, "{t}");
+}

@@ -25,6 +25,7 @@ use crate::bindings::tensors::TensorPredictor;
 use crate::bindings::Predictor;
 use crate::sandbox::engine::{hard_limit, start_call, InstanceState};
 use crate::sandbox::guest_log::LogName;
+use crate::sandbox::nn::tensors::Unhanded;
 use crate::sandbox::rows;
 
 /// Runs one guest call bounded in wall time by [`hard_limit`] of its
@@ -590,7 +591,7 @@ impl Live {
         })?;
         let state = self.store.data_mut();
         let input = rows::hand(&mut state.table, &mut state.tensors, batch)
-            .map_err(|e| CallError::Trap(e.to_string()))?;
+            .map_err(|e| unhanded(e, batch.rows))?;
         let deadline = self.begin(ticks);
         let Some(host_rows) = &self.optional.rows else {
             unreachable!("called only for a guest that exports rows");
@@ -608,7 +609,7 @@ impl Live {
             Ok(Ok(handed)) => {
                 let table = &mut self.store.data_mut().table;
                 rows::take(table, handed, batch.rows, max_values).map_err(|e| match e {
-                    rows::Unread::Model(refused) => CallError::Rejected(refused),
+                    rows::Unread::Refused(refused) => CallError::Rejected(refused),
                     rows::Unread::Bad(bad) => CallError::BadAnswer(bad),
                 })
             }
@@ -626,6 +627,21 @@ impl Live {
     pub async fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CallError> {
         if self.optional.tensors.is_none() {
             return Err(CallError::NoTensors);
+        }
+        // The guest makes its wasi-nn tensors of these: over the cap they
+        // could only trap it, and the request is at fault, not the guest.
+        let bytes = inputs
+            .iter()
+            .map(|t| t.data.len())
+            .fold(0, usize::saturating_add);
+        let cap = self.store.data().tensors.cap();
+        if bytes > cap {
+            return Err(CallError::Rejected(PredictError {
+                kind: ErrorKind::InvalidInput,
+                message: format!(
+                    "the request's tensors take {bytes} bytes, more than the {cap} bytes a sandbox's tensors may hold (--max-memory): send fewer rows a request"
+                ),
+            }));
         }
         // The same budget, yields and wall-clock bound as `predict`: a
         // spinning infer must not hold a worker thread, nor a blocked one
@@ -673,6 +689,25 @@ impl Drop for Live {
     }
 }
 
+/// Why `rows` rows could not be handed to the guest. Rows that take more
+/// bytes than one sandbox's tensors may hold are the request's own fault:
+/// refused as invalid input before any guest code ran, so the sandbox is
+/// kept and counts nothing, and a merged batch runs its requests alone. The
+/// cap reached because of tensors the guest kept is the guest's: a trap,
+/// and its sandbox is replaced.
+fn unhanded(e: Unhanded, rows: usize) -> CallError {
+    match e {
+        Unhanded::OverCap(over) if over.tensor > over.cap => CallError::Rejected(PredictError {
+            kind: ErrorKind::InvalidInput,
+            message: format!(
+                "the request's {rows} rows take {} bytes as a tensor, more than the {} bytes a sandbox's tensors may hold (--max-memory): send fewer rows a request",
+                over.tensor, over.cap
+            ),
+        }),
+        e => CallError::Trap(e.to_string()),
+    }
+}
+
 /// A fault's name, as the admin API and `/topology` write it.
 pub fn fault_name(fault: Fault) -> &'static str {
     match fault {
@@ -685,6 +720,7 @@ pub fn fault_name(fault: Fault) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::nn::tensors::TensorsOverCap;
 
     #[test]
     fn an_interrupted_call_names_the_deadline_it_ran_under() {
@@ -699,6 +735,26 @@ mod tests {
         let other = wasmtime::Error::msg("no such export");
         let e = CallError::from_wasmtime("instantiating", other, deadline);
         assert!(matches!(&e, CallError::Instantiate(m) if m.starts_with("instantiating")));
+    }
+
+    #[test]
+    fn rows_over_the_cap_alone_are_the_requests_fault_and_a_kept_tensor_the_guests() {
+        let over = |held, tensor| {
+            Unhanded::OverCap(TensorsOverCap {
+                held,
+                tensor,
+                cap: 100,
+            })
+        };
+        let e = unhanded(over(120, 120), 3);
+        assert!(e.is_bad_input() && !e.poisons_the_store(), "{e:?}");
+        assert!(e.to_string().contains("3 rows take 120 bytes"), "{e}");
+        let e = unhanded(over(120, 60), 3);
+        assert!(
+            matches!(&e, CallError::Trap(m) if m.contains("over its cap")),
+            "{e:?}"
+        );
+        assert!(e.poisons_the_store());
     }
 
     #[test]

@@ -74,11 +74,13 @@ pub(crate) fn hand(
 /// Why the tensors a guest handed over are no answer.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Unread {
-    /// The model's values are not whole rows: the model failed, and the
-    /// request is refused as the guest's own `predict` refuses it (the
-    /// sandbox is kept, and a merged batch runs its requests alone).
+    /// The request is refused, and the sandbox kept (a merged batch runs
+    /// its requests alone): the model's values are not whole rows (the
+    /// model failed, worded as the guest's own `predict` words it), or they
+    /// are whole rows but more than an answer may hold (too many rows for
+    /// the model's outputs: the request's fault).
     #[error("{}", .0.message)]
-    Model(PredictError),
+    Refused(PredictError),
     /// The guest broke `rows`' contract: its sandbox is replaced.
     #[error(transparent)]
     Bad(#[from] BadAnswer),
@@ -135,15 +137,18 @@ fn read(
     let count = values.data.len() / 4;
     if rows == 0 || count == 0 || !count.is_multiple_of(rows) {
         // The words of the guest's own `predict` for the same outputs.
-        return Err(Unread::Model(PredictError {
+        return Err(Unread::Refused(PredictError {
             kind: ErrorKind::ModelFailure,
             message: format!("the model gave {count} values for {rows} rows"),
         }));
     }
     if count > max_values {
-        return bad(format!(
-            "{count} values, more than the {max_values} an answer may hold"
-        ));
+        return Err(Unread::Refused(PredictError {
+            kind: ErrorKind::InvalidInput,
+            message: format!(
+                "the answer to these {rows} rows would hold {count} values, more than the {max_values} an answer may hold (--max-memory / {JSON_BYTES_PER_VALUE}): send fewer rows a request"
+            ),
+        }));
     }
     let labels = match labels {
         None => None,
@@ -246,7 +251,7 @@ mod tests {
         // the guest's own `predict` words it.
         for (values, count) in [(floats(&[0.1, 0.9, 0.8]), 3), (floats(&[]), 0)] {
             match read(values, None, true, 2, 4) {
-                Err(Unread::Model(e)) => {
+                Err(Unread::Refused(e)) => {
                     assert_eq!(e.kind, ErrorKind::ModelFailure);
                     assert_eq!(
                         e.message,
@@ -256,10 +261,16 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert!(
-            read(floats(&[0.1, 0.9, 0.8, 0.2]), None, true, 2, 3).is_err(),
-            "more values than an answer may hold"
-        );
+        // Whole rows, too many for an answer: the request's fault.
+        match read(floats(&[0.1, 0.9, 0.8, 0.2]), None, true, 2, 3) {
+            Err(Unread::Refused(e)) => {
+                assert_eq!(e.kind, ErrorKind::InvalidInput);
+                assert!(e
+                    .message
+                    .contains("2 rows would hold 4 values, more than the 3"));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(read(floats(&[0.1]), None, true, 0, 4).is_err());
         let doubles = Tensor {
             ty: TensorType::Fp64,

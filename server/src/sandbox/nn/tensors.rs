@@ -17,6 +17,9 @@ use wasmtime_wasi_nn::Tensor;
 pub struct TensorsOverCap {
     /// What the guest's tensors would hold with the new one.
     pub held: usize,
+    /// The new tensor's bytes: over the cap alone, no tensor the guest kept
+    /// is to blame.
+    pub tensor: usize,
     /// The cap.
     pub cap: usize,
 }
@@ -49,6 +52,11 @@ impl GuestTensors {
         }
     }
 
+    /// Most bytes the guest's tensors may hold together.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// Puts `tensor` in `table` for the guest, within the cap.
     pub fn push(
         &mut self,
@@ -78,6 +86,7 @@ impl GuestTensors {
         if held > self.cap {
             return Err(TensorsOverCap {
                 held,
+                tensor: bytes,
                 cap: self.cap,
             });
         }
@@ -115,6 +124,7 @@ mod tests {
             e,
             TensorsOverCap {
                 held: 120,
+                tensor: 60,
                 cap: 100
             }
         );
