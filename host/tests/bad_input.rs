@@ -299,6 +299,30 @@ async fn unparsable_requests_get_a_json_body() {
             assert_eq!(body["error"], code, "{head:?}: {text}");
         }
     }
+    // An HTTP/2 client (prior knowledge: the preface, then its SETTINGS) is
+    // answered in HTTP/2, GOAWAY saying why, and the connection closed.
+    for addr in [host.router, host.admin] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+        stream.write_all(preface).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed within 5 s")
+            .unwrap();
+        assert_eq!(
+            answer.get(3..4),
+            Some(&[4][..]),
+            "SETTINGS first: {answer:?}"
+        );
+        assert_eq!(
+            answer.get(12..13),
+            Some(&[7][..]),
+            "then GOAWAY: {answer:?}"
+        );
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("HTTP/1.1 only"), "{text}");
+    }
 }
 
 /// Writes `bytes` and reads until `answers` status lines came back (5 s at

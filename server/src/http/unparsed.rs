@@ -9,6 +9,12 @@
 //! which none of hadr's own answers carries: each has a JSON body) and writes
 //! the same head with a JSON body instead. Every other write passes through
 //! after one comparison of its first bytes.
+//!
+//! A client that speaks HTTP/2 with prior knowledge (RFC 9113 §3.3) gets no
+//! answer at all from hyper's HTTP/1.1 server, only a closed connection.
+//! [`Explained`] recognises its preface in the connection's first read and
+//! answers in HTTP/2, which that client reads: GOAWAY with
+//! `HTTP_1_1_REQUIRED`, saying why.
 
 use std::io;
 use std::pin::Pin;
@@ -28,6 +34,9 @@ pub(crate) struct Explained<S> {
     /// previous one is flushed, so it starts a write; the rest of a body cut by a partial write
     /// is never taken for it, whatever its bytes.
     at_boundary: bool,
+    /// Whether nothing has been read yet: only the first read can be an
+    /// HTTP/2 client's preface.
+    unread: bool,
 }
 
 impl<S> Explained<S> {
@@ -36,6 +45,7 @@ impl<S> Explained<S> {
             inner,
             pending: None,
             at_boundary: true,
+            unread: true,
         }
     }
 
@@ -138,13 +148,47 @@ fn refusal(status: StatusCode) -> ApiError {
     ApiError::new(status, code, message)
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Explained<S> {
+/// The first line of an HTTP/2 client's preface (RFC 9113 §3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// hadr's answer to an HTTP/2 client: the SETTINGS frame a server's preface
+/// must start with (empty: the defaults), then GOAWAY (no stream processed,
+/// `HTTP_1_1_REQUIRED`) whose debug data says why (RFC 9113 §3.4, §6.8, §7).
+fn http2_refusal() -> Vec<u8> {
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const HTTP_1_1_REQUIRED: u32 = 0xd;
+    const WHY: &[u8] = b"hadr serves HTTP/1.1 only: send the request over HTTP/1.1";
+    // A frame on stream 0, no flags: 24-bit length, type, flags, stream.
+    let frame = |kind: u8, payload: &[u8]| {
+        let length = u32::try_from(payload.len()).expect("a short payload");
+        [&length.to_be_bytes()[1..], &[kind, 0], &[0; 4], payload].concat()
+    };
+    let last_stream = 0u32.to_be_bytes();
+    let goaway = [&last_stream[..], &HTTP_1_1_REQUIRED.to_be_bytes(), WHY].concat();
+    [frame(SETTINGS, &[]), frame(GOAWAY, &goaway)].concat()
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Explained<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.unread && buf.filled().len() > before {
+            self.unread = false;
+            if buf.filled()[before..].starts_with(HTTP2_PREFACE) && self.pending.is_none() {
+                // hyper closes the connection without writing: the refusal goes out now (a
+                // fresh connection's socket takes it whole), before hyper sees the preface.
+                self.pending = Some((http2_refusal(), 0));
+                if let Poll::Ready(Err(e)) = self.drive(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        polled
     }
 }
 
@@ -262,6 +306,43 @@ mod tests {
             b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 0\r\n\r\n",
         ];
         assert_eq!(through(&writes).await.as_bytes(), writes.concat());
+    }
+
+    /// An HTTP/2 client's preface, read first, is answered in HTTP/2: the server's SETTINGS,
+    /// then GOAWAY with HTTP_1_1_REQUIRED and why; the bytes still reach hyper (which refuses
+    /// them). The same line later in a connection is not a preface.
+    #[tokio::test]
+    async fn an_http2_client_is_told_in_http2_to_use_http1() {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut stream = Explained::new(ours);
+        theirs.write_all(PREFACE).await.unwrap();
+        let mut read = [0; 64];
+        let n = stream.read(&mut read).await.unwrap();
+        assert_eq!(&read[..n], PREFACE);
+        drop(stream);
+        let mut answer = Vec::new();
+        theirs.read_to_end(&mut answer).await.unwrap();
+        // SETTINGS: empty, type 4, stream 0.
+        assert_eq!(answer[..9], [0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let goaway = &answer[9..];
+        let length = u32::from_be_bytes([0, goaway[0], goaway[1], goaway[2]]) as usize;
+        assert_eq!((goaway[3], goaway.len()), (7, 9 + length), "{goaway:?}");
+        assert_eq!(goaway[13..17], 0xd_u32.to_be_bytes(), "HTTP_1_1_REQUIRED");
+        let why = String::from_utf8_lossy(&goaway[17..]);
+        assert!(why.contains("HTTP/1.1 only"), "{why}");
+
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut stream = Explained::new(ours);
+        for first in [&b"GET / HTTP/1.1\r\n"[..], PREFACE] {
+            theirs.write_all(first).await.unwrap();
+            let n = stream.read(&mut read).await.unwrap();
+            assert_eq!(&read[..n], first);
+        }
+        drop(stream);
+        let mut answer = Vec::new();
+        theirs.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.is_empty(), "{answer:?}");
     }
 
     /// A body whose end spells hyper's answer, cut there by a partial write, stays a body: only
