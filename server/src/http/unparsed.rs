@@ -148,8 +148,9 @@ fn refusal(status: StatusCode) -> ApiError {
     ApiError::new(status, code, message)
 }
 
-/// The first line of an HTTP/2 client's preface (RFC 9113 §3.4).
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+/// An HTTP/2 client's preface (RFC 9113 §3.4): what hyper closes on without
+/// a word (anything else it answers, with a 400 that gets its JSON body).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// hadr's answer to an HTTP/2 client: the SETTINGS frame a server's preface
 /// must start with (empty: the defaults), then GOAWAY (no stream processed,

@@ -134,6 +134,9 @@ fn read(
             values.data.len()
         ));
     }
+    if let Some(l) = labels.as_ref().filter(|l| l.ty != TensorType::I64) {
+        return bad(format!("labels of type {:?}, not i64", l.ty));
+    }
     let count = values.data.len() / 4;
     if rows == 0 || count == 0 || !count.is_multiple_of(rows) {
         // The words of the guest's own `predict` for the same outputs.
@@ -143,6 +146,13 @@ fn read(
         }));
     }
     if count > max_values {
+        let width = count / rows;
+        if width > max_values {
+            // Fewer rows would not help: the guest's answer is too large whatever is asked.
+            return bad(format!(
+                "{width} values a row, more than the {max_values} an answer may hold"
+            ));
+        }
         return Err(Unread::Refused(PredictError {
             kind: ErrorKind::InvalidInput,
             message: format!(
@@ -152,9 +162,6 @@ fn read(
     }
     let labels = match labels {
         None => None,
-        Some(l) if l.ty != TensorType::I64 => {
-            return bad(format!("labels of type {:?}, not i64", l.ty))
-        }
         Some(l) if l.data.len() != rows * 8 => None,
         Some(l) => Some(
             l.data
@@ -261,7 +268,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        // Whole rows, too many for an answer: the request's fault.
+        // Whole rows, too many for an answer: the request's fault...
         match read(floats(&[0.1, 0.9, 0.8, 0.2]), None, true, 2, 3) {
             Err(Unread::Refused(e)) => {
                 assert_eq!(e.kind, ErrorKind::InvalidInput);
@@ -269,6 +276,11 @@ mod tests {
                     .message
                     .contains("2 rows would hold 4 values, more than the 3"));
             }
+            other => panic!("{other:?}"),
+        }
+        // ... unless one row's answer is over it already: the guest's.
+        match read(floats(&[0.1, 0.9, 0.8, 0.2]), None, true, 2, 1) {
+            Err(Unread::Bad(bad)) => assert!(bad.0.contains("2 values a row"), "{bad}"),
             other => panic!("{other:?}"),
         }
         assert!(read(floats(&[0.1]), None, true, 0, 4).is_err());
