@@ -904,7 +904,9 @@ impl Instance {
             Ok(_) => unreachable!("a batch is answered with a batch"),
             Err(e) => {
                 batcher.count(requests, true);
-                self.stats.fault(&e);
+                // A call that failed in the instance, as an unbatched one
+                // counts it (its requests' own runs count apart).
+                self.stats.count(Err(&e));
                 tracing::warn!(instance = self.name(), requests, error = %e,
                     "a merged batch failed; its requests run again one by one");
             }
