@@ -314,13 +314,12 @@ mod tests {
     /// them). The same line later in a connection is not a preface.
     #[tokio::test]
     async fn an_http2_client_is_told_in_http2_to_use_http1() {
-        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         let (ours, mut theirs) = tokio::io::duplex(1024);
         let mut stream = Explained::new(ours);
-        theirs.write_all(PREFACE).await.unwrap();
+        theirs.write_all(HTTP2_PREFACE).await.unwrap();
         let mut read = [0; 64];
         let n = stream.read(&mut read).await.unwrap();
-        assert_eq!(&read[..n], PREFACE);
+        assert_eq!(&read[..n], HTTP2_PREFACE);
         drop(stream);
         let mut answer = Vec::new();
         theirs.read_to_end(&mut answer).await.unwrap();
@@ -335,7 +334,7 @@ mod tests {
 
         let (ours, mut theirs) = tokio::io::duplex(1024);
         let mut stream = Explained::new(ours);
-        for first in [&b"GET / HTTP/1.1\r\n"[..], PREFACE] {
+        for first in [&b"GET / HTTP/1.1\r\n"[..], HTTP2_PREFACE] {
             theirs.write_all(first).await.unwrap();
             let n = stream.read(&mut read).await.unwrap();
             assert_eq!(&read[..n], first);
