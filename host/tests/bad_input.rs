@@ -283,13 +283,8 @@ async fn unparsable_requests_get_a_json_body() {
         ),
     ] {
         for addr in [host.router, host.admin] {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            stream.write_all(head.as_bytes()).await.unwrap();
-            let mut text = String::new();
-            tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut text))
-                .await
-                .expect("answered and closed within 5 s")
-                .unwrap();
+            let answer = until_closed(addr, head.as_bytes()).await;
+            let text = String::from_utf8(answer).unwrap();
             assert!(
                 text.starts_with(&format!("HTTP/1.1 {status}")),
                 "{head:?}: {text}"
@@ -302,14 +297,8 @@ async fn unparsable_requests_get_a_json_body() {
     // An HTTP/2 client (prior knowledge: the preface, then its SETTINGS) is
     // answered in HTTP/2, GOAWAY saying why, and the connection closed.
     for addr in [host.router, host.admin] {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
-        stream.write_all(preface).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
-            .await
-            .expect("answered and closed within 5 s")
-            .unwrap();
+        let answer = until_closed(addr, preface).await;
         assert_eq!(
             answer.get(3..4),
             Some(&[4][..]),
@@ -323,6 +312,19 @@ async fn unparsable_requests_get_a_json_body() {
         let text = String::from_utf8_lossy(&answer);
         assert!(text.contains("HTTP/1.1 only"), "{text}");
     }
+}
+
+/// Writes `bytes` on a new connection and reads until the server closes it
+/// (5 s at most).
+async fn until_closed(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed within 5 s")
+        .unwrap();
+    answer
 }
 
 /// Writes `bytes` and reads until `answers` status lines came back (5 s at
