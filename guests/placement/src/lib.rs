@@ -120,6 +120,7 @@ impl Guest for Placement {
     }
 
     fn predict(body: Vec<u8>) -> Result<Vec<u8>, PredictError> {
+        let _call = alloc::call();
         LOADED.with(|l| match l.borrow().as_ref() {
             Some(loaded) => loaded.predict(&body),
             None => Err(internal("predict called before init".into())),
@@ -132,6 +133,7 @@ const RECORDS_INPUT: &str = "records";
 
 impl exports::hadr::predictor::batch::Guest for Placement {
     fn predict_batch(bodies: Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, PredictError>> {
+        let _call = alloc::call();
         LOADED.with(|l| match l.borrow().as_ref() {
             Some(loaded) => loaded.predict_batch(&bodies),
             None => bodies
@@ -144,6 +146,7 @@ impl exports::hadr::predictor::batch::Guest for Placement {
 
 impl exports::hadr::predictor::tensors::Guest for Placement {
     fn infer(inputs: Vec<Named>) -> Result<Vec<Named>, PredictError> {
+        let _call = alloc::call();
         LOADED.with(|l| match l.borrow().as_ref() {
             Some(loaded) => loaded.infer(inputs),
             None => Err(internal("infer called before init".into())),

@@ -103,6 +103,7 @@ impl Guest for Predictor {
     }
 
     fn predict(body: Vec<u8>) -> Result<Vec<u8>, PredictError> {
+        let _call = alloc::call();
         if let Some(fault) = ARMED.with(Cell::take) {
             fail(fault);
         }
@@ -394,6 +395,7 @@ fn error(kind: ErrorKind, message: String) -> PredictError {
 
 impl exports::hadr::predictor::tensors::Guest for Predictor {
     fn infer(inputs: Vec<Named>) -> Result<Vec<Named>, PredictError> {
+        let _call = alloc::call();
         if let Some(fault) = ARMED.with(Cell::take) {
             fail(fault);
         }
@@ -428,6 +430,7 @@ impl Loaded {
 
 impl exports::hadr::predictor::batch::Guest for Predictor {
     fn predict_batch(bodies: Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, PredictError>> {
+        let _call = alloc::call();
         if let Some(fault) = ARMED.with(Cell::take) {
             fail(fault);
         }
@@ -448,6 +451,7 @@ impl exports::hadr::predictor::batch::Guest for Predictor {
 
 impl exports::hadr::predictor::rows::Guest for Predictor {
     fn predict_rows(input: Tensor, rows: u32) -> Result<RowScores, PredictError> {
+        let _call = alloc::call();
         if let Some(fault) = ARMED.with(Cell::take) {
             fail(fault);
         }

@@ -20,7 +20,7 @@ use wasmtime_wasi_nn::Tensor;
 use crate::bindings::hadr::predictor::types::{ErrorKind, PredictError};
 use crate::bindings::rows::exports::hadr::predictor::rows::Scores as Handed;
 use crate::sandbox::nn::tensors::{GuestTensors, Unhanded};
-use crate::sandbox::nn::tract_backend::le_bytes;
+use crate::sandbox::nn::tract_backend::{from_le_bytes, le_bytes};
 
 /// A guest's scores for the rows it was sent, read from the tensors it
 /// handed over and checked to fit them.
@@ -163,19 +163,10 @@ fn read(
     let labels = match labels {
         None => None,
         Some(l) if l.data.len() != rows * 8 => None,
-        Some(l) => Some(
-            l.data
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .collect(),
-        ),
+        Some(l) => Some(from_le_bytes(&l.data, i64::from_le_bytes)),
     };
     Ok(Scores {
-        values: values
-            .data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-            .collect(),
+        values: from_le_bytes(&values.data, f32::from_le_bytes),
         width: count / rows,
         classifier,
         labels,

@@ -366,11 +366,7 @@ impl TractGraph {
             )));
         }
         if cfg!(target_endian = "big") {
-            let values: Vec<f32> = tensor
-                .data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let values = from_le_bytes(&tensor.data, f32::from_le_bytes);
             return tract_onnx::prelude::Tensor::from_shape(&[rows, features], &values)
                 .map_err(from_tract);
         }
@@ -517,13 +513,38 @@ fn plain<D: Datum>(value: &tract_onnx::prelude::Tensor) -> Result<&[D], BackendE
 }
 
 /// `values` as wasi-nn's tensor bytes (little-endian, `f` per value), in
-/// one allocation of the right size.
-pub(crate) fn le_bytes<T: Copy, const N: usize>(values: &[T], f: fn(T) -> [u8; N]) -> Vec<u8> {
+/// one allocation of the right size: on a little-endian host, one copy.
+pub(crate) fn le_bytes<T: bytemuck::Pod, const N: usize>(
+    values: &[T],
+    f: fn(T) -> [u8; N],
+) -> Vec<u8> {
+    debug_assert_eq!(N, std::mem::size_of::<T>());
+    if cfg!(target_endian = "little") {
+        return bytemuck::cast_slice(values).to_vec();
+    }
     let mut out = Vec::with_capacity(values.len() * N);
     for v in values {
         out.extend_from_slice(&f(*v));
     }
     out
+}
+
+/// The values in wasi-nn tensor bytes `data` (little-endian, `f` per value;
+/// bytes past the last whole value are left out): on a little-endian host,
+/// one copy.
+pub(crate) fn from_le_bytes<T: bytemuck::Pod, const N: usize>(
+    data: &[u8],
+    f: fn([u8; N]) -> T,
+) -> Vec<T> {
+    debug_assert_eq!(N, std::mem::size_of::<T>());
+    let whole = &data[..data.len() - data.len() % N];
+    if cfg!(target_endian = "little") {
+        return bytemuck::pod_collect_to_vec(whole);
+    }
+    whole
+        .chunks_exact(N)
+        .map(|b| f(b.try_into().expect("N bytes")))
+        .collect()
 }
 
 fn backend_error(message: String) -> BackendError {
@@ -621,6 +642,20 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec()
+    }
+
+    #[test]
+    fn tensor_bytes_are_the_values_little_endian() {
+        let values = [1.5f32, -0.0, f32::MAX, 7.0];
+        let bytes = le_bytes(&values, f32::to_le_bytes);
+        let each: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(bytes, each);
+        let mut ragged = bytes.clone();
+        ragged.extend([1, 2, 3]);
+        assert_eq!(from_le_bytes(&ragged, f32::from_le_bytes), values);
+        let long = (-3i64).to_le_bytes();
+        assert_eq!(from_le_bytes(&long, i64::from_le_bytes), [-3]);
+        assert!(from_le_bytes(&long[..7], i64::from_le_bytes).is_empty());
     }
 
     #[test]
