@@ -50,17 +50,22 @@ pub struct Scratch<A> {
     open: Cell<bool>,
 }
 
-// SAFETY: guests are single-threaded wasm32 (no atomics, checked where the
-// global allocator is declared), so the cells are never touched from two
-// threads; native unit tests use their own instance on one thread.
+// SAFETY: single-threaded wasm32 (no atomics) only, so the cells are never
+// touched from two threads; native unit tests use their own instance.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
 unsafe impl<A: Sync> Sync for Scratch<A> {}
 
-/// While alive, small blocks come from the region (see [`Scratch::call`]).
-pub struct Call<'a>(&'a Cell<bool>);
+/// While alive, small blocks come from the region (see [`Scratch::call`]);
+/// dropped, it leaves the region as it found it (open for an outer call).
+#[must_use = "the region closes when the guard is dropped"]
+pub struct Call<'a> {
+    open: &'a Cell<bool>,
+    was: bool,
+}
 
 impl Drop for Call<'_> {
     fn drop(&mut self) {
-        self.0.set(false);
+        self.open.set(self.was);
     }
 }
 
@@ -78,8 +83,10 @@ impl<A> Scratch<A> {
     /// Small blocks come from the region until the guard is dropped: hold it
     /// for an export's call.
     pub fn call(&self) -> Call<'_> {
-        self.open.set(true);
-        Call(&self.open)
+        Call {
+            open: &self.open,
+            was: self.open.replace(true),
+        }
     }
 
     fn base(&self) -> *mut u8 {
@@ -139,9 +146,16 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Scratch<A> {
         let Some(offset) = self.offset(ptr) else {
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
         };
-        // The last block grows or shrinks where it is.
-        if offset + layout.size() == self.next.get() && offset + new_size <= SCRATCH {
-            self.next.set(offset + new_size);
+        let last = offset + layout.size() == self.next.get();
+        // Any block shrinks where it is (wit-bindgen shrinks every list an
+        // export returns, after the call); the last one also grows there,
+        // within the block limit.
+        if new_size <= layout.size()
+            || (last && new_size <= SCRATCH_BLOCK && offset + new_size <= SCRATCH)
+        {
+            if last {
+                self.next.set(offset + new_size);
+            }
             return ptr;
         }
         // SAFETY: the caller gives a valid size for `layout`'s alignment.
@@ -167,6 +181,7 @@ static ALLOCATOR: Scratch<talc::wasm::WasmDynamicTalc> =
 /// Small blocks come from the scratch region until the guard is dropped:
 /// hold it for an export's call.
 #[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[must_use = "the region closes when the guard is dropped"]
 pub fn call() -> Option<Call<'static>> {
     Some(ALLOCATOR.call())
 }
@@ -174,6 +189,7 @@ pub fn call() -> Option<Call<'static>> {
 /// Natively (the guests' unit tests) the system allocator serves: nothing
 /// to open.
 #[cfg(not(all(target_family = "wasm", not(target_feature = "atomics"))))]
+#[must_use]
 pub fn call() -> Option<Call<'static>> {
     None
 }
@@ -285,6 +301,51 @@ mod tests {
                 a,
                 "a, moved out, and b freed: starts over"
             );
+        }
+    }
+
+    #[test]
+    fn a_block_shrinks_where_it_is_and_grows_there_only_within_the_block_limit() {
+        let s = Scratch::new(System);
+        unsafe {
+            let call = s.call();
+            let a = s.alloc(layout(64, 8));
+            let b = s.alloc(layout(8, 8));
+            drop(call);
+            assert_eq!(
+                s.realloc(a, layout(64, 8), 16),
+                a,
+                "not the last, after the call"
+            );
+            let grown = s.realloc(b, layout(8, 8), SCRATCH_BLOCK + 8);
+            assert!(
+                !in_region(&s, grown),
+                "past the block limit: the inner allocator"
+            );
+            s.dealloc(grown, layout(SCRATCH_BLOCK + 8, 8));
+            s.dealloc(a, layout(16, 8));
+            let _call = s.call();
+            assert_eq!(
+                s.alloc(layout(8, 8)),
+                a,
+                "both freed once: the region starts over"
+            );
+        }
+    }
+
+    #[test]
+    fn an_inner_guard_leaves_the_region_open_for_its_outer_call() {
+        let s = Scratch::new(System);
+        let outer = s.call();
+        drop(s.call());
+        unsafe {
+            let p = s.alloc(layout(8, 8));
+            assert!(in_region(&s, p), "the outer call still holds the region");
+            drop(outer);
+            let q = s.alloc(layout(8, 8));
+            assert!(!in_region(&s, q), "closed with the outer guard");
+            s.dealloc(q, layout(8, 8));
+            s.dealloc(p, layout(8, 8));
         }
     }
 }

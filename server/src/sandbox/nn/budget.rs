@@ -18,6 +18,8 @@ use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::dimension;
 use tract_onnx::pb::{type_proto, GraphProto, ModelProto, NodeProto, TensorProto};
 
+use crate::sandbox::nn::tract_backend::from_le_bytes;
+
 /// A tensor over the budget.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -212,19 +214,14 @@ fn small_ints(t: &TensorProto) -> Option<Vec<i64>> {
     }
     match DataType::try_from(t.data_type).ok()? {
         DataType::Int64 if !t.int64_data.is_empty() => Some(t.int64_data.clone()),
-        DataType::Int64 => Some(
-            t.raw_data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        ),
+        DataType::Int64 => Some(from_le_bytes(&t.raw_data, i64::from_le_bytes)),
         DataType::Int32 if !t.int32_data.is_empty() => {
             Some(t.int32_data.iter().map(|&v| i64::from(v)).collect())
         }
         DataType::Int32 => Some(
-            t.raw_data
-                .chunks_exact(4)
-                .map(|c| i64::from(i32::from_le_bytes(c.try_into().expect("4 bytes"))))
+            from_le_bytes(&t.raw_data, i32::from_le_bytes)
+                .into_iter()
+                .map(i64::from)
                 .collect(),
         ),
         _ => None,
